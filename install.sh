@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# meshctl installer. Idempotent: run it again at any time.
+#
+#   ./install.sh           set up: venv, Docker engine, `meshctl install`, meshctl on PATH
+#   ./install.sh --demo    set up, then run `meshctl demo` (bookinfo, meshed)
+#   ./install.sh --test    set up, then run the checks and the whole test suite (what CI runs)
+#
+# As root on Debian/Ubuntu it installs what is missing (docker.io, docker-compose, debootstrap) and
+# starts dockerd in the background. As a user in the docker group it uses the engine that is there.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=$ROOT/.venv
+DOCKERD_LOG=/var/log/meshctl-dockerd.log
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31minstall.sh: error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+mode=setup
+for arg in "$@"; do
+  case $arg in
+    --demo) mode=demo ;;
+    --test) mode=test ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option '$arg' (use --demo, --test or --help)" ;;
+  esac
+done
+
+is_root() { [ "$(id -u)" = 0 ]; }
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_ready=
+apt_install() {
+  is_root && have apt-get || return 1
+  if [ -z "$apt_ready" ]; then
+    say "apt-get update"
+    apt-get update -qq >/dev/null
+    apt_ready=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- Python: a venv with meshctl and its test extras ---------------------------------------------------
+py=$(command -v python3 || true)
+[ -n "$py" ] || { apt_install python3 python3-venv && py=$(command -v python3); } || die "python3 (3.11) is needed"
+"$py" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || die "python3 is $("$py" -V); meshctl needs 3.11"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$py" -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && rm -rf "$VENV" && "$py" -m venv "$VENV"; } \
+    || die "cannot create a venv: install python3-venv"
+fi
+stamp=$VENV/.meshctl-installed
+want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing meshctl and its test extras into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e '.[test]' 2> >(grep -v "is ignored: it is neither" >&2)
+  echo "$want" > "$stamp"
+fi
+
+# --- Docker engine ----------------------------------------------------------------------------------------
+engine_up() { "$VENV/bin/python" -c 'import docker; docker.from_env(timeout=5).ping()' >/dev/null 2>&1; }
+if ! engine_up; then
+  if ! have dockerd; then
+    apt_install docker.io || die "no Docker engine answers and I cannot install one (need root and apt-get); install Docker, then rerun"
+  fi
+  is_root || die "no Docker engine answers at ${DOCKER_HOST:-/var/run/docker.sock}; start it (sudo systemctl start docker) and rerun"
+  if [ -d /run/systemd/system ] && have systemctl; then
+    say "starting docker with systemctl"
+    systemctl start docker || true
+  fi
+  if ! engine_up; then
+    say "starting dockerd in the background (log: $DOCKERD_LOG)"
+    setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+  fi
+  for _ in $(seq 1 60); do engine_up && break; sleep 1; done
+  engine_up || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
+fi
+say "Docker engine answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+if ! { docker compose version >/dev/null 2>&1 || have docker-compose; }; then
+  apt_install docker-compose || die "neither 'docker compose' nor 'docker-compose' exists; install one and rerun"
+fi
+# debootstrap builds the base image when no registry can give us one; needed once (the result is cached).
+have debootstrap || apt_install debootstrap || say "debootstrap is missing: meshctl install needs --base-image"
+
+# --- the mesh ---------------------------------------------------------------------------------------------
+"$VENV/bin/meshctl" install
+
+if is_root && [ -d /usr/local/bin ] && [ -w /usr/local/bin ]; then
+  ln -sf "$VENV/bin/meshctl" /usr/local/bin/meshctl
+  say "meshctl is on PATH (/usr/local/bin/meshctl)"
+else
+  say "add meshctl to your PATH with:  export PATH=\"$VENV/bin:\$PATH\""
+fi
+
+case $mode in
+  demo) exec "$VENV/bin/meshctl" demo ;;
+  test)
+    say "ruff"; "$VENV/bin/ruff" check meshctl addons tests
+    say "mypy"; "$VENV/bin/mypy"
+    say "pytest"; exec "$VENV/bin/python" -m pytest tests ;;
+esac

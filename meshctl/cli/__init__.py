@@ -1,0 +1,127 @@
+"""The `meshctl` command: one typer app, command groups in sibling modules, one error handler.
+
+Command bodies stay thin: they parse flags, call the library, and print. Every MeshError becomes one red
+line on stderr and its exit code; a traceback appears only with --debug.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from meshctl import __version__
+from meshctl.context import Context
+from meshctl.errors import MeshError
+from meshctl.home import MeshHome, default_home
+from meshctl.status import ExitCode
+
+app = typer.Typer(
+    name="meshctl",
+    help="A service mesh for docker compose apps on plain Docker: mTLS, traffic management, observability.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option("--home", envvar="MESHCTL_HOME", show_envvar=True,
+                                              help="Mesh home holding the CA, config store and proxy files "
+                                                   "(default: ~/.meshctl).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", envvar="MESHCTL_DEBUG",
+                                        help="Show tracebacks and engine details on errors.")] = False,
+) -> None:
+    if ctx.obj is None:  # tests pass their own Context
+        ctx.obj = Context(home=MeshHome(home or default_home()), debug=debug)
+    else:
+        ctx.obj.debug = ctx.obj.debug or debug
+
+
+def _register() -> None:
+    from meshctl.cli import check, install, version
+
+    for module in (install, check, version):
+        module.register(app)
+
+
+_register()
+
+
+def _click_families() -> list[ModuleType]:
+    """Typer >= 0.20 vendors click as typer._click; older ones use click itself. Catch both."""
+    families: list[ModuleType] = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found,unused-ignore]
+
+        families.append(vendored)
+    except ImportError:
+        pass
+    return families
+
+
+def _exceptions(name: str) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(family, name) for family in _click_families() if hasattr(family, name))
+
+
+ClickExit, ClickAbort = _exceptions("Exit"), _exceptions("Abort")
+ClickUsageError, ClickException = _exceptions("UsageError"), _exceptions("ClickException")
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("MESHCTL_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def run(argv: list[str], obj: Context | None = None) -> int:
+    """Run meshctl with `argv` and return its exit code; never raises (the CLI's and the tests' entry)."""
+    err = obj.err if obj else Console(stderr=True, soft_wrap=True)
+    debug = _debug_requested(argv) or bool(obj and obj.debug)
+    try:
+        result = typer.main.get_command(app).main(args=argv, prog_name="meshctl", standalone_mode=False, obj=obj)
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except MeshError as exc:
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False)
+        return exc.code
+    except ClickExit as exc:
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except ClickAbort:
+        err.print("[red]aborted[/]")
+        return ExitCode.INTERRUPTED
+    except ClickUsageError as exc:
+        command = getattr(exc, "ctx", None)
+        where = f" (see `{command.command_path} -h`)" if command else ""
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        err.print(f"[bold red]error:[/] {escape(message)}{where}", highlight=False)
+        return ExitCode.USAGE
+    except ClickException as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False)  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: still one line unless asked for the traceback
+        if debug:
+            err.print_exception()
+        err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}; rerun with --debug and report it",
+                  highlight=False)
+        return ExitCode.FAILED
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+__all__ = ["__version__", "app", "main", "run"]

@@ -1,0 +1,1 @@
+"""Galley: resource models, YAML loading, validation, and the on-disk store."""

@@ -1,0 +1,41 @@
+"""Names shared by the control plane, the injector and the data plane.
+
+Docker holds meshctl's state through these labels (docker-compose's habit), and the port numbers are
+Istio's, so tools and habits carry over.
+"""
+
+from typing import Final
+
+from meshctl import __version__
+
+LABEL_PREFIX: Final = "io.meshctl"
+LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"  # "true" on everything meshctl creates
+LABEL_COMPONENT: Final = f"{LABEL_PREFIX}.component"  # network | base-image | proxy-image | sidecar | sample
+LABEL_VERSION: Final = f"{LABEL_PREFIX}.version"  # meshctl version that built an image
+LABEL_BUILD_HASH: Final = f"{LABEL_PREFIX}.build-hash"  # content hash: same hash, no rebuild
+
+NETWORK_NAME: Final = "meshctl"
+DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
+
+BASE_IMAGE: Final = "meshctl/base:bookworm"
+PROXY_IMAGE_REPO: Final = "meshctl/proxy"
+PROXY_IMAGE: Final = f"{PROXY_IMAGE_REPO}:{__version__}"
+
+# Packages in the offline-built base image: enough for the sidecar (python3, iptables) and samples (curl).
+BASE_PACKAGES: Final = ("python3", "python3-venv", "ca-certificates", "iptables", "curl")
+DEBIAN_SUITE: Final = "bookworm"
+DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
+
+# What the sidecar image installs from the host-built wheelhouse.
+PROXY_PYTHON_PACKAGES: Final = ("mitmproxy==11.0.2", "prometheus_client>=0.20", "pyyaml>=6")
+
+# Istio's data-plane numbers.
+PORT_ADMIN: Final = 15000
+PORT_OUTBOUND: Final = 15001
+PORT_INBOUND: Final = 15006
+PORT_HEALTH: Final = 15021
+PORT_METRICS: Final = 15090
+PROXY_UID: Final = 1337
+
+CA_VALIDITY_DAYS: Final = 3650
+CA_WARN_DAYS: Final = 90  # `check` warns when the root expires sooner than this

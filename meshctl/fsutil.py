@@ -1,0 +1,97 @@
+"""Files that are never half-written: atomic replace, directory locks, private modes.
+
+Every write goes to a temporary file in the same directory, is flushed to disk, gets its final mode,
+then replaces the target in one rename. A process killed at any point leaves the old file or the new
+one, never a mix. OS errors become one-line MeshErrors that name the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from meshctl.errors import MeshError, PermissionProblem
+
+
+def os_error(exc: OSError, path: Path | str, doing: str) -> MeshError:
+    """Translate an OSError into the one line a user can act on."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionProblem(
+            f"cannot {doing} {path}: permission denied",
+            "check the owner and mode of the mesh home, or point MESHCTL_HOME at a writable directory",
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PermissionProblem(f"cannot {doing} {path}: no space left on device", "free some disk space")
+    return MeshError(f"cannot {doing} {path}: {exc.strerror or exc}")
+
+
+def ensure_dir(path: Path, mode: int = 0o700) -> bool:
+    """Create `path` (and parents) with `mode`; fix the mode if it exists. Returns True if anything changed."""
+    try:
+        if path.is_dir():
+            if path.stat().st_mode & 0o777 != mode:
+                path.chmod(mode)
+                return True
+            return False
+        path.mkdir(parents=True, mode=mode)
+        path.chmod(mode)  # mkdir's mode is masked by the umask
+        return True
+    except OSError as exc:
+        raise os_error(exc, path, "create directory") from exc
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so readers see the old content or the new, never a part."""
+    payload = data.encode() if isinstance(data, str) else data
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as tmp:
+            os.fchmod(tmp.fileno(), mode)
+            tmp.write(payload)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise os_error(exc, path, "write") from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (flock: released by the kernel if the holder dies)."""
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise os_error(exc, lock_file, "lock") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise os_error(exc, path, "read") from exc

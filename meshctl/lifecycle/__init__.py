@@ -1,0 +1,1 @@
+"""Install, uninstall and check: the mesh's own lifecycle on this engine."""

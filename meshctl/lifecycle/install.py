@@ -1,0 +1,242 @@
+"""`meshctl install`: a plan of idempotent steps. Each step says what it would change, then changes it.
+
+A step whose `pending()` is None is already in place, so a second install touches nothing and says so.
+Order matters: home, CA and store first (cheap, local), then the engine-side network and images.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from meshctl import const
+from meshctl.config.store import Store
+from meshctl.context import Context
+from meshctl.errors import Conflict, PermissionProblem, UsageError
+from meshctl.fsutil import ensure_dir
+from meshctl.home import MeshSettings
+from meshctl.pki import ca as pki
+from meshctl.resources import source_dir
+from meshctl.runtime import images, network
+
+Progress = Callable[[str], None]
+TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def validate_trust_domain(value: str) -> str:
+    if not TRUST_DOMAIN_RE.match(value) or ".." in value:
+        raise UsageError(f"invalid --trust-domain {value!r}",
+                         "use lower-case letters, digits, dots and dashes, e.g. cluster.local")
+    return value
+
+
+def validate_subnet(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise UsageError(f"invalid --network-subnet {value!r}: {exc}", "give a CIDR such as 172.30.0.0/24") from exc
+    if net.version != 4 or net.prefixlen > 28:
+        raise UsageError(f"invalid --network-subnet {value!r}: need an IPv4 network of /28 or larger",
+                         "give a CIDR such as 172.30.0.0/24")
+    return str(net)
+
+
+class Step(Protocol):
+    title: str
+
+    def pending(self) -> str | None:
+        """What this step would do, or None when it is already in place."""
+
+    def apply(self, progress: Progress) -> str:
+        """Do it; return a short account of what was done."""
+
+
+def _require_writable(path: Path) -> None:
+    """Fail before any change when the home (or the directory it would be made in) cannot be written."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionProblem(f"the mesh home {path} is not writable ({existing} refuses writes)",
+                                "fix its owner or mode, or set MESHCTL_HOME to a writable directory")
+
+
+@dataclass
+class HomeStep:
+    ctx: Context
+    settings: MeshSettings
+    title: str = "mesh home"
+
+    def pending(self) -> str | None:
+        root = self.ctx.home.root
+        _require_writable(root)
+        if not root.is_dir():
+            return f"create {root} (mode 0700)"
+        if root.stat().st_mode & 0o777 != 0o700:
+            return f"set {root} to mode 0700"
+        if not self.ctx.home.is_installed() or self.ctx.home.settings() != self.settings:
+            return f"write {self.ctx.home.settings_file}"
+        return None
+
+    def apply(self, progress: Progress) -> str:
+        ensure_dir(self.ctx.home.root, 0o700)
+        ensure_dir(self.ctx.home.proxies_dir, 0o700)
+        self.ctx.home.save_settings(self.settings)
+        return f"{self.ctx.home.root} (trust domain {self.settings.trust_domain})"
+
+
+@dataclass
+class CAStep:
+    ctx: Context
+    settings: MeshSettings
+    title: str = "root CA"
+
+    def pending(self) -> str | None:
+        return None if pki.has_root(self.ctx.home.ca_dir) else "create an ECDSA P-256 root CA valid for 10 years"
+
+    def apply(self, progress: Progress) -> str:
+        now = dt.datetime.fromtimestamp(self.ctx.clock(), dt.UTC)
+        root = pki.create_root(self.settings.trust_domain, now)
+        pki.save_root(root, self.ctx.home.ca_dir)
+        return f"serial {root.cert.serial_number:x}, expires {root.not_after:%Y-%m-%d}, key mode 0600"
+
+
+@dataclass
+class StoreStep:
+    ctx: Context
+    title: str = "config store"
+
+    def pending(self) -> str | None:
+        return None if Store(self.ctx.home.config_dir).exists() else "create an empty store at revision 0"
+
+    def apply(self, progress: Progress) -> str:
+        Store(self.ctx.home.config_dir).init(self.ctx.clock())
+        return f"{self.ctx.home.config_dir} at revision 0"
+
+
+@dataclass
+class NetworkStep:
+    ctx: Context
+    settings: MeshSettings
+    title: str = "network"
+
+    def pending(self) -> str | None:
+        net = network.find_network(self.ctx.docker(), self.settings.network)
+        if net is not None:
+            network.check_network(net, self.settings.network_subnet)
+            return None
+        subnet = self.settings.network_subnet or "a subnet Docker picks"
+        return f"create bridge network {self.settings.network!r} on {subnet}"
+
+    def apply(self, progress: Progress) -> str:
+        net = network.create_network(self.ctx.docker(), self.settings.network, self.settings.network_subnet)
+        net.reload()
+        return f"bridge {net.name!r} on {', '.join(network.network_subnets(net))}"
+
+
+@dataclass
+class BaseImageStep:
+    ctx: Context
+    settings: MeshSettings
+    title: str = "base image"
+
+    def pending(self) -> str | None:
+        if images.find_image(self.ctx.docker(), self.settings.base_image):
+            return None
+        if self.settings.base_image != const.BASE_IMAGE:
+            return f"pull {self.settings.base_image}, or build {const.BASE_IMAGE} from Debian packages if it cannot"
+        if images.rootfs_cache(self.ctx.cache_dir).is_file():
+            return f"import {const.BASE_IMAGE} from the cached Debian rootfs"
+        return f"build {const.BASE_IMAGE} from Debian packages (debootstrap, about a minute)"
+
+    def apply(self, progress: Progress) -> str:
+        client = self.ctx.docker()
+        wanted = self.settings.base_image
+        if wanted != const.BASE_IMAGE:
+            progress(f"pulling {wanted}")
+            if images.pull_image(client, wanted):
+                return f"pulled {wanted}"
+            self.settings.base_image = const.BASE_IMAGE
+            self.ctx.home.save_settings(self.settings)
+            if images.find_image(client, const.BASE_IMAGE):
+                return f"{wanted} could not be pulled (no registry); using {const.BASE_IMAGE} instead"
+            how = images.build_base_image(client, const.BASE_IMAGE, self.ctx.cache_dir, progress)
+            return f"{wanted} could not be pulled (no registry); {const.BASE_IMAGE} {how}"
+        return f"{wanted}: " + images.build_base_image(client, wanted, self.ctx.cache_dir, progress)
+
+
+@dataclass
+class ProxyImageStep:
+    ctx: Context
+    settings: MeshSettings
+    title: str = "sidecar image"
+
+    def _wanted_hash(self, wheelhouse: Path | None) -> str | None:
+        base = images.find_image(self.ctx.docker(), self.settings.base_image)
+        if base is None:
+            return None
+        wheels = sorted(p.name for p in wheelhouse.glob("*.whl")) if wheelhouse else list(const.PROXY_PYTHON_PACKAGES)
+        return images.tree_hash([source_dir("addons"), images.DOCKERFILES / "proxy.Dockerfile"],
+                                extra=[base.id, *wheels])
+
+    def pending(self) -> str | None:
+        wheelhouse = images.wheelhouse_dir(self.ctx.cache_dir)
+        wanted = self._wanted_hash(wheelhouse if wheelhouse.is_dir() else None)
+        current = images.find_image(self.ctx.docker(), self.settings.proxy_image)
+        if wanted and current and images.image_label(current, const.LABEL_BUILD_HASH) == wanted:
+            return None
+        what = "rebuild" if current else "build"
+        return f"{what} {self.settings.proxy_image} (mitmproxy 11.0.2 and addons, from a host-built wheelhouse)"
+
+    def apply(self, progress: Progress) -> str:
+        wheelhouse = images.ensure_wheelhouse(self.ctx.cache_dir, progress)
+        build_hash = self._wanted_hash(wheelhouse)
+        assert build_hash is not None, "the base image step runs first"
+        current = images.find_image(self.ctx.docker(), self.settings.proxy_image)
+        if current and images.image_label(current, const.LABEL_BUILD_HASH) == build_hash:
+            return f"{self.settings.proxy_image} is up to date"
+        with tempfile.TemporaryDirectory(prefix="meshctl-build-") as tmp:
+            build_ctx = Path(tmp)
+            shutil.copy(images.DOCKERFILES / "proxy.Dockerfile", build_ctx / "Dockerfile")
+            shutil.copytree(wheelhouse, build_ctx / "wheelhouse")
+            shutil.copytree(source_dir("addons"), build_ctx / "addons",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            images.build_image(self.ctx.docker(), self.settings.proxy_image, build_ctx, "proxy-image", build_hash,
+                               {"BASE": self.settings.base_image}, progress)
+        return f"{self.settings.proxy_image} built on {self.settings.base_image}"
+
+
+def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
+                     base_image: str | None) -> MeshSettings:
+    """Settings for this install: the flags over what an earlier install chose; a change that would
+    orphan existing state (a new trust domain under an existing CA) is refused before anything is touched."""
+    if ctx.home.is_installed():
+        settings = ctx.home.settings()
+        if trust_domain and trust_domain != settings.trust_domain:
+            raise Conflict(f"this mesh home uses trust domain {settings.trust_domain!r}, not {trust_domain!r}",
+                           "run `meshctl uninstall --purge` first to start over with a new trust domain")
+        if subnet and settings.network_subnet and subnet != settings.network_subnet:
+            raise Conflict(f"this mesh uses subnet {settings.network_subnet}, not {subnet}",
+                           "run `meshctl uninstall` first to change the subnet")
+        if subnet:
+            settings.network_subnet = subnet
+        if base_image:
+            settings.base_image = base_image
+        return settings
+    return MeshSettings(trust_domain=trust_domain or const.DEFAULT_TRUST_DOMAIN, network_subnet=subnet,
+                        base_image=base_image or const.BASE_IMAGE)
+
+
+def plan(ctx: Context, settings: MeshSettings) -> list[Step]:
+    return [HomeStep(ctx, settings), CAStep(ctx, settings), StoreStep(ctx), NetworkStep(ctx, settings),
+            BaseImageStep(ctx, settings), ProxyImageStep(ctx, settings)]

@@ -1,0 +1,1 @@
+"""Citadel: the mesh CA, workload certificates with SPIFFE identities, rotation."""
