@@ -26,11 +26,22 @@ OutputOption = Annotated[
 ]
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Shared objects are written out in full: anchors and aliases confuse people reading compose files."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
+
+
 def emit(out: Console, fmt: OutputFormat, data: Any, table: Callable[[], RenderableType]) -> None:
     if fmt is OutputFormat.json:
         out.print_json(json.dumps(data, default=str))
     elif fmt is OutputFormat.yaml:
-        out.print(Text(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip()))
+        out.print(Text(to_yaml(data).rstrip()))
     else:
         out.print(table())
 

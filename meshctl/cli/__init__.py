@@ -50,9 +50,9 @@ def root(
 
 
 def _register() -> None:
-    from meshctl.cli import check, install, version
+    from meshctl.cli import check, inject, install, version
 
-    for module in (install, check, version):
+    for module in (install, inject, check, version):
         module.register(app)
 
 

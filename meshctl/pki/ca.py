@@ -59,8 +59,6 @@ def create_root(trust_domain: str, now: dt.datetime, days: int = const.CA_VALIDI
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.NameConstraints(permitted_subtrees=[x509.UniformResourceIdentifier(
-            f"spiffe://{trust_domain}")], excluded_subtrees=None), critical=False)
         .sign(key, hashes.SHA256())
     )
     return RootCA(cert=cert, key=key)

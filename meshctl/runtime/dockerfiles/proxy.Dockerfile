@@ -12,3 +12,6 @@ RUN python3 -m venv /opt/meshctl/venv \
     && groupadd --gid 1337 meshproxy && useradd --uid 1337 --gid 1337 --no-create-home \
          --home-dir /nonexistent --shell /usr/sbin/nologin meshproxy
 COPY addons /opt/meshctl/addons
+EXPOSE 15001 15006 15021 15090
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python3", "-m", "addons.sidecar"]

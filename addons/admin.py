@@ -1,0 +1,78 @@
+"""The proxy's own endpoints, on Istio's ports:
+
+  :15021 /healthz/ready     readiness (the compose healthcheck and `depends_on: service_healthy` use it)
+  :15090 /stats/prometheus  Prometheus metrics (also /metrics)
+  127.0.0.1:15000           admin: /config_dump (what this proxy actually uses), /stats, /ready
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("meshctl.admin")
+Handler = Callable[[], tuple[int, str, bytes]]
+
+
+def _response(status: int, content_type: str, body: bytes) -> bytes:
+    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "OK")
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+async def serve(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
+            handler = routes.get(path)
+            status, ctype, body = handler() if handler else (404, "text/plain", b"not found\n")
+            writer.write(_response(status, ctype, body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        except Exception:
+            log.exception("admin endpoint failed")
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port, reuse_address=True)
+
+
+class Admin:
+    def __init__(self, state: Any) -> None:
+        self.state = state  # addons.proxy.ProxyState
+        self.servers: list[asyncio.Server] = []
+
+    def _ready(self) -> tuple[int, str, bytes]:
+        ready, why = self.state.readiness()
+        return (200 if ready else 503), "text/plain", (why + "\n").encode()
+
+    def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.state.telemetry.registry)
+
+    def _config_dump(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(self.state.config_dump(), indent=1).encode()
+
+    def _stats(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(self.state.stats()).encode()
+
+    async def start(self) -> None:
+        self.servers = [
+            await serve("0.0.0.0", 15021, {"/healthz/ready": self._ready}),
+            await serve("0.0.0.0", 15090, {"/stats/prometheus": self._metrics, "/metrics": self._metrics}),
+            await serve("127.0.0.1", 15000, {"/config_dump": self._config_dump, "/stats": self._stats,
+                                             "/ready": self._ready}),
+        ]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()

@@ -1,0 +1,72 @@
+"""Which addresses belong to meshed workloads: resolve each workload's compose name through Docker's DNS.
+
+Replicas and containers that come and go show up as the names resolve to more or fewer addresses. The
+table is rebuilt in the background every few seconds and on demand (rate-limited) when an outbound
+connection goes to an address it does not know yet, so a freshly started pod is recognised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from addons.snapshot import Service, Workload
+
+log = logging.getLogger("meshctl.endpoints")
+REFRESH_EVERY_S = 2.0
+ON_DEMAND_MIN_GAP_S = 0.25
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    service: Service
+    workload: Workload
+
+
+class Endpoints:
+    def __init__(self, services: tuple[Service, ...]) -> None:
+        self.services = services
+        self.by_ip: dict[str, Endpoint] = {}
+        self._refreshed_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def _resolve(self, host: str) -> set[str]:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET,
+                                                                 type=socket.SOCK_STREAM)
+        except (socket.gaierror, OSError):
+            return set()  # not started yet, or scaled to zero
+        return {str(info[4][0]) for info in infos}
+
+    async def _refresh(self) -> None:
+        pairs = [(svc, wl) for svc in self.services for wl in svc.workloads]
+        results = await asyncio.gather(*(self._resolve(wl.host) for _, wl in pairs))
+        table = {ip: Endpoint(svc, wl) for (svc, wl), ips in zip(pairs, results, strict=True) for ip in ips}
+        self.by_ip = table  # swapped whole: readers never see a half-built table
+        self._refreshed_at = time.monotonic()
+
+    async def refresh(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        await self._refreshing
+
+    async def lookup(self, ip: str) -> Endpoint | None:
+        found = self.by_ip.get(ip)
+        if found is None and time.monotonic() - self._refreshed_at > ON_DEMAND_MIN_GAP_S:
+            await self.refresh()
+            found = self.by_ip.get(ip)
+        return found
+
+    def find_service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # keep the last table; the next round may succeed
+                log.exception("endpoint refresh failed")
+            await asyncio.sleep(REFRESH_EVERY_S)

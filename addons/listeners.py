@@ -1,0 +1,146 @@
+"""What each captured connection becomes: the layer stack, chosen per listener. Fails closed.
+
+Inbound (15006), from peers:
+  TLS         -> our TLS server (mutual, verified), then HTTP or raw TCP to the app in plaintext
+  plaintext   -> PERMISSIVE/DISABLE: HTTP or raw TCP to the app; STRICT: refused, unless it entered
+                 through a published port from outside the pod's networks (the mesh's edge)
+Outbound (15001), from our app:
+  app's own TLS        -> passed through untouched (never intercepted)
+  a meshed destination -> HTTP/1 over mTLS (L7), or raw TCP / h2c over mTLS (L4)
+  anything else        -> passed through as plain TCP
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy import commands, context, events, layer, layers
+from mitmproxy.proxy.layers.http import HTTPMode
+
+from addons.endpoints import Endpoints
+from addons.mtls import MutualTLS
+from addons.snapshot import Snapshot
+
+log = logging.getLogger("meshctl.listeners")
+INBOUND_PORT = 15006
+OUTBOUND_PORT = 15001
+H2_PREFACE = b"PRI * HTTP/2.0"
+L4_ALPN = b"meshctl-l4"  # offered on L4 tunnels so the far side never mistakes them for HTTP ALPN
+
+
+class Refuse(layer.Layer):
+    """Close the client connection at once, after an optional final message. Nothing reaches the app."""
+
+    def __init__(self, ctx: context.Context, message: bytes = b"") -> None:
+        super().__init__(ctx)
+        self.message = message
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            if self.message:
+                yield commands.SendData(self.context.client, self.message)
+            yield commands.CloseConnection(self.context.client)
+
+
+def looks_like_http1(data: bytes) -> bool:
+    first_line = data.split(b"\n", 1)[0]
+    return (len(data) >= 3 and data[:3].isalpha() and b" " in first_line and not data.startswith(H2_PREFACE))
+
+
+def local_networks(route_table: str) -> tuple[list[ipaddress.IPv4Network], set[str]]:
+    """The pod's own subnets and their gateways, from /proc/net/route (hex, little-endian)."""
+    nets, gateways = [], set()
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        dest, gateway, mask = (ipaddress.IPv4Address(bytes.fromhex(f)[::-1]) for f in (fields[1], fields[2],
+                                                                                          fields[7]))
+        if int(dest) == 0 and int(gateway) != 0:
+            gateways.add(str(gateway))
+        elif int(dest) != 0:
+            net = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+            nets.append(net)
+            gateways.add(str(net.network_address + 1))  # Docker's default gateway for a bridge network
+    return nets, gateways
+
+
+class Listeners:
+    def __init__(self, snap: Snapshot, mtls: MutualTLS, endpoints: Endpoints,
+                 networks: tuple[Iterable[ipaddress.IPv4Network], set[str]] = ((), set())) -> None:
+        self.snap = snap
+        self.mtls = mtls
+        self.endpoints = endpoints
+        self.networks = list(networks[0])
+        self.gateways = networks[1]
+
+    def _from_edge(self, peer_ip: str, port: int) -> bool:
+        """Plaintext that came in through a published port from the host or beyond, not from a pod."""
+        if port not in self.snap.published_ports:
+            return False
+        if peer_ip in self.gateways:
+            return True
+        addr = ipaddress.ip_address(peer_ip)
+        return not any(addr in net for net in self.networks)
+
+    async def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if nextlayer.layer is not None:
+            return
+        ctx = nextlayer.context
+        try:
+            data = nextlayer.data_client()
+            if not data:
+                return  # wait for the client's first bytes
+            port = ctx.client.proxy_mode.custom_listen_port
+            if port == INBOUND_PORT:
+                nextlayer.layer = self._inbound(ctx, data)
+            elif port == OUTBOUND_PORT:
+                nextlayer.layer = await self._outbound(ctx, data)
+            else:
+                nextlayer.layer = Refuse(ctx)
+        except Exception:
+            log.exception("refusing a connection: could not decide how to handle it")
+            nextlayer.layer = Refuse(ctx)
+
+    def _inbound(self, ctx: context.Context, data: bytes) -> layer.Layer:
+        if ctx.client.tls:  # inside our verified mTLS: the peer's app protocol
+            return self._app_protocol(ctx, data)
+        if starts_like_tls_record(data):
+            if self.snap.mode == "DISABLE":
+                return layers.TCPLayer(ctx, ignore=True)  # the caller's own TLS, end to end
+            return layers.ClientTLSLayer(ctx)
+        peer_ip, _ = ctx.client.peername
+        assert ctx.server.address is not None
+        if self.snap.mode == "STRICT" and not self._from_edge(peer_ip, ctx.server.address[1]):
+            log.warning("refused plaintext from %s to port %d: %s requires mutual TLS (STRICT)",
+                        peer_ip, ctx.server.address[1], self.snap.app)
+            body = (f"meshctl: {self.snap.app} requires mutual TLS (PeerAuthentication STRICT); "
+                    f"plaintext from {peer_ip} refused\n").encode()
+            message = (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+                       + f"content-length: {len(body)}\r\n\r\n".encode() + body) if looks_like_http1(data) else b""
+            return Refuse(ctx, message)
+        return self._app_protocol(ctx, data)
+
+    def _app_protocol(self, ctx: context.Context, data: bytes) -> layer.Layer:
+        if looks_like_http1(data):
+            return layers.HttpLayer(ctx, HTTPMode.transparent)
+        return layers.TCPLayer(ctx)
+
+    async def _outbound(self, ctx: context.Context, data: bytes) -> layer.Layer:
+        if starts_like_tls_record(data):
+            return layers.TCPLayer(ctx, ignore=True)
+        assert ctx.server.address is not None
+        endpoint = await self.endpoints.lookup(ctx.server.address[0])
+        if endpoint is None:
+            return self._app_protocol(ctx, data) if looks_like_http1(data) else layers.TCPLayer(ctx, ignore=True)
+        self.mtls.expected[ctx.server.address] = endpoint.service.identity
+        ctx.server.tls = True
+        if looks_like_http1(data):
+            return layers.HttpLayer(ctx, HTTPMode.transparent)
+        ctx.server.alpn_offers = [L4_ALPN]
+        tunnel = layers.ServerTLSLayer(ctx)
+        tunnel.child_layer = layers.TCPLayer(ctx)
+        return tunnel

@@ -1,0 +1,157 @@
+"""The sidecar's proxy process: a slim mitmproxy master with only the addons a sidecar needs.
+
+Run as the proxy uid by addons.sidecar. mitmproxy's ~31 default addons are left out: they cost time on
+every hook and none of them has a job here. Our Listeners addon decides every layer, MutualTLS provides
+every TLS connection, so neither mitmproxy's NextLayer nor its TlsConfig (which would fail open to
+its own defaults) is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import options
+from mitmproxy.addons import proxyserver
+from mitmproxy.master import Master
+
+from addons import snapshot
+from addons.admin import Admin
+from addons.endpoints import Endpoints
+from addons.listeners import INBOUND_PORT, OUTBOUND_PORT, Listeners, local_networks
+from addons.mtls import CERT_DIR, MutualTLS
+from addons.telemetry import Telemetry
+
+log = logging.getLogger("meshctl.proxy")
+DRAIN_TIMEOUT_S = float(os.environ.get("MESHCTL_DRAIN_TIMEOUT", "10"))
+PROXY_VERSION = os.environ.get("MESHCTL_PROXY_VERSION", "dev")
+
+
+class Connections:
+    """Counts open client connections, so a stopping proxy can wait for in-flight work to finish."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.total = 0
+
+    def client_connected(self, client: Any) -> None:
+        self.open += 1
+        self.total += 1
+
+    def client_disconnected(self, client: Any) -> None:
+        self.open -= 1
+
+
+class ProxyState:
+    def __init__(self, snap: snapshot.Snapshot, mtls: MutualTLS, endpoints: Endpoints, telemetry: Telemetry,
+                 connections: Connections) -> None:
+        self.snap = snap
+        self.mtls = mtls
+        self.endpoints = endpoints
+        self.telemetry = telemetry
+        self.connections = connections
+        self.listening = False
+        self.draining = False
+        self.started = time.time()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if not self.listening:
+            return False, "starting"
+        if self.mtls.contexts is None:
+            return False, "no workload certificate"
+        return True, "ready"
+
+    def config_dump(self) -> dict[str, Any]:
+        return {
+            "proxy_version": PROXY_VERSION,
+            "snapshot": self.snap.raw,
+            "listeners": [{"name": "virtualOutbound", "port": OUTBOUND_PORT},
+                          {"name": "virtualInbound", "port": INBOUND_PORT, "mode": self.snap.mode}],
+            "endpoints": {ip: {"service": e.service.name, "workload": e.workload.host, "version": e.workload.version}
+                          for ip, e in sorted(self.endpoints.by_ip.items())},
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {"uptime_s": round(time.time() - self.started, 1), "connections_open": self.connections.open,
+                "connections_total": self.connections.total, "revision": self.snap.revision}
+
+
+class Lifecycle:
+    """Starts the admin endpoints and background tasks once mitmproxy's listeners are up."""
+
+    def __init__(self, state: ProxyState, admin: Admin) -> None:
+        self.state = state
+        self.admin = admin
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._start()))
+
+    async def _start(self) -> None:
+        await self.admin.start()
+        await self.state.endpoints.refresh()
+        self.tasks.append(asyncio.get_running_loop().create_task(self.state.endpoints.run_forever()))
+        self.tasks.append(asyncio.get_running_loop().create_task(self._watch_certs()))
+        self.state.listening = True
+        log.info("proxy ready: %s (%s, mode %s)", self.state.snap.name, self.state.snap.identity, self.state.snap.mode)
+
+    async def _watch_certs(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            try:
+                self.state.mtls.reload()
+            except Exception:  # keep the certificate in force; a half-written pair loads on the next round
+                log.exception("certificate reload failed; keeping the current one")
+
+
+async def drain_then_stop(master: Master, state: ProxyState) -> None:
+    """Stop being ready, let in-flight connections finish (bounded), then shut down."""
+    state.draining = True
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while state.connections.open > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    master.shutdown()
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    snap = snapshot.load(CERT_DIR / "snapshot.json")
+    mtls = MutualTLS(CERT_DIR)
+    mtls.reload()
+    endpoints = Endpoints(snap.services)
+    telemetry = Telemetry(snap, endpoints)
+    connections = Connections()
+    state = ProxyState(snap, mtls, endpoints, telemetry, connections)
+    try:
+        networks = local_networks(Path("/proc/net/route").read_text())
+    except OSError:
+        networks = ([], set())
+
+    opts = options.Options()
+    master = Master(opts)
+    master.addons.add(proxyserver.Proxyserver(), connections, Listeners(snap, mtls, endpoints, networks), mtls,
+                      telemetry, Lifecycle(state, Admin(state)))
+    opts.update(
+        mode=[f"transparent@{OUTBOUND_PORT}", f"transparent@{INBOUND_PORT}"],
+        connection_strategy="lazy",  # connect upstream only once we know how (mTLS or not)
+        stream_large_bodies="128k",  # larger bodies stream through instead of being held in memory
+        confdir=os.environ.get("MESHCTL_MITM_CONFDIR", "/tmp/mitmproxy"),
+    )
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(drain_then_stop(master, state)))
+    await master.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,115 @@
+"""The snapshot: the one file the control plane hands a sidecar (the contract between the two planes).
+
+Pure parsing into small typed values, so a snapshot the sidecar cannot apply is rejected with a reason
+before anything uses it. Depends only on the stdlib.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+
+
+class SnapshotError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Workload:
+    host: str  # the compose service name, which resolves to its pods' addresses
+    version: str  # its subset
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # the logical service (the `app` label); also a DNS alias of all its pods
+    identity: str  # SPIFFE ID its sidecars present
+    workloads: tuple[Workload, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    hash: str
+    name: str  # this proxy: project.service
+    service: str  # compose service
+    app: str
+    version: str
+    identity: str
+    trust_domain: str
+    mode: str
+    exclude_inbound_ports: frozenset[int] = frozenset()
+    exclude_outbound_ports: frozenset[int] = frozenset()
+    published_ports: frozenset[int] = frozenset()
+    services: tuple[Service, ...] = field(default_factory=tuple)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _get(data: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+    if key not in data:
+        raise SnapshotError(f"missing field {where}{key}")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SnapshotError(f"field {where}{key} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _ports(values: Any, where: str) -> frozenset[int]:
+    if not isinstance(values, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in values):
+        raise SnapshotError(f"field {where} must be a list of port numbers")
+    return frozenset(values)
+
+
+def parse(data: Any) -> Snapshot:
+    if not isinstance(data, dict):
+        raise SnapshotError("snapshot is not a JSON object")
+    if data.get("format") != FORMAT_VERSION:
+        raise SnapshotError(f"unsupported snapshot format {data.get('format')!r} (this proxy reads {FORMAT_VERSION})")
+    proxy = _get(data, "proxy", dict)
+    inbound = _get(data, "inbound", dict)
+    outbound = _get(data, "outbound", dict)
+    mode = _get(inbound, "mode", str, "inbound.")
+    if mode not in MODES:
+        raise SnapshotError(f"inbound.mode must be one of {', '.join(MODES)}, not {mode!r}")
+    services = []
+    for i, svc in enumerate(_get(data, "services", list)):
+        if not isinstance(svc, dict):
+            raise SnapshotError(f"services[{i}] is not an object")
+        workloads = []
+        for j, wl in enumerate(_get(svc, "workloads", list, f"services[{i}].")):
+            where = f"services[{i}].workloads[{j}]."
+            if not isinstance(wl, dict):
+                raise SnapshotError(f"{where[:-1]} is not an object")
+            workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where)))
+        services.append(Service(_get(svc, "name", str, f"services[{i}]."),
+                                _get(svc, "identity", str, f"services[{i}]."), tuple(workloads)))
+    return Snapshot(
+        revision=_get(data, "revision", int),
+        hash=_get(data, "hash", str),
+        name=_get(proxy, "name", str, "proxy."),
+        service=_get(proxy, "service", str, "proxy."),
+        app=_get(proxy, "app", str, "proxy."),
+        version=_get(proxy, "version", str, "proxy."),
+        identity=_get(proxy, "identity", str, "proxy."),
+        trust_domain=_get(data, "trust_domain", str),
+        mode=mode,
+        exclude_inbound_ports=_ports(inbound.get("exclude_ports", []), "inbound.exclude_ports"),
+        published_ports=_ports(inbound.get("published_ports", []), "inbound.published_ports"),
+        exclude_outbound_ports=_ports(outbound.get("exclude_ports", []), "outbound.exclude_ports"),
+        services=tuple(services),
+        raw=data,
+    )
+
+
+def load(path: Path) -> Snapshot:
+    try:
+        return parse(json.loads(path.read_text()))
+    except OSError as exc:
+        raise SnapshotError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise SnapshotError(f"{path} is not valid JSON: {exc}") from exc

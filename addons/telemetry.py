@@ -1,0 +1,144 @@
+"""Per-request telemetry: Istio's metric names and labels, and one JSON access-log line per request.
+
+The sidecar reports as `destination` for inbound traffic and as `source` for outbound, like Istio's
+proxies. Metrics live in a private registry served on :15090 by the admin addon.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from mitmproxy import http, tcp
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from addons.endpoints import Endpoints
+from addons.listeners import INBOUND_PORT
+from addons.mtls import peer_identity
+from addons.snapshot import Snapshot
+
+LABELS = ("reporter", "source_workload", "source_principal", "destination_service", "destination_workload",
+          "destination_version", "destination_principal", "response_code", "response_flags",
+          "connection_security_policy")
+TCP_LABELS = ("reporter", "source_workload", "source_principal", "destination_service", "destination_workload",
+              "destination_version", "connection_security_policy")
+DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+def app_of(identity: str | None) -> str:
+    """spiffe://td/ns/project/sa/app -> app (the caller's logical service)."""
+    return identity.rsplit("/sa/", 1)[-1] if identity and "/sa/" in identity else "unknown"
+
+
+class Telemetry:
+    def __init__(self, snap: Snapshot, endpoints: Endpoints, out: TextIO = sys.stdout) -> None:
+        self.snap = snap
+        self.endpoints = endpoints
+        self.out = out
+        self.registry = CollectorRegistry()
+        self.requests = Counter("istio_requests", "Requests handled by this proxy.", LABELS, registry=self.registry)
+        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration in milliseconds.",
+                                  LABELS, buckets=DURATION_BUCKETS_MS, registry=self.registry)
+        self.request_bytes = Histogram("istio_request_bytes", "Request body sizes.", LABELS,
+                                       buckets=(100, 1000, 10_000, 100_000, 1_000_000, 10_000_000),
+                                       registry=self.registry)
+        self.response_bytes = Histogram("istio_response_bytes", "Response body sizes.", LABELS,
+                                        buckets=(100, 1000, 10_000, 100_000, 1_000_000, 10_000_000),
+                                        registry=self.registry)
+        self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened.", TCP_LABELS,
+                                  registry=self.registry)
+        self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed.", TCP_LABELS,
+                                  registry=self.registry)
+        self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent to the client of a TCP connection.",
+                                TCP_LABELS, registry=self.registry)
+        self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP "
+                                    "connection.", TCP_LABELS, registry=self.registry)
+
+    # --- who talked to whom ---------------------------------------------------------------------------
+
+    def _parties(self, flow: http.HTTPFlow | tcp.TCPFlow) -> dict[str, str]:
+        inbound = flow.client_conn.proxy_mode.custom_listen_port == INBOUND_PORT
+        if inbound:
+            peer = peer_identity(flow.client_conn.certificate_list) if flow.client_conn.tls_established else None
+            return {"reporter": "destination", "source_workload": app_of(peer), "source_principal": peer or "unknown",
+                    "destination_service": self.snap.app, "destination_workload": self.snap.service,
+                    "destination_version": self.snap.version, "destination_principal": self.snap.identity,
+                    "connection_security_policy": "mutual_tls" if peer else "none"}
+        address = flow.server_conn.address
+        endpoint = self.endpoints.by_ip.get(address[0]) if address else None
+        mtls = bool(endpoint) and flow.server_conn.tls
+        return {"reporter": "source", "source_workload": self.snap.service, "source_principal": self.snap.identity,
+                "destination_service": endpoint.service.name if endpoint else (address[0] if address else "unknown"),
+                "destination_workload": endpoint.workload.host if endpoint else "unknown",
+                "destination_version": endpoint.workload.version if endpoint else "unknown",
+                "destination_principal": endpoint.service.identity if endpoint else "unknown",
+                "connection_security_policy": "mutual_tls" if mtls else "none"}
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        parties = self._parties(flow)
+        status = flow.response.status_code if flow.response else 0
+        flags = flow.metadata.get("mesh_flags") or ("-" if flow.response else "UF")  # UF: upstream failure
+        labels = {**{k: parties[k] for k in LABELS if k in parties}, "response_code": str(status),
+                  "response_flags": flags}
+        end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
+        duration_ms = (end - flow.request.timestamp_start) * 1000
+        req_bytes = len(flow.request.raw_content or b"")
+        resp_bytes = len(flow.response.raw_content or b"") if flow.response else 0
+        self.requests.labels(**labels).inc()
+        self.duration.labels(**labels).observe(duration_ms)
+        self.request_bytes.labels(**labels).observe(req_bytes)
+        self.response_bytes.labels(**labels).observe(resp_bytes)
+        self._log({
+            "time": flow.request.timestamp_start, "direction": "inbound" if parties["reporter"] == "destination"
+            else "outbound", "method": flow.request.method, "authority": flow.request.host_header or "",
+            "path": flow.request.path, "protocol": flow.request.http_version, "status": status,
+            "duration_ms": round(duration_ms, 3), "bytes_received": req_bytes, "bytes_sent": resp_bytes,
+            "source": parties["source_principal"], "destination": parties["destination_principal"],
+            "destination_workload": parties["destination_workload"],
+            "upstream": "{}:{}".format(*flow.server_conn.address) if flow.server_conn.address else None,
+            "mtls": parties["connection_security_policy"] == "mutual_tls", "flags": flags,
+            "trace_id": flow.request.headers.get("x-b3-traceid") or flow.request.headers.get("traceparent"),
+            "error": flow.error.msg if flow.error else None,
+        })
+
+    # --- TCP --------------------------------------------------------------------------------------------
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self.tcp_opened.labels(**{k: self._parties(flow)[k] for k in TCP_LABELS}).inc()
+
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        # Count, then drop: mitmproxy keeps every relayed chunk, which a long-lived connection cannot afford.
+        for message in flow.messages:
+            key = "mesh_rx" if message.from_client else "mesh_tx"
+            flow.metadata[key] = flow.metadata.get(key, 0) + len(message.content)
+        flow.messages.clear()
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        parties = self._parties(flow)
+        labels = {k: parties[k] for k in TCP_LABELS}
+        sent, received = flow.metadata.get("mesh_tx", 0), flow.metadata.get("mesh_rx", 0)
+        self.tcp_closed.labels(**labels).inc()
+        self.tcp_sent.labels(**labels).inc(sent)
+        self.tcp_received.labels(**labels).inc(received)
+        self._log({"time": flow.client_conn.timestamp_start, "direction": "inbound" if parties["reporter"] ==
+                   "destination" else "outbound", "protocol": "tcp", "bytes_received": received, "bytes_sent": sent,
+                   "source": parties["source_principal"], "destination": parties.get("destination_workload"),
+                   "mtls": parties["connection_security_policy"] == "mutual_tls",
+                   "error": flow.error.msg if flow.error else None})
+
+    tcp_error = tcp_end
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        self.out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self.out.flush()

@@ -1,0 +1,204 @@
+"""compose → meshed compose: every service becomes a pod of two containers.
+
+The sidecar owns the network namespace: it takes the app's ports, networks (with the `app` name and
+the service name as aliases), hostname, dns and extra_hosts. The app joins it with
+`network_mode: service:<sidecar>` and starts only when the sidecar is healthy. Everything else about
+the app (environment, volumes, healthcheck, deploy, profiles, x- fields) stays as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshctl import __version__, const
+from meshctl.inject.load import ComposeFile, depends_on_names, labels_of
+
+# Istio's label and annotation habits, shortened for compose labels.
+LABEL_APP, LABEL_VERSION = "app", "version"
+LABEL_INJECT = "mesh.inject"
+LABEL_MTLS = "mesh.mtls-mode"
+LABEL_EXCLUDE_INBOUND = "mesh.exclude-inbound-ports"
+LABEL_EXCLUDE_OUTBOUND = "mesh.exclude-outbound-ports"
+MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+MARKER = "x-meshctl"
+SIDECAR_SUFFIX = "-proxy"
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+# Keys that belong to whoever owns the network namespace.
+NAMESPACE_KEYS = ("ports", "expose", "hostname", "domainname", "dns", "dns_search", "dns_opt", "extra_hosts",
+                  "links", "external_links", "mac_address")
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One meshed compose service: what the snapshot compiler and the proxy files need to know."""
+    service: str
+    sidecar: str
+    app: str
+    version: str
+    mode: str
+    exclude_inbound: tuple[int, ...]
+    exclude_outbound: tuple[int, ...]
+    published: tuple[int, ...]
+
+
+@dataclass
+class Injection:
+    data: dict[str, Any]
+    pods: list[Pod] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # opted out
+
+
+def is_meshed(data: dict[str, Any]) -> bool:
+    return MARKER in data
+
+
+def wants_injection(svc: dict[str, Any]) -> bool:
+    return labels_of(svc).get(LABEL_INJECT, "true").lower() not in ("false", "no", "0", "disabled")
+
+
+def _ports(value: str, where: str, problems: list[str]) -> tuple[int, ...]:
+    out = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        if not part.isdigit() or not 0 < int(part) < 65536 or 15000 <= int(part) <= 15099:
+            problems.append(f"{where}: {part!r} is not a port (1-65535, outside the proxy's 15000-15099)")
+        else:
+            out.append(int(part))
+    return tuple(out)
+
+
+def published_ports(svc: dict[str, Any]) -> tuple[int, ...]:
+    """Container ports published to the host: the mesh's edge, reachable in plaintext even when STRICT."""
+    out: set[int] = set()
+    for entry in svc.get("ports") or []:
+        if isinstance(entry, dict):
+            if entry.get("target"):
+                out.add(int(entry["target"]))
+            continue
+        spec = str(entry).split("/")[0]
+        target = spec.rsplit(":", 1)[-1]
+        if "-" in target:
+            lo, hi = target.split("-", 1)
+            if lo.isdigit() and hi.isdigit():
+                out.update(range(int(lo), int(hi) + 1))
+        elif target.isdigit():
+            out.add(int(target))
+    return tuple(sorted(out))
+
+
+def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[str], list[str]]:
+    services: dict[str, Any] = compose.data["services"]
+    pods, skipped, problems = [], [], []
+    for name, svc in services.items():
+        if not wants_injection(svc):
+            skipped.append(name)
+            continue
+        where = f"service {name!r}"
+        mode = svc.get("network_mode")
+        if mode is not None:
+            if mode == "host":
+                problems.append(f"{where}: `network_mode: host` cannot be meshed: the sidecar needs the service's "
+                                f"own network namespace; remove it or label the service {LABEL_INJECT}: \"false\"")
+            elif str(mode).startswith(("service:", "container:")):
+                problems.append(f"{where}: `network_mode: {mode}` shares another namespace and cannot get its own "
+                                f"sidecar; label it {LABEL_INJECT}: \"false\"")
+            elif mode not in ("bridge", "default"):
+                problems.append(f"{where}: `network_mode: {mode}` cannot be meshed; label it {LABEL_INJECT}: \"false\"")
+        labels = labels_of(svc)
+        app, version = labels.get(LABEL_APP) or name, labels.get(LABEL_VERSION) or "v1"
+        for label, value in ((LABEL_APP, app), (LABEL_VERSION, version)):
+            if not NAME_RE.match(value):
+                problems.append(f"{where}: label `{label}: {value}` must be lower-case letters, digits and dashes")
+        pod_mode = labels.get(LABEL_MTLS, default_mode).upper()
+        if pod_mode not in MODES:
+            problems.append(f"{where}: label `{LABEL_MTLS}: {labels[LABEL_MTLS]}` must be one of {', '.join(MODES)}")
+        sidecar = f"{name}{SIDECAR_SUFFIX}"
+        if sidecar in services:
+            problems.append(f"{where}: its sidecar would be named {sidecar!r}, which is already a service; rename one")
+        pods.append(Pod(
+            service=name, sidecar=sidecar, app=app, version=version, mode=pod_mode,
+            exclude_inbound=_ports(labels.get(LABEL_EXCLUDE_INBOUND, ""), f"{where}: label `{LABEL_EXCLUDE_INBOUND}`",
+                                   problems),
+            exclude_outbound=_ports(labels.get(LABEL_EXCLUDE_OUTBOUND, ""),
+                                    f"{where}: label `{LABEL_EXCLUDE_OUTBOUND}`", problems),
+            published=published_ports(svc),
+        ))
+    return pods, skipped, problems
+
+
+def _networks_with_aliases(svc: dict[str, Any], aliases: list[str]) -> dict[str, Any]:
+    nets = svc.get("networks")
+    if nets is None:
+        nets = {"default": None}
+    elif isinstance(nets, list):
+        nets = {n: None for n in nets}
+    out: dict[str, Any] = {}
+    for net_name, conf in nets.items():
+        conf = dict(conf or {})
+        conf["aliases"] = list(dict.fromkeys([*(conf.get("aliases") or []), *aliases]))
+        out[net_name] = conf
+    return out
+
+
+def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image: str,
+             mesh_network: str) -> dict[str, Any]:
+    sidecar: dict[str, Any] = {
+        "image": image,
+        "cap_add": ["NET_ADMIN"],
+        "labels": {const.LABEL_MANAGED: "true", const.LABEL_COMPONENT: "sidecar",
+                   f"{const.LABEL_PREFIX}.project": project, f"{const.LABEL_PREFIX}.service": pod.service,
+                   f"{const.LABEL_PREFIX}.app": pod.app, f"{const.LABEL_PREFIX}.subset": pod.version},
+        "environment": {"MESHCTL_PROXY_VERSION": __version__},
+        "volumes": [f"{proxy_dir}:/etc/meshctl:ro"],
+        "restart": "unless-stopped",
+        "stop_grace_period": "15s",
+        "healthcheck": {"test": ["CMD", "curl", "-fsS", "-o", "/dev/null",
+                                 f"http://127.0.0.1:{const.PORT_HEALTH}/healthz/ready"],
+                        "interval": "1s", "timeout": "2s", "retries": 60, "start_period": "60s"},
+    }
+    for key in NAMESPACE_KEYS:
+        if key in svc:
+            sidecar[key] = svc[key]
+    networks = _networks_with_aliases(svc, [pod.app, pod.service])
+    networks[mesh_network] = None  # the mesh's own network: observability and bench tools reach proxies here
+    sidecar["networks"] = networks
+    if "profiles" in svc:
+        sidecar["profiles"] = svc["profiles"]
+    return sidecar
+
+
+def _app(svc: dict[str, Any], pod: Pod) -> dict[str, Any]:
+    app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode")}
+    app["network_mode"] = f"service:{pod.sidecar}"
+    deps = svc.get("depends_on")
+    depends: dict[str, Any] = dict(deps) if isinstance(deps, dict) else \
+        {d: {"condition": "service_started"} for d in depends_on_names(svc)}
+    depends[pod.sidecar] = {"condition": "service_healthy"}
+    app["depends_on"] = depends
+    labels = labels_of(svc)
+    labels[f"{const.LABEL_PREFIX}.injected"] = "true"
+    app["labels"] = labels
+    return app
+
+
+def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dict[str, str], image: str,
+            trust_domain: str, mesh_network: str) -> dict[str, Any]:
+    data = copy.deepcopy(compose.data)
+    services: dict[str, Any] = {}
+    by_name = {p.service: p for p in pods}
+    for name, svc in data["services"].items():
+        pod = by_name.get(name)
+        if pod is None:
+            services[name] = svc
+            continue
+        services[pod.sidecar] = _sidecar(svc, pod, project, proxy_dirs[name], image, mesh_network)
+        services[name] = _app(svc, pod)
+    data["services"] = services
+    networks = dict(data.get("networks") or {})
+    networks[mesh_network] = {"external": True, "name": mesh_network}
+    data["networks"] = networks
+    data[MARKER] = {"version": __version__, "project": project, "trust_domain": trust_domain}
+    return data

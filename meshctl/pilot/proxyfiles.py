@@ -1,0 +1,42 @@
+"""The files one sidecar may read, in <home>/proxies/<project>/<service>/, mounted read-only at /etc/meshctl.
+
+Only this directory is mounted into the sidecar, so each sidecar reads only its own key; the CA key is
+never among them. Files belong to the proxy uid (1337) when meshctl runs as root, so the proxy, which
+never runs as root, can read its 0600 key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from meshctl import const
+from meshctl.fsutil import atomic_write, ensure_dir, os_error
+from meshctl.pki.ca import RootCA
+from meshctl.pki.workload import WorkloadCert
+
+
+def proxy_dir(proxies_root: Path, project: str, service: str) -> Path:
+    return proxies_root / project / service
+
+
+def _own(path: Path) -> None:
+    if os.geteuid() == 0:
+        try:
+            os.chown(path, const.PROXY_UID, const.PROXY_UID)
+        except OSError as exc:
+            raise os_error(exc, path, "chown") from exc
+
+
+def write_proxy_files(directory: Path, cert: WorkloadCert, roots: list[RootCA], snapshot: dict[str, Any]) -> None:
+    ensure_dir(directory.parent, 0o700)
+    ensure_dir(directory, 0o700)
+    _own(directory)
+    files = [("key.pem", cert.key_pem(), 0o600), ("cert.pem", cert.cert_pem(), 0o644),
+             ("bundle.pem", b"".join(r.cert_pem() for r in roots), 0o644),
+             ("snapshot.json", json.dumps(snapshot, indent=1).encode(), 0o644)]
+    for name, data, mode in files:
+        atomic_write(directory / name, data, mode=mode)
+        _own(directory / name)
