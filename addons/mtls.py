@@ -25,7 +25,8 @@ from OpenSSL import SSL, crypto
 log = logging.getLogger("meshctl.mtls")
 
 CERT_DIR = Path(os.environ.get("MESHCTL_PROXY_DIR", "/etc/meshctl"))
-HTTP_ALPNS = (b"h2", b"http/1.1")
+# Preference when a TLS client offers both: apps behind sidecars mostly speak HTTP/1.1.
+HTTP_ALPNS = (b"http/1.1", b"h2")
 
 
 def spiffe_ids(cert: crypto.X509) -> list[str]:

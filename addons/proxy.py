@@ -126,6 +126,8 @@ async def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    # Listeners replaces mitmproxy's NextLayer on purpose; its absence is not worth a warning.
+    logging.getLogger("mitmproxy.addons.proxyserver").setLevel(logging.ERROR)
     snap = snapshot.load(CERT_DIR / "snapshot.json")
     mtls = MutualTLS(CERT_DIR)
     mtls.reload()

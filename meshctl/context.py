@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 
@@ -14,6 +16,12 @@ from meshctl.home import MeshHome, default_cache, default_home
 
 if TYPE_CHECKING:
     from docker import DockerClient
+
+
+def _console(stream: TextIO, stderr: bool = False) -> Console:
+    # Piped output keeps whole rows (like kubectl): no wrapping at an imagined 80 columns.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 400
+    return Console(stderr=stderr, soft_wrap=True, width=width)
 
 
 def _connect() -> DockerClient:
@@ -26,7 +34,7 @@ def _connect() -> DockerClient:
 class Context:
     home: MeshHome = field(default_factory=lambda: MeshHome(default_home()))
     cache_dir: Path = field(default_factory=default_cache)
-    out: Console = field(default_factory=lambda: Console(soft_wrap=True))
+    out: Console = field(default_factory=lambda: _console(sys.stdout))
     err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
     debug: bool = False
     docker_factory: Callable[[], DockerClient] = _connect

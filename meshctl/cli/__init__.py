@@ -50,9 +50,9 @@ def root(
 
 
 def _register() -> None:
-    from meshctl.cli import check, inject, install, version
+    from meshctl.cli import check, demo, inject, install, version
 
-    for module in (install, inject, check, version):
+    for module in (install, inject, demo, check, version):
         module.register(app)
 
 

@@ -33,7 +33,7 @@ def inject(
 ) -> None:
     """Add a sidecar to every service: transparent capture, mutual TLS, telemetry. Idempotent."""
     c: Context = ctx.obj
-    result = run_inject(c, file, project_name, mtls_mode.value)
+    result = run_inject(c, file, project_name, mtls_mode.value, output.parent if output else None)
     if output is None:
         c.out.file.write(result.text)
         c.out.file.flush()

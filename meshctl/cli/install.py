@@ -42,15 +42,7 @@ def install(
         rows = [{"step": s.title, "action": todo or "none (already in place)"} for s, todo in pending]
         emit(c.out, output, rows, lambda: simple_table(["step", "action"], [list(r.values()) for r in rows]))
         return
-    changed = 0
-    for step, todo in pending:
-        if todo is None:
-            c.err.print(f"[green]✔[/] {step.title}: unchanged", highlight=False)
-            continue
-        with c.err.status(f"{step.title}: {escape(todo)}") as status:
-            done = step.apply(_progress(status, step.title))
-        changed += 1
-        c.err.print(f"[green]✔[/] {step.title}: {escape(done)}", highlight=False)
+    changed = apply_plan(c, pending)
     took = time.monotonic() - started
     if changed:
         c.err.print(f"[bold green]meshctl is installed[/] in {c.home.root} ({changed} steps, {took:.1f}s). "
@@ -58,6 +50,21 @@ def install(
     else:
         c.err.print(f"meshctl is already installed in {c.home.root}: nothing changed ({took:.1f}s).",
                     highlight=False)
+
+
+def apply_plan(c: Context, pending: list[tuple[installer.Step, str | None]], quiet: bool = False) -> int:
+    """Apply the steps that have something to do, with a spinner each; returns how many changed."""
+    changed = 0
+    for step, todo in pending:
+        if todo is None:
+            if not quiet:
+                c.err.print(f"[green]✔[/] {step.title}: unchanged", highlight=False)
+            continue
+        with c.err.status(f"{step.title}: {escape(todo)}") as status:
+            done = step.apply(_progress(status, step.title))
+        changed += 1
+        c.err.print(f"[green]✔[/] {step.title}: {escape(done)}", highlight=False)
+    return changed
 
 
 def _progress(status: Status, title: str) -> Callable[[str], None]:

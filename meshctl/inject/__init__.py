@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
-from meshctl.inject import load, rewrite
+from meshctl.inject import load, paths, rewrite
 from meshctl.output import to_yaml
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot
@@ -30,7 +31,9 @@ def _fail(source: str, problems: list[str]) -> InvalidInput:
     return InvalidInput(f"{source}: {problems[0]}{more}")
 
 
-def inject(ctx: Context, path: str, project_name: str | None, default_mode: str) -> Result:
+def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
+           output_dir: Path | None = None) -> Result:
+    """Mesh the compose file at `path`; `output_dir` is where the result will live (None: stdout)."""
     compose = load.load(path)
     if rewrite.is_meshed(compose.data):
         return Result(compose.text, compose.data[rewrite.MARKER].get("project", ""), [], [], unchanged=True)
@@ -46,6 +49,8 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str)
     dirs = {p.service: proxy_dir(ctx.home.proxies_dir, project, p.service) for p in pods}
     data = rewrite.rewrite(compose, pods, project, {k: str(v) for k, v in dirs.items()}, settings.proxy_image,
                            settings.trust_domain, settings.network)
+    if output_dir is not None and output_dir.resolve() != compose.directory:
+        data = paths.relocate(data, compose.directory)
     text = to_yaml(data)
     # Everything is validated: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)

@@ -9,6 +9,8 @@ the app (environment, volumes, healthcheck, deploy, profiles, x- fields) stays a
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +172,7 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
     return sidecar
 
 
-def _app(svc: dict[str, Any], pod: Pod) -> dict[str, Any]:
+def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any]) -> dict[str, Any]:
     app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode")}
     app["network_mode"] = f"service:{pod.sidecar}"
     deps = svc.get("depends_on")
@@ -180,6 +182,10 @@ def _app(svc: dict[str, Any], pod: Pod) -> dict[str, Any]:
     app["depends_on"] = depends
     labels = labels_of(svc)
     labels[f"{const.LABEL_PREFIX}.injected"] = "true"
+    # An app joined to a recreated sidecar would keep the old, dead namespace. Compose recreates a
+    # container when its config changes, so the app carries its sidecar's config as a hash.
+    labels[f"{const.LABEL_PREFIX}.sidecar-hash"] = hashlib.sha256(
+        json.dumps(sidecar, sort_keys=True).encode()).hexdigest()[:16]
     app["labels"] = labels
     return app
 
@@ -194,8 +200,9 @@ def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dic
         if pod is None:
             services[name] = svc
             continue
-        services[pod.sidecar] = _sidecar(svc, pod, project, proxy_dirs[name], image, mesh_network)
-        services[name] = _app(svc, pod)
+        sidecar = _sidecar(svc, pod, project, proxy_dirs[name], image, mesh_network)
+        services[pod.sidecar] = sidecar
+        services[name] = _app(svc, pod, sidecar)
     data["services"] = services
     networks = dict(data.get("networks") or {})
     networks[mesh_network] = {"external": True, "name": mesh_network}

@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
+
+from meshctl.errors import EngineError, MeshError
 
 
 @dataclass(frozen=True)
@@ -33,3 +36,24 @@ def find_compose() -> ComposeTool | None:
         if version:
             return ComposeTool(tuple(argv), version)
     return None
+
+
+def require_compose() -> ComposeTool:
+    tool = find_compose()
+    if tool is None:
+        raise MeshError("neither `docker compose` nor `docker-compose` is installed",
+                        "install the compose plugin, or `apt-get install docker-compose`")
+    return tool
+
+
+def run_compose(tool: ComposeTool, project: str, file: Path, *args: str, timeout: float = 900) -> str:
+    """Run compose for `project`; a failure becomes one line with compose's own last words."""
+    argv = [*tool.argv, "-p", project, "-f", str(file), *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-3:]
+        raise EngineError(f"`{' '.join(argv[:len(tool.argv)])} {' '.join(args)}` failed: {' | '.join(last)}")
+    return done.stdout

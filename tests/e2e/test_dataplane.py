@@ -1,0 +1,223 @@
+"""The data plane against the real engine: injected apps, real sidecars, real traffic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+from docker import DockerClient
+
+from meshctl.pki import ca as pki
+from meshctl.pki import workload
+from meshctl.runtime.compose import require_compose
+from tests.e2e.conftest import App
+
+TD = "spiffe://cluster.local/ns"
+
+
+def curl(app: App, service: str, *args: str) -> str:
+    code, out = app.exec(service, "curl", "-s", "--max-time", "30", *args)
+    assert code == 0, f"curl {args} from {service} failed ({code}): {out}"
+    return out
+
+
+def inbound(app: App, sidecar: str) -> list[dict]:
+    return [e for e in app.logs(sidecar) if e.get("direction") == "inbound"]
+
+
+# --- bookinfo through `meshctl demo` -----------------------------------------------------------------------
+
+def bookinfo(engine: DockerClient, mesh_home: Path) -> App:
+    return App(engine, require_compose(), "bookinfo", mesh_home / "demo" / "bookinfo" / "compose.yaml")
+
+
+def test_demo_meshes_bookinfo_and_answers_through_the_published_port(demo: dict) -> None:
+    assert len(demo["proxies"]) == 6 and all(p["ready"] for p in demo["proxies"])
+    assert demo["traffic"]["ok"] == demo["traffic"]["sent"] == 100
+    internal = [e for e in demo["edges"] if e["destination"] != "productpage"]
+    assert {e["destination"] for e in internal} == {"details", "ratings", "reviews-v1", "reviews-v2", "reviews-v3"}
+    assert all(e["mtls"] and e["source"].startswith(f"{TD}/bookinfo/sa/") for e in internal)
+
+
+def test_receiving_sidecars_log_the_callers_spiffe_id(demo: dict, engine: DockerClient, mesh_home: Path) -> None:
+    app = bookinfo(engine, mesh_home)
+    for sidecar, caller in [("details-proxy", "productpage"), ("ratings-proxy", "reviews"),
+                            ("reviews-v2-proxy", "productpage")]:
+        entries = inbound(app, sidecar)
+        assert entries, f"{sidecar} logged no inbound requests"
+        assert all(e["mtls"] and e["source"] == f"{TD}/bookinfo/sa/{caller}" for e in entries), entries[:2]
+        assert all(e["status"] == 200 for e in entries)
+
+
+# --- peer authentication ------------------------------------------------------------------------------------
+
+def test_outsider_reaches_permissive_but_not_strict(testbed: App) -> None:
+    assert curl(testbed, "outsider", "-o", "/dev/null", "-w", "%{http_code}", "http://web:8080/echo") == "200"
+    refused = curl(testbed, "outsider", "-w", " %{http_code}", "http://web-strict:8080/echo")
+    assert refused.endswith(" 403") and "requires mutual TLS" in refused
+    code, out = testbed.exec("outsider", "python3", "/testbed/client.py", "redis", "web-strict", "6379")
+    assert code != 0, out  # non-HTTP plaintext: the connection is closed
+    # the same calls from inside the mesh succeed
+    assert curl(testbed, "client", "-o", "/dev/null", "-w", "%{http_code}", "http://web-strict:8080/echo") == "200"
+    code, out = testbed.exec("client", "python3", "/testbed/client.py", "redis", "web-strict", "6379")
+    assert code == 0 and out.startswith("+PONG"), out
+
+
+def test_strict_service_keeps_its_published_port_for_the_host(testbed: App) -> None:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open("http://127.0.0.1:18080/echo", timeout=10) as resp:
+        assert resp.status == 200
+
+
+def _copy_pems(app: App, service: str, files: dict[str, bytes]) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    app.container(service).put_archive("/tmp", buf.getvalue())
+
+
+def test_certificate_from_another_ca_is_refused_and_a_mesh_one_accepted(testbed: App, mesh_home: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    identity = f"{TD}/e2etestbed/sa/outsider"
+    rogue_ca = pki.create_root("cluster.local", now)
+    rogue = workload.issue(rogue_ca, identity, now)
+    real = workload.issue(pki.load_root(mesh_home / "ca"), identity, now)
+    _copy_pems(testbed, "outsider", {"rogue.pem": rogue.cert_pem(), "rogue.key": rogue.key_pem(),
+                                     "real.pem": real.cert_pem(), "real.key": real.key_pem()})
+    base = ["curl", "-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]
+    code, out = testbed.exec("outsider", *base, "--cert", "/tmp/rogue.pem", "--key", "/tmp/rogue.key",
+                             "https://web:8080/echo")
+    assert code != 0 and out != "200", "a certificate from another CA was accepted"
+    code, out = testbed.exec("outsider", *base, "https://web:8080/echo")
+    assert code != 0 and out != "200", "TLS without a client certificate was accepted"
+    code, out = testbed.exec("outsider", *base, "--cert", "/tmp/real.pem", "--key", "/tmp/real.key",
+                             "https://web:8080/echo")
+    assert (code, out) == (0, "200")
+    assert any(e.get("source") == identity and e["mtls"] for e in inbound(testbed, "web-proxy"))
+
+
+# --- what passes through unchanged ----------------------------------------------------------------------------
+
+def test_http11_keepalive_and_chunked_bodies(testbed: App) -> None:
+    code, out = testbed.exec("client", "curl", "-sv", "http://web:8080/echo", "http://web:8080/echo")
+    assert code == 0 and "Re-using existing connection" in out, out[-800:]
+    body = curl(testbed, "client", "http://web:8080/chunked?parts=7")
+    assert body == "".join(f"part {i}\n" for i in range(7))
+    sent = curl(testbed, "client", "-X", "POST", "-H", "Transfer-Encoding: chunked", "--data-binary", "x" * 5000,
+                "http://web:8080/upload")
+    assert '"received": 5000' in sent
+    echoed = [e for e in inbound(testbed, "web-proxy") if e.get("path", "").startswith("/chunked")]
+    assert echoed and echoed[-1]["source"] == f"{TD}/e2etestbed/sa/client" and echoed[-1]["mtls"]
+
+
+RSS_SCRIPT = ("import glob\nprint(max(int(l.split()[1]) for f in glob.glob('/proc/[0-9]*/status') "
+              "for l in open(f) if l.startswith('VmRSS')))")
+
+
+def rss_mb(app: App, sidecar: str) -> float:
+    """The largest resident set among the sidecar's processes (the proxy), in MB."""
+    code, out = app.exec(sidecar, "python3", "-c", RSS_SCRIPT)
+    assert code == 0 and out.strip().isdigit(), out
+    return int(out) / 1024
+
+
+def watch_rss(app: App, sidecar: str, stop: threading.Event, samples: list[float]) -> None:
+    while not stop.is_set():
+        samples.append(rss_mb(app, sidecar))
+        time.sleep(0.2)
+
+
+def test_100mb_bodies_stream_both_ways_without_filling_sidecar_memory(testbed: App) -> None:
+    n = 100 * 1024 * 1024
+    sidecars = ("client-proxy", "web-proxy")
+    idle = {s: rss_mb(testbed, s) for s in sidecars}
+    stop, samples = threading.Event(), {s: [] for s in sidecars}  # type: ignore[var-annotated]
+    watchers = [threading.Thread(target=watch_rss, args=(testbed, s, stop, samples[s])) for s in sidecars]
+    for t in watchers:
+        t.start()
+    try:
+        got = curl(testbed, "client", "-o", "/dev/null", "-w", "%{size_download}", f"http://web:8080/bytes?n={n}")
+        code, up = testbed.exec("client", "sh", "-c", f"head -c {n} /dev/zero | curl -s --max-time 60 -X POST "
+                                "-H 'content-type: application/octet-stream' --data-binary @- http://web:8080/upload")
+    finally:
+        stop.set()
+        for t in watchers:
+            t.join()
+    assert int(got) == n
+    assert code == 0 and f'"received": {n}' in up, up
+    for sidecar in sidecars:
+        assert samples[sidecar], f"no memory samples from {sidecar}"
+        grew = max(samples[sidecar]) - idle[sidecar]
+        print(f"{sidecar}: idle {idle[sidecar]:.0f} MB, peak {max(samples[sidecar]):.0f} MB while streaming")
+        assert grew < 40, f"{sidecar} RSS grew {grew:.0f} MB while streaming 100 MB"
+
+
+def test_http2_cleartext(testbed: App) -> None:
+    out = curl(testbed, "client", "--http2-prior-knowledge", "-w", "%{http_version}", "http://web:8081/hello")
+    assert out == "h2 ok /hello\n2"
+
+
+def test_grpc(testbed: App) -> None:
+    code, out = testbed.exec("client", "python3", "/testbed/client.py", "grpc", "web", "8082")
+    assert (code, out.strip()) == (0, "grpc echo: hello")
+
+
+def test_websocket(testbed: App) -> None:
+    code, out = testbed.exec("client", "python3", "/testbed/client.py", "ws", "web", "8080")
+    assert (code, out.strip()) == (0, "echo: one | echo: two")
+
+
+def test_plain_tcp_gets_mtls_at_l4(testbed: App) -> None:
+    code, out = testbed.exec("client", "python3", "/testbed/client.py", "redis", "web", "6379")
+    assert (code, out.strip()) == (0, "+PONG | +OK | $6 meshed")
+    time.sleep(0.5)
+    tcp = [e for e in inbound(testbed, "web-proxy") if e.get("protocol") == "tcp"]
+    assert any(e["mtls"] and e["source"] == f"{TD}/e2etestbed/sa/client" for e in tcp), tcp[-3:]
+
+
+# --- lifecycle -------------------------------------------------------------------------------------------------
+
+def test_app_starts_only_after_its_sidecar_is_healthy(testbed: App) -> None:
+    app = testbed.container("web").attrs["State"]["StartedAt"]
+    health = testbed.container("web-proxy").attrs["State"]["Health"]["Log"]
+    first_ok = min(h["End"] for h in health if h["ExitCode"] == 0)
+    assert app[:26] >= first_ok[:26], (app, first_ok)
+
+
+def test_crashed_proxy_restarts_and_serves_within_2s(testbed: App) -> None:
+    kill = ("import os, signal\nfor p in os.listdir('/proc'):\n if p.isdigit() and int(p) != os.getpid() and "
+            "b'addons.proxy' in open(f'/proc/{p}/cmdline','rb').read(): os.kill(int(p), signal.SIGKILL)")
+    code, out = testbed.exec("web-proxy", "python3", "-c", kill)
+    assert code == 0, out
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 10:
+        code, out = testbed.exec("client", "curl", "-s", "--max-time", "1", "-o", "/dev/null", "-w", "%{http_code}",
+                                 "http://web:8080/echo")
+        if out == "200":
+            break
+        time.sleep(0.05)
+    assert out == "200"
+    assert time.monotonic() - killed_at < 2.0
+
+
+def test_stopping_sidecar_drains_in_flight_requests(testbed: App) -> None:
+    result: dict[str, str] = {}
+
+    def slow_call() -> None:
+        result["out"] = curl(testbed, "client", "-o", "/dev/null", "-w", "%{http_code}", "http://slow:8080/slow?ms=2500")
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.8)
+    testbed.container("slow-proxy").stop(timeout=15)
+    caller.join(30)
+    assert result.get("out") == "200"
