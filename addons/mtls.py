@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from mitmproxy import tls
+from mitmproxy import connection, tls
 from OpenSSL import SSL, crypto
 
 log = logging.getLogger("meshctl.mtls")
@@ -30,17 +31,14 @@ HTTP_ALPNS = (b"http/1.1", b"h2")
 
 
 def spiffe_ids(cert: crypto.X509) -> list[str]:
-    ids = []
-    for i in range(cert.get_extension_count()):
-        ext = cert.get_extension(i)
-        if ext.get_short_name() == b"subjectAltName":
-            for part in str(ext).split(", "):
-                if part.startswith("URI:spiffe://"):
-                    ids.append(part[4:])
-    return ids
+    try:
+        sans = cert.to_cryptography().extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [v for v in sans.get_values_for_type(x509.UniformResourceIdentifier) if v.startswith("spiffe://")]
 
 
-def peer_identity(certificate_list: list[Any]) -> str | None:
+def peer_identity(certificate_list: Sequence[Any]) -> str | None:
     """The SPIFFE ID of a verified peer, from mitmproxy's certificate list (leaf first)."""
     if not certificate_list:
         return None
@@ -50,7 +48,7 @@ def peer_identity(certificate_list: list[Any]) -> str | None:
     return None
 
 
-def _select_alpn(conn: SSL.Connection, offers: list[bytes]) -> bytes | Any:
+def _select_alpn(conn: SSL.Connection, offers: Any) -> Any:
     for proto in HTTP_ALPNS:
         if proto in offers:
             return proto
@@ -134,7 +132,7 @@ class MutualTLS:
 
     def tls_start_server(self, data: tls.TlsData) -> None:
         assert self.contexts is not None
-        address = data.conn.address
+        address = data.conn.address if isinstance(data.conn, connection.Server) else None
         expected = self.expected.get(address) if address else None
         conn = SSL.Connection(self.contexts.client)
         # Without an expected identity nothing can match: the handshake fails closed.

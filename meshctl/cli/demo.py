@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Group
 from rich.markup import escape
+from rich.text import Text
 
 from meshctl.cli.install import apply_plan
 from meshctl.context import Context
@@ -42,22 +44,21 @@ def demo(
         codes = lib.send_traffic(requests)
         edges = lib.edges(proxies, settings.network)
     ok = codes.get(200, 0)
+    proxy_rows: list[dict[str, Any]] = [{"name": p.name, "app": p.app, "version": p.version, "ready": p.ready,
+                     "identity": f"spiffe://{settings.trust_domain}/ns/{p.project}/sa/{p.app}"} for p in proxies]
     data = {
-        "proxies": [{"name": p.name, "app": p.app, "version": p.version, "ready": p.ready,
-                     "identity": f"spiffe://{settings.trust_domain}/ns/{p.project}/sa/{p.app}"} for p in proxies],
+        "proxies": proxy_rows,
         "edges": [{"source": e.source, "destination": e.destination, "mtls": e.mtls, "requests": e.requests,
                    "codes": e.codes} for e in edges],
         "traffic": {"sent": requests, "ok": ok, "codes": {str(k): v for k, v in codes.items()}},
     }
 
-    def tables() -> simple_table.__class__:  # type: ignore[valid-type]
-        from rich.console import Group
-        from rich.text import Text
+    def tables() -> Group:
         return Group(
             Text("Proxies (one sidecar per service, each with its own SPIFFE identity):", style="bold"),
             simple_table(["proxy", "app", "version", "ready", "identity"],
                          [[d["name"], d["app"], d["version"], "yes" if d["ready"] else "no", d["identity"]]
-                          for d in data["proxies"]]),
+                          for d in proxy_rows]),
             Text("\nEdges, as the receiving sidecars saw them:", style="bold"),
             simple_table(["caller identity", "→ service", "mtls", "requests", "codes"],
                          [[e.source if e.source != "unknown" else "(no identity: ingress from the host)",

@@ -23,3 +23,17 @@ def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
         yield target
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+@pytest.fixture
+def installed_home(tmp_path: Path) -> Path:
+    """A mesh home with settings, CA and store, made by install's own local steps (no engine needed)."""
+    from meshctl.context import Context
+    from meshctl.home import MeshHome
+    from meshctl.lifecycle import install
+
+    ctx = Context(home=MeshHome(tmp_path / "home"))
+    settings = install.resolve_settings(ctx, None, None, None)
+    for step in (install.HomeStep(ctx, settings), install.CAStep(ctx, settings), install.StoreStep(ctx)):
+        step.apply(lambda _: None)
+    return ctx.home.root
