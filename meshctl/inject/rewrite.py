@@ -91,6 +91,17 @@ def published_ports(svc: dict[str, Any]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def replica_warnings(compose: ComposeFile, pods: list[Pod]) -> list[str]:
+    out = []
+    for pod in pods:
+        svc = compose.data["services"][pod.service]
+        replicas = (svc.get("deploy") or {}).get("replicas", svc.get("scale", 1))
+        if isinstance(replicas, int) and replicas > 1:
+            out.append(f"service {pod.service!r}: {replicas} replicas all share one sidecar's network namespace, so "
+                       f"only one can listen on a port; for more instances, add services with the same `app` label")
+    return out
+
+
 def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[str], list[str]]:
     services: dict[str, Any] = compose.data["services"]
     pods, skipped, problems = [], [], []

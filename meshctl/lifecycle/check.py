@@ -123,7 +123,8 @@ def _iptables(ctx: Context) -> Result:
     script = ("iptables -t nat -N MESHCTL_CHECK && iptables -t nat -A MESHCTL_CHECK -p tcp -j REDIRECT "
               f"--to-ports {const.PORT_OUTBOUND} && iptables -t nat -S MESHCTL_CHECK")
     try:
-        out = ctx.docker().containers.run(ref, ["sh", "-c", script], cap_add=["NET_ADMIN"], network_mode="none",
+        out = ctx.docker().containers.run(ref, [script], entrypoint=["sh", "-c"], cap_add=["NET_ADMIN"],
+                                          network_mode="none",
                                           remove=True, stdout=True, stderr=True, user="0",
                                           labels={const.LABEL_MANAGED: "true", const.LABEL_COMPONENT: "check"})
     except docker.errors.ContainerError as exc:

@@ -117,3 +117,12 @@ def test_inject_before_install_says_what_to_do(home: Path, tmp_path: Path) -> No
     done = meshctl("inject", str(BOOKINFO), home=home)
     assert done.code == ExitCode.NOT_INSTALLED
     assert "meshctl install" in one_error_line(done.err)
+
+
+def test_stdin_input_and_replica_warning(installed_home: Path) -> None:
+    compose = "services:\n  web:\n    image: nginx\n    deploy: {replicas: 3}\n"
+    done = meshctl("inject", "-", "-p", "shop", home=installed_home, stdin=compose)
+    assert done.code == 0, done.err
+    meshed = yaml.safe_load(done.out)
+    assert meshed["services"]["web"]["deploy"] == {"replicas": 3}  # kept as it was
+    assert "warning: service 'web': 3 replicas all share one sidecar" in done.err
