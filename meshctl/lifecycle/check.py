@@ -19,6 +19,7 @@ from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import MeshError
 from meshctl.pki import ca as pki
+from meshctl.pki import workload
 from meshctl.runtime import images, network
 from meshctl.runtime.compose import find_compose
 from meshctl.runtime.engine import MIN_API_VERSION
@@ -80,9 +81,13 @@ def _ca(ctx: Context) -> Result:
     root = pki.load_root(ctx.home.ca_dir)
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
     problems = pki.verify_root(root, now)
+    if not problems:
+        trust_domain = ctx.home.settings().trust_domain if ctx.home.is_installed() else const.DEFAULT_TRUST_DOMAIN
+        issuance = workload.issuance_problem(root, trust_domain, now)
+        problems += [issuance] if issuance else []
     if problems:
         return Result("root CA", State.FAIL, "; ".join(problems),
-                      "rotate the root with `meshctl certs rotate --root`, or reinstall")
+                      "start over with a new CA: `meshctl uninstall --purge --yes && meshctl install`")
     key_mode = (ctx.home.ca_dir / pki.KEY_FILE).stat().st_mode & 0o777
     if key_mode != 0o600:
         return Result("root CA", State.FAIL, f"the CA key has mode {key_mode:o}",

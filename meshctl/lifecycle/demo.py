@@ -6,6 +6,7 @@ own metrics) and the request counts, then how to stop it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import urllib.error
@@ -57,26 +58,38 @@ def up(ctx: Context, progress: Progress) -> None:
 
 
 def get(url: str, timeout: float = 5) -> int:
+    """The HTTP status; for productpage a 200 counts only if every service behind it answered 200 too."""
     try:
         with _DIRECT.open(url, timeout=timeout) as resp:
-            resp.read()
-            return int(resp.status)
+            body = resp.read()
+            status = int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
     except (urllib.error.URLError, OSError):
         return 0
+    try:
+        backends = json.loads(body).get("status", {})
+    except ValueError:
+        return status
+    return max((int(code) for code in backends.values() if int(code) != 200), default=status)
 
 
 def wait_ready(ctx: Context, progress: Progress) -> list[Proxy]:
     deadline = time.monotonic() + READY_TIMEOUT_S
+    seen = "no proxies yet"
     while time.monotonic() < deadline:
         proxies = list_proxies(ctx.docker(), PROJECT)
         ready = sum(p.ready for p in proxies)
-        progress(f"{ready}/{len(proxies)} proxies ready")
-        if proxies and ready == len(proxies) and get(f"http://127.0.0.1:{PORT}/productpage") == 200:
-            return proxies
+        seen = f"{ready}/{len(proxies)} proxies ready"
+        if proxies and ready == len(proxies):
+            status = get(f"http://127.0.0.1:{PORT}/productpage")
+            if status == 200:
+                return proxies
+            seen += f", productpage answered {status or 'nothing'}" + (" (a service behind it failed)"
+                                                                        if status >= 500 else "")
+        progress(seen)
         time.sleep(0.5)
-    raise Timeout(f"bookinfo was not ready within {READY_TIMEOUT_S}s",
+    raise Timeout(f"bookinfo was not ready within {READY_TIMEOUT_S}s: {seen}",
                   f"see `docker compose -p {PROJECT} -f {compose_file(ctx)} ps` and the sidecars' logs")
 
 

@@ -54,3 +54,19 @@ def issue(root: RootCA, identity: str, now: dt.datetime, ttl: dt.timedelta = DEF
         .sign(root.key, hashes.SHA256())
     )
     return WorkloadCert(cert, key)
+
+
+def issuance_problem(root: RootCA, trust_domain: str, now: dt.datetime) -> str | None:
+    """Issue a throwaway workload certificate and verify it the way a peer will; None when it passes.
+
+    Catches a root that looks valid but whose certificates peers would refuse (e.g. an unusable name
+    constraint), which no amount of inspecting the root alone reveals.
+    """
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    leaf = issue(root, spiffe_id(trust_domain, "meshctl-check", "probe"), now, dt.timedelta(minutes=5))
+    try:
+        PolicyBuilder().store(Store([root.cert])).time(now).build_client_verifier().verify(leaf.cert, [])
+    except VerificationError as exc:
+        return f"certificates it issues fail verification ({exc})"
+    return None

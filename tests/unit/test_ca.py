@@ -28,3 +28,20 @@ def test_verify_root_reports_expiry_and_mismatched_key() -> None:
     other = ca.create_root("cluster.local", NOW)
     mixed = ca.RootCA(cert=root.cert, key=other.key)
     assert any("does not match" in p for p in ca.verify_root(mixed, NOW))
+
+
+def test_issuance_probe_passes_for_a_sound_root_and_fails_for_a_constrained_one() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from meshctl.pki import workload
+
+    good = ca.create_root("cluster.local", NOW)
+    assert workload.issuance_problem(good, "cluster.local", NOW) is None
+    # A URI name constraint written as a SPIFFE URI is not a valid constraint: peers refuse its leaves.
+    builder = x509.CertificateBuilder().subject_name(good.cert.subject).issuer_name(good.cert.subject) \
+        .public_key(good.key.public_key()).serial_number(1).not_valid_before(good.cert.not_valid_before_utc) \
+        .not_valid_after(good.not_after).add_extension(x509.BasicConstraints(ca=True, path_length=None), True) \
+        .add_extension(x509.NameConstraints([x509.UniformResourceIdentifier("spiffe://cluster.local")], None), True)
+    bad = ca.RootCA(builder.sign(good.key, hashes.SHA256()), good.key)
+    assert "fail verification" in (workload.issuance_problem(bad, "cluster.local", NOW) or "")
