@@ -37,7 +37,7 @@ apt_install() {
     apt_ready=1
   fi
   say "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 # --- Python: a venv with meshctl and its test extras ---------------------------------------------------
