@@ -1,6 +1,7 @@
 """The proxy's own endpoints, on Istio's ports:
 
   :15021 /healthz/ready     readiness (the compose healthcheck and `depends_on: service_healthy` use it)
+  :15021 /status            the ack: snapshot revision and hash in force, a rejected one, certificate
   :15090 /stats/prometheus  Prometheus metrics (also /metrics)
   127.0.0.1:15000           admin: /config_dump (what this proxy actually uses), /stats, /ready
 """
@@ -62,12 +63,15 @@ class Admin:
     def _config_dump(self) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.state.config_dump(), indent=1).encode()
 
+    def _status(self) -> tuple[int, str, bytes]:
+        return 200, "application/json", json.dumps(self.state.status()).encode()
+
     def _stats(self) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.state.stats()).encode()
 
     async def start(self) -> None:
         self.servers = [
-            await serve("0.0.0.0", 15021, {"/healthz/ready": self._ready}),
+            await serve("0.0.0.0", 15021, {"/healthz/ready": self._ready, "/status": self._status}),
             await serve("0.0.0.0", 15090, {"/stats/prometheus": self._metrics, "/metrics": self._metrics}),
             await serve("127.0.0.1", 15000, {"/config_dump": self._config_dump, "/stats": self._stats,
                                              "/ready": self._ready}),

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from addons.snapshot import Service, Workload
+from addons.snapshot import Service, Snapshot, Workload
 
 log = logging.getLogger("meshctl.endpoints")
 REFRESH_EVERY_S = 2.0
@@ -32,6 +32,11 @@ class Endpoints:
         self.by_ip: dict[str, Endpoint] = {}
         self._refreshed_at = 0.0
         self._refreshing: asyncio.Task[None] | None = None
+
+    def replace_services(self, snap: Snapshot) -> None:
+        """A new snapshot may add or drop services: resolve the new set on the next refresh."""
+        self.services = snap.services
+        self._refreshed_at = 0.0
 
     async def _resolve(self, host: str) -> set[str]:
         try:

@@ -21,6 +21,7 @@ from mitmproxy.proxy import commands, context, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
 from addons.endpoints import Endpoints
+from addons.live import LiveSnapshot
 from addons.mtls import MutualTLS
 from addons.snapshot import Snapshot
 
@@ -69,13 +70,17 @@ def local_networks(route_table: str) -> tuple[list[ipaddress.IPv4Network], set[s
 
 
 class Listeners:
-    def __init__(self, snap: Snapshot, mtls: MutualTLS, endpoints: Endpoints,
+    def __init__(self, live: LiveSnapshot, mtls: MutualTLS, endpoints: Endpoints,
                  networks: tuple[Iterable[ipaddress.IPv4Network], set[str]] = ((), set())) -> None:
-        self.snap = snap
+        self.live = live
         self.mtls = mtls
         self.endpoints = endpoints
         self.networks = list(networks[0])
         self.gateways = networks[1]
+
+    @property
+    def snap(self) -> Snapshot:
+        return self.live.current  # read per connection: a new snapshot applies to new connections at once
 
     def _from_edge(self, peer_ip: str, port: int) -> bool:
         """Plaintext that came in through a published port from the host or beyond, not from a pod."""

@@ -60,6 +60,7 @@ class Contexts:
     server: SSL.Context  # inbound: we are the TLS server
     client: SSL.Context  # outbound: we are the TLS client
     stamp: tuple[float, ...]  # file mtimes these contexts were built from
+    cert_info: dict[str, Any]  # serial and expiry of the certificate in force, for the ack
 
 
 def _verify_chain(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -99,7 +100,9 @@ def build_contexts(cert_dir: Path) -> Contexts:
     server.set_session_id(b"meshctl")
     client = base(SSL.TLS_CLIENT_METHOD)
     client.set_verify(SSL.VERIFY_PEER, _verify_peer_identity)
-    return Contexts(server, client, stamp)
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    info = {"cert_serial": f"{leaf.serial_number:x}", "cert_not_after": leaf.not_valid_after_utc.timestamp()}
+    return Contexts(server, client, stamp, info)
 
 
 class MutualTLS:

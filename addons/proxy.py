@@ -25,10 +25,12 @@ from addons import snapshot
 from addons.admin import Admin
 from addons.endpoints import Endpoints
 from addons.listeners import INBOUND_PORT, OUTBOUND_PORT, Listeners, local_networks
+from addons.live import LiveSnapshot
 from addons.mtls import CERT_DIR, MutualTLS
 from addons.telemetry import Telemetry
 
 log = logging.getLogger("meshctl.proxy")
+SNAPSHOT_POLL_S = 0.1  # a stat() per tick: cheap, and config reaches the proxy in well under a second
 DRAIN_TIMEOUT_S = float(os.environ.get("MESHCTL_DRAIN_TIMEOUT", "10"))
 PROXY_VERSION = os.environ.get("MESHCTL_PROXY_VERSION", "dev")
 
@@ -49,9 +51,9 @@ class Connections:
 
 
 class ProxyState:
-    def __init__(self, snap: snapshot.Snapshot, mtls: MutualTLS, endpoints: Endpoints, telemetry: Telemetry,
+    def __init__(self, live: LiveSnapshot, mtls: MutualTLS, endpoints: Endpoints, telemetry: Telemetry,
                  connections: Connections) -> None:
-        self.snap = snap
+        self.live = live
         self.mtls = mtls
         self.endpoints = endpoints
         self.telemetry = telemetry
@@ -69,9 +71,19 @@ class ProxyState:
             return False, "no workload certificate"
         return True, "ready"
 
+    @property
+    def snap(self) -> snapshot.Snapshot:
+        return self.live.current
+
+    def status(self) -> dict[str, Any]:
+        """The ack: which snapshot is in force, whether a newer one was rejected, and the certificate."""
+        cert = self.mtls.contexts.cert_info if self.mtls.contexts else {}
+        return {**self.live.status(), "proxy_version": PROXY_VERSION, "ready": self.readiness()[0], **cert}
+
     def config_dump(self) -> dict[str, Any]:
         return {
             "proxy_version": PROXY_VERSION,
+            "status": self.status(),
             "snapshot": self.snap.raw,
             "listeners": [{"name": "virtualOutbound", "port": OUTBOUND_PORT},
                           {"name": "virtualInbound", "port": INBOUND_PORT, "mode": self.snap.mode}],
@@ -101,8 +113,17 @@ class Lifecycle:
         await self.state.endpoints.refresh()
         self.tasks.append(asyncio.get_running_loop().create_task(self.state.endpoints.run_forever()))
         self.tasks.append(asyncio.get_running_loop().create_task(self._watch_certs()))
+        self.tasks.append(asyncio.get_running_loop().create_task(self._watch_snapshot()))
         self.state.listening = True
         log.info("proxy ready: %s (%s, mode %s)", self.state.snap.name, self.state.snap.identity, self.state.snap.mode)
+
+    async def _watch_snapshot(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_POLL_S)
+            try:
+                self.state.live.poll()
+            except Exception:  # the snapshot in force stays; the next change is tried again
+                log.exception("applying a new snapshot failed")
 
     async def _watch_certs(self) -> None:
         while True:
@@ -128,13 +149,14 @@ async def main() -> None:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
     # Listeners replaces mitmproxy's NextLayer on purpose; its absence is not worth a warning.
     logging.getLogger("mitmproxy.addons.proxyserver").setLevel(logging.ERROR)
-    snap = snapshot.load(CERT_DIR / "snapshot.json")
+    live = LiveSnapshot(CERT_DIR / "snapshot.json", snapshot.load(CERT_DIR / "snapshot.json"))
     mtls = MutualTLS(CERT_DIR)
     mtls.reload()
-    endpoints = Endpoints(snap.services)
-    telemetry = Telemetry(snap, endpoints)
+    endpoints = Endpoints(live.current.services)
+    live.on_apply.append(endpoints.replace_services)
+    telemetry = Telemetry(live, endpoints)
     connections = Connections()
-    state = ProxyState(snap, mtls, endpoints, telemetry, connections)
+    state = ProxyState(live, mtls, endpoints, telemetry, connections)
     try:
         networks = local_networks(Path("/proc/net/route").read_text())
     except OSError:
@@ -142,7 +164,7 @@ async def main() -> None:
 
     opts = options.Options()
     master = Master(opts)
-    master.addons.add(proxyserver.Proxyserver(), connections, Listeners(snap, mtls, endpoints, networks), mtls,
+    master.addons.add(proxyserver.Proxyserver(), connections, Listeners(live, mtls, endpoints, networks), mtls,
                       telemetry, Lifecycle(state, Admin(state)))
     opts.update(
         mode=[f"transparent@{OUTBOUND_PORT}", f"transparent@{INBOUND_PORT}"],

@@ -47,6 +47,8 @@ class Snapshot:
     exclude_outbound_ports: frozenset[int] = frozenset()
     published_ports: frozenset[int] = frozenset()
     services: tuple[Service, ...] = field(default_factory=tuple)
+    routes: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # VirtualService specs (issue [4 Traffic])
+    destinations: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # DestinationRule specs
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -88,6 +90,12 @@ def parse(data: Any) -> Snapshot:
             workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where)))
         services.append(Service(_get(svc, "name", str, f"services[{i}]."),
                                 _get(svc, "identity", str, f"services[{i}]."), tuple(workloads)))
+    routes = data.get("routes", [])
+    destinations = data.get("destinations", [])
+    for key, items in (("routes", routes), ("destinations", destinations)):
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                                   for i in items):
+            raise SnapshotError(f"field {key} must be a list of named objects")
     return Snapshot(
         revision=_get(data, "revision", int),
         hash=_get(data, "hash", str),
@@ -102,14 +110,20 @@ def parse(data: Any) -> Snapshot:
         published_ports=_ports(inbound.get("published_ports", []), "inbound.published_ports"),
         exclude_outbound_ports=_ports(outbound.get("exclude_ports", []), "outbound.exclude_ports"),
         services=tuple(services),
+        routes=tuple(routes),
+        destinations=tuple(destinations),
         raw=data,
     )
 
 
-def load(path: Path) -> Snapshot:
+def read_raw(path: Path) -> Any:
     try:
-        return parse(json.loads(path.read_text()))
+        return json.loads(path.read_text())
     except OSError as exc:
         raise SnapshotError(f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def load(path: Path) -> Snapshot:
+    return parse(read_raw(path))

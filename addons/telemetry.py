@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from addons.endpoints import Endpoints
 from addons.listeners import INBOUND_PORT
+from addons.live import LiveSnapshot
 from addons.mtls import peer_identity
 from addons.snapshot import Snapshot
 
@@ -33,8 +34,8 @@ def app_of(identity: str | None) -> str:
 
 
 class Telemetry:
-    def __init__(self, snap: Snapshot, endpoints: Endpoints, out: TextIO = sys.stdout) -> None:
-        self.snap = snap
+    def __init__(self, live: LiveSnapshot, endpoints: Endpoints, out: TextIO = sys.stdout) -> None:
+        self.live = live
         self.endpoints = endpoints
         self.out = out
         self.registry = CollectorRegistry()
@@ -55,6 +56,10 @@ class Telemetry:
                                 TCP_LABELS, registry=self.registry)
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP "
                                     "connection.", TCP_LABELS, registry=self.registry)
+
+    @property
+    def snap(self) -> Snapshot:
+        return self.live.current
 
     # --- who talked to whom ---------------------------------------------------------------------------
 

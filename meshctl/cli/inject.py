@@ -10,7 +10,7 @@ import typer
 
 from meshctl.context import Context
 from meshctl.fsutil import atomic_write
-from meshctl.inject import inject as run_inject
+from meshctl.inject.injector import inject as run_inject
 
 
 class Mode(StrEnum):

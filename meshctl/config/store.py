@@ -86,11 +86,14 @@ class Store:
     def commit(self, change: Callable[[list[Resource]], list[Resource]], message: str, now: float) -> Revision:
         """Apply `change` to the current resources under the lock and store the result as a new revision.
 
-        `change` validates and may raise; then nothing is written.
+        `change` validates and may raise; then nothing is written. A change that changes nothing writes
+        nothing either and returns the current revision.
         """
         with locked(self.root / ".lock"):
             current = self.read()
-            resources = change([dict(r) for r in current.resources])
+            resources = change(json.loads(json.dumps(current.resources)))  # a deep copy to change freely
+            if resources == current.resources:
+                return current
             new = Revision(current.revision + 1, now, message, resources)
             self._write_revision(new)
             atomic_write(self._current_file, f"{new.revision}\n", mode=0o600)

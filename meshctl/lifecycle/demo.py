@@ -18,7 +18,7 @@ from pathlib import Path
 
 from meshctl.context import Context
 from meshctl.errors import Timeout
-from meshctl.inject import inject
+from meshctl.inject.injector import inject
 from meshctl.resources import source_dir
 from meshctl.runtime.compose import require_compose, run_compose
 from meshctl.runtime.proxies import Proxy, list_proxies

@@ -22,7 +22,7 @@ def proxy_dir(proxies_root: Path, project: str, service: str) -> Path:
     return proxies_root / project / service
 
 
-def _own(path: Path) -> None:
+def own(path: Path) -> None:
     if os.geteuid() == 0:
         try:
             os.chown(path, const.PROXY_UID, const.PROXY_UID)
@@ -30,13 +30,15 @@ def _own(path: Path) -> None:
             raise os_error(exc, path, "chown") from exc
 
 
-def write_proxy_files(directory: Path, cert: WorkloadCert, roots: list[RootCA], snapshot: dict[str, Any]) -> None:
+def write_proxy_files(directory: Path, cert: WorkloadCert, roots: list[RootCA], info: dict[str, Any],
+                      snapshot: dict[str, Any]) -> None:
     ensure_dir(directory.parent, 0o700)
     ensure_dir(directory, 0o700)
-    _own(directory)
+    own(directory)
     files = [("key.pem", cert.key_pem(), 0o600), ("cert.pem", cert.cert_pem(), 0o644),
              ("bundle.pem", b"".join(r.cert_pem() for r in roots), 0o644),
+             ("proxy.json", json.dumps(info, indent=1).encode(), 0o644),
              ("snapshot.json", json.dumps(snapshot, indent=1).encode(), 0o644)]
     for name, data, mode in files:
         atomic_write(directory / name, data, mode=mode)
-        _own(directory / name)
+        own(directory / name)

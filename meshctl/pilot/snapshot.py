@@ -1,13 +1,16 @@
 """Compile what one proxy needs into its snapshot (format 1, read by addons/snapshot.py).
 
-A snapshot carries the revision it was compiled from and a hash of its content, so a proxy's ack says
-exactly which config it runs.
+Inputs: the pod's static description written by inject (proxy.json) and the store's current revision.
+A proxy gets only the routes and destination policies of the services in its own project, the
+services it can call. Each snapshot carries the revision it was compiled from and a hash of its content,
+so a proxy's ack says exactly which config it runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from typing import Any
 
 from meshctl.inject.rewrite import Pod
@@ -20,10 +23,23 @@ def proxy_name(project: str, service: str) -> str:
     return f"{project}.{service}"
 
 
-def compile_snapshot(pod: Pod, pods: list[Pod], project: str, trust_domain: str, revision: int) -> dict[str, Any]:
-    apps: dict[str, list[Pod]] = {}
-    for other in pods:
-        apps.setdefault(other.app, []).append(other)
+def describe(pod: Pod, pods: list[Pod], project: str, trust_domain: str) -> dict[str, Any]:
+    """The static part, written once at inject time as proxy.json."""
+    return {"project": project, "trust_domain": trust_domain, "pod": asdict(pod), "pods": [asdict(p) for p in pods]}
+
+
+def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revision: int) -> dict[str, Any]:
+    project, trust_domain = info["project"], info["trust_domain"]
+    pod = Pod(**info["pod"])
+    apps: dict[str, list[dict[str, Any]]] = {}
+    for other in info["pods"]:
+        apps.setdefault(other["app"], []).append(other)
+
+    def relevant(r: dict[str, Any]) -> bool:
+        hosts = r["spec"].get("hosts", []) if r["kind"] == "VirtualService" else [r["spec"].get("host")]
+        return any(h in apps for h in hosts)
+
+    mine = [r for r in resources if relevant(r)]
     body: dict[str, Any] = {
         "format": FORMAT,
         "revision": revision,
@@ -34,8 +50,11 @@ def compile_snapshot(pod: Pod, pods: list[Pod], project: str, trust_domain: str,
                     "published_ports": list(pod.published)},
         "outbound": {"exclude_ports": list(pod.exclude_outbound)},
         "services": [{"name": app, "identity": spiffe_id(trust_domain, project, app),
-                      "workloads": [{"host": p.service, "version": p.version} for p in members]}
+                      "workloads": [{"host": p["service"], "version": p["version"]} for p in members]}
                      for app, members in sorted(apps.items())],
+        "routes": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine if r["kind"] == "VirtualService"],
+        "destinations": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine
+                         if r["kind"] == "DestinationRule"],
     }
     body["hash"] = content_hash(body)
     return body

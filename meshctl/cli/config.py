@@ -1,0 +1,106 @@
+"""`meshctl apply / get / delete / history / rollback`: Istio-shaped config, kubectl's habits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+
+from meshctl.config import changes
+from meshctl.config.kinds import KINDS, Kind, find_kind
+from meshctl.config.resources import load
+from meshctl.config.store import Store
+from meshctl.context import Context
+from meshctl.errors import UsageError
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+
+KIND_HELP = "Resource kind: " + ", ".join(f"{k.name.lower()} ({'/'.join(k.aliases[1:])})" for k in KINDS) + "."
+
+
+def _kind(name: str) -> Kind:
+    kind = find_kind(name)
+    if kind is None:
+        raise UsageError(f"unknown kind {name!r}", f"use one of {', '.join(k.name.lower() for k in KINDS)}")
+    return kind
+
+
+def _ref(kind: str, name: str) -> str:
+    k = find_kind(kind)
+    return f"{kind.lower()}.{k.group if k else ''}/{name}"
+
+
+def apply(
+    ctx: typer.Context,
+    files: Annotated[list[str], typer.Option("--filename", "-f", help="A YAML file, a directory of them, or - "
+                                                                       "for stdin. Repeatable.")],
+) -> None:
+    """Validate and store resources (all or nothing), then push the new config to every proxy."""
+    c: Context = ctx.obj
+    revision, outcome, pushed = changes.apply(c, load(files))
+    for resource, action in outcome:
+        c.out.print(f"{_ref(resource['kind'], resource['metadata']['name'])} {action}", highlight=False)
+    c.err.print(f"revision {revision.revision}; pushed to {pushed.proxies} proxies "
+                "(`meshctl proxy-status --wait` to see them apply it)", highlight=False)
+
+
+def get(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help=KIND_HELP)],
+    name: Annotated[str | None, typer.Argument(help="Only this resource.")] = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """List stored resources of a kind, or show one (-o yaml gives YAML you can apply again)."""
+    c: Context = ctx.obj
+    k = _kind(kind)
+    found = changes.listing(c, k, name)
+
+    def table() -> object:
+        hosts = [", ".join(r["spec"].get("hosts", [])) or r["spec"].get("host", "") for r in found]
+        return simple_table(["name", "hosts"], [[r["metadata"]["name"], h] for r, h in zip(found, hosts, strict=True)])
+
+    data: object = found[0] if name is not None and output is not OutputFormat.table else found
+    emit(c.out, output, data, table)  # type: ignore[arg-type]
+
+
+def delete(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help=KIND_HELP)],
+    name: Annotated[str, typer.Argument(help="The resource to delete.")],
+) -> None:
+    """Delete a stored resource and push the change to every proxy."""
+    c: Context = ctx.obj
+    k = _kind(kind)
+    revision, pushed = changes.delete(c, k, name)
+    c.out.print(f"{_ref(k.name, name)} deleted", highlight=False)
+    c.err.print(f"revision {revision.revision}; pushed to {pushed.proxies} proxies", highlight=False)
+
+
+def history(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+    """List the stored revisions, newest first."""
+    c: Context = ctx.obj
+    c.home.settings()
+    revisions = list(reversed(Store(c.home.config_dir).history()))
+    current = Store(c.home.config_dir).current_number()
+    rows = [{"revision": r.revision, "current": r.revision == current,
+             "time": dt.datetime.fromtimestamp(r.time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+             "resources": len(r.resources), "change": r.message} for r in revisions]
+    emit(c.out, output, rows, lambda: simple_table(
+        ["revision", "time (utc)", "resources", "change"],
+        [[f"{r['revision']}{' *' if r['current'] else ''}", r["time"], r["resources"], r["change"]] for r in rows]))
+
+
+def rollback(
+    ctx: typer.Context,
+    revision: Annotated[int, typer.Argument(help="The revision whose config to restore (see `meshctl history`).")],
+) -> None:
+    """Restore the config of an earlier revision, as a new revision, and push it."""
+    c: Context = ctx.obj
+    new, pushed = changes.rollback(c, revision)
+    c.err.print(f"restored revision {revision} as revision {new.revision}; pushed to {pushed.proxies} proxies",
+                highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (apply, get, delete, history, rollback):
+        app.command()(command)

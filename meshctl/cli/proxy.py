@@ -1,0 +1,54 @@
+"""`meshctl proxy-status`: istioctl's view of whether every proxy runs the current config."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from meshctl.context import Context
+from meshctl.errors import InvalidInput, Timeout
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pilot.status import ProxyStatus, age, proxy_statuses, until
+from meshctl.status import ExitCode
+
+COLUMNS = ["name", "service", "version", "status", "revision", "last ack", "cert expires", "proxy version"]
+
+
+def _row(s: ProxyStatus, now: float) -> list[object]:
+    return [s.name, s.service, s.version, s.status, s.revision if s.revision is not None else "-",
+            age(s.last_ack, now), until(s.cert_expires), s.proxy_version or "-"]
+
+
+def proxy_status(
+    ctx: typer.Context,
+    proxy: Annotated[str | None, typer.Argument(help="Only this proxy (project.service, service or container).")]
+    = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Return once every proxy is SYNCED; fail at the timeout.")]
+    = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds --wait waits.")] = 30.0,
+    output: OutputOption = OutputFormat.table,
+) -> int:
+    """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING."""
+    c: Context = ctx.obj
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = proxy_statuses(c, proxy)
+        if proxy and not rows:
+            raise InvalidInput(f"no proxy named {proxy!r} in this mesh", "see `meshctl proxy-status`")
+        done = all(r.synced for r in rows)
+        if not wait or done or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    now = c.clock()
+    emit(c.out, output, [r.as_dict() for r in rows], lambda: simple_table(COLUMNS, [_row(r, now) for r in rows]))
+    if wait and not done:
+        behind = sum(not r.synced for r in rows)
+        raise Timeout(f"{behind} of {len(rows)} proxies not SYNCED after {timeout:g}s",
+                      "see their STATUS above and their logs (docker logs <service>-proxy)")
+    return ExitCode.OK
+
+
+def register(app: typer.Typer) -> None:
+    app.command("proxy-status")(proxy_status)

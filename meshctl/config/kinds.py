@@ -1,0 +1,79 @@
+"""The resource kinds meshctl understands, in Istio's shape, with the fields that make sense on compose.
+
+The same YAML written for Istio applies unchanged for these fields; any other field is named in an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshctl.config.schema import Schema
+
+STRING_MATCH: Schema = {"exact": "string", "prefix": "string", "regex": "regex"}
+PERCENT: Schema = {"value": "percent"}
+HEADER_OPS: Schema = {"set": {"*": "string"}, "add": {"*": "string"}, "remove": ["string"]}
+DESTINATION: Schema = {"host": "name", "subset": "name", "port": {"number": "port"}}
+
+HTTP_ROUTE: Schema = {
+    "name": "string",
+    "match": [{"name": "string", "uri": STRING_MATCH, "method": STRING_MATCH, "headers": {"*": STRING_MATCH},
+               "queryParams": {"*": STRING_MATCH}, "ignoreUriCase": "bool"}],
+    "route": [{"destination": DESTINATION, "weight": "percent", "headers": {"request": HEADER_OPS,
+                                                                          "response": HEADER_OPS}}],
+    "timeout": "duration",
+    "retries": {"attempts": "int", "perTryTimeout": "duration", "retryOn": "string"},
+    "fault": {"delay": {"fixedDelay": "duration", "percentage": PERCENT},
+              "abort": {"httpStatus": "status", "percentage": PERCENT}},
+    "mirror": DESTINATION,
+    "mirrorPercentage": PERCENT,
+    "headers": {"request": HEADER_OPS, "response": HEADER_OPS},
+}
+
+TRAFFIC_POLICY: Schema = {
+    "loadBalancer": {"simple": "enum:ROUND_ROBIN|LEAST_REQUEST|RANDOM|PASSTHROUGH",
+                     "consistentHash": {"httpHeaderName": "string",
+                                        "httpCookie": {"name": "string", "ttl": "duration", "path": "string"},
+                                        "useSourceIp": "bool"}},
+    "connectionPool": {"tcp": {"maxConnections": "int", "connectTimeout": "duration"},
+                       "http": {"http1MaxPendingRequests": "int", "maxRequestsPerConnection": "int",
+                                "maxRetries": "int", "idleTimeout": "duration"}},
+    "outlierDetection": {"consecutive5xxErrors": "int", "consecutiveGatewayErrors": "int", "interval": "duration",
+                         "baseEjectionTime": "duration", "maxEjectionPercent": "percent"},
+}
+
+NOT_ON_COMPOSE = "compose has no gateways or meshes beyond this one"
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # VirtualService
+    group: str  # networking.istio.io
+    versions: tuple[str, ...]
+    aliases: tuple[str, ...]
+    spec: Schema
+    unsupported: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def plural(self) -> str:
+        return self.name.lower() + ("es" if self.name.endswith("s") else "s")
+
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        return tuple(f"{self.group}/{v}" for v in self.versions)
+
+
+KINDS = (
+    Kind("VirtualService", "networking.istio.io", ("v1", "v1beta1", "v1alpha3"), ("virtualservice", "vs"),
+         {"hosts": ["name"], "http": [HTTP_ROUTE]},
+         {"gateways": NOT_ON_COMPOSE, "exportTo": NOT_ON_COMPOSE, "tls": "meshctl routes HTTP; TLS routing is L4",
+          "tcp": "TCP routing is not supported yet; TCP gets mutual TLS passthrough"}),
+    Kind("DestinationRule", "networking.istio.io", ("v1", "v1beta1", "v1alpha3"), ("destinationrule", "dr"),
+         {"host": "name", "trafficPolicy": TRAFFIC_POLICY,
+          "subsets": [{"name": "name", "labels": {"version": "name"}, "trafficPolicy": TRAFFIC_POLICY}]},
+         {"exportTo": NOT_ON_COMPOSE, "workloadSelector": "select the destination with `host`"}),
+)
+BY_ALIAS = {alias: k for k in KINDS for alias in (k.name.lower(), k.plural, *k.aliases)}
+
+
+def find_kind(name: str) -> Kind | None:
+    return BY_ALIAS.get(name.lower().split(".", 1)[0])

@@ -1,0 +1,124 @@
+"""Galley: read Istio-shaped YAML from files, directories or stdin, and validate every document.
+
+Every problem in every document is collected before anything is stored; the error names the file,
+the document's kind/name and the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshctl.config.kinds import KINDS, Kind, find_kind
+from meshctl.config.schema import NAME_RE, validate
+from meshctl.errors import InvalidInput
+from meshctl.fsutil import read_text
+
+Resource = dict[str, Any]
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def key(resource: Resource) -> tuple[str, str]:
+    return resource["kind"], resource["metadata"]["name"]
+
+
+def _sources(target: str) -> list[tuple[str, str]]:
+    if target == "-":
+        return [("<stdin>", sys.stdin.read())]
+    path = Path(target)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+        if not files:
+            raise InvalidInput(f"{target}: no .yaml, .yml or .json files in this directory")
+        return [(str(f), read_text(f)) for f in files]
+    if not path.is_file():
+        raise InvalidInput(f"{target}: no such file or directory", "give a file, a directory, or - for stdin")
+    return [(target, read_text(path))]
+
+
+def _semantic(kind: Kind, spec: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    if kind.name == "VirtualService":
+        if not spec.get("hosts"):
+            problems.append(f"{where}.spec.hosts: name at least one service")
+        for i, rule in enumerate(spec.get("http") or []):
+            routes = rule.get("route") or []
+            if not routes and not (rule.get("fault") or {}).get("abort"):
+                problems.append(f"{where}.spec.http[{i}].route: give at least one destination")
+            weights = [r.get("weight") for r in routes]
+            if len(routes) > 1 or any(w is not None for w in weights):
+                total = sum(w or 0 for w in weights)
+                if abs(total - 100) > 1e-9:
+                    problems.append(f"{where}.spec.http[{i}].route: weights add up to {total:g}, not 100")
+    if kind.name == "DestinationRule":
+        names = [s.get("name") for s in spec.get("subsets") or []]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        problems += [f"{where}.spec.subsets: subset {n!r} is defined twice" for n in dupes]
+    return problems
+
+
+def check_document(doc: Any, where: str) -> tuple[Resource | None, list[str]]:
+    if not isinstance(doc, dict):
+        return None, [f"{where}: a resource must be a mapping with apiVersion, kind, metadata and spec"]
+    kind_name = doc.get("kind")
+    kind = find_kind(str(kind_name)) if isinstance(kind_name, str) else None
+    if kind is None:
+        known = ", ".join(k.name for k in KINDS)
+        return None, [f"{where}: unknown kind {kind_name!r} (meshctl knows {known})"]
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    label = f"{where}: {kind.name} {name or '<no name>'}"
+    problems = []
+    if doc.get("apiVersion") not in kind.api_versions:
+        wanted = ", ".join(kind.api_versions)
+        problems.append(f"{label}: apiVersion {doc.get('apiVersion')!r} should be one of {wanted}")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.append(f"{label}: metadata.name must be lower-case letters, digits, '-' and '.'")
+    extra = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec"})
+    problems += [f"{label}: top-level field {k!r} is not part of a resource" for k in extra]
+    if isinstance(metadata, dict):
+        problems += [f"{label}: metadata.{k} is not supported (only name, namespace, labels, annotations)"
+                     for k in sorted(set(metadata) - {"name", "namespace", "labels", "annotations"})]
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        problems.append(f"{label}: spec must be a mapping")
+    else:
+        problems += validate(spec, kind.spec, f"{label}: spec", kind.unsupported)
+        problems += _semantic(kind, spec, label) if not problems else []
+    if problems:
+        return None, problems
+    meta = {k: v for k, v in (metadata or {}).items() if k in ("name", "namespace", "labels", "annotations")}
+    return {"apiVersion": doc["apiVersion"], "kind": kind.name, "metadata": meta, "spec": spec}, []
+
+
+def load(targets: list[str]) -> list[Resource]:
+    """All resources in `targets`, validated; raises InvalidInput naming every problem's place."""
+    resources: list[Resource] = []
+    problems: list[str] = []
+    for source, text in (s for t in targets for s in _sources(t)):
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            problems.append(f"{source}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}")
+            continue
+        for i, doc in enumerate(docs):
+            resource, found = check_document(doc, source if len(docs) == 1 else f"{source}[{i}]")
+            problems += found
+            if resource:
+                resources.append(resource)
+    seen: set[tuple[str, str]] = set()
+    for r in resources:
+        if key(r) in seen:
+            problems.append(f"{r['kind']} {r['metadata']['name']} is given twice")
+        seen.add(key(r))
+    if problems:
+        more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
+        raise InvalidInput(problems[0] + more, "nothing was applied")
+    if not resources:
+        raise InvalidInput(f"{', '.join(targets)}: no resources found")
+    return resources

@@ -1,0 +1,97 @@
+"""A small schema language for Istio-shaped resources: every problem is collected with its path.
+
+A spec is a dict of field -> type, where a type is one of the leaf names below, a nested dict, a
+one-element list `[type]` (a list of that type), or `{"*": type}` (a map with free keys). Fields not in
+the schema are errors: a field we do not support is named, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+DURATION_RE = re.compile(r"^(\d+(\.\d+)?)(ms|s|m|h)$")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+Schema = dict[str, Any]
+
+
+def parse_duration(text: str) -> float:
+    """'1.5s' -> 1.5, '250ms' -> 0.25 (Istio's duration strings; at least one unit is required)."""
+    m = DURATION_RE.match(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration; write it like 250ms, 1.5s, 2m or 1h")
+    return float(m.group(1)) * UNITS[m.group(3)]
+
+
+def _leaf(kind: str, value: Any, path: str) -> str | None:
+    if kind == "string":
+        return None if isinstance(value, str) else f"{path}: must be a string"
+    if kind == "name":
+        return None if isinstance(value, str) and NAME_RE.match(value) else \
+            f"{path}: {value!r} must be lower-case letters, digits, '-' and '.'"
+    if kind == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else \
+            f"{path}: must be a whole number >= 0"
+    if kind == "port":
+        return None if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536 else \
+            f"{path}: {value!r} is not a port number"
+    if kind == "status":
+        return None if isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599 else \
+            f"{path}: {value!r} is not an HTTP status (200-599)"
+    if kind == "bool":
+        return None if isinstance(value, bool) else f"{path}: must be true or false"
+    if kind == "percent":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 100
+        return None if ok else f"{path}: {value!r} must be a number from 0 to 100"
+    if kind == "duration":
+        if not isinstance(value, str):
+            return f"{path}: must be a duration string such as 1.5s"
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            return f"{path}: {exc}"
+        return None
+    if kind == "regex":
+        if not isinstance(value, str):
+            return f"{path}: must be a regular expression string"
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"{path}: {value!r} is not a valid regular expression ({exc})"
+        return None
+    if kind.startswith("enum:"):
+        choices = kind[5:].split("|")
+        return None if value in choices else f"{path}: {value!r} must be one of {', '.join(choices)}"
+    raise AssertionError(f"unknown schema leaf {kind}")
+
+
+def validate(value: Any, schema: Any, path: str, unsupported: dict[str, str] | None = None) -> list[str]:
+    """Every problem with `value` against `schema`; `unsupported` maps known-but-unsupported fields to why."""
+    if isinstance(schema, str):
+        problem = _leaf(schema, value, path)
+        return [problem] if problem else []
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return [f"{path}: must be a list"]
+        return [p for i, item in enumerate(value) for p in validate(item, schema[0], f"{path}[{i}]", unsupported)]
+    if not isinstance(value, dict):
+        return [f"{path}: must be a mapping"]
+    if set(schema) == {"*"}:
+        return [p for k, v in value.items() for p in validate(v, schema["*"], f"{path}.{k}", unsupported)]
+    problems = []
+    for key, item in value.items():
+        where = f"{path}.{key}"
+        if key in schema:
+            problems += validate(item, schema[key], where, unsupported)
+            continue
+        why = (unsupported or {}).get(key)
+        if why:
+            problems.append(f"{where} is not supported by meshctl: {why}")
+        else:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (supported: {', '.join(sorted(schema))})"
+            problems.append(f"{where} is not a known field{hint}")
+    return problems

@@ -1,0 +1,63 @@
+"""The injector: compose file in, meshed compose file out, plus each pod's identity and snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshctl.config.store import Store
+from meshctl.context import Context
+from meshctl.errors import InvalidInput
+from meshctl.inject import load, paths, rewrite
+from meshctl.output import to_yaml
+from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
+from meshctl.pilot.snapshot import compile_snapshot, describe
+from meshctl.pki import ca as pki
+from meshctl.pki import workload
+
+
+@dataclass
+class Result:
+    text: str
+    project: str
+    pods: list[rewrite.Pod]
+    skipped: list[str]
+    unchanged: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fail(source: str, problems: list[str]) -> InvalidInput:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return InvalidInput(f"{source}: {problems[0]}{more}")
+
+
+def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
+           output_dir: Path | None = None) -> Result:
+    """Mesh the compose file at `path`; `output_dir` is where the result will live (None: stdout)."""
+    compose = load.load(path)
+    if rewrite.is_meshed(compose.data):
+        return Result(compose.text, compose.data[rewrite.MARKER].get("project", ""), [], [], unchanged=True)
+    problems = load.check(compose)
+    project = load.project_name(compose, project_name)
+    pods, skipped, pod_problems = rewrite.plan_pods(compose, default_mode.upper())
+    problems += pod_problems
+    if problems:
+        raise _fail(compose.source, problems)
+    settings = ctx.home.settings()
+    root = pki.load_root(ctx.home.ca_dir)
+    revision = Store(ctx.home.config_dir).read()
+    dirs = {p.service: proxy_dir(ctx.home.proxies_dir, project, p.service) for p in pods}
+    data = rewrite.rewrite(compose, pods, project, {k: str(v) for k, v in dirs.items()}, settings.proxy_image,
+                           settings.trust_domain, settings.network)
+    if output_dir is not None and output_dir.resolve() != compose.directory:
+        data = paths.relocate(data, compose.directory)
+    text = to_yaml(data)
+    # Everything is validated: only now write certificates and snapshots.
+    now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
+    for pod in pods:
+        info = describe(pod, pods, project, settings.trust_domain)
+        snap = compile_snapshot(info, revision.resources, revision.revision)
+        cert = workload.issue(root, snap["proxy"]["identity"], now)
+        write_proxy_files(dirs[pod.service], cert, [root], info, snap)
+    return Result(text, project, pods, skipped, warnings=rewrite.replica_warnings(compose, pods))

@@ -1,0 +1,102 @@
+"""Sync status of every proxy: what Pilot wrote for it against what the sidecar says it applied.
+
+The sidecar's ack is its /status endpoint on :15021 (revision, hash, a rejected snapshot and why),
+read over the mesh network in parallel.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from meshctl import const
+from meshctl.context import Context
+from meshctl.pilot.proxyfiles import proxy_dir
+from meshctl.pilot.push import desired
+from meshctl.runtime.proxies import Proxy, list_proxies
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class ProxyStatus:
+    name: str
+    service: str
+    version: str
+    status: str
+    synced: bool
+    revision: int | None
+    desired_revision: int | None
+    last_ack: float | None
+    cert_expires: float | None
+    proxy_version: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def fetch_status(address: str, timeout: float = 1.5) -> dict[str, Any] | None:
+    try:
+        with _DIRECT.open(f"http://{address}:{const.PORT_HEALTH}/status", timeout=timeout) as resp:
+            return dict(json.loads(resp.read()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _cert_expiry(ctx: Context, proxy: Proxy) -> float | None:
+    try:
+        pem = (proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service) / "cert.pem").read_bytes()
+    except OSError:
+        return None
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
+def status_of(ctx: Context, proxy: Proxy, network: str) -> ProxyStatus:
+    want = desired(proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service)) or {}
+    row = ProxyStatus(proxy.name, proxy.app, proxy.version, "NOT RUNNING", False, None, want.get("revision"), None,
+                      _cert_expiry(ctx, proxy), "")
+    address = proxy.address_on(network)
+    if proxy.state != "running" or address is None:
+        return row
+    ack = fetch_status(address)
+    if ack is None:
+        row.status = "UNREACHABLE (no answer on :15021/status)"
+        return row
+    row.revision, row.last_ack, row.proxy_version = ack.get("revision"), ack.get("applied_at"), \
+        ack.get("proxy_version", "")
+    row.cert_expires = ack.get("cert_not_after") or row.cert_expires
+    rejected = ack.get("rejected")
+    if ack.get("hash") == want.get("hash"):
+        row.status, row.synced = "SYNCED", True
+    elif rejected and rejected.get("hash") == want.get("hash"):
+        row.status = f"REJECTED ({rejected.get('reason')})"
+    else:
+        row.status = f"STALE (applied {row.revision}, current {want.get('revision')})"
+    return row
+
+
+def proxy_statuses(ctx: Context, only: str | None = None) -> list[ProxyStatus]:
+    network = ctx.home.settings().network
+    mine = [p for p in list_proxies(ctx.docker())
+            if (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / "snapshot.json").is_file()
+            and (only is None or only in (p.name, p.service, p.container))]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda p: status_of(ctx, p, network), mine))
+
+
+def age(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    seconds = max(0, int(now - ts))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def until(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
