@@ -11,10 +11,11 @@ from meshctl.status import ExitCode
 class MeshError(Exception):
     code: ExitCode = ExitCode.FAILED
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details or []  # every problem, when there were several; shown with --debug
 
     def one_line(self) -> str:
         text = self.message if not self.hint else f"{self.message}; {self.hint}"

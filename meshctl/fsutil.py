@@ -45,8 +45,12 @@ def ensure_dir(path: Path, mode: int = 0o700) -> bool:
         raise os_error(exc, path, "create directory") from exc
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old content or the new, never a part."""
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` so readers see the old content or the new, never a part.
+
+    `durable` also flushes to disk, so the new content survives a power cut; files derived from others
+    (snapshots, recompiled on every push) skip it: the rename alone keeps readers safe.
+    """
     payload = data.encode() if isinstance(data, str) else data
     tmp_name = None
     try:
@@ -54,11 +58,13 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as tmp:
             os.fchmod(tmp.fileno(), mode)
             tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+            if durable:
+                tmp.flush()
+                os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
         tmp_name = None
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except OSError as exc:
         raise os_error(exc, path, "write") from exc
     finally:

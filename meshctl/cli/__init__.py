@@ -93,6 +93,8 @@ def run(argv: list[str], obj: Context | None = None) -> int:
     except MeshError as exc:
         if debug:
             err.print_exception()
+            for detail in exc.details:
+                err.print(f"  - {escape(detail)}", highlight=False)
         err.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False)
         return exc.code
     except ClickExit as exc:

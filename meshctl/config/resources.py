@@ -118,7 +118,7 @@ def load(targets: list[str]) -> list[Resource]:
         seen.add(key(r))
     if problems:
         more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
-        raise InvalidInput(problems[0] + more, "nothing was applied")
+        raise InvalidInput(problems[0] + more, "nothing was applied", details=problems)
     if not resources:
         raise InvalidInput(f"{', '.join(targets)}: no resources found")
     return resources

@@ -28,8 +28,8 @@ class Result:
 
 
 def _fail(source: str, problems: list[str]) -> InvalidInput:
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return InvalidInput(f"{source}: {problems[0]}{more}")
+    more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
+    return InvalidInput(f"{source}: {problems[0]}{more}", details=[f"{source}: {p}" for p in problems])
 
 
 def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,

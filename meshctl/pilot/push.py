@@ -38,7 +38,7 @@ def desired(directory: Path) -> dict[str, Any] | None:
 
 
 def write_snapshot(directory: Path, snapshot: dict[str, Any]) -> None:
-    atomic_write(directory / "snapshot.json", json.dumps(snapshot, indent=1), mode=0o644)
+    atomic_write(directory / "snapshot.json", json.dumps(snapshot, indent=1), mode=0o644, durable=False)
     own(directory / "snapshot.json")
 
 
