@@ -101,7 +101,11 @@ def build_contexts(cert_dir: Path) -> Contexts:
     client = base(SSL.TLS_CLIENT_METHOD)
     client.set_verify(SSL.VERIFY_PEER, _verify_peer_identity)
     leaf = x509.load_pem_x509_certificate(cert.read_bytes())
-    info = {"cert_serial": f"{leaf.serial_number:x}", "cert_not_after": leaf.not_valid_after_utc.timestamp()}
+    roots = x509.load_pem_x509_certificates(bundle.read_bytes())
+    info = {"cert_serial": f"{leaf.serial_number:x}", "cert_not_after": leaf.not_valid_after_utc.timestamp(),
+            "cert_not_before": leaf.not_valid_before_utc.timestamp(),
+            "trust_bundle": [{"serial": f"{r.serial_number:x}", "subject": r.subject.rfc4514_string(),
+                              "not_after": r.not_valid_after_utc.timestamp()} for r in roots]}
     return Contexts(server, client, stamp, info)
 
 

@@ -85,8 +85,19 @@ class ProxyState:
             "proxy_version": PROXY_VERSION,
             "status": self.status(),
             "snapshot": self.snap.raw,
-            "listeners": [{"name": "virtualOutbound", "port": OUTBOUND_PORT},
-                          {"name": "virtualInbound", "port": INBOUND_PORT, "mode": self.snap.mode}],
+            "listeners": [{"name": "virtualOutbound", "port": OUTBOUND_PORT, "direction": "outbound",
+                           "excluded_ports": sorted(self.snap.exclude_outbound_ports)},
+                          {"name": "virtualInbound", "port": INBOUND_PORT, "direction": "inbound",
+                           "mode": self.snap.mode,
+                           "excluded_ports": sorted(self.snap.exclude_inbound_ports),
+                           "published_ports": sorted(self.snap.published_ports)}],
+            "routes": list(self.snap.routes),
+            "clusters": [{"name": s.name, "identity": s.identity,
+                          "subsets": sorted({w.version for w in s.workloads}),
+                          "policy": next((d for d in self.snap.destinations if d.get("host") == s.name), None)}
+                         for s in self.snap.services],
+            "secrets": {"identity": self.snap.identity,
+                        **(self.mtls.contexts.cert_info if self.mtls.contexts else {})},
             "endpoints": {ip: {"service": e.service.name, "workload": e.workload.host, "version": e.workload.version}
                           for ip, e in sorted(self.endpoints.by_ip.items())},
         }

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
+from rich.console import Group
+from rich.text import Text
 
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, Timeout
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pilot import proxyconfig
 from meshctl.pilot.status import ProxyStatus, age, proxy_statuses, until
 from meshctl.status import ExitCode
 
@@ -50,5 +54,41 @@ def proxy_status(
     return ExitCode.OK
 
 
+
+
+class Section(StrEnum):
+    routes = "routes"
+    clusters = "clusters"
+    endpoints = "endpoints"
+    listeners = "listeners"
+    secrets = "secrets"
+    all = "all"
+
+
+def proxy_config(
+    ctx: typer.Context,
+    proxy: Annotated[str, typer.Argument(help="The proxy: project.service, service or container name.")],
+    section: Annotated[Section, typer.Argument(help="What to show.")] = Section.all,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """What a running sidecar actually uses, read from the sidecar itself (its admin endpoint)."""
+    c: Context = ctx.obj
+    found = proxyconfig.find_proxy(c, proxy)
+    dump = proxyconfig.config_dump(c, found)
+    names = proxyconfig.SECTIONS if section is Section.all else (section.value,)
+    data = {name: dump[name] for name in names} if section is Section.all else dump[section.value]
+
+    def tables() -> Group:
+        parts: list[Any] = []
+        for name in names:
+            columns, body = proxyconfig.rows(name, dump)
+            parts += [Text(f"{name.upper()}", style="bold") if len(names) > 1 else Text(""),
+                      simple_table(columns, body), Text("")]
+        return Group(*parts)
+
+    emit(c.out, output, data, tables)
+
+
 def register(app: typer.Typer) -> None:
     app.command("proxy-status")(proxy_status)
+    app.command("proxy-config")(proxy_config)

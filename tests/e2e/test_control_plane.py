@@ -88,3 +88,35 @@ def test_a_snapshot_the_proxy_cannot_apply_is_rejected_and_the_old_one_keeps_ser
     finally:
         target.write_text(good)
     assert meshctl("proxy-status", "bookinfo.details", "--wait", "--timeout", "5", home=mesh_home).code == 0
+
+
+REVIEWS_SPLIT = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+"""
+
+
+def test_proxy_config_shows_what_the_running_sidecar_uses(demo: dict, mesh_home: Path) -> None:
+    assert meshctl("apply", "-f", "-", home=mesh_home, stdin=REVIEWS_SPLIT).code == 0
+    assert meshctl("proxy-status", "--wait", "--timeout", "5", home=mesh_home).code == 0
+    routes = meshctl("proxy-config", "bookinfo.productpage", "routes", "-o", "json", home=mesh_home)
+    assert routes.code == 0, routes.err
+    assert [r["name"] for r in json.loads(routes.out)] == ["reviews"]
+    assert json.loads(routes.out)[0]["http"][0]["route"][1]["weight"] == 10
+    endpoints = json.loads(meshctl("proxy-config", "productpage", "endpoints", "-o", "json", home=mesh_home).out)
+    assert sorted(e["workload"] for e in endpoints.values() if e["service"] == "reviews") == [
+        "reviews-v1", "reviews-v2", "reviews-v3"]
+    secrets = json.loads(meshctl("proxy-config", "productpage", "secrets", "-o", "json", home=mesh_home).out)
+    assert secrets["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"
+    assert len(secrets["trust_bundle"]) == 1 and "key" not in json.dumps(secrets).lower()
+    table = meshctl("proxy-config", "bookinfo.productpage", home=mesh_home)
+    assert table.code == 0 and "LISTENERS" in table.out and "virtualInbound" in table.out and "90%" in table.out
+    assert meshctl("delete", "vs", "reviews", home=mesh_home).code == 0
+    missing = meshctl("proxy-config", "nosuch", home=mesh_home)
+    assert missing.code == 3 and "no proxy named 'nosuch'" in missing.err
