@@ -39,7 +39,7 @@ def _sources(target: str) -> list[tuple[str, str]]:
     return [(target, read_text(path))]
 
 
-def _semantic(kind: Kind, spec: dict[str, Any], where: str) -> list[str]:
+def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]:
     problems = []
     if kind.name == "VirtualService":
         if not spec.get("hosts"):
@@ -60,7 +60,7 @@ def _semantic(kind: Kind, spec: dict[str, Any], where: str) -> list[str]:
     return problems
 
 
-def check_document(doc: Any, where: str) -> tuple[Resource | None, list[str]]:
+def check_document(doc: Any, where: str, semantic: bool = True) -> tuple[Resource | None, list[str]]:
     if not isinstance(doc, dict):
         return None, [f"{where}: a resource must be a mapping with apiVersion, kind, metadata and spec"]
     kind_name = doc.get("kind")
@@ -87,15 +87,19 @@ def check_document(doc: Any, where: str) -> tuple[Resource | None, list[str]]:
         problems.append(f"{label}: spec must be a mapping")
     else:
         problems += validate(spec, kind.spec, f"{label}: spec", kind.unsupported)
-        problems += _semantic(kind, spec, label) if not problems else []
+        problems += semantic_problems(kind, spec, label) if semantic and not problems else []
     if problems:
         return None, problems
     meta = {k: v for k, v in (metadata or {}).items() if k in ("name", "namespace", "labels", "annotations")}
     return {"apiVersion": doc["apiVersion"], "kind": kind.name, "metadata": meta, "spec": spec}, []
 
 
-def load(targets: list[str]) -> list[Resource]:
-    """All resources in `targets`, validated; raises InvalidInput naming every problem's place."""
+def load(targets: list[str], semantic: bool = True) -> list[Resource]:
+    """All resources in `targets`, validated; raises InvalidInput naming every problem's place.
+
+    `semantic=False` lets through what parses but does not make sense (weights not adding up), for
+    `analyze` to report rather than refuse.
+    """
     resources: list[Resource] = []
     problems: list[str] = []
     for source, text in (s for t in targets for s in _sources(t)):
@@ -107,7 +111,7 @@ def load(targets: list[str]) -> list[Resource]:
             problems.append(f"{source}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}")
             continue
         for i, doc in enumerate(docs):
-            resource, found = check_document(doc, source if len(docs) == 1 else f"{source}[{i}]")
+            resource, found = check_document(doc, source if len(docs) == 1 else f"{source}[{i}]", semantic)
             problems += found
             if resource:
                 resources.append(resource)

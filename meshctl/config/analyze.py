@@ -1,0 +1,112 @@
+"""`meshctl analyze`: find config and mesh problems, each with a stable code and a hint (istioctl's habit).
+
+Works on resources alone (files, no engine) or on the live mesh: the store plus what runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshctl.config.kinds import find_kind
+from meshctl.config.resources import Resource, semantic_problems
+
+
+@dataclass(frozen=True)
+class Message:
+    code: str
+    level: str  # Error | Warning | Info
+    resource: str
+    text: str
+    hint: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Inventory:
+    """What the live mesh has: meshed services by app, running subsets, modes, outsiders, certificates."""
+    versions: dict[str, set[str]] = field(default_factory=dict)  # app -> subsets that exist (injected)
+    running: dict[str, set[str]] = field(default_factory=dict)  # app -> subsets with a running proxy
+    strict: dict[str, list[str]] = field(default_factory=dict)  # project -> STRICT services
+    uninjected: dict[str, list[str]] = field(default_factory=dict)  # project -> running non-meshed services
+    certs: dict[str, float] = field(default_factory=dict)  # proxy name -> not_after (unix)
+    cert_lifetimes: dict[str, float] = field(default_factory=dict)  # proxy name -> total lifetime (s)
+
+
+def _name(r: Resource) -> str:
+    return f"{r['kind']} {r['metadata']['name']}"
+
+
+def _destinations(vs: Resource) -> list[dict[str, Any]]:
+    return [d["destination"] for rule in vs["spec"].get("http", []) for d in rule.get("route", [])]
+
+
+def analyze_resources(resources: list[Resource], inventory: Inventory | None) -> list[Message]:
+    out: list[Message] = []
+    rules = {r["spec"]["host"]: r for r in resources if r["kind"] == "DestinationRule"}
+    seen_hosts: dict[str, str] = {}
+    for r in resources:
+        kind = find_kind(r["kind"])
+        if kind is not None:
+            out += [Message("MSH0103", "Error", _name(r), problem.split(": ", 2)[-1],
+                            "make the weights of each rule add up to 100")
+                    for problem in semantic_problems(kind, r["spec"], _name(r)) if "weights add up" in problem]
+        hosts = r["spec"].get("hosts", []) if r["kind"] == "VirtualService" else [r["spec"].get("host")]
+        for host in hosts:
+            if inventory is not None and host not in inventory.versions:
+                out.append(Message("MSH0104", "Warning", _name(r), f"host {host!r} matches no meshed service",
+                                   "check the `app` label of the services you meant, or delete this resource"))
+        if r["kind"] != "VirtualService":
+            continue
+        for host in hosts:
+            if host in seen_hosts:
+                out.append(Message("MSH0109", "Error", _name(r), f"host {host!r} is also routed by "
+                                   f"{seen_hosts[host]}; only one VirtualService per host takes effect",
+                                   "merge the rules into one VirtualService"))
+            seen_hosts.setdefault(host, _name(r))
+        for i, rule in enumerate(r["spec"].get("http", [])):
+            if not rule.get("match") and i < len(r["spec"]["http"]) - 1:
+                out.append(Message("MSH0108", "Warning", _name(r), f"rule {i} matches every request, so the "
+                                   f"{len(r['spec']['http']) - i - 1} rule(s) after it are never reached",
+                                   "move the catch-all rule last"))
+                break
+        for dest in _destinations(r):
+            subset = dest.get("subset")
+            if not subset:
+                continue
+            rule_for = rules.get(dest["host"])
+            defined = {s["name"]: s.get("labels", {}).get("version", s["name"])
+                       for s in (rule_for or {}).get("spec", {}).get("subsets", [])}
+            if subset not in defined:
+                out.append(Message("MSH0101", "Error", _name(r), f"routes to subset {subset!r} of {dest['host']!r}, "
+                                   "which no DestinationRule defines",
+                                   f"add subset {subset!r} to the DestinationRule for {dest['host']!r}"))
+            elif inventory is not None and defined[subset] not in inventory.running.get(dest["host"], set()):
+                out.append(Message("MSH0102", "Warning", _name(r), f"subset {subset!r} of {dest['host']!r} "
+                                   f"(version {defined[subset]}) has no running instance",
+                                   "start a service with that `version` label, or route elsewhere"))
+    return out
+
+
+def analyze_mesh(inventory: Inventory, now: dt.datetime) -> list[Message]:
+    out: list[Message] = []
+    for project, services in sorted(inventory.uninjected.items()):
+        for service in services:
+            out.append(Message("MSH0105", "Warning", f"service {project}/{service}", "runs without a sidecar",
+                               "mesh it with `meshctl inject`, or label it mesh.inject: \"false\" on purpose"))
+        for target in inventory.strict.get(project, []):
+            out.append(Message("MSH0106", "Error", f"service {project}/{target}", f"is STRICT but "
+                               f"{', '.join(services)} in the same project run(s) without a sidecar and cannot "
+                               "call it", "inject the callers, or set the target's mesh.mtls-mode to PERMISSIVE"))
+    for proxy, not_after in sorted(inventory.certs.items()):
+        left = not_after - now.timestamp()
+        if left <= 0:
+            out.append(Message("MSH0107", "Error", f"proxy {proxy}", "its workload certificate has expired",
+                               "re-issue it: re-run `meshctl inject` for its compose file"))
+        elif left < 0.25 * inventory.cert_lifetimes.get(proxy, 86400):
+            out.append(Message("MSH0107", "Warning", f"proxy {proxy}", f"its workload certificate expires in "
+                               f"{left / 3600:.1f} h", "re-issue it before it expires"))
+    return out
