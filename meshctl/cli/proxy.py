@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import time
 from enum import StrEnum
 from typing import Annotated, Any
@@ -14,6 +16,8 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput, Timeout
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
 from meshctl.pilot import proxyconfig
+from meshctl.pilot.proxyfiles import proxy_dir
+from meshctl.pilot.push import desired
 from meshctl.pilot.status import ProxyStatus, age, proxy_statuses, until
 from meshctl.status import ExitCode
 
@@ -46,7 +50,10 @@ def proxy_status(
             break
         time.sleep(0.1)
     now = c.clock()
-    emit(c.out, output, [r.as_dict() for r in rows], lambda: simple_table(COLUMNS, [_row(r, now) for r in rows]))
+    if proxy and len(rows) == 1:
+        _one(c, rows[0], output, now)
+    else:
+        emit(c.out, output, [r.as_dict() for r in rows], lambda: simple_table(COLUMNS, [_row(r, now) for r in rows]))
     if wait and not done:
         behind = sum(not r.synced for r in rows)
         raise Timeout(f"{behind} of {len(rows)} proxies not SYNCED after {timeout:g}s",
@@ -87,6 +94,27 @@ def proxy_config(
         return Group(*parts)
 
     emit(c.out, output, data, tables)
+
+
+def _one(c: Context, row: ProxyStatus, output: OutputFormat, now: float) -> None:
+    """One proxy: its row, then what the control plane wants against what the proxy applied (istioctl's diff)."""
+    found = proxyconfig.find_proxy(c, row.name)
+    want = desired(proxy_dir(c.home.proxies_dir, found.project, found.service)) or {}
+    applied = proxyconfig.config_dump(c, found)["snapshot"] if found.state == "running" else {}
+    diff = list(difflib.unified_diff(json.dumps(want, indent=1, sort_keys=True).splitlines(),
+                                     json.dumps(applied, indent=1, sort_keys=True).splitlines(),
+                                     "control plane wants", f"{row.name} applied", lineterm=""))
+    if output is not OutputFormat.table:
+        emit(c.out, output, {**row.as_dict(), "diff": diff}, lambda: "")
+        return
+    c.out.print(simple_table(COLUMNS, [_row(row, now)]))
+    c.out.print()
+    if not diff:
+        c.out.print(f"Clusters, listeners and routes match: {row.name} runs revision {want.get('revision')} "
+                    f"({want.get('hash')}).", highlight=False)
+    for line in diff:
+        style = "green" if line.startswith("+") else "red" if line.startswith("-") else ""
+        c.out.print(Text(line, style=style))
 
 
 def register(app: typer.Typer) -> None:
