@@ -38,18 +38,27 @@ class Endpoints:
         self.services = snap.services
         self._refreshed_at = 0.0
 
-    async def _resolve(self, host: str) -> set[str]:
+    async def _resolve(self, host: str) -> set[str] | None:
+        """The host's addresses; empty if it does not exist (not started, scaled to zero); None if DNS failed."""
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET,
                                                                  type=socket.SOCK_STREAM)
-        except (socket.gaierror, OSError):
-            return set()  # not started yet, or scaled to zero
+        except socket.gaierror as exc:
+            return set() if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)) else None
+        except OSError:
+            return None
         return {str(info[4][0]) for info in infos}
 
     async def _refresh(self) -> None:
         pairs = [(svc, wl) for svc in self.services for wl in svc.workloads]
         results = await asyncio.gather(*(self._resolve(wl.host) for _, wl in pairs))
-        table = {ip: Endpoint(svc, wl) for (svc, wl), ips in zip(pairs, results, strict=True) for ip in ips}
+        known: dict[str, set[str]] = {}
+        for ip, endpoint in self.by_ip.items():
+            known.setdefault(endpoint.workload.host, set()).add(ip)
+        # A DNS hiccup must not make a meshed peer look like an outside address (and get plaintext).
+        resolved = [known.get(wl.host, set()) if ips is None else ips for (_, wl), ips in zip(pairs, results,
+                                                                                                strict=True)]
+        table = {ip: Endpoint(svc, wl) for (svc, wl), ips in zip(pairs, resolved, strict=True) for ip in ips}
         self.by_ip = table  # swapped whole: readers never see a half-built table
         self._refreshed_at = time.monotonic()
 

@@ -29,7 +29,8 @@ log = logging.getLogger("meshctl.listeners")
 INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
 H2_PREFACE = b"PRI * HTTP/2.0"
-L4_ALPN = b"meshctl-l4"  # offered on L4 tunnels so the far side never mistakes them for HTTP ALPN
+L4_ALPN = b"meshctl-l4"
+PROXY_PORTS = (15000, 15099)  # offered on L4 tunnels so the far side never mistakes them for HTTP ALPN
 
 
 class Refuse(layer.Layer):
@@ -100,7 +101,11 @@ class Listeners:
             if not data:
                 return  # wait for the client's first bytes
             port = ctx.client.proxy_mode.custom_listen_port
-            if port == INBOUND_PORT:
+            if ctx.server.address and PROXY_PORTS[0] <= ctx.server.address[1] <= PROXY_PORTS[1]:
+                # Aimed at the proxy's own ports: forwarding it would dial ourselves, over and over.
+                log.warning("refused a connection to the proxy's own port %s", ctx.server.address[1])
+                nextlayer.layer = Refuse(ctx)
+            elif port == INBOUND_PORT:
                 nextlayer.layer = self._inbound(ctx, data)
             elif port == OUTBOUND_PORT:
                 nextlayer.layer = await self._outbound(ctx, data)
@@ -141,6 +146,8 @@ class Listeners:
         endpoint = await self.endpoints.lookup(ctx.server.address[0])
         if endpoint is None:
             return self._app_protocol(ctx, data) if looks_like_http1(data) else layers.TCPLayer(ctx, ignore=True)
+        if len(self.mtls.expected) > 4096:  # addresses churn as containers come and go: keep it bounded
+            self.mtls.expected.clear()
         self.mtls.expected[ctx.server.address] = endpoint.service.identity
         ctx.server.tls = True
         if looks_like_http1(data):

@@ -1,14 +1,21 @@
 """The sidecar container's entrypoint (PID 1, root): capture rules, then supervise the proxy.
 
-It installs the iptables rules in the pod's namespace, then runs the proxy as the proxy uid (the owner of
-the workload key, 1337 by default) and restarts it within a fraction of a second if it dies. The
+It installs the iptables rules in the pod's namespace and runs the proxy as uid 1337 (exempt from
+capture, with no supplementary groups), restarting it within a fraction of a second if it dies. The
 container itself stays up, so the network namespace the app shares with it is never torn down.
+
+While the proxy runs, this loop also:
+- re-applies the capture rules when a new snapshot changes the excluded ports;
+- when the mounted files are not owned by 1337 (meshctl run by a non-root user), keeps a 1337-owned
+  copy in /run/meshctl, so the proxy can read its key without running as the user's uid (which the app
+  may share, and which would then bypass capture).
 SIGTERM is passed on, and the proxy drains in-flight connections before it exits.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,22 +25,48 @@ from pathlib import Path
 from addons import capture, snapshot
 from addons.mtls import CERT_DIR
 
-DEFAULT_UID = 1337
+PROXY_UID = 1337
+MIRROR_DIR = Path("/run/meshctl")
+FILES = ("cert.pem", "key.pem", "bundle.pem", "snapshot.json")
+TICK_S = 0.1
 RESTART_DELAY_S = 0.2
-
-
-def proxy_uid(cert_dir: Path) -> int:
-    """Run the proxy as the owner of its key: 1337 when meshctl runs as root, the user's uid otherwise."""
-    try:
-        owner = (cert_dir / "key.pem").stat().st_uid
-    except OSError:
-        return DEFAULT_UID
-    return owner or DEFAULT_UID
 
 
 def say(message: str) -> None:
     sys.stderr.write(f"meshctl-sidecar: {message}\n")
     sys.stderr.flush()
+
+
+def needs_mirror(cert_dir: Path) -> bool:
+    try:
+        return (cert_dir / "key.pem").stat().st_uid != PROXY_UID
+    except OSError:
+        return False
+
+
+def mirror(source: Path, target: Path, seen: dict[str, float]) -> None:
+    """Copy changed files, each atomically, owned by the proxy uid (the key stays 0600)."""
+    for name in FILES:
+        try:
+            mtime = (source / name).stat().st_mtime_ns
+        except OSError:
+            continue
+        if seen.get(name) == mtime:
+            continue
+        tmp = target / f".{name}.tmp"
+        shutil.copyfile(source / name, tmp)
+        os.chown(tmp, PROXY_UID, PROXY_UID)
+        os.chmod(tmp, 0o600 if name == "key.pem" else 0o644)
+        os.replace(tmp, target / name)
+        seen[name] = mtime
+
+
+def capture_ports(snap: snapshot.Snapshot) -> tuple[frozenset[int], frozenset[int]]:
+    return snap.exclude_inbound_ports, snap.exclude_outbound_ports
+
+
+def install_capture(ports: tuple[frozenset[int], frozenset[int]]) -> None:
+    capture.install(PROXY_UID, *ports)
 
 
 def main() -> int:
@@ -42,13 +75,21 @@ def main() -> int:
     except snapshot.SnapshotError as exc:
         say(f"cannot start: {exc}")
         return 1
-    uid = proxy_uid(CERT_DIR)
+    ports = capture_ports(snap)
     try:
-        capture.install(uid, snap.exclude_inbound_ports, snap.exclude_outbound_ports)
+        install_capture(ports)
     except subprocess.CalledProcessError as exc:
         say(f"cannot install capture rules (does the container have NET_ADMIN?): {exc.stderr.decode().strip()}")
         return 1
-    say(f"capture rules installed for {snap.name}; proxy runs as uid {uid}")
+    env = {**os.environ, "HOME": "/tmp"}
+    seen: dict[str, float] = {}
+    source = CERT_DIR
+    if needs_mirror(CERT_DIR):
+        MIRROR_DIR.mkdir(mode=0o700, exist_ok=True)
+        os.chown(MIRROR_DIR, PROXY_UID, PROXY_UID)
+        mirror(CERT_DIR, MIRROR_DIR, seen)
+        env["MESHCTL_PROXY_DIR"] = str(MIRROR_DIR)
+    say(f"capture rules installed for {snap.name}; proxy runs as uid {PROXY_UID}")
 
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -61,14 +102,30 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    env = {**os.environ, "HOME": "/tmp"}
+    snapshot_mtime = 0.0
     while not stopping:
-        child = subprocess.Popen([sys.executable, "-m", "addons.proxy"], user=uid, group=uid, env=env,
-                                 cwd="/tmp")
-        code = child.wait()
+        child = subprocess.Popen([sys.executable, "-m", "addons.proxy"], user=PROXY_UID, group=PROXY_UID,
+                                 extra_groups=[], env=env, cwd="/tmp")
+        if stopping:  # SIGTERM arrived while the child was being started
+            child.send_signal(signal.SIGTERM)
+        while child.poll() is None:
+            time.sleep(TICK_S)
+            if "MESHCTL_PROXY_DIR" in env:
+                mirror(source, MIRROR_DIR, seen)
+            try:
+                mtime = (source / "snapshot.json").stat().st_mtime
+                if mtime != snapshot_mtime:
+                    snapshot_mtime = mtime
+                    wanted = capture_ports(snapshot.load(source / "snapshot.json"))
+                    if wanted != ports:
+                        install_capture(wanted)
+                        ports = wanted
+                        say(f"capture rules updated: excluded inbound {sorted(ports[0])}, outbound {sorted(ports[1])}")
+            except (OSError, snapshot.SnapshotError, subprocess.CalledProcessError):
+                pass  # the proxy reports a bad snapshot as REJECTED; rules stay as they are
         if stopping:
             return 0
-        say(f"proxy exited with {code}; restarting")
+        say(f"proxy exited with {child.returncode}; restarting")
         time.sleep(RESTART_DELAY_S)
     return 0
 

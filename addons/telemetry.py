@@ -75,7 +75,9 @@ class Telemetry:
         endpoint = self.endpoints.by_ip.get(address[0]) if address else None
         mtls = bool(endpoint) and flow.server_conn.tls
         return {"reporter": "source", "source_workload": self.snap.service, "source_principal": self.snap.identity,
-                "destination_service": endpoint.service.name if endpoint else (address[0] if address else "unknown"),
+                # Istio's name for traffic leaving the mesh: a fixed label, so outside addresses cannot grow
+                # the metric series without bound.
+                "destination_service": endpoint.service.name if endpoint else "PassthroughCluster",
                 "destination_workload": endpoint.workload.host if endpoint else "unknown",
                 "destination_version": endpoint.workload.version if endpoint else "unknown",
                 "destination_principal": endpoint.service.identity if endpoint else "unknown",
@@ -121,6 +123,10 @@ class Telemetry:
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         self.tcp_opened.labels(**{k: self._parties(flow)[k] for k in TCP_LABELS}).inc()
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is not None:
+            flow.websocket.messages.clear()  # relayed already; kept, they would grow for the connection's life
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
         # Count, then drop: mitmproxy keeps every relayed chunk, which a long-lived connection cannot afford.

@@ -108,7 +108,7 @@ spec:
 
 def test_proxy_config_shows_what_the_running_sidecar_uses(demo: dict, mesh_home: Path) -> None:
     assert meshctl("apply", "-f", "-", home=mesh_home, stdin=REVIEWS_SPLIT).code == 0
-    assert meshctl("proxy-status", "--wait", "--timeout", "5", home=mesh_home).code == 0
+    assert meshctl("proxy-status", "bookinfo.productpage", "--wait", "--timeout", "5", home=mesh_home).code == 0
     routes = meshctl("proxy-config", "bookinfo.productpage", "routes", "-o", "json", home=mesh_home)
     assert routes.code == 0, routes.err
     assert [r["name"] for r in json.loads(routes.out)] == ["reviews"]

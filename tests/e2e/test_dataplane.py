@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import tarfile
 import threading
 import time
 from pathlib import Path
 
+import yaml
 from docker import DockerClient
 
 from meshctl.pki import ca as pki
 from meshctl.pki import workload
 from meshctl.runtime.compose import require_compose
+from tests.conftest import meshctl
 from tests.e2e.conftest import App
 
 TD = "spiffe://cluster.local/ns"
@@ -221,3 +224,42 @@ def test_stopping_sidecar_drains_in_flight_requests(testbed: App) -> None:
     testbed.container("slow-proxy").stop(timeout=15)
     caller.join(30)
     assert result.get("out") == "200"
+
+
+def test_traffic_aimed_at_the_proxy_port_is_refused_not_looped(testbed: App) -> None:
+    probe = ("import socket, time\ns = socket.create_connection(('web', 15001), timeout=5)\n"
+             "s.sendall(b'\\x16\\x03\\x01\\x00\\x05hello')\nstart = time.time()\n"
+             "print('closed' if s.recv(100) == b'' else 'answered', round(time.time() - start, 2))")
+    code, out = testbed.exec("outsider", "python3", "-c", probe)
+    assert code == 0 and out.startswith("closed"), out
+    assert float(out.split()[1]) < 2
+    assert curl(testbed, "client", "-o", "/dev/null", "-w", "%{http_code}", "http://web:8080/echo") == "200"
+    assert any("refused a connection to the proxy's own port 15001" in line
+               for line in testbed.container("web-proxy").logs(stdout=False).decode().splitlines())
+
+
+def test_proxy_runs_as_1337_when_the_mesh_home_belongs_to_another_user(
+        engine: DockerClient, mesh_home: Path, tmp_path: Path) -> None:
+
+
+
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump({"services": {"solo": {
+        "image": "meshctl/testbed:e2e", "environment": {"TESTBED_NAME": "solo"}}}}))
+    out = tmp_path / "meshed.yaml"
+    assert meshctl("inject", str(tmp_path / "compose.yaml"), "-p", "e2euser", "-o", str(out), home=mesh_home).code == 0
+    proxy_dir = mesh_home / "proxies" / "e2euser" / "solo"
+    for path in [proxy_dir, *proxy_dir.iterdir()]:
+        os.chown(path, 4242, 4242)  # as if a non-root user in the docker group had run meshctl
+    app = App(engine, require_compose(), "e2euser", out)
+    try:
+        app.compose("up", "-d")
+        app.wait_healthy()
+        uids = ("import glob\nfor f in glob.glob('/proc/[0-9]*/cmdline'):\n"
+                " c = open(f, 'rb').read()\n if b'addons.proxy' in c and b'glob' not in c:\n"
+                "  print([l.split()[1] for l in open(f[:-7] + 'status') if l.startswith('Uid')][0])")
+        code, uid = app.exec("solo-proxy", "python3", "-c", uids)
+        assert (code, uid.strip()) == (0, "1337")
+        code, mode = app.exec("solo-proxy", "stat", "-c", "%u %a", "/run/meshctl/key.pem")
+        assert (code, mode.strip()) == (0, "1337 600")
+    finally:
+        app.compose("down", "--timeout", "2")

@@ -53,7 +53,9 @@ def test_snapshot_must_be_an_object() -> None:
 
 def test_capture_rules_exempt_the_proxy_loopback_and_excluded_ports() -> None:
     rules = capture.rules(1337, exclude_inbound=[9000], exclude_outbound=[5432]).splitlines()
-    assert "-A MESH_INBOUND -p tcp --dport 15000:15099 -j RETURN" in rules
+    assert "-A MESH_INBOUND -p tcp --dport 15021 -j RETURN" in rules
+    assert "-A MESH_INBOUND -p tcp --dport 15090 -j RETURN" in rules
+    assert not any("15001" in r and "RETURN" in r for r in rules)
     assert "-A MESH_INBOUND -p tcp --dport 9000 -j RETURN" in rules
     assert rules.index("-A MESH_INBOUND -p tcp --dport 9000 -j RETURN") < rules.index(
         "-A MESH_INBOUND -p tcp -j REDIRECT --to-ports 15006")
