@@ -98,8 +98,8 @@ class Listeners:
         ctx = nextlayer.context
         try:
             data = nextlayer.data_client()
-            if not data:
-                return  # wait for the client's first bytes
+            if not data or (len(data) < 3 and data.isalpha()):
+                return  # wait for the client's first bytes, or enough of them to tell an HTTP method
             port = ctx.client.proxy_mode.custom_listen_port
             if ctx.server.address and PROXY_PORTS[0] <= ctx.server.address[1] <= PROXY_PORTS[1]:
                 # Aimed at the proxy's own ports: forwarding it would dial ourselves, over and over.

@@ -120,11 +120,19 @@ class Lifecycle:
         self.tasks.append(loop.create_task(self._start()))
 
     async def _start(self) -> None:
-        await self.admin.start()
-        await self.state.endpoints.refresh()
-        self.tasks.append(asyncio.get_running_loop().create_task(self.state.endpoints.run_forever()))
-        self.tasks.append(asyncio.get_running_loop().create_task(self._watch_certs()))
-        self.tasks.append(asyncio.get_running_loop().create_task(self._watch_snapshot()))
+        loop = asyncio.get_running_loop()
+        # Watchers first: whatever fails below, certificates and config keep being picked up.
+        self.tasks += [loop.create_task(self._watch_certs()), loop.create_task(self._watch_snapshot()),
+                       loop.create_task(self.state.endpoints.run_forever())]
+        try:
+            await self.admin.start()
+        except OSError as exc:  # e.g. the app already listens on 15021: never report ready, say why
+            log.error("cannot open the proxy's endpoints (15000/15021/15090): %s; this proxy stays unready", exc)
+            return
+        try:
+            await asyncio.wait_for(self.state.endpoints.refresh(), 5)
+        except Exception:  # the background refresh retries; ready now beats a stuck start
+            log.exception("first endpoint refresh failed")
         self.state.listening = True
         log.info("proxy ready: %s (%s, mode %s)", self.state.snap.name, self.state.snap.identity, self.state.snap.mode)
 
