@@ -10,7 +10,6 @@ import json
 import shutil
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from meshctl.errors import Timeout
 from meshctl.inject.injector import inject
 from meshctl.resources import source_dir
 from meshctl.runtime.compose import require_compose, run_compose
+from meshctl.runtime.direct import OPENER
 from meshctl.runtime.proxies import Proxy, list_proxies
 from meshctl.telemetry.scrape import scrape
 
@@ -28,7 +28,6 @@ Progress = Callable[[str], None]
 PROJECT = "bookinfo"
 PORT = 9080
 READY_TIMEOUT_S = 180
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -60,7 +59,7 @@ def up(ctx: Context, progress: Progress) -> None:
 def get(url: str, timeout: float = 5) -> int:
     """The HTTP status; for productpage a 200 counts only if every service behind it answered 200 too."""
     try:
-        with _DIRECT.open(url, timeout=timeout) as resp:
+        with OPENER.open(url, timeout=timeout) as resp:
             body = resp.read()
             status = int(resp.status)
     except urllib.error.HTTPError as exc:

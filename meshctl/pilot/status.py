@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +19,8 @@ from meshctl import const
 from meshctl.context import Context
 from meshctl.pilot.proxyfiles import proxy_dir
 from meshctl.pilot.push import desired
+from meshctl.runtime.direct import OPENER
 from meshctl.runtime.proxies import Proxy, list_proxies
-
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -44,7 +42,7 @@ class ProxyStatus:
 
 def fetch_status(address: str, timeout: float = 1.5) -> dict[str, Any] | None:
     try:
-        with _DIRECT.open(f"http://{address}:{const.PORT_HEALTH}/status", timeout=timeout) as resp:
+        with OPENER.open(f"http://{address}:{const.PORT_HEALTH}/status", timeout=timeout) as resp:
             return dict(json.loads(resp.read()))
     except (urllib.error.URLError, OSError, ValueError):
         return None

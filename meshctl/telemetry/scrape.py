@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import re
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from meshctl import const
+from meshctl.runtime.direct import OPENER
 
 SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
 LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-# Sidecars are on local bridges: never send these through an HTTP proxy from the environment.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ def parse(text: str) -> list[Sample]:
 def scrape(address: str, timeout: float = 3.0) -> list[Sample]:
     url = f"http://{address}:{const.PORT_METRICS}/stats/prometheus"
     try:
-        with _DIRECT.open(url, timeout=timeout) as resp:
+        with OPENER.open(url, timeout=timeout) as resp:
             return parse(resp.read().decode())
     except (urllib.error.URLError, OSError):
         return []
