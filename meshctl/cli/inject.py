@@ -42,8 +42,6 @@ def inject(
     if result.unchanged:
         c.err.print("already meshed: returned unchanged")
         return
-    for warning in result.warnings:
-        c.err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     skipped = f"; {len(result.skipped)} opted out ({', '.join(result.skipped)})" if result.skipped else ""
     c.err.print(f"meshed {len(result.pods)} services in project {result.project!r}{skipped}. "
                 f"Run it with: docker compose -p {result.project} -f {output or 'meshed.yaml'} up -d",

@@ -32,6 +32,7 @@ class Inventory:
     running: dict[str, set[str]] = field(default_factory=dict)  # app -> subsets with a running proxy
     strict: dict[str, list[str]] = field(default_factory=dict)  # project -> STRICT services
     uninjected: dict[str, list[str]] = field(default_factory=dict)  # project -> running non-meshed services
+    scaled: dict[str, dict[str, int]] = field(default_factory=dict)  # project -> app service -> containers in pod
     certs: dict[str, float] = field(default_factory=dict)  # proxy name -> not_after (unix)
     cert_lifetimes: dict[str, float] = field(default_factory=dict)  # proxy name -> total lifetime (s)
 
@@ -101,6 +102,12 @@ def analyze_mesh(inventory: Inventory, now: dt.datetime) -> list[Message]:
             out.append(Message("MSH0106", "Error", f"service {project}/{target}", f"is STRICT but "
                                f"{', '.join(services)} in the same project run(s) without a sidecar and cannot "
                                "call it", "inject the callers, or set the target's mesh.mtls-mode to PERMISSIVE"))
+    for project, counts in sorted(inventory.scaled.items()):
+        for service, count in sorted(counts.items()):
+            text = (f"runs {count} containers in one pod (scaled with --scale?): they share one sidecar and one "
+                    "network namespace, so only one can listen")
+            hint = f"set deploy.replicas: {count} on {service!r} and run `meshctl inject` again: one pod per replica"
+            out.append(Message("MSH0110", "Error", f"service {project}/{service}", text, hint))
     for proxy, not_after in sorted(inventory.certs.items()):
         left = not_after - now.timestamp()
         if left <= 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from meshctl.config.store import Store
@@ -24,7 +24,6 @@ class Result:
     pods: list[rewrite.Pod]
     skipped: list[str]
     unchanged: bool = False
-    warnings: list[str] = field(default_factory=list)
 
 
 def _fail(source: str, problems: list[str]) -> InvalidInput:
@@ -60,4 +59,4 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
         snap = compile_snapshot(info, revision.resources, revision.revision)
         cert = workload.issue(root, snap["proxy"]["identity"], now)
         write_proxy_files(dirs[pod.service], cert, [root], info, snap)
-    return Result(text, project, pods, skipped, warnings=rewrite.replica_warnings(compose, pods))
+    return Result(text, project, pods, skipped)

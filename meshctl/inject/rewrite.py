@@ -45,6 +45,12 @@ class Pod:
     exclude_inbound: tuple[int, ...]
     exclude_outbound: tuple[int, ...]
     published: tuple[int, ...]
+    workload: str = ""  # the compose service it is an instance of (its DNS name); "" means `service` itself
+    instance: int = 1
+
+    @property
+    def host(self) -> str:
+        return self.workload or self.service
 
 
 @dataclass
@@ -91,15 +97,15 @@ def published_ports(svc: dict[str, Any]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def replica_warnings(compose: ComposeFile, pods: list[Pod]) -> list[str]:
-    out = []
-    for pod in pods:
-        svc = compose.data["services"][pod.service]
-        replicas = (svc.get("deploy") or {}).get("replicas", svc.get("scale", 1))
-        if isinstance(replicas, int) and replicas > 1:
-            out.append(f"service {pod.service!r}: {replicas} replicas all share one sidecar's network namespace, so "
-                       f"only one can listen on a port; for more instances, add services with the same `app` label")
-    return out
+def replicas_of(svc: dict[str, Any]) -> int:
+    value = (svc.get("deploy") or {}).get("replicas", svc.get("scale", 1))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def instance_names(name: str, replicas: int) -> list[str]:
+    """Compose joins every replica to the *first* container of `network_mode: service:X`, so a sidecar per
+    replica needs a service per replica: the first keeps the name others depend on."""
+    return [name] + [f"{name}-{i}" for i in range(2, replicas + 1)]
 
 
 def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[str], list[str]]:
@@ -128,17 +134,26 @@ def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[
         pod_mode = labels.get(LABEL_MTLS, default_mode).upper()
         if pod_mode not in MODES:
             problems.append(f"{where}: label `{LABEL_MTLS}: {labels[LABEL_MTLS]}` must be one of {', '.join(MODES)}")
-        sidecar = f"{name}{SIDECAR_SUFFIX}"
-        if sidecar in services:
-            problems.append(f"{where}: its sidecar would be named {sidecar!r}, which is already a service; rename one")
-        pods.append(Pod(
-            service=name, sidecar=sidecar, app=app, version=version, mode=pod_mode,
-            exclude_inbound=_ports(labels.get(LABEL_EXCLUDE_INBOUND, ""), f"{where}: label `{LABEL_EXCLUDE_INBOUND}`",
-                                   problems),
-            exclude_outbound=_ports(labels.get(LABEL_EXCLUDE_OUTBOUND, ""),
-                                    f"{where}: label `{LABEL_EXCLUDE_OUTBOUND}`", problems),
-            published=published_ports(svc),
-        ))
+        replicas = replicas_of(svc)
+        if replicas > 1 and svc.get("container_name"):
+            problems.append(f"{where}: `container_name` cannot be combined with {replicas} replicas")
+        if replicas > 1 and any(":" in str(p) or (isinstance(p, dict) and p.get("published")) for p in
+                                svc.get("ports") or []):
+            problems.append(f"{where}: publishes a host port with {replicas} replicas; only one instance can bind "
+                            "it: publish from a single-replica service, or drop the host port")
+        exclude_in = _ports(labels.get(LABEL_EXCLUDE_INBOUND, ""), f"{where}: label `{LABEL_EXCLUDE_INBOUND}`",
+                            problems)
+        exclude_out = _ports(labels.get(LABEL_EXCLUDE_OUTBOUND, ""), f"{where}: label `{LABEL_EXCLUDE_OUTBOUND}`",
+                             problems)
+        for i, instance in enumerate(instance_names(name, replicas), start=1):
+            sidecar = f"{instance}{SIDECAR_SUFFIX}"
+            if sidecar in services or (i > 1 and instance in services):
+                taken = sidecar if sidecar in services else instance
+                problems.append(f"{where}: meshctl would name a container service {taken!r}, which is already a "
+                                "service; rename one")
+            pods.append(Pod(service=instance, sidecar=sidecar, app=app, version=version, mode=pod_mode,
+                            exclude_inbound=exclude_in, exclude_outbound=exclude_out,
+                            published=published_ports(svc), workload=name if replicas > 1 else "", instance=i))
     return pods, skipped, problems
 
 
@@ -175,7 +190,7 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
     for key in NAMESPACE_KEYS:
         if key in svc:
             sidecar[key] = svc[key]
-    networks = _networks_with_aliases(svc, [pod.app, pod.service])
+    networks = _networks_with_aliases(svc, list(dict.fromkeys([pod.app, pod.host])))
     networks[mesh_network] = None  # the mesh's own network: observability and bench tools reach proxies here
     sidecar["networks"] = networks
     if "profiles" in svc:
@@ -184,7 +199,9 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
 
 
 def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any]) -> dict[str, Any]:
-    app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode")}
+    app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode", "scale")}
+    if pod.workload and "deploy" in app:  # one pod per replica: each instance is a single container
+        app["deploy"] = {k: v for k, v in app["deploy"].items() if k != "replicas"}
     app["network_mode"] = f"service:{pod.sidecar}"
     deps = svc.get("depends_on")
     depends: dict[str, Any] = dict(deps) if isinstance(deps, dict) else \
@@ -205,15 +222,17 @@ def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dic
             trust_domain: str, mesh_network: str) -> dict[str, Any]:
     data = copy.deepcopy(compose.data)
     services: dict[str, Any] = {}
-    by_name = {p.service: p for p in pods}
+    by_workload: dict[str, list[Pod]] = {}
+    for pod in pods:
+        by_workload.setdefault(pod.host, []).append(pod)
     for name, svc in data["services"].items():
-        pod = by_name.get(name)
-        if pod is None:
+        if name not in by_workload:
             services[name] = svc
             continue
-        sidecar = _sidecar(svc, pod, project, proxy_dirs[name], image, mesh_network)
-        services[pod.sidecar] = sidecar
-        services[name] = _app(svc, pod, sidecar)
+        for pod in by_workload[name]:
+            sidecar = _sidecar(svc, pod, project, proxy_dirs[pod.service], image, mesh_network)
+            services[pod.sidecar] = sidecar
+            services[pod.service] = _app(svc, pod, sidecar)
     data["services"] = services
     networks = dict(data.get("networks") or {})
     networks[mesh_network] = {"external": True, "name": mesh_network}

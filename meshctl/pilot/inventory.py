@@ -46,4 +46,11 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
                             and c.labels.get(f"{const.LABEL_PREFIX}.injected") != "true"})
         if outsiders:
             inv.uninjected[name] = outsiders
+        pods: dict[str, int] = {}
+        for c in containers:
+            if c.labels.get(f"{const.LABEL_PREFIX}.injected") == "true":
+                service = c.labels.get("com.docker.compose.service", c.name)
+                pods[service] = pods.get(service, 0) + 1
+        if any(n > 1 for n in pods.values()):
+            inv.scaled[name] = {s: n for s, n in pods.items() if n > 1}
     return inv

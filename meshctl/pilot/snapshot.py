@@ -50,7 +50,9 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
                     "published_ports": list(pod.published)},
         "outbound": {"exclude_ports": list(pod.exclude_outbound)},
         "services": [{"name": app, "identity": spiffe_id(trust_domain, project, app),
-                      "workloads": [{"host": p["service"], "version": p["version"]} for p in members]}
+                      # replicas of one workload share its DNS name: one entry resolves them all
+                      "workloads": [{"host": h, "version": v} for h, v in
+                                    dict.fromkeys((p.get("workload") or p["service"], p["version"]) for p in members)]}
                      for app, members in sorted(apps.items())],
         "routes": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine if r["kind"] == "VirtualService"],
         "destinations": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine

@@ -124,3 +124,32 @@ def test_proxy_config_shows_what_the_running_sidecar_uses(demo: dict, mesh_home:
     assert meshctl("delete", "vs", "reviews", home=mesh_home).code == 0
     missing = meshctl("proxy-config", "nosuch", home=mesh_home)
     assert missing.code == 3 and "no proxy named 'nosuch'" in missing.err
+
+
+def test_replicas_are_pods_of_their_own_and_all_discovered(
+        engine: DockerClient, mesh_home: Path, testbed_image: str, tmp_path: Path) -> None:
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump({"services": {
+        "web": {"image": testbed_image, "deploy": {"replicas": 3}},
+        "client": {"image": testbed_image, "command": ["sleep", "infinity"], "init": True}}}))
+    app = up_meshed(engine, mesh_home, tmp_path / "compose.yaml", "e2ereplicas", tmp_path)
+    try:
+        app.wait_for(lambda: app.exec("client", "curl", "-sf", "-o", "/dev/null", "http://web:8080/echo")[0] == 0,
+                      "web answers")
+        for _ in range(60):  # a new connection, and a fresh DNS answer, each time
+            assert app.exec("client", "curl", "-sf", "-o", "/dev/null", "http://web:8080/echo")[0] == 0
+        for instance in ("web", "web-2", "web-3"):
+            served = [e for e in app.logs(f"{instance}-proxy") if e.get("direction") == "inbound"]
+            assert served, f"{instance} got no traffic"
+            assert all(e["mtls"] and e["source"] == "spiffe://cluster.local/ns/e2ereplicas/sa/client" for e in served)
+        endpoints = json.loads(meshctl("proxy-config", "e2ereplicas.client", "endpoints", "-o", "json",
+                                       home=mesh_home).out)
+        assert sorted(e["workload"] for e in endpoints.values() if e["service"] == "web") == ["web", "web", "web"]
+        rows = [r for r in statuses(mesh_home) if r["name"].startswith("e2ereplicas.web")]
+        assert sorted(r["name"] for r in rows) == ["e2ereplicas.web", "e2ereplicas.web-2", "e2ereplicas.web-3"]
+        assert all(r["status"] == "SYNCED" for r in rows)
+        # `--scale` cannot give each replica a sidecar (compose joins them all to the first): analyze says so
+        app.compose("up", "-d", "--scale", "client=2")
+        found = json.loads(meshctl("analyze", "-p", "e2ereplicas", "-o", "json", home=mesh_home).out)
+        assert [(m["code"], m["resource"]) for m in found] == [("MSH0110", "service e2ereplicas/client")]
+    finally:
+        app.compose("down", "--timeout", "2")

@@ -119,10 +119,27 @@ def test_inject_before_install_says_what_to_do(home: Path, tmp_path: Path) -> No
     assert "meshctl install" in one_error_line(done.err)
 
 
-def test_stdin_input_and_replica_warning(installed_home: Path) -> None:
-    compose = "services:\n  web:\n    image: nginx\n    deploy: {replicas: 3}\n"
+def test_stdin_input_and_replicas_become_one_pod_each(installed_home: Path) -> None:
+    compose = "services:\n  web:\n    image: nginx\n    deploy: {replicas: 3, resources: {limits: {cpus: '1'}}}\n" \
+              "  api:\n    image: api\n    depends_on: [web]\n"
     done = meshctl("inject", "-", "-p", "shop", home=installed_home, stdin=compose)
     assert done.code == 0, done.err
-    meshed = yaml.safe_load(done.out)
-    assert meshed["services"]["web"]["deploy"] == {"replicas": 3}  # kept as it was
-    assert "warning: service 'web': 3 replicas all share one sidecar" in done.err
+    services = yaml.safe_load(done.out)["services"]
+    assert [n for n in services if n.startswith("web")] == ["web-proxy", "web", "web-2-proxy", "web-2",
+                                                            "web-3-proxy", "web-3"]
+    for name in ("web", "web-2", "web-3"):
+        assert services[name]["network_mode"] == f"service:{name}-proxy"
+        assert services[name]["deploy"] == {"resources": {"limits": {"cpus": "1"}}}
+        assert services[f"{name}-proxy"]["networks"]["default"]["aliases"] == ["web"]
+    assert services["api"]["depends_on"]["web"] == {"condition": "service_started"}
+    snap = contract.parse(json.loads((installed_home / "proxies/shop/web-3/snapshot.json").read_text()))
+    web = next(s for s in snap.services if s.name == "web")
+    assert [(w.host, w.version) for w in web.workloads] == [("web", "v1")]
+    assert snap.identity == "spiffe://cluster.local/ns/shop/sa/web"
+
+
+def test_replicas_with_a_host_port_are_refused(installed_home: Path) -> None:
+    compose = "services:\n  web:\n    image: nginx\n    ports: ['8080:80']\n    deploy: {replicas: 2}\n"
+    done = meshctl("inject", "-", home=installed_home, stdin=compose)
+    assert done.code == ExitCode.INVALID_INPUT
+    assert "publishes a host port with 2 replicas" in one_error_line(done.err)
