@@ -20,11 +20,12 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
     projects: set[str] = set()
     for directory in proxy_dirs(ctx.home):
         info = json.loads(read_text(directory / "proxy.json"))
+        pod = info["pod"]
+        # Every project's services exist for the resources that route to them; -p only narrows the findings.
+        inv.versions.setdefault(pod["app"], set()).add(pod["version"])
         if project and info["project"] != project:
             continue
-        pod = info["pod"]
         projects.add(info["project"])
-        inv.versions.setdefault(pod["app"], set()).add(pod["version"])
         if pod["mode"] == "STRICT":
             inv.strict.setdefault(info["project"], []).append(pod["service"])
         try:
@@ -35,7 +36,7 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
         inv.certs[name] = cert.not_valid_after_utc.timestamp()
         inv.cert_lifetimes[name] = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
     for proxy in list_proxies(ctx.docker()):
-        if proxy.state == "running" and proxy.project in projects:
+        if proxy.state == "running":
             inv.running.setdefault(proxy.app, set()).add(proxy.version)
     client = ctx.docker()
     for name in sorted(projects):
