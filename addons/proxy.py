@@ -27,6 +27,7 @@ from addons.endpoints import Endpoints
 from addons.listeners import INBOUND_PORT, OUTBOUND_PORT, Listeners, local_networks
 from addons.live import LiveSnapshot
 from addons.mtls import CERT_DIR, MutualTLS
+from addons.routing import Routing
 from addons.telemetry import Telemetry
 
 log = logging.getLogger("meshctl.proxy")
@@ -184,7 +185,7 @@ async def main() -> None:
     opts = options.Options()
     master = Master(opts)
     master.addons.add(proxyserver.Proxyserver(), connections, Listeners(live, mtls, endpoints, networks), mtls,
-                      telemetry, Lifecycle(state, Admin(state)))
+                      Routing(live, endpoints, mtls), telemetry, Lifecycle(state, Admin(state)))
     opts.update(
         mode=[f"transparent@{OUTBOUND_PORT}", f"transparent@{INBOUND_PORT}"],
         connection_strategy="lazy",  # connect upstream only once we know how (mTLS or not)
