@@ -11,7 +11,7 @@ import pytest
 import yaml
 from docker import DockerClient
 
-from meshctl.runtime.compose import require_compose, run_compose
+from meshctl.runtime.compose import require_compose
 from tests.conftest import meshctl
 from tests.e2e.conftest import App, up_meshed
 
@@ -35,7 +35,7 @@ def fleet(engine: DockerClient, mesh_home: Path, tmp_path_factory: pytest.TempPa
         yield up_meshed(engine, mesh_home, workdir / "compose.yaml", "e2efleet", workdir)
     finally:
         if (workdir / "meshed.yaml").is_file():
-            run_compose(require_compose(), "e2efleet", workdir / "meshed.yaml", "down", "--timeout", "2")
+            App(engine, require_compose(), "e2efleet", workdir / "meshed.yaml").down()
 
 
 def vs(name: str, weight: int) -> str:
@@ -152,4 +152,4 @@ def test_replicas_are_pods_of_their_own_and_all_discovered(
         found = json.loads(meshctl("analyze", "-p", "e2ereplicas", "-o", "json", home=mesh_home).out)
         assert [(m["code"], m["resource"]) for m in found] == [("MSH0110", "service e2ereplicas/client")]
     finally:
-        app.compose("down", "--timeout", "2")
+        app.down()

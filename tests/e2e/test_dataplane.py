@@ -262,4 +262,4 @@ def test_proxy_runs_as_1337_when_the_mesh_home_belongs_to_another_user(
         code, mode = app.exec("solo-proxy", "stat", "-c", "%u %a", "/run/meshctl/key.pem")
         assert (code, mode.strip()) == (0, "1337 600")
     finally:
-        app.compose("down", "--timeout", "2")
+        app.down()
