@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshctl import __version__, const
@@ -53,11 +53,6 @@ class Pod:
         return self.workload or self.service
 
 
-@dataclass
-class Injection:
-    data: dict[str, Any]
-    pods: list[Pod] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # opted out
 
 
 def is_meshed(data: dict[str, Any]) -> bool:

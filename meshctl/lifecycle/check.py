@@ -39,10 +39,6 @@ class Result:
     hint: str = ""
 
 
-class EngineMissing(Exception):
-    pass
-
-
 def _engine(ctx: Context) -> Result:
     client = ctx.docker()
     info = client.version()

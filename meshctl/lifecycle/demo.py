@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshctl.context import Context
-from meshctl.errors import MeshError, Timeout
+from meshctl.errors import Timeout
 from meshctl.inject.injector import inject
 from meshctl.resources import source_dir
-from meshctl.runtime.compose import require_compose, run_compose
+from meshctl.runtime.compose import compose_down, require_compose, run_compose
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.proxies import Proxy, list_proxies
 from meshctl.telemetry.scrape import scrape
@@ -117,15 +117,7 @@ def down(ctx: Context) -> bool:
     file = compose_file(ctx)
     if not file.is_file():
         return False
-    for attempt in range(4):
-        try:
-            run_compose(require_compose(), PROJECT, file, "down", "--volumes", "--remove-orphans")
-            break
-        except MeshError:
-            # Docker 20.10 frees a network's endpoints asynchronously: "has active endpoints" passes.
-            if attempt == 3:
-                raise
-            time.sleep(1 + attempt)
+    compose_down(require_compose(), PROJECT, file)
     shutil.rmtree(demo_dir(ctx), ignore_errors=True)
     shutil.rmtree(ctx.home.proxies_dir / PROJECT, ignore_errors=True)
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,3 +58,16 @@ def run_compose(tool: ComposeTool, project: str, file: Path, *args: str, timeout
         last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-3:]
         raise EngineError(f"`{' '.join(argv[:len(tool.argv)])} {' '.join(args)}` failed: {' | '.join(last)}")
     return done.stdout
+
+
+def compose_down(tool: ComposeTool, project: str, file: Path, attempts: int = 4) -> None:
+    """`down`, retried: Docker 20.10 frees a network's endpoints asynchronously after its containers go,
+    so removing the network right away can fail with "has active endpoints"."""
+    for attempt in range(attempts):
+        try:
+            run_compose(tool, project, file, "down", "--volumes", "--remove-orphans", "--timeout", "2")
+            return
+        except EngineError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)

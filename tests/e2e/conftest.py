@@ -16,10 +16,9 @@ import docker.models.containers
 import pytest
 from docker import DockerClient
 
-from meshctl.errors import MeshError
 from meshctl.home import default_cache
 from meshctl.runtime import images
-from meshctl.runtime.compose import ComposeTool, require_compose, run_compose
+from meshctl.runtime.compose import ComposeTool, compose_down, require_compose, run_compose
 from tests.conftest import meshctl
 
 
@@ -87,17 +86,8 @@ class App:
     def compose(self, *args: str) -> str:
         return run_compose(self.tool, self.project, self.file, *args)
 
-    def down(self, attempts: int = 4) -> None:
-        """compose down, retried: Docker 20.10 frees a network's endpoints asynchronously after the
-        containers go, so removing the network right after can fail with "has active endpoints"."""
-        for attempt in range(attempts):
-            try:
-                self.compose("down", "--volumes", "--remove-orphans", "--timeout", "2")
-                return
-            except MeshError:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(1 + attempt)
+    def down(self) -> None:
+        compose_down(self.tool, self.project, self.file)
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
