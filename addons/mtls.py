@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ class Contexts:
     client: SSL.Context  # outbound: we are the TLS client
     stamp: tuple[float, ...]  # file mtimes these contexts were built from
     cert_info: dict[str, Any]  # serial and expiry of the certificate in force, for the ack
+    upstream: ssl.SSLContext  # the routed-request client's (addons.upstream); identity checked after connect
 
 
 def _verify_chain(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -106,7 +108,14 @@ def build_contexts(cert_dir: Path) -> Contexts:
             "cert_not_before": leaf.not_valid_before_utc.timestamp(),
             "trust_bundle": [{"serial": f"{r.serial_number:x}", "subject": r.subject.rfc4514_string(),
                               "not_after": r.not_valid_after_utc.timestamp()} for r in roots]}
-    return Contexts(server, client, stamp, info)
+    upstream = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    upstream.check_hostname = False  # peers are named by SPIFFE URI, checked by the caller
+    upstream.verify_mode = ssl.CERT_REQUIRED
+    upstream.minimum_version = ssl.TLSVersion.TLSv1_2
+    upstream.load_cert_chain(str(cert), str(key))
+    upstream.load_verify_locations(str(bundle))
+    upstream.set_alpn_protocols(["http/1.1"])
+    return Contexts(server, client, stamp, info, upstream)
 
 
 class MutualTLS:

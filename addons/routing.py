@@ -1,23 +1,36 @@
-"""L7 routing: for each outbound HTTP request, the VirtualService rules of the called service decide the
-subset, and a pod of that subset is picked. Per request, so one keep-alive connection is split by weight.
+"""L7 routing: for each outbound HTTP request to a service with a VirtualService or DestinationRule, the
+sidecar decides everything Envoy's router would, per request (so one keep-alive connection is split by
+weight): the rule (first match wins), faults, header changes, the subset, mirroring, the endpoint (load
+balancing minus ejected outliers), and then the exchange itself through addons.upstream, with the
+route's timeout and retries.
 
 Pure functions do the matching and choosing (tested without a network); the addon only applies them.
-A service without a VirtualService keeps plain mTLS passthrough to the pod Docker's DNS picked.
+A service with neither resource keeps plain mTLS passthrough to the pod Docker's DNS picked. Requests
+whose body streams (larger than 128 KiB) or that upgrade the connection (WebSocket) are routed to a
+chosen endpoint but relayed by mitmproxy itself: they get no timeout, retries or faults.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import random
 import re
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.http import Headers
 
-from addons.endpoints import Endpoints
+from addons.endpoints import Endpoint, Endpoints
 from addons.live import LiveSnapshot
 from addons.mtls import MutualTLS
+from addons.policy import Balancer, ClusterPolicy, Outliers, RetryPolicy, backoff, merged_policy, seconds
+from addons.snapshot import Snapshot
+from addons.upstream import Answer, Pool, UpstreamError
 
 log = logging.getLogger("meshctl.routing")
 
@@ -62,17 +75,22 @@ def select_rule(vs: Mapping[str, Any], method: str, path: str, headers: Mapping[
     return None
 
 
-def pick_destination(rule: Mapping[str, Any], roll: float) -> Mapping[str, Any] | None:
-    """A destination by weight; `roll` is uniform in [0, 100). One destination without weight gets 100."""
+def pick_route(rule: Mapping[str, Any], roll: float) -> Mapping[str, Any] | None:
+    """A route entry by weight; `roll` is uniform in [0, 100). One destination without weight gets 100."""
     routes = rule.get("route") or []
     if len(routes) == 1 and "weight" not in routes[0]:
-        return dict(routes[0]["destination"])
+        return dict(routes[0])
     upto = 0.0
     for route in routes:
         upto += float(route.get("weight", 0))
         if roll < upto:
-            return dict(route["destination"])
+            return dict(route)
     return None
+
+
+def pick_destination(rule: Mapping[str, Any], roll: float) -> Mapping[str, Any] | None:
+    route = pick_route(rule, roll)
+    return dict(route["destination"]) if route else None
 
 
 def subset_version(destinations: list[Mapping[str, Any]], host: str, subset: str | None) -> str | None:
@@ -87,58 +105,307 @@ def subset_version(destinations: list[Mapping[str, Any]], host: str, subset: str
     return subset  # no DestinationRule: meshctl's convention is that a subset is named after its version
 
 
+def percent_hit(spec: Mapping[str, Any] | None, roll: float) -> bool:
+    """Istio's `percentage: {value: P}`; an absent percentage means every request."""
+    value = (spec or {}).get("value", 100)
+    return roll < float(value)
+
+
+def apply_header_ops(headers: Headers, ops: Mapping[str, Any] | None) -> None:
+    """Istio's HeaderOperations, in its order: set replaces, add appends, remove deletes."""
+    if not ops:
+        return
+    for name, value in (ops.get("set") or {}).items():
+        headers[name] = value
+    for name, value in (ops.get("add") or {}).items():
+        headers.add(name, value)
+    for name in ops.get("remove") or []:
+        headers.pop(name, None)
+
+
+MIRROR_LIMIT = 64  # outstanding mirrored requests; more are dropped (mirroring must never slow the caller)
+MIRROR_TIMEOUT_S = 5.0
+FAILURES = {"timeout": (504, "UT", "upstream request timeout"),
+            "connect-failure": (503, "UF", "upstream connect error"),
+            "reset": (503, "UC", "upstream connection reset before the response"),
+            "overflow": (503, "UO", "upstream overflow: connection pool limits reached")}
+
+
+class Cluster:
+    """One service subset as the router sees it: its policy, balancer, outlier state and connections."""
+
+    def __init__(self, policy: ClusterPolicy, mtls: MutualTLS) -> None:
+        self.policy = policy
+        self.balancer = Balancer(policy)
+        self.outliers = Outliers(policy)
+        self.pool = Pool(policy, lambda: mtls.contexts.upstream if mtls.contexts else None)
+        self.retrying = 0
+
+
+def text_response(status: int, message: str, flags: str) -> tuple[http.Response, str]:
+    return http.Response.make(status, f"meshctl: {message}\n".encode(), {"content-type": "text/plain"}), flags
+
+
 class Routing:
     def __init__(self, live: LiveSnapshot, endpoints: Endpoints, mtls: MutualTLS) -> None:
         self.live = live
         self.endpoints = endpoints
         self.mtls = mtls
+        self.clusters: dict[tuple[str, str | None], tuple[str, Cluster]] = {}
+        self.mirrors: set[asyncio.Task[None]] = set()
+
+    # --- hooks --------------------------------------------------------------------------------------
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or not flow.server_conn.tls or flow.server_conn.address is None:
             return  # only outbound calls to meshed services come here with upstream mTLS
         snap = self.live.current
-        if not snap.routes:
+        if not snap.routes and not snap.destinations:
             return
         try:
-            await self._route(flow, snap)
+            endpoint = await self.endpoints.lookup(flow.server_conn.address[0])
+            if endpoint is None or not self._has_policy(snap, endpoint.service.name):
+                return
+            flow.metadata["mesh_service"] = endpoint.service.name
+            if flow.request.stream or "upgrade" in flow.request.headers:
+                self._relay_natively(flow, snap, endpoint)
         except Exception:  # a routing bug must be visible, not silently route somewhere
-            log.exception("routing failed for %s", flow.request.pretty_url)
-            flow.response = http.Response.make(503, b"meshctl: routing failed; see the sidecar's log\n",
-                                               {"content-type": "text/plain"})
-            flow.metadata["mesh_flags"] = "NR"
+            self._fail(flow)
 
-    async def _route(self, flow: http.HTTPFlow, snap: Any) -> None:
-        address = flow.server_conn.address
-        assert address is not None
-        endpoint = await self.endpoints.lookup(address[0])
-        if endpoint is None:
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if "mesh_service" not in flow.metadata or flow.response is not None or "mesh_native" in flow.metadata:
             return
-        service = endpoint.service
-        vs = next((r for r in snap.routes if service.name in r.get("hosts", [])), None)
-        if vs is None:
+        try:
+            flow.response, flow.metadata["mesh_flags"] = await self._serve(flow, self.live.current,
+                                                                         flow.metadata["mesh_service"])
+        except Exception:
+            self._fail(flow)
+
+    # --- lookups ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _has_policy(snap: Snapshot, service: str) -> bool:
+        return (any(service in r.get("hosts", []) for r in snap.routes)
+                or any(d.get("host") == service for d in snap.destinations))
+
+    def _cluster(self, snap: Snapshot, host: str, subset: str | None) -> Cluster:
+        rule = next((d for d in snap.destinations if d.get("host") == host), None)
+        spec = merged_policy(rule, subset)
+        key = json.dumps(spec, sort_keys=True)
+        known = self.clusters.get((host, subset))
+        if known is not None and known[0] == key:
+            return known[1]
+        if known is not None:
+            known[1].pool.close()  # a changed policy: in-flight requests finish on their connections
+        cluster = Cluster(ClusterPolicy.from_spec(spec), self.mtls)
+        self.clusters[(host, subset)] = (key, cluster)
+        return cluster
+
+    def _candidates(self, snap: Snapshot, host: str, subset: str | None) -> list[tuple[str, Endpoint]]:
+        version = subset_version(list(snap.destinations), host, subset)
+        return [(ip, e) for ip, e in self.endpoints.by_ip.items()
+                if e.service.name == host and (version is None or e.workload.version == version)]
+
+    @staticmethod
+    def _hash_key(flow: http.HTTPFlow, policy: ClusterPolicy) -> str | None:
+        if policy.hash_header:
+            return flow.request.headers.get(policy.hash_header)
+        if policy.hash_cookie:
+            value = flow.request.cookies.get(policy.hash_cookie)
+            if value is None and policy.hash_cookie_ttl:  # Envoy's: mint one, and tell the client to keep it
+                value = uuid.uuid4().hex
+                flow.metadata["mesh_set_cookie"] = (f"{policy.hash_cookie}={value}; Max-Age="
+                                                    f"{int(policy.hash_cookie_ttl)}; Path={policy.hash_cookie_path}")
+            return value
+        if policy.hash_source_ip:
+            return str(flow.client_conn.peername[0])
+        return None
+
+    # --- the routed exchange ------------------------------------------------------------------------
+
+    async def _serve(self, flow: http.HTTPFlow, snap: Snapshot, service: str) -> tuple[http.Response, str]:
+        req = flow.request
+        vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
+        rule: Mapping[str, Any] = {"route": [{"destination": {"host": service}}]}
+        if vs is not None:
+            found = select_rule(vs, req.method, req.path, {k.lower(): v for k, v in req.headers.items()},
+                                dict(req.query))
+            if found is None:
+                return text_response(404, f"no route of VirtualService {vs['name']} matches {req.method} "
+                                     f"{req.path}", "NR")
+            rule = found
+        flags = "-"
+        fault = rule.get("fault") or {}
+        if "delay" in fault and percent_hit(fault["delay"].get("percentage"), random.uniform(0, 100)):
+            await asyncio.sleep(seconds(fault["delay"].get("fixedDelay"), 0.0) or 0.0)
+            flags = "DI"
+        if "abort" in fault and percent_hit(fault["abort"].get("percentage"), random.uniform(0, 100)):
+            status = int(fault["abort"]["httpStatus"])
+            return http.Response.make(status, b"fault filter abort", {"content-type": "text/plain"}), "FI"
+        route = pick_route(rule, random.uniform(0, 100))
+        if route is None:
+            return text_response(503, f"no destination of VirtualService {vs and vs['name']} was picked", "NR")
+        dest = route["destination"]
+        host, subset = dest.get("host", service), dest.get("subset")
+        apply_header_ops(req.headers, (rule.get("headers") or {}).get("request"))
+        apply_header_ops(req.headers, (route.get("headers") or {}).get("request"))
+        if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
+            self._mirror(flow, snap, rule["mirror"], service)
+        answer, outcome = await self._forward(flow, snap, host, subset, (dest.get("port") or {}).get("number"),
+                                              RetryPolicy.from_spec(rule.get("retries")), seconds(rule.get("timeout")))
+        if answer is None:
+            return outcome
+        response = self._response(req.method, answer)
+        apply_header_ops(response.headers, (rule.get("headers") or {}).get("response"))
+        apply_header_ops(response.headers, (route.get("headers") or {}).get("response"))
+        if "mesh_set_cookie" in flow.metadata:
+            response.headers.add("set-cookie", flow.metadata["mesh_set_cookie"])
+        return response, (outcome[1] if outcome[1] != "-" else flags)
+
+    async def _forward(self, flow: http.HTTPFlow, snap: Snapshot, host: str, subset: str | None,
+                       port: int | None, retry: RetryPolicy, timeout: float | None
+                       ) -> tuple[Answer | None, tuple[http.Response, str]]:
+        """Try the exchange up to 1 + attempts times; returns the answer, or the error response to give."""
+        req = flow.request
+        cluster = self._cluster(snap, host, subset)
+        port = port or req.port
+        deadline = time.monotonic() + timeout if timeout else None
+        hash_key = self._hash_key(flow, cluster.policy)
+        headers = [(k, v) for k, v in req.headers.fields if k.lower() not in (b"connection", b"keep-alive",
+                                                                               b"transfer-encoding", b"te",
+                                                                               b"content-length", b"upgrade")]
+        body = req.raw_content or b""
+        if body or req.method in ("POST", "PUT", "PATCH"):
+            headers.append((b"content-length", str(len(body)).encode()))
+        tried: list[str] = []
+        last: tuple[int | None, str | None] = (None, "connect-failure")
+        for attempt in range(retry.attempts + 1):
+            candidates = self._candidates(snap, host, subset)
+            if not candidates:
+                await self.endpoints.refresh()  # a pod that just started may not be known yet
+                candidates = self._candidates(snap, host, subset)
+            if not candidates:
+                return None, text_response(503, f"no running instance of {host} subset {subset or '(any)'}", "UH")
+            by_ip = dict(candidates)
+            healthy = cluster.outliers.healthy(list(by_ip))
+            ip = cluster.balancer.pick([c for c in healthy if c not in tried] or healthy, hash_key)
+            tried.append(ip)
+            limits = [t for t in (retry.per_try_timeout, deadline and deadline - time.monotonic()) if t]
+            flow.metadata["mesh_upstream"] = (ip, port)
+            flow.metadata["mesh_route"] = {"host": host, "subset": subset, "attempts": attempt + 1}
+            cluster.balancer.active[ip] = cluster.balancer.active.get(ip, 0) + 1
+            try:
+                exchange = cluster.pool.request((ip, port), by_ip[ip].service.identity, req.method.encode(),
+                                                req.path.encode(), headers, body)
+                answer: Answer | None = await asyncio.wait_for(exchange, min(limits)) if limits else await exchange
+                last = (answer.status, None) if answer else last
+            except TimeoutError:
+                answer, last = None, (None, "timeout")
+            except UpstreamError as exc:
+                if exc.kind == "overflow":
+                    return None, text_response(503, str(exc), "UO")
+                answer, last = None, (None, exc.kind)
+            finally:
+                cluster.balancer.active[ip] -= 1
+            if cluster.outliers.record(ip, *last, population=len(by_ip)):
+                log.warning("ejected %s (%s) from %s: consecutive errors", ip, by_ip[ip].workload.host, host)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None, text_response(*FAILURES["timeout"][::2], "UT")
+            retriable = retry.retriable(*last) and attempt < retry.attempts
+            if retriable and cluster.retrying >= cluster.policy.max_retries:
+                retriable = False  # the cluster's retry budget (connectionPool.http.maxRetries) is spent
+            if not retriable:
+                if answer is not None:
+                    return answer, (http.Response.make(200), "URX" if attempt and retry.retriable(*last) else "-")
+                status, flag, message = FAILURES[last[1] or "reset"]
+                return None, text_response(status, message, "URX" if attempt else flag)
+            pause = backoff(attempt)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            cluster.retrying += 1
+            try:
+                await asyncio.sleep(pause)
+            finally:
+                cluster.retrying -= 1
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    @staticmethod
+    def _response(method: str, answer: Answer) -> http.Response:
+        headers = Headers(answer.headers)
+        if method != "HEAD" and answer.status not in (204, 304) and answer.status >= 200:
+            headers["content-length"] = str(len(answer.body))
+        now = time.time()
+        return http.Response(b"HTTP/1.1", answer.status, answer.reason, headers, answer.body, None, now, now)
+
+    def _mirror(self, flow: http.HTTPFlow, snap: Snapshot, dest: Mapping[str, Any], service: str) -> None:
+        """Fire and forget a copy: Istio's shadow traffic, Host suffixed -shadow, the answer dropped."""
+        if len(self.mirrors) >= MIRROR_LIMIT:
             return
         req = flow.request
-        rule = select_rule(vs, req.method, req.path, {k.lower(): v for k, v in req.headers.items()},
-                           dict(req.query))
-        if rule is None:
-            flow.response = http.Response.make(404, f"meshctl: no route of VirtualService {vs['name']} matches "
-                                               f"{req.method} {req.path}\n".encode(), {"content-type": "text/plain"})
-            flow.metadata["mesh_flags"] = "NR"
-            return
-        dest = pick_destination(rule, random.uniform(0, 100))
-        if dest is None:
-            return
-        version = subset_version(list(snap.destinations), dest.get("host", service.name), dest.get("subset"))
-        target = self.endpoints.find_service(dest.get("host", service.name)) or service
-        candidates = [ip for ip, e in self.endpoints.by_ip.items()
-                      if e.service.name == target.name and (version is None or e.workload.version == version)]
+        host, subset = dest.get("host", service), dest.get("subset")
+        port = int((dest.get("port") or {}).get("number") or req.port)
+        headers = [(k, v) for k, v in req.headers.fields if k.lower() not in (b"host", b"connection",
+                                                                               b"content-length")]
+        authority = (req.host_header or host).split(":", 1)
+        shadow = f"{authority[0]}-shadow" + (f":{authority[1]}" if len(authority) > 1 else "")
+        headers.insert(0, (b"host", shadow.encode()))
+        body = req.raw_content or b""
+        if body:
+            headers.append((b"content-length", str(len(body)).encode()))
+        candidates = self._candidates(snap, host, subset)
         if not candidates:
-            flow.response = http.Response.make(503, f"meshctl: no running instance of {target.name} subset "
-                                               f"{dest.get('subset')}\n".encode(), {"content-type": "text/plain"})
-            flow.metadata["mesh_flags"] = "UH"  # Envoy's flag: no healthy upstream
             return
-        ip = random.choice(candidates)
-        port = int((dest.get("port") or {}).get("number") or address[1])
-        self.mtls.expected[(ip, port)] = target.identity
+        cluster = self._cluster(snap, host, subset)
+        ip, endpoint = random.choice(candidates)
+
+        async def send() -> None:
+            try:
+                await asyncio.wait_for(cluster.pool.request((ip, port), endpoint.service.identity,
+                                                            req.method.encode(), req.path.encode(), headers, body),
+                                       MIRROR_TIMEOUT_S)
+            except Exception as exc:  # shadow traffic never affects the caller
+                log.debug("mirror to %s failed: %s", host, exc)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+    # --- streamed and upgraded requests: pick the endpoint, let mitmproxy relay ------------------------
+
+    def _relay_natively(self, flow: http.HTTPFlow, snap: Snapshot, endpoint: Endpoint) -> None:
+        req = flow.request
+        flow.metadata["mesh_native"] = True
+        service = endpoint.service.name
+        vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
+        rule: Mapping[str, Any] | None = {"route": [{"destination": {"host": service}}]}
+        if vs is not None:
+            rule = select_rule(vs, req.method, req.path, {k.lower(): v for k, v in req.headers.items()},
+                               dict(req.query))
+        if rule is None:
+            flow.response, flow.metadata["mesh_flags"] = text_response(
+                404, f"no route of VirtualService {vs and vs['name']} matches {req.method} {req.path}", "NR")
+            return
+        route = pick_route(rule, random.uniform(0, 100))
+        if route is None:
+            return
+        dest = route["destination"]
+        host, subset = dest.get("host", service), dest.get("subset")
+        apply_header_ops(req.headers, (rule.get("headers") or {}).get("request"))
+        candidates = self._candidates(snap, host, subset)
+        if not candidates:
+            flow.response, flow.metadata["mesh_flags"] = text_response(
+                503, f"no running instance of {host} subset {subset or '(any)'}", "UH")
+            return
+        cluster = self._cluster(snap, host, subset)
+        by_ip = dict(candidates)
+        ip = cluster.balancer.pick(cluster.outliers.healthy(list(by_ip)), self._hash_key(flow, cluster.policy))
+        port = int((dest.get("port") or {}).get("number") or req.port)
+        self.mtls.expected[(ip, port)] = by_ip[ip].service.identity
         req.host, req.port = ip, port  # the Host header stays what the app sent
-        flow.metadata["mesh_route"] = {"virtualservice": vs["name"], "subset": dest.get("subset")}
+        flow.metadata["mesh_route"] = {"host": host, "subset": subset, "attempts": 1}
+
+    @staticmethod
+    def _fail(flow: http.HTTPFlow) -> None:
+        log.exception("routing failed for %s", flow.request.pretty_url)
+        flow.response, flow.metadata["mesh_flags"] = text_response(503, "routing failed; see the sidecar's log",
+                                                                   "NR")

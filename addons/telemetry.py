@@ -71,9 +71,10 @@ class Telemetry:
                     "destination_service": self.snap.app, "destination_workload": self.snap.service,
                     "destination_version": self.snap.version, "destination_principal": self.snap.identity,
                     "connection_security_policy": "mutual_tls" if peer else "none"}
-        address = flow.server_conn.address
+        routed = flow.metadata.get("mesh_upstream") if isinstance(flow, http.HTTPFlow) else None
+        address = routed or flow.server_conn.address  # routed requests go out on the router's own connections
         endpoint = self.endpoints.by_ip.get(address[0]) if address else None
-        mtls = bool(endpoint) and flow.server_conn.tls
+        mtls = bool(endpoint) and (routed is not None or flow.server_conn.tls)
         return {"reporter": "source", "source_workload": self.snap.service, "source_principal": self.snap.identity,
                 # Istio's name for traffic leaving the mesh: a fixed label, so outside addresses cannot grow
                 # the metric series without bound.
@@ -113,7 +114,9 @@ class Telemetry:
             "duration_ms": round(duration_ms, 3), "bytes_received": req_bytes, "bytes_sent": resp_bytes,
             "source": parties["source_principal"], "destination": parties["destination_principal"],
             "destination_workload": parties["destination_workload"],
-            "upstream": "{}:{}".format(*flow.server_conn.address) if flow.server_conn.address else None,
+            "upstream": "{}:{}".format(*upstream) if (upstream := flow.metadata.get("mesh_upstream")
+                                                       or flow.server_conn.address) else None,
+            "route": flow.metadata.get("mesh_route"),
             "mtls": parties["connection_security_policy"] == "mutual_tls", "flags": flags,
             "trace_id": flow.request.headers.get("x-b3-traceid") or flow.request.headers.get("traceparent"),
             "error": flow.error.msg if flow.error else None,

@@ -50,9 +50,9 @@ def root(
 
 
 def _register() -> None:
-    from meshctl.cli import analyze, check, config, demo, inject, install, proxy, version
+    from meshctl.cli import analyze, check, config, demo, inject, install, proxy, rollout, route, version
 
-    for module in (install, inject, demo, config, proxy, analyze, check, version):
+    for module in (install, inject, demo, config, route, rollout, proxy, analyze, check, version):
         module.register(app)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from meshctl.config.kinds import Kind
 from meshctl.config.resources import Resource, key
 from meshctl.config.store import Revision, Store
@@ -31,11 +33,43 @@ def apply(ctx: Context, resources: list[Resource]) -> tuple[Revision, list[tuple
             else:
                 current[i] = r
                 outcome.append((r, "configured"))
+        problems = undefined_subsets(current, {key(r) for r in resources})
+        if problems:
+            raise InvalidInput(problems[0], "define the subset in the service's DestinationRule (apply both "
+                               "together); nothing was applied", details=problems)
         return current
 
     names = ", ".join(f"{r['kind']}/{r['metadata']['name']}" for r in resources)
     revision = _store(ctx).commit(change, f"apply {names}", ctx.clock())
     return revision, outcome, push(ctx.home)
+
+
+def undefined_subsets(resources: list[Resource], changed: set[tuple[str, str]]) -> list[str]:
+    """Subsets that the changed VirtualServices route or mirror to but no DestinationRule defines."""
+    defined = {(r["spec"]["host"], s["name"]) for r in resources if r["kind"] == "DestinationRule"
+               for s in r["spec"].get("subsets", [])}
+    problems = []
+    for r in resources:
+        if r["kind"] != "VirtualService" or key(r) not in changed:
+            continue
+        for i, rule in enumerate(r["spec"].get("http", [])):
+            refs = [(f"route[{j}].destination", d["destination"]) for j, d in enumerate(rule.get("route", []))]
+            refs += [("mirror", rule["mirror"])] if rule.get("mirror") else []
+            for where, dest in refs:
+                if dest.get("subset") and (dest["host"], dest["subset"]) not in defined:
+                    problems.append(f"VirtualService {r['metadata']['name']}: spec.http[{i}].{where}.subset: "
+                                    f"{dest['subset']!r} is not a subset of {dest['host']!r} in any DestinationRule")
+    return problems
+
+
+def edit(ctx: Context, change: Callable[[list[Resource]], list[Resource]], message: str) -> tuple[Revision, Pushed]:
+    """Any other change (route set, rollout steps): `change` validates and raises, or returns the new list."""
+    revision = _store(ctx).commit(change, message, ctx.clock())
+    return revision, push(ctx.home)
+
+
+def current(ctx: Context) -> list[Resource]:
+    return _store(ctx).read().resources
 
 
 def delete(ctx: Context, kind: Kind, name: str) -> tuple[Revision, Pushed]:

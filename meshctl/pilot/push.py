@@ -30,6 +30,15 @@ def proxy_dirs(home: MeshHome) -> list[Path]:
     return sorted(p.parent for p in home.proxies_dir.glob("*/*/proxy.json"))
 
 
+def meshed_versions(home: MeshHome) -> dict[str, set[str]]:
+    """app -> the versions injected for it, from the proxies' static descriptions (no engine needed)."""
+    versions: dict[str, set[str]] = {}
+    for directory in proxy_dirs(home):
+        pod = json.loads(read_text(directory / "proxy.json"))["pod"]
+        versions.setdefault(pod["app"], set()).add(pod["version"])
+    return versions
+
+
 def desired(directory: Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads(read_text(directory / "snapshot.json")))

@@ -3,13 +3,19 @@
 productpage -> details, reviews ; reviews v2/v3 -> ratings. Every service answers on :9080, forwards
 the trace headers it received (as apps in any mesh must), and writes each response in one send: Python's
 http.server otherwise splits headers and body and stalls on Nagle's algorithm.
+
+To try retries, outlier detection and rollbacks, a service can be made to misbehave: FAULT_RATE (0-1),
+FAULT_STATUS and FAULT_DELAY (seconds) in its environment, or at run time from inside its pod:
+  curl -X PUT 127.0.0.1:9080/fault -d '{"rate": 0.5, "status": 503}'
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +24,8 @@ ROLE = os.environ.get("ROLE", "details")
 VERSION = os.environ.get("SERVICE_VERSION", "v1")
 PORT = int(os.environ.get("PORT", "9080"))
 STARS = {"v2": "black", "v3": "red"}
+FAULT = {"rate": float(os.environ.get("FAULT_RATE", "0")), "status": int(os.environ.get("FAULT_STATUS", "503")),
+         "delay": float(os.environ.get("FAULT_DELAY", "0"))}
 FORWARD = ("x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
            "x-b3-sampled", "x-b3-flags", "b3", "end-user", "user-agent")
 
@@ -77,11 +85,24 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # the sidecar keeps the access log
         pass
 
+    def do_PUT(self) -> None:
+        if self.path != "/fault" or self.client_address[0] != "127.0.0.1":
+            self.reply(404, {"error": "only PUT /fault, from inside the pod"})
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
+        FAULT.update({k: type(FAULT[k])(v) for k, v in body.items() if k in FAULT})
+        self.reply(200, FAULT)
+
     def do_GET(self) -> None:
         prefix, handler = ROUTES[ROLE]
         path = self.path.split("?", 1)[0]
         if path in ("/health", "/healthz"):
             self.reply(200, {"status": "ok", "role": ROLE, "version": VERSION})
+            return
+        if FAULT["delay"]:
+            time.sleep(FAULT["delay"])
+        if FAULT["rate"] and random.random() < FAULT["rate"]:
+            self.reply(FAULT["status"], {"error": "injected by FAULT_RATE", "version": VERSION})
         elif ROLE == "productpage" and path in ("/", "/productpage"):
             self.reply(*handler(0, dict(self.headers)))
         elif path.startswith(prefix):

@@ -1,0 +1,253 @@
+"""`meshctl rollout SERVICE --to v2`: progressive delivery, what Flagger or Argo Rollouts add to Istio.
+
+`meshctl rollout reviews --to v2` starts and drives a rollout in the foreground; `status`, `pause`, `resume`,
+`abort` and `promote` act on it from any terminal. Interrupted, it stays where it was until `resume`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+from typer.core import TyperGroup
+
+from meshctl.config import changes, routes
+from meshctl.config.schema import parse_duration
+from meshctl.context import Context
+from meshctl.errors import InvalidInput, MeshError
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pilot.push import meshed_versions
+from meshctl.rollout.driver import Driver, settle_without_driver
+from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore
+from meshctl.status import ExitCode
+
+
+class StartByDefault(TyperGroup):
+    """`meshctl rollout reviews --to v2` means `meshctl rollout start reviews --to v2`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=StartByDefault, no_args_is_help=True,
+                  help="Shift traffic to a new version in steps, gated on its success rate and p99 latency; "
+                       "roll back by itself when a gate fails. `meshctl rollout SERVICE --to VERSION` starts one.")
+
+Service = Annotated[str, typer.Argument(help="The service, by its `app` label.")]
+Watch = Annotated[bool, typer.Option("--watch", "-w", help="Show a live table while it runs.")]
+
+
+class RolloutFailed(MeshError):
+    code = ExitCode.FAILED  # the rollout ran, and ended rolled back or aborted
+
+
+def _table(r: Rollout) -> Table:
+    table = simple_table(["service", "stable", "canary", "status", "step", "weight", "last gate", "message"], [[
+        r.service, r.stable, r.canary, r.status, f"{r.step + 1}/{len(r.steps)}", f"{r.weight}%",
+        r.last_gate.get("reason", "-"), r.message]])
+    return table
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InvalidInput(f"--steps {text!r}: give whole percentages, e.g. 10,25,50,100") from None
+    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+        raise InvalidInput(f"--steps {text!r}: percentages must rise, each from 1 to 100",
+                           "e.g. --steps 10,25,50,100")
+    return steps if steps[-1] == 100 else [*steps, 100]
+
+
+def _stable(c: Context, service: str, canary: str, versions: set[str], given: str | None) -> str:
+    if given:
+        if given not in versions:
+            raise InvalidInput(f"--from {given}: {service} has no version {given!r} "
+                               f"(its versions: {', '.join(sorted(versions))})")
+        return given
+    vs = routes.find_virtual_service(changes.current(c), service)
+    default = next((r for r in (vs or {}).get("spec", {}).get("http", []) if not r.get("match")), None)
+    dests = (default or {}).get("route", [])
+    if len(dests) == 1 and dests[0]["destination"].get("subset") not in (None, canary):
+        return str(dests[0]["destination"]["subset"])
+    others = sorted(versions - {canary})
+    if len(others) == 1:
+        return others[0]
+    raise InvalidInput(f"cannot tell which version of {service} is stable (versions: {', '.join(sorted(versions))})",
+                       f"name it with --from, e.g. --from {others[0] if others else 'v1'}")
+
+
+def _drive(c: Context, store: RolloutStore, service: str, watch: bool) -> Rollout:
+    with store.driving(service) as mine:
+        if not mine:
+            raise InvalidInput(f"the rollout of {service} is already being driven by another meshctl",
+                               f"watch it with `meshctl rollout status {service} --watch`")
+        seen: list[str] = []
+
+        def report(r: Rollout) -> None:
+            if r.message and (not seen or seen[-1] != r.message):
+                seen.append(r.message)
+                if not watch:
+                    c.err.print(f"{service}: {r.message}", highlight=False, markup=False)
+
+        try:
+            if watch:
+                with Live(_table(store.load(service)), console=c.out, refresh_per_second=2) as live:
+                    def show(r: Rollout) -> None:
+                        report(r)
+                        live.update(_table(r))
+
+                    final = Driver(c, store, service, show).run()
+            else:
+                final = Driver(c, store, service, report).run()
+        except KeyboardInterrupt:
+            r = store.load(service)
+            c.err.print(f"{service}: interrupted; the rollout stays at {r.weight}% ({r.status}). "
+                        f"`meshctl rollout resume {service}` continues it.", highlight=False)
+            raise
+    if final.status != "Succeeded":
+        raise RolloutFailed(f"rollout of {service} to {final.canary} {final.status}: {final.message}")
+    c.out.print(f"rollout of {service} to {final.canary} succeeded: {final.message}", highlight=False)
+    return final
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    service: Service,
+    to: Annotated[str, typer.Option("--to", help="The version to roll out (a subset / `version` label).")],
+    from_: Annotated[str | None, typer.Option("--from", help="The stable version (default: where the service's "
+                                              "traffic goes now).")] = None,
+    steps: Annotated[str, typer.Option(help="Canary weights to go through, in percent.")] = "10,25,50,100",
+    interval: Annotated[str, typer.Option(help="How long each step runs before its gate is judged.")] = "30s",
+    success_rate: Annotated[float, typer.Option(min=0, max=100, help="Gate: minimum share of the canary's "
+                                                "requests that are not 5xx, in percent.")] = 99.0,
+    max_p99: Annotated[str, typer.Option(help="Gate: highest p99 latency of the canary.")] = "500ms",
+    min_requests: Annotated[int, typer.Option(min=1, help="Gate: requests the canary must have served in a "
+                                              "step to judge it.")] = 20,
+    watch: Watch = False,
+) -> None:
+    """Start a rollout of SERVICE to a new version and drive it to the end (Ctrl-C leaves it resumable)."""
+    c: Context = ctx.obj
+    c.home.settings()
+    versions = meshed_versions(c.home).get(service, set())
+    if not versions:
+        raise InvalidInput(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
+    if to not in versions:
+        raise InvalidInput(f"--to {to}: {service} has no version {to!r} (its versions: {', '.join(sorted(versions))})",
+                           "deploy the new version with its `version` label first")
+    stable = _stable(c, service, to, versions, from_)
+    if stable == to:
+        raise InvalidInput(f"--to {to} is already the stable version of {service}")
+    try:
+        interval_s, p99 = parse_duration(interval), parse_duration(max_p99) * 1000
+    except ValueError as exc:
+        raise InvalidInput(f"--interval/--max-p99: {exc}") from None
+    store = RolloutStore(c.home)
+    rollout = Rollout(service, stable, to, _steps(steps), interval_s, Gates(success_rate, p99, min_requests))
+    rollout.note(c.clock(), f"started: {stable} -> {to} in steps {','.join(map(str, rollout.steps))}")
+    store.create(rollout)
+    _drive(c, store, service, watch)
+
+
+@app.command()
+def status(ctx: typer.Context, service: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
+           output: OutputOption = OutputFormat.table, watch: Watch = False) -> None:
+    """Show rollouts: status, step, weight, the last gate and what happened."""
+    c: Context = ctx.obj
+    store = RolloutStore(c.home)
+    if watch and service:
+        import time
+
+        with Live(_table(store.load(service)), console=c.out, refresh_per_second=2) as live:
+            while (r := store.load(service)).status in ACTIVE:
+                live.update(_table(r))
+                time.sleep(0.5)
+            live.update(_table(r))
+        return
+    found = [store.load(service)] if service else store.all()
+    rows = [{"service": r.service, "stable": r.stable, "canary": r.canary, "status": r.status,
+             "step": f"{r.step + 1}/{len(r.steps)}", "weight": r.weight, "last_gate": r.last_gate,
+             "message": r.message, "events": r.events} for r in found]
+    if output is not OutputFormat.table:
+        emit(c.out, output, rows[0] if service else rows, lambda: Table())
+        return
+    if not found:
+        c.out.print("no rollouts")
+        return
+    c.out.print(simple_table(["service", "stable", "canary", "status", "step", "weight", "message"], [
+        [r["service"], r["stable"], r["canary"], r["status"], r["step"], f"{r['weight']}%", r["message"]]
+        for r in rows]))
+    if service:
+        for e in found[0].events[-10:]:
+            when = dt.datetime.fromtimestamp(e["time"], dt.UTC).strftime("%H:%M:%S")
+            c.out.print(f"  {when}  {e['weight']:>3}%  {e['event']}", highlight=False, markup=False)
+
+
+def _request(c: Context, service: str, what: str) -> Rollout:
+    store = RolloutStore(c.home)
+
+    def change(r: Rollout) -> None:
+        if r.status not in ACTIVE:
+            raise InvalidInput(f"the rollout of {service} has ended ({r.status})", "start a new one")
+        if what == "pause":
+            r.status = "Paused"
+            r.note(c.clock(), f"paused at {r.weight}%")
+        elif what == "resume":
+            r.status = "Progressing"
+            r.note(c.clock(), f"resumed at {r.weight}%")
+        else:
+            r.requested = what
+
+    r = store.update(service, change)
+    if what in ("abort", "promote"):
+        with store.driving(service) as nobody_drives:
+            if nobody_drives:
+                r = store.update(service, lambda r: settle_without_driver(c, r, c.clock()))
+    return r
+
+
+@app.command()
+def pause(ctx: typer.Context, service: Service) -> None:
+    """Hold the rollout at its current weight."""
+    r = _request(ctx.obj, service, "pause")
+    ctx.obj.out.print(f"{service}: paused at {r.weight}%", highlight=False)
+
+
+@app.command()
+def resume(ctx: typer.Context, service: Service, watch: Watch = False) -> None:
+    """Continue a paused or interrupted rollout; drives it here unless another meshctl already does."""
+    c: Context = ctx.obj
+    r = _request(c, service, "resume")
+    store = RolloutStore(c.home)
+    with store.driving(service) as nobody_drives:
+        pass
+    if not nobody_drives:
+        c.out.print(f"{service}: resumed at {r.weight}%; another meshctl drives it", highlight=False)
+        return
+    _drive(c, store, service, watch)
+
+
+@app.command()
+def abort(ctx: typer.Context, service: Service) -> None:
+    """Stop the rollout and send all traffic back to the stable version."""
+    r = _request(ctx.obj, service, "abort")
+    ctx.obj.out.print(f"{service}: abort requested" if r.status in ACTIVE else f"{service}: {r.message}",
+                      highlight=False)
+
+
+@app.command()
+def promote(ctx: typer.Context, service: Service) -> None:
+    """Skip the remaining steps: the canary takes all traffic now."""
+    r = _request(ctx.obj, service, "promote")
+    ctx.obj.out.print(f"{service}: promote requested" if r.status in ACTIVE else f"{service}: {r.message}",
+                      highlight=False)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="rollout")

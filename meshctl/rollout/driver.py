@@ -1,0 +1,116 @@
+"""Drive a rollout: set the canary's weight, wait a step's interval, judge its metrics, go on or roll back.
+
+Each transition is written to the rollout's state file before the next wait, so a driver killed at any
+moment is resumed (`meshctl rollout resume`) from the step it was in, with that step's metric baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from meshctl.config import changes, routes
+from meshctl.context import Context
+from meshctl.pilot.push import meshed_versions
+from meshctl.rollout.gates import counters, delta, judge
+from meshctl.rollout.state import DONE, Rollout, RolloutStore
+from meshctl.runtime.proxies import list_proxies
+from meshctl.telemetry.scrape import scrape
+
+TICK_S = 0.5
+MAX_WAITS = 3  # intervals a step may wait for enough canary traffic before it fails
+
+
+def set_weight(ctx: Context, r: Rollout, weight: int) -> None:
+    """The service's catch-all rule: stable and canary by weight; its other settings are kept."""
+    to = [r.canary] if weight >= 100 else [r.stable] if weight <= 0 else [f"{r.stable}={100 - weight}",
+                                                                          f"{r.canary}={weight}"]
+    versions = meshed_versions(ctx.home).get(r.service, set())
+    edit = routes.RouteEdit(to=to)
+    changes.edit(ctx, lambda current: routes.set_route(current, r.service, edit, versions),
+                 f"rollout {r.service}: {r.canary} at {max(0, min(100, weight))}%")
+
+
+def canary_counters(ctx: Context, r: Rollout) -> dict[str, dict[str, float]]:
+    network = ctx.home.settings().network
+    pods = [p for p in list_proxies(ctx.docker()) if p.app == r.service and p.version == r.canary
+            and p.state == "running" and p.address_on(network)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        read = list(pool.map(lambda p: (p.name, counters(scrape(p.address_on(network) or ""))), pods))
+    return dict(read)
+
+
+class Driver:
+    def __init__(self, ctx: Context, store: RolloutStore, service: str,
+                 report: Callable[[Rollout], None] = lambda r: None) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.service = service
+        self.report = report
+
+    def _enter_step(self, r: Rollout, now: float) -> None:
+        r.weight = r.steps[r.step]
+        set_weight(self.ctx, r, r.weight)
+        r.step_started, r.waited = now, 0
+        r.baseline = canary_counters(self.ctx, r)
+        r.note(now, f"step {r.step + 1}/{len(r.steps)}: {r.canary} at {r.weight}%")
+
+    def _finish(self, r: Rollout, now: float, status: str, weight: int, text: str) -> None:
+        set_weight(self.ctx, r, weight)
+        r.status, r.weight, r.requested = status, weight, None
+        r.note(now, text)
+
+    def _advance(self, r: Rollout, now: float) -> None:
+        """One tick: act on requests from other terminals, or judge the step once its interval is over."""
+        if r.requested == "abort":
+            self._finish(r, now, "Aborted", 0, f"aborted by the user; all traffic back to {r.stable}")
+            return
+        if r.requested == "promote":
+            self._finish(r, now, "Succeeded", 100, f"promoted by the user: {r.canary} takes all traffic")
+            return
+        if r.status == "Paused":
+            r.step_started = now  # the interval restarts when resumed: a paused step proves nothing
+            return
+        if r.weight != r.steps[r.step] or not r.step_started:
+            self._enter_step(r, now)
+            return
+        if now - r.step_started < r.interval_s:
+            return
+        verdict = judge(delta(canary_counters(self.ctx, r), r.baseline), r.gates.success_rate,
+                        r.gates.max_p99_ms, r.gates.min_requests)
+        r.last_gate = {"passed": verdict.passed, "requests": verdict.requests, "success_rate": verdict.success_rate,
+                       "p99_ms": verdict.p99_ms, "reason": verdict.reason}
+        if verdict.passed is None and r.waited < MAX_WAITS:
+            r.waited += 1
+            r.step_started = now
+            r.note(now, f"waiting for traffic: {verdict.reason}")
+        elif not verdict.passed:
+            self._finish(r, now, "RolledBack", 0, f"rolled back at {r.weight}%: {verdict.reason}")
+        elif r.step + 1 < len(r.steps):
+            r.note(now, f"gate passed at {r.weight}%: {verdict.reason}")
+            r.step += 1
+            self._enter_step(r, now)
+        else:
+            self._finish(r, now, "Succeeded", 100, f"{r.canary} takes all traffic: {verdict.reason}")
+
+    def run(self) -> Rollout:
+        """Drive until the rollout ends; returns its final state. Interrupting leaves it resumable."""
+        while True:
+            r = self.store.update(self.service, lambda r: self._advance(r, self.ctx.clock()))
+            self.report(r)
+            if r.status in DONE:
+                return r
+            time.sleep(TICK_S)
+
+
+def settle_without_driver(ctx: Context, r: Rollout, now: float) -> None:
+    """abort/promote with nobody driving: do it here and now."""
+    if r.requested == "abort":
+        set_weight(ctx, r, 0)
+        r.status, r.weight, r.requested = "Aborted", 0, None
+        r.note(now, f"aborted by the user; all traffic back to {r.stable}")
+    elif r.requested == "promote":
+        set_weight(ctx, r, 100)
+        r.status, r.weight, r.requested = "Succeeded", 100, None
+        r.note(now, f"promoted by the user: {r.canary} takes all traffic")

@@ -1,0 +1,127 @@
+"""A rollout's state on disk, one JSON file per service, so it outlives the CLI that drives it.
+
+    rollouts/reviews.json         the state (replaced atomically, under rollouts/.lock)
+    rollouts/reviews.driver.lock  flock held by the one process driving it
+
+Commands from other terminals (pause, resume, abort, promote) change the state under the lock; the driver
+reads it every second. When no driver holds its lock, abort and promote act at once themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl.errors import InvalidInput
+from meshctl.fsutil import atomic_write, ensure_dir, locked, os_error, read_text
+from meshctl.home import MeshHome
+
+ACTIVE = ("Progressing", "Paused")
+DONE = ("Succeeded", "RolledBack", "Aborted")
+
+
+@dataclass
+class Gates:
+    success_rate: float = 99.0  # percent of the canary's requests that must not be 5xx
+    max_p99_ms: float = 500.0
+    min_requests: int = 20  # fewer in a step's interval: wait, up to 3 intervals, then fail (no traffic, no proof)
+
+
+@dataclass
+class Rollout:
+    service: str
+    stable: str
+    canary: str
+    steps: list[int]
+    interval_s: float
+    gates: Gates
+    status: str = "Progressing"
+    step: int = 0  # index into steps
+    weight: int = 0  # canary weight in force
+    step_started: float = 0.0
+    waited: int = 0  # intervals this step waited for enough traffic
+    baseline: dict[str, dict[str, float]] = field(default_factory=dict)  # pod -> counters at step start
+    requested: str | None = None  # abort or promote, asked from another terminal
+    message: str = ""
+    last_gate: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rollout:
+        return cls(**{**data, "gates": Gates(**data["gates"])})
+
+    def note(self, now: float, text: str) -> None:
+        self.message = text
+        self.events.append({"time": now, "weight": self.weight, "event": text})
+        del self.events[:-50]
+
+
+class RolloutStore:
+    def __init__(self, home: MeshHome) -> None:
+        self.root = home.root / "rollouts"
+
+    def path(self, service: str) -> Path:
+        return self.root / f"{service}.json"
+
+    def load(self, service: str) -> Rollout:
+        path = self.path(service)
+        if not path.is_file():
+            raise InvalidInput(f"{service} has no rollout", f"start one with `meshctl rollout {service} --to VERSION`")
+        try:
+            return Rollout.from_dict(json.loads(read_text(path)))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidInput(f"{path}: not a rollout state file ({exc})", "delete it to start over") from exc
+
+    def save(self, rollout: Rollout) -> None:
+        ensure_dir(self.root)
+        atomic_write(self.path(rollout.service), json.dumps(asdict(rollout), indent=1), mode=0o600)
+
+    def update(self, service: str, change: Callable[[Rollout], None]) -> Rollout:
+        """Read, change and write under the lock, so a driver and a `pause` never lose each other's write."""
+        ensure_dir(self.root)
+        with locked(self.root / ".lock"):
+            rollout = self.load(service)
+            change(rollout)
+            self.save(rollout)
+        return rollout
+
+    def create(self, rollout: Rollout) -> None:
+        ensure_dir(self.root)
+        with locked(self.root / ".lock"):
+            if self.path(rollout.service).is_file():
+                old = self.load(rollout.service)
+                if old.status in ACTIVE:
+                    raise InvalidInput(f"{rollout.service} already has a rollout to {old.canary} ({old.status}, "
+                                       f"{old.weight}%)", f"`meshctl rollout resume|abort|promote {rollout.service}`")
+            self.save(rollout)
+
+    def all(self) -> list[Rollout]:
+        return [self.load(p.stem) for p in sorted(self.root.glob("*.json"))] if self.root.is_dir() else []
+
+    @contextlib.contextmanager
+    def driving(self, service: str) -> Iterator[bool]:
+        """Try to become the rollout's driver: yields False if another process drives it already."""
+        ensure_dir(self.root)
+        lock = self.root / f"{service}.driver.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise os_error(exc, lock, "lock") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
