@@ -1,68 +1,249 @@
-"""Traffic rules enforced by the sidecars, on bookinfo with real traffic."""
+"""Traffic management on bookinfo, with real containers, real sidecars and real traffic.
+
+Callers run inside the productpage (or reviews) container, so every request goes app -> its sidecar ->
+the callee's sidecar -> the callee. Misbehaving upstreams use bookinfo's fault knob (PUT /fault, inside
+the pod), not the mesh's fault injection, so retries and ejection meet real 503s and real slowness.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from docker import DockerClient
 
-from tests.conftest import meshctl
+from tests.conftest import REPO, meshctl
+from tests.e2e.conftest import App
 from tests.e2e.test_dataplane import bookinfo
 
-SPLIT = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}, {name: v3, labels: {version: v3}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - match: [{headers: {end-user: {exact: jason}}}]
-    route: [{destination: {host: reviews, subset: v3}}]
-  - route:
-    - {destination: {host: reviews, subset: v1}, weight: 90}
-    - {destination: {host: reviews, subset: v2}, weight: 10}
-"""
-
-# Runs inside productpage: ONE keep-alive connection to reviews, many requests, the version of each answer.
-KEEPALIVE = """
-import http.client, json, sys
-conn = http.client.HTTPConnection("reviews", 9080, timeout=10)
-versions = []
-for _ in range(int(sys.argv[1])):
-    conn.request("GET", "/reviews/0", headers={"end-user": sys.argv[2]} if sys.argv[2] else {})
-    versions.append(json.loads(conn.getresponse().read())["version"])
-print(json.dumps({"versions": versions, "reused": conn.sock is not None}))
-"""
-
-
-def keepalive(engine: DockerClient, mesh_home: Path, n: int, user: str = "") -> Counter[str]:
-    app = bookinfo(engine, mesh_home)
-    code, out = app.exec("productpage", "python3", "-c", KEEPALIVE, str(n), user)
-    assert code == 0, out
-    result = json.loads(out)
-    assert result["reused"]
-    return Counter(result["versions"])
-
-
-def test_weighted_split_on_one_keepalive_connection_and_header_match(
-        demo: dict, engine: DockerClient, mesh_home: Path) -> None:
-    assert meshctl("apply", "-f", "-", home=mesh_home, stdin=SPLIT).code == 0
-    assert meshctl("proxy-status", "bookinfo.productpage", "--wait", "--timeout", "5", home=mesh_home).code == 0
+# Runs in a pod: requests on ONE keep-alive connection (count or duration), one row per request:
+# [status, version answered, seconds taken, time done].
+CLIENT = r"""
+import http.client, json, sys, time
+host, path, n, headers, duration = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), \
+    float(sys.argv[5])
+conn, rows, end, i = http.client.HTTPConnection(host, 9080, timeout=30), [], time.time() + duration, 0
+while (i < n) if n else (time.time() < end):
+    t = time.time()
     try:
-        split = keepalive(engine, mesh_home, 1000)
-        assert set(split) <= {"v1", "v2"} and sum(split.values()) == 1000
-        share = split["v2"] / 10
-        print(f"v2 share over 1000 requests on one connection: {share:.1f}%")
-        assert 6 <= share <= 14, split  # 10% expected; +-4 points is > 4 standard deviations at n=1000
-        assert keepalive(engine, mesh_home, 50, user="jason") == Counter({"v3": 50})
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse(); body = r.read()
+        try: version = json.loads(body).get("version")
+        except ValueError: version = body[:60].decode(errors="replace")
+        rows.append([r.status, version, time.time() - t, time.time()])
+    except Exception as e:
+        rows.append([0, repr(e), time.time() - t, time.time()])
+        conn.close(); conn = http.client.HTTPConnection(host, 9080, timeout=30)
+    i += 1
+print(json.dumps(rows))
+"""
+
+
+def calls(app: App, n: int = 0, headers: dict[str, str] | None = None, duration: float = 0,
+          host: str = "reviews", path: str = "/reviews/0", caller: str = "productpage") -> list[list]:
+    code, out = app.exec(caller, "python3", "-c", CLIENT, host, path, str(n), json.dumps(headers or {}),
+                         str(duration))
+    assert code == 0, out
+    return json.loads(out)
+
+
+def fault(app: App, service: str, **knob: float) -> None:
+    """bookinfo's own misbehaviour switch, set from inside the pod (rate, status, delay)."""
+    code, out = app.exec(service, "curl", "-sf", "-X", "PUT", "127.0.0.1:9080/fault", "-d", json.dumps(knob))
+    assert code == 0, out
+
+
+def route(home: Path, *args: str) -> None:
+    done = meshctl("route", *args, home=home)
+    assert done.code == 0, done.err
+    synced = meshctl("proxy-status", "--wait", "--timeout", "10", home=home)
+    assert synced.code == 0, synced.out + synced.err
+
+
+def inbound_count(app: App, sidecar: str, authority: str | None = None) -> int:
+    return sum(1 for e in app.logs(sidecar) if e.get("direction") == "inbound"
+               and (authority is None or e.get("authority") == authority))
+
+
+@pytest.fixture
+def app(demo: dict, engine: DockerClient, mesh_home: Path) -> Iterator[App]:
+    """Bookinfo with no routes before and after each test, and every fault knob back at zero."""
+    bi = bookinfo(engine, mesh_home)
+    yield bi
+    for kind, name in (("vs", "reviews"), ("dr", "reviews"), ("vs", "ratings"), ("dr", "ratings")):
+        meshctl("delete", kind, name, home=mesh_home)
+    for service in ("reviews-v1", "reviews-v2", "reviews-v3", "ratings", "ratings-2", "ratings-3"):
+        fault(bi, service, rate=0, delay=0)
+    meshctl("proxy-status", "--wait", "--timeout", "10", home=mesh_home)
+
+
+def test_weighted_split_90_10_over_2000_requests_on_one_keepalive_connection(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1=90", "--to", "v2=10")
+    rows = calls(app, 2000)
+    assert all(r[0] == 200 for r in rows), Counter(r[0] for r in rows)
+    share = 100 * sum(1 for r in rows if r[1] == "v2") / len(rows)
+    print(f"v2 share over 2000 requests on one connection: {share:.2f}%")
+    assert {r[1] for r in rows} == {"v1", "v2"} and 7 <= share <= 13  # 90/10 within +-3 points
+
+
+def test_header_match_sends_only_jason_to_v2(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1")
+    route(mesh_home, "set", "reviews", "--match", "header:end-user=jason", "--to", "v2")
+    assert Counter(r[1] for r in calls(app, 100, {"end-user": "jason"})) == Counter({"v2": 100})
+    others = calls(app, 100, {"end-user": "bob"}) + calls(app, 100)
+    assert Counter(r[1] for r in others) == Counter({"v1": 200})
+
+
+def test_delay_fault_only_on_matched_requests(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1")
+    route(mesh_home, "set", "reviews", "--match", "header:end-user=slow", "--to", "v1", "--delay", "1s")
+    slow, fast = calls(app, 5, {"end-user": "slow"}), calls(app, 20)
+    assert all(r[0] == 200 and r[2] >= 1.0 for r in slow), slow
+    assert all(r[0] == 200 for r in fast) and max(r[2] for r in fast) < 0.5, [r[2] for r in fast]
+
+
+def test_abort_fault_at_50_percent(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1", "--abort", "418", "--abort-percent", "50")
+    codes = Counter(r[0] for r in calls(app, 400))
+    assert set(codes) == {200, 418} and 160 <= codes[418] <= 240, codes  # 50% +-10 points (> 4 sigma)
+
+
+def test_retries_turn_a_50_percent_failing_upstream_into_99_percent_success(app: App, mesh_home: Path) -> None:
+    fault(app, "reviews-v2", rate=0.5, status=503)
+    before = inbound_count(app, "reviews-v2-proxy")
+    route(mesh_home, "set", "reviews", "--to", "v2", "--retries", "10", "--retry-on", "5xx")
+    rows = calls(app, 300)
+    ok = sum(1 for r in rows if r[0] == 200)
+    reached = inbound_count(app, "reviews-v2-proxy") - before
+    print(f"retries: {ok}/300 succeeded; the upstream was tried {reached} times")
+    assert ok >= 297 and reached >= 450  # ~600 tries for 300 requests: the failures were real, and retried
+
+
+def test_timeout_gives_504_on_time(app: App, mesh_home: Path) -> None:
+    fault(app, "reviews-v1", delay=3)
+    route(mesh_home, "set", "reviews", "--to", "v1", "--timeout", "500ms")
+    rows = calls(app, 3)
+    assert all(r[0] == 504 for r in rows), rows
+    assert all(0.45 <= r[2] < 1.2 for r in rows), [r[2] for r in rows]
+
+
+def test_mirror_gets_traffic_while_the_caller_sees_only_the_primary(app: App, mesh_home: Path) -> None:
+    before = inbound_count(app, "reviews-v2-proxy", "reviews-shadow:9080")
+    route(mesh_home, "set", "reviews", "--to", "v1", "--mirror", "v2")
+    rows = calls(app, 50)
+    assert Counter(r[1] for r in rows) == Counter({"v1": 50})
+
+    def mirrored() -> bool:
+        return inbound_count(app, "reviews-v2-proxy", "reviews-shadow:9080") - before >= 45
+    app.wait_for(mirrored, "the mirror (reviews v2) received the shadow copies", timeout=10)
+
+
+def test_outlier_detection_ejects_the_failing_replica_of_three(app: App, mesh_home: Path) -> None:
+    fault(app, "ratings-2", rate=1.0, status=503)
+    rule = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 50}
+"""
+    assert meshctl("apply", "-f", "-", home=mesh_home, stdin=rule).code == 0
+    assert meshctl("proxy-status", "--wait", "--timeout", "10", home=mesh_home).code == 0
+    before = inbound_count(app, "ratings-2-proxy")
+    rows = calls(app, 150, host="ratings", path="/ratings/0", caller="reviews-v2")
+    hit_bad = inbound_count(app, "ratings-2-proxy") - before
+    print(f"outlier detection: the failing replica got {hit_bad} of {len(rows)} requests")
+    assert hit_bad <= 6  # 3 consecutive 5xx eject it (retries of those may add a few), then nothing
+    assert all(r[0] == 200 for r in rows[20:]), Counter(r[0] for r in rows)
+
+
+def test_live_route_changes_take_effect_within_2s_without_a_failed_request(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1")
+    result: dict[str, list[list]] = {}
+    load = threading.Thread(target=lambda: result.setdefault("rows", calls(app, duration=16)))
+    load.start()
+    changes = []
+    time.sleep(2)
+    for target in ("v2", "v3", "v1"):
+        changes.append((target, time.time()))
+        assert meshctl("route", "set", "reviews", "--to", target, home=mesh_home).code == 0
+        time.sleep(4)
+    load.join()
+    rows = result["rows"]
+    assert len(rows) > 200 and all(r[0] == 200 for r in rows), Counter(r[0] for r in rows)
+    for target, at in changes:
+        first = next(r[3] for r in rows if r[3] > at and r[1] == target)
+        assert all(r[1] == target for r in rows if first + 0.05 < r[3] < at + 3.5), target  # stays switched
+        print(f"route to {target}: took effect after {first - at:.2f}s")
+        assert first - at < 2.0
+
+
+# --- rollouts ---------------------------------------------------------------------------------------------
+
+def rollout(home: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "MESHCTL_HOME": str(home), "NO_COLOR": "1"}
+    return subprocess.Popen([sys.executable, "-m", "meshctl", "rollout", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def state(home: Path) -> dict:
+    return json.loads((home / "rollouts" / "reviews.json").read_text())
+
+
+def default_route(home: Path) -> str:
+    return json.loads(meshctl("route", "get", "reviews", "-o", "json", home=home).out)[-1]["route"]
+
+
+def with_traffic(app: App, seconds: float) -> tuple[threading.Thread, dict[str, list[list]]]:
+    result: dict[str, list[list]] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("rows", calls(app, duration=seconds)))
+    thread.start()
+    return thread, result
+
+
+def test_rollout_to_a_healthy_v2_survives_an_interruption_and_completes(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1")
+    traffic, _ = with_traffic(app, 40)
+    try:
+        first = rollout(mesh_home, "reviews", "--to", "v2", "--steps", "20,60", "--interval", "4s",
+                        "--min-requests", "10")
+        app.wait_for(lambda: (mesh_home / "rollouts" / "reviews.json").exists() and state(mesh_home)["weight"] == 20,
+                     "the rollout reached its first step", timeout=20)
+        first.send_signal(signal.SIGINT)  # the CLI goes away mid-step
+        _, err = first.communicate(timeout=20)
+        assert first.returncode == 130 and "meshctl rollout resume reviews" in err, err
+        assert state(mesh_home)["status"] == "Progressing" and default_route(mesh_home) == "v1 80%, v2 20%"
+        resumed = meshctl("rollout", "resume", "reviews", home=mesh_home, timeout=120)
+        assert resumed.code == 0, resumed.err
+        assert "succeeded" in resumed.out
     finally:
-        meshctl("delete", "vs", "reviews", home=mesh_home)
-        meshctl("delete", "dr", "reviews", home=mesh_home)
+        traffic.join()
+    final = state(mesh_home)
+    assert final["status"] == "Succeeded" and final["weight"] == 100 and default_route(mesh_home) == "v2"
+    events = [e["event"] for e in final["events"]]
+    assert "resumed at 20%" in events  # the step in progress was continued, not restarted from scratch
+    assert [e["weight"] for e in final["events"] if e["event"].startswith("step")] == [20, 60, 100]
+
+
+def test_rollout_to_a_failing_v2_rolls_back_by_itself(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1")
+    fault(app, "reviews-v2", rate=0.3, status=500)
+    traffic, _ = with_traffic(app, 15)
+    try:
+        done = meshctl("rollout", "reviews", "--to", "v2", "--steps", "20,60", "--interval", "4s",
+                       "--min-requests", "10", home=mesh_home, timeout=120)
+    finally:
+        traffic.join()
+    assert done.code == 1 and "rolled back at 20%: success rate" in done.err, done.err
+    assert state(mesh_home)["status"] == "RolledBack" and default_route(mesh_home) == "v1"

@@ -32,6 +32,22 @@ spec:
 """
 
 
+DR = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+
+
+@pytest.fixture
+def subsets(installed_home: Path) -> Path:
+    """The DestinationRule that VS's subsets need (revision 1)."""
+    assert apply_text(installed_home, DR).code == 0  # type: ignore[attr-defined]
+    return installed_home
+
+
 def revision(home: Path) -> int:
     return int((home / "config" / "current").read_text())
 
@@ -51,6 +67,7 @@ BAD = {
     "weights": (VS.replace("weight: 10", "weight: 20"), "spec.http[1].route: weights add up to 110, not 100"),
     "regex": (VS.replace("exact: jason", "regex: '(jason'"), "is not a valid regular expression"),
     "api_version": (VS.replace("networking.istio.io/v1", "networking.istio.io/v9"), "apiVersion"),
+    "undefined_subset": (VS, "spec.http[0].route[0].destination.subset: 'v2' is not a subset of 'reviews'"),
 }
 
 
@@ -64,27 +81,28 @@ def test_bad_resources_get_one_line_and_change_nothing(case: str, installed_home
     assert revision(installed_home) == 0
 
 
-def test_apply_get_delete_history_rollback(installed_home: Path, tmp_path: Path) -> None:
+def test_apply_get_delete_history_rollback(subsets: Path, tmp_path: Path) -> None:
+    installed_home = subsets
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "vs.yaml").write_text(VS)
     done = meshctl("apply", "-f", str(manifests / "vs.yaml"), home=installed_home)
     assert done.code == 0 and done.out.strip() == "virtualservice.networking.istio.io/reviews created"
     again = meshctl("apply", "-f", str(manifests), home=installed_home)  # a directory works too
-    assert "unchanged" in again.out and revision(installed_home) == 1
+    assert "unchanged" in again.out and revision(installed_home) == 2
     got = meshctl("get", "vs", "reviews", "-o", "yaml", home=installed_home)
     assert yaml.safe_load(got.out) == yaml.safe_load(VS)  # what you get applies again unchanged
     listed = meshctl("get", "virtualservices", "-o", "json", home=installed_home)
     assert [r["metadata"]["name"] for r in json.loads(listed.out)] == ["reviews"]
     gone = meshctl("delete", "virtualservice", "reviews", home=installed_home)
-    assert gone.code == 0 and revision(installed_home) == 2
+    assert gone.code == 0 and revision(installed_home) == 3
     missing = meshctl("delete", "virtualservice", "reviews", home=installed_home)
     assert missing.code == ExitCode.INVALID_INPUT and "not found" in one_error_line(missing.err)
-    back = meshctl("rollback", "1", home=installed_home)
-    assert back.code == 0 and revision(installed_home) == 3
+    back = meshctl("rollback", "2", home=installed_home)
+    assert back.code == 0 and revision(installed_home) == 4
     assert json.loads(meshctl("get", "vs", "-o", "json", home=installed_home).out)[0]["spec"]["hosts"] == ["reviews"]
     history = json.loads(meshctl("history", "-o", "json", home=installed_home).out)
-    assert [h["revision"] for h in history] == [3, 2, 1, 0] and history[0]["current"]
+    assert [h["revision"] for h in history] == [4, 3, 2, 1, 0] and history[0]["current"]
 
 
 def test_unknown_kind_in_get_is_a_usage_error(installed_home: Path) -> None:
@@ -92,7 +110,8 @@ def test_unknown_kind_in_get_is_a_usage_error(installed_home: Path) -> None:
     assert done.code == ExitCode.USAGE and "unknown kind" in one_error_line(done.err)
 
 
-def test_twenty_parallel_applies_all_land(installed_home: Path) -> None:
+def test_twenty_parallel_applies_all_land(subsets: Path) -> None:
+    installed_home = subsets
     def run(i: int) -> int:
         doc = VS.replace("name: reviews", f"name: vs-{i}")
         proc = subprocess.run([sys.executable, "-m", "meshctl", "apply", "-f", "-"], input=doc, text=True,
@@ -103,7 +122,7 @@ def test_twenty_parallel_applies_all_land(installed_home: Path) -> None:
     with ThreadPoolExecutor(max_workers=20) as pool:
         codes = list(pool.map(run, range(20)))
     assert codes == [0] * 20
-    assert revision(installed_home) == 20
+    assert revision(installed_home) == 21
     stored = json.loads(meshctl("get", "vs", "-o", "json", home=installed_home).out)
     assert sorted(r["metadata"]["name"] for r in stored) == sorted(f"vs-{i}" for i in range(20))
     messages = [h["change"] for h in json.loads(meshctl("history", "-o", "json", home=installed_home).out)]

@@ -26,7 +26,7 @@ def inject(home: Path, source: Path | str, out: Path, *flags: str) -> dict:
 def test_bookinfo_becomes_pods_of_sidecar_and_app(installed_home: Path, tmp_path: Path) -> None:
     meshed = inject(installed_home, BOOKINFO, BOOKINFO.parent / "meshed.yaml")
     services = meshed["services"]
-    assert len(services) == 12
+    assert len(services) == 16  # 8 pods: ratings has 3 replicas
     sidecar, app = services["productpage-proxy"], services["productpage"]
     assert app["network_mode"] == "service:productpage-proxy"
     assert app["depends_on"]["productpage-proxy"] == {"condition": "service_healthy"}
