@@ -105,31 +105,51 @@ class Pool:
     def __init__(self, policy: ClusterPolicy, tls: Callable[[], ssl.SSLContext | None]) -> None:
         self.policy = policy
         self.tls = tls
-        self.idle: dict[tuple[str, int], list[Conn]] = {}
+        # keyed by address AND identity: a connection verified for one identity never serves another
+        self.idle: dict[tuple[tuple[str, int], str], list[Conn]] = {}
         self.open = 0
         self.pending = 0
         self._released = asyncio.Condition()
 
-    async def _acquire(self, address: tuple[str, int], identity: str) -> tuple[Conn, bool]:
-        """A connection to `address` and whether it was reused (a stale reused one may be retried)."""
-        idle = self.idle.get(address, [])
+    def _take_idle(self, address: tuple[str, int], identity: str) -> Conn | None:
+        idle = self.idle.get((address, identity), [])
         while idle:
             conn = idle.pop()
             if time.monotonic() - conn.idle_since < self.policy.idle_timeout and not conn.reader.at_eof():
-                return conn, True
+                return conn
             self._drop(conn)
-        if self.open >= self.policy.max_connections:
+        return None
+
+    def _drop_idle_elsewhere(self) -> bool:
+        """Close one idle connection to any endpoint, to free a slot for another (the limit is per cluster)."""
+        for conns in self.idle.values():
+            if conns:
+                self._drop(conns.pop(0))
+                return True
+        return False
+
+    def _has_slot(self) -> bool:
+        return self.open < self.policy.max_connections or any(self.idle.values())
+
+    async def _acquire(self, address: tuple[str, int], identity: str) -> tuple[Conn, bool]:
+        """A connection to `address` and whether it was reused (a stale reused one may be retried)."""
+        conn = self._take_idle(address, identity)
+        if conn is not None:
+            return conn, True
+        if not self._has_slot():
             if self.pending >= self.policy.max_pending:
                 raise UpstreamError("overflow", "upstream connection limit reached (DestinationRule connectionPool)")
             self.pending += 1
             try:
                 async with self._released:
-                    await self._released.wait_for(lambda: self.open < self.policy.max_connections
-                                                  or bool(self.idle.get(address)))
+                    await self._released.wait_for(self._has_slot)
             finally:
                 self.pending -= 1
-            if self.idle.get(address):
-                return self.idle[address].pop(), True
+            conn = self._take_idle(address, identity)
+            if conn is not None:
+                return conn, True
+        if self.open >= self.policy.max_connections:
+            self._drop_idle_elsewhere()  # the limit is per cluster: an idle one to another endpoint gives way
         return await self._connect(address, identity), False
 
     async def _connect(self, address: tuple[str, int], identity: str) -> Conn:
@@ -160,13 +180,13 @@ class Pool:
         async with self._released:
             self._released.notify_all()
 
-    async def _release(self, address: tuple[str, int], conn: Conn, reusable: bool) -> None:
+    async def _release(self, key: tuple[tuple[str, int], str], conn: Conn, reusable: bool) -> None:
         limit = self.policy.max_requests_per_connection
         if reusable and conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE and not (
                 limit and conn.used >= limit):
             conn.h11.start_next_cycle()
             conn.idle_since = time.monotonic()
-            self.idle.setdefault(address, []).append(conn)
+            self.idle.setdefault(key, []).append(conn)
         else:
             self._drop(conn)
         await self._notify()
@@ -191,7 +211,7 @@ class Pool:
                     continue
                 raise UpstreamError("reset", f"upstream connection failed: {exc}") from exc
             finally:
-                await asyncio.shield(self._release(address, conn, ok))
+                await asyncio.shield(self._release((address, identity), conn, ok))
         raise UpstreamError("reset", "upstream reset the connection twice")
 
     def close(self) -> None:

@@ -36,15 +36,18 @@ def proxy_status(
     wait: Annotated[bool, typer.Option("--wait", help="Return once every proxy is SYNCED; fail at the timeout.")]
     = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds --wait waits.")] = 30.0,
+    project: Annotated[str | None, typer.Option("--project", "-p", help="Only the proxies of this compose "
+                                                "project (like istioctl's -n).")] = None,
     output: OutputOption = OutputFormat.table,
 ) -> int:
     """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING."""
     c: Context = ctx.obj
     deadline = time.monotonic() + timeout
     while True:
-        rows = proxy_statuses(c, proxy)
-        if proxy and not rows:
-            raise InvalidInput(f"no proxy named {proxy!r} in this mesh", "see `meshctl proxy-status`")
+        rows = [r for r in proxy_statuses(c, proxy) if project is None or r.name.split(".", 1)[0] == project]
+        if (proxy or project) and not rows:
+            what = f"named {proxy!r}" if proxy else f"in project {project!r}"
+            raise InvalidInput(f"no proxy {what} in this mesh", "see `meshctl proxy-status`")
         done = all(r.synced for r in rows)
         if not wait or done or time.monotonic() >= deadline:
             break

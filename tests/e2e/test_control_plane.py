@@ -98,6 +98,11 @@ def test_a_snapshot_the_proxy_cannot_apply_is_rejected_and_the_old_one_keeps_ser
 
 
 REVIEWS_SPLIT = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews}
 spec:
@@ -125,6 +130,7 @@ def test_proxy_config_shows_what_the_running_sidecar_uses(demo: dict, mesh_home:
     table = meshctl("proxy-config", "bookinfo.productpage", home=mesh_home)
     assert table.code == 0 and "LISTENERS" in table.out and "virtualInbound" in table.out and "90%" in table.out
     assert meshctl("delete", "vs", "reviews", home=mesh_home).code == 0
+    assert meshctl("delete", "dr", "reviews", home=mesh_home).code == 0
     missing = meshctl("proxy-config", "nosuch", home=mesh_home)
     assert missing.code == 3 and "no proxy named 'nosuch'" in missing.err
 

@@ -65,7 +65,7 @@ def fault(app: App, service: str, **knob: float) -> None:
 def route(home: Path, *args: str) -> None:
     done = meshctl("route", *args, home=home)
     assert done.code == 0, done.err
-    synced = meshctl("proxy-status", "--wait", "--timeout", "10", home=home)
+    synced = meshctl("proxy-status", "-p", "bookinfo", "--wait", "--timeout", "10", home=home)
     assert synced.code == 0, synced.out + synced.err
 
 
@@ -83,7 +83,7 @@ def app(demo: dict, engine: DockerClient, mesh_home: Path) -> Iterator[App]:
         meshctl("delete", kind, name, home=mesh_home)
     for service in ("reviews-v1", "reviews-v2", "reviews-v3", "ratings", "ratings-2", "ratings-3"):
         fault(bi, service, rate=0, delay=0)
-    meshctl("proxy-status", "--wait", "--timeout", "10", home=mesh_home)
+    meshctl("proxy-status", "-p", "bookinfo", "--wait", "--timeout", "10", home=mesh_home)
 
 
 def test_weighted_split_90_10_over_2000_requests_on_one_keepalive_connection(app: App, mesh_home: Path) -> None:
@@ -159,13 +159,87 @@ spec:
     outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 50}
 """
     assert meshctl("apply", "-f", "-", home=mesh_home, stdin=rule).code == 0
-    assert meshctl("proxy-status", "--wait", "--timeout", "10", home=mesh_home).code == 0
+    assert meshctl("proxy-status", "-p", "bookinfo", "--wait", "--timeout", "10", home=mesh_home).code == 0
     before = inbound_count(app, "ratings-2-proxy")
     rows = calls(app, 150, host="ratings", path="/ratings/0", caller="reviews-v2")
     hit_bad = inbound_count(app, "ratings-2-proxy") - before
     print(f"outlier detection: the failing replica got {hit_bad} of {len(rows)} requests")
     assert hit_bad <= 6  # 3 consecutive 5xx eject it (retries of those may add a few), then nothing
     assert all(r[0] == 200 for r in rows[20:]), Counter(r[0] for r in rows)
+
+
+# Runs in a pod: N requests at once, one connection each; prints the status codes.
+PARALLEL = r"""
+import http.client, json, sys, threading
+codes = []
+def one():
+    try:
+        c = http.client.HTTPConnection(sys.argv[1], 9080, timeout=30); c.request("GET", sys.argv[2])
+        codes.append(c.getresponse().status)
+    except Exception:
+        codes.append(0)
+threads = [threading.Thread(target=one) for _ in range(int(sys.argv[3]))]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(json.dumps(codes))
+"""
+
+
+def apply_rule(home: Path, text: str) -> None:
+    assert meshctl("apply", "-f", "-", home=home, stdin=text).code == 0
+    assert meshctl("proxy-status", "-p", "bookinfo", "--wait", "--timeout", "10", home=home).code == 0
+
+
+def replica_hits(app: App) -> dict[str, int]:
+    return {r: inbound_count(app, f"{r}-proxy") for r in ("ratings", "ratings-2", "ratings-3")}
+
+
+def test_consistent_hash_keeps_each_user_on_one_replica(app: App, mesh_home: Path) -> None:
+    apply_rule(mesh_home, """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+""")
+    homes = set()
+    for user in ("alice", "bob", "carol", "dave"):
+        before = replica_hits(app)
+        assert all(r[0] == 200 for r in calls(app, 20, {"x-user": user}, host="ratings", path="/ratings/0",
+                                              caller="reviews-v2"))
+        after = replica_hits(app)
+        moved = {r: after[r] - before[r] for r in after if after[r] != before[r]}
+        assert len(moved) == 1 and list(moved.values()) == [20], (user, moved)  # all on one replica
+        homes |= set(moved)
+    assert len(homes) > 1  # and the users are spread over the replicas
+
+
+def test_connection_pool_limits_refuse_the_overflow(app: App, mesh_home: Path) -> None:
+    for replica in ("ratings", "ratings-2", "ratings-3"):
+        fault(app, replica, delay=1)
+    apply_rule(mesh_home, """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}
+""")
+    code, out = app.exec("reviews-v2", "python3", "-c", PARALLEL, "ratings", "/ratings/0", "10")
+    assert code == 0, out
+    codes = Counter(json.loads(out))
+    print(f"circuit breaking, 10 concurrent requests with 1 connection + 1 pending allowed: {dict(codes)}")
+    assert codes[200] == 2 and codes[503] == 8, codes  # one in flight, one waiting, the rest refused at once
+
+
+def test_request_and_response_headers_are_rewritten(app: App, mesh_home: Path) -> None:
+    route(mesh_home, "set", "reviews", "--to", "v1", "--set-response-header", "x-mesh=routed",
+          "--remove-response-header", "x-served-by", "--set-header", "x-b3-traceid=00000000000000000000000000c0ffee")
+    code, out = app.exec("productpage", "curl", "-s", "-D", "-", "-o", "/dev/null", "reviews:9080/reviews/0")
+    headers = out.lower()
+    assert code == 0 and "x-mesh: routed" in headers and "x-served-by" not in headers, out
+    # the request header arrived upstream: the receiving sidecar logs the trace id it carried
+    seen = [e for e in app.logs("reviews-v1-proxy") if e.get("direction") == "inbound"]
+    assert seen[-1]["trace_id"] == "00000000000000000000000000c0ffee"
 
 
 def test_live_route_changes_take_effect_within_2s_without_a_failed_request(app: App, mesh_home: Path) -> None:
