@@ -15,7 +15,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import Any, Protocol
 
+from mitmproxy import connection
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, context, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
@@ -70,9 +72,15 @@ def local_networks(route_table: str) -> tuple[list[ipaddress.IPv4Network], set[s
     return nets, gateways
 
 
+class TcpGate(Protocol):
+    def connection_allowed(self, client: connection.Client, port: int) -> Any: ...
+
+
 class Listeners:
     def __init__(self, live: LiveSnapshot, mtls: MutualTLS, endpoints: Endpoints,
-                 networks: tuple[Iterable[ipaddress.IPv4Network], set[str]] = ((), set())) -> None:
+                 networks: tuple[Iterable[ipaddress.IPv4Network], set[str]] = ((), set()),
+                 authz: TcpGate | None = None) -> None:
+        self.authz = authz  # AuthorizationPolicy for inbound TCP, judged when a connection opens
         self.live = live
         self.mtls = mtls
         self.endpoints = endpoints
@@ -117,14 +125,15 @@ class Listeners:
 
     def _inbound(self, ctx: context.Context, data: bytes) -> layer.Layer:
         if ctx.client.tls:  # inside our verified mTLS: the peer's app protocol
-            return self._app_protocol(ctx, data)
+            return self._inbound_app(ctx, data)
+        assert ctx.server.address is not None
+        mode = self.snap.port_modes.get(ctx.server.address[1], self.snap.mode)  # PeerAuthentication per port
         if starts_like_tls_record(data):
-            if self.snap.mode == "DISABLE":
+            if mode == "DISABLE":
                 return layers.TCPLayer(ctx, ignore=True)  # the caller's own TLS, end to end
             return layers.ClientTLSLayer(ctx)
         peer_ip, _ = ctx.client.peername
-        assert ctx.server.address is not None
-        if self.snap.mode == "STRICT" and not self._from_edge(peer_ip, ctx.server.address[1]):
+        if mode == "STRICT" and not self._from_edge(peer_ip, ctx.server.address[1]):
             log.warning("refused plaintext from %s to port %d: %s requires mutual TLS (STRICT)",
                         peer_ip, ctx.server.address[1], self.snap.app)
             body = (f"meshctl: {self.snap.app} requires mutual TLS (PeerAuthentication STRICT); "
@@ -132,6 +141,17 @@ class Listeners:
             message = (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n"
                        + f"content-length: {len(body)}\r\n\r\n".encode() + body) if looks_like_http1(data) else b""
             return Refuse(ctx, message)
+        return self._inbound_app(ctx, data)
+
+    def _inbound_app(self, ctx: context.Context, data: bytes) -> layer.Layer:
+        """HTTP is authorized per request (addons.authz); other TCP here, once, when the connection opens."""
+        if not looks_like_http1(data) and self.authz is not None:
+            assert ctx.server.address is not None
+            decision = self.authz.connection_allowed(ctx.client, ctx.server.address[1])
+            if not decision.allowed:
+                log.warning("refused a TCP connection from %s to port %d: %s", ctx.client.peername[0],
+                            ctx.server.address[1], decision.reason)
+                return Refuse(ctx)
         return self._app_protocol(ctx, data)
 
     def _app_protocol(self, ctx: context.Context, data: bytes) -> layer.Layer:

@@ -23,6 +23,7 @@ from mitmproxy.master import Master
 
 from addons import snapshot
 from addons.admin import Admin
+from addons.authz import Authorization
 from addons.endpoints import Endpoints
 from addons.listeners import INBOUND_PORT, OUTBOUND_PORT, Listeners, local_networks
 from addons.live import LiveSnapshot
@@ -184,8 +185,9 @@ async def main() -> None:
 
     opts = options.Options()
     master = Master(opts)
-    master.addons.add(proxyserver.Proxyserver(), connections, Listeners(live, mtls, endpoints, networks), mtls,
-                      Routing(live, endpoints, mtls), telemetry, Lifecycle(state, Admin(state)))
+    authz = Authorization(live)
+    master.addons.add(proxyserver.Proxyserver(), connections, Listeners(live, mtls, endpoints, networks, authz), mtls,
+                      authz, Routing(live, endpoints, mtls), telemetry, Lifecycle(state, Admin(state)))
     opts.update(
         mode=[f"transparent@{OUTBOUND_PORT}", f"transparent@{INBOUND_PORT}"],
         connection_strategy="lazy",  # connect upstream only once we know how (mTLS or not)

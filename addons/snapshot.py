@@ -49,6 +49,9 @@ class Snapshot:
     services: tuple[Service, ...] = field(default_factory=tuple)
     routes: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # VirtualService specs (issue [4 Traffic])
     destinations: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # DestinationRule specs
+    port_modes: dict[int, str] = field(default_factory=dict)  # PeerAuthentication portLevelMtls
+    authorization: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # AuthorizationPolicies selecting us
+    jwt: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # RequestAuthentication jwtRules
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -96,6 +99,18 @@ def parse(data: Any) -> Snapshot:
         if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
                                                    for i in items):
             raise SnapshotError(f"field {key} must be a list of named objects")
+    port_modes = inbound.get("port_modes", {})
+    if not isinstance(port_modes, dict) or not all(str(k).isdigit() and v in MODES for k, v in port_modes.items()):
+        raise SnapshotError("field inbound.port_modes must map port numbers to " + ", ".join(MODES))
+    security: dict[str, list[dict[str, Any]]] = {}
+    for key in ("authorization", "jwt"):
+        items = data.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise SnapshotError(f"field {key} must be a list of objects")
+        security[key] = items
+    for i, policy in enumerate(security["authorization"]):
+        if policy.get("action") not in ("ALLOW", "DENY", "AUDIT") or not isinstance(policy.get("rules", []), list):
+            raise SnapshotError(f"authorization[{i}] needs an action (ALLOW, DENY, AUDIT) and a rules list")
     return Snapshot(
         revision=_get(data, "revision", int),
         hash=_get(data, "hash", str),
@@ -112,6 +127,9 @@ def parse(data: Any) -> Snapshot:
         services=tuple(services),
         routes=tuple(routes),
         destinations=tuple(destinations),
+        port_modes={int(k): v for k, v in port_modes.items()},
+        authorization=tuple(security["authorization"]),
+        jwt=tuple(security["jwt"]),
         raw=data,
     )
 

@@ -116,7 +116,7 @@ class Telemetry:
             "destination_workload": parties["destination_workload"],
             "upstream": "{}:{}".format(*upstream) if (upstream := flow.metadata.get("mesh_upstream")
                                                        or flow.server_conn.address) else None,
-            "route": flow.metadata.get("mesh_route"),
+            "route": flow.metadata.get("mesh_route"), "audit": flow.metadata.get("mesh_audit"),
             "mtls": parties["connection_security_policy"] == "mutual_tls", "flags": flags,
             "trace_id": flow.request.headers.get("x-b3-traceid") or flow.request.headers.get("traceparent"),
             "error": flow.error.msg if flow.error else None,

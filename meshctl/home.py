@@ -39,6 +39,7 @@ class MeshSettings:
     network_subnet: str | None = None
     base_image: str = const.BASE_IMAGE
     proxy_image: str = const.PROXY_IMAGE
+    cert_ttl: str = "24h"  # workload certificates' lifetime; renewed at half of it
     installed_by: str = field(default_factory=lambda: __version__)
 
     @classmethod

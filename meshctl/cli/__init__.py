@@ -50,9 +50,22 @@ def root(
 
 
 def _register() -> None:
-    from meshctl.cli import analyze, check, config, demo, inject, install, proxy, rollout, route, version
+    from meshctl.cli import (
+        analyze,
+        certs,
+        check,
+        config,
+        demo,
+        inject,
+        install,
+        proxy,
+        rollout,
+        route,
+        security,
+        version,
+    )
 
-    for module in (install, inject, demo, config, route, rollout, proxy, analyze, check, version):
+    for module in (install, inject, demo, config, route, rollout, certs, security, proxy, analyze, check, version):
         module.register(app)
 
 

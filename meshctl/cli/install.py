@@ -16,6 +16,7 @@ from meshctl.errors import UsageError
 from meshctl.lifecycle import install as installer
 from meshctl.lifecycle import uninstall as uninstaller
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pki import agent
 
 
 def install(
@@ -27,13 +28,16 @@ def install(
     base_image: Annotated[str | None, typer.Option(help="Base image for meshctl's images (needs python3 3.11 and "
                                                         "iptables) (default: meshctl/base:bookworm, built "
                                                         "from Debian packages).")] = None,
+    cert_ttl: Annotated[str | None, typer.Option(help="Lifetime of workload certificates, e.g. 24h or 10m; "
+                                                 "each is renewed at half of it (default: 24h).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Create the mesh home, root CA, config store, Docker network and sidecar image. Safe to re-run."""
     c: Context = ctx.obj
     settings = installer.resolve_settings(c, trust_domain and installer.validate_trust_domain(trust_domain),
-                                          installer.validate_subnet(network_subnet), base_image)
+                                          installer.validate_subnet(network_subnet), base_image,
+                                          cert_ttl and installer.validate_cert_ttl(cert_ttl))
     started = time.monotonic()
     steps = installer.plan(c, settings)
     # Ask every step first: an unreachable engine or a conflict stops us before anything is written.
@@ -43,6 +47,7 @@ def install(
         emit(c.out, output, rows, lambda: simple_table(["step", "action"], [list(r.values()) for r in rows]))
         return
     changed = apply_plan(c, pending)
+    agent.ensure_running(c.home)  # the certificate agent: renews workload certificates at half their life
     took = time.monotonic() - started
     if changed:
         c.err.print(f"[bold green]meshctl is installed[/] in {c.home.root} ({changed} steps, {took:.1f}s). "
@@ -90,6 +95,8 @@ def uninstall(
             raise UsageError("uninstall needs confirmation and stdin is not a terminal", "pass --yes")
         typer.confirm("Remove all of the above?", abort=True, err=True)
     with c.err.status("removing"):
+        if removal.home:
+            agent.stop(c.home)
         uninstaller.remove(c, removal)
     c.err.print(f"[green]✔[/] removed {len(removal.describe())} items."
                 + ("" if purge else f" The mesh home {c.home.root} was kept (use --purge to delete it)."),

@@ -42,6 +42,18 @@ TRAFFIC_POLICY: Schema = {
 }
 
 NOT_ON_COMPOSE = "compose has no gateways or meshes beyond this one"
+SELECTOR: Schema = {"matchLabels": {"app": "name", "version": "name"}}
+MTLS_MODE = "enum:STRICT|PERMISSIVE|DISABLE|UNSET"
+STRINGS: list[str] = ["string"]
+SOURCE: Schema = {k: STRINGS for k in ("principals", "notPrincipals", "namespaces", "notNamespaces",
+                                        "requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks")}
+OPERATION: Schema = {k: STRINGS for k in ("methods", "notMethods", "paths", "notPaths", "ports", "notPorts",
+                                           "hosts", "notHosts")}
+AUTHZ_RULE: Schema = {"from": [{"source": SOURCE}], "to": [{"operation": OPERATION}],
+                      "when": [{"key": "string", "values": STRINGS, "notValues": STRINGS}]}
+JWT_RULE: Schema = {"issuer": "string", "audiences": STRINGS, "jwks": "string", "jwksUri": "string",
+                    "fromHeaders": [{"name": "string", "prefix": "string"}], "fromParams": STRINGS,
+                    "forwardOriginalToken": "bool"}
 
 
 @dataclass(frozen=True)
@@ -55,14 +67,15 @@ class Kind:
 
     @property
     def plural(self) -> str:
-        return self.name.lower() + ("es" if self.name.endswith("s") else "s")
+        name = self.name.lower()
+        return name[:-1] + "ies" if name.endswith("y") else name + ("es" if name.endswith("s") else "s")
 
     @property
     def api_versions(self) -> tuple[str, ...]:
         return tuple(f"{self.group}/{v}" for v in self.versions)
 
 
-KINDS = (
+KINDS: tuple[Kind, ...] = (
     Kind("VirtualService", "networking.istio.io", ("v1", "v1beta1", "v1alpha3"), ("virtualservice", "vs"),
          {"hosts": ["name"], "http": [HTTP_ROUTE]},
          {"gateways": NOT_ON_COMPOSE, "exportTo": NOT_ON_COMPOSE, "tls": "meshctl routes HTTP; TLS routing is L4",
@@ -72,6 +85,18 @@ KINDS = (
           "subsets": [{"name": "name", "labels": {"version": "name"}, "trafficPolicy": TRAFFIC_POLICY}]},
          {"exportTo": NOT_ON_COMPOSE, "workloadSelector": "select the destination with `host`"}),
 )
+SECURITY = (
+    Kind("PeerAuthentication", "security.istio.io", ("v1", "v1beta1"), ("peerauthentication", "pa"),
+         {"selector": SELECTOR, "mtls": {"mode": MTLS_MODE}, "portLevelMtls": {"*": {"mode": MTLS_MODE}}}),
+    Kind("AuthorizationPolicy", "security.istio.io", ("v1", "v1beta1"), ("authorizationpolicy", "ap"),
+         {"selector": SELECTOR, "action": "enum:ALLOW|DENY|AUDIT", "rules": [AUTHZ_RULE]},
+         {"provider": "CUSTOM authorization providers are not supported", "targetRef": "select with `selector`",
+          "targetRefs": "select with `selector`"}),
+    Kind("RequestAuthentication", "security.istio.io", ("v1", "v1beta1"), ("requestauthentication", "ra"),
+         {"selector": SELECTOR, "jwtRules": [JWT_RULE]},
+         {"targetRef": "select with `selector`", "targetRefs": "select with `selector`"}),
+)
+KINDS = KINDS + SECURITY
 BY_ALIAS = {alias: k for k in KINDS for alias in (k.name.lower(), k.plural, *k.aliases)}
 
 

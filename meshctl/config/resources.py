@@ -6,6 +6,8 @@ the document's kind/name and the field.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from meshctl.fsutil import read_text
 
 Resource = dict[str, Any]
 SUFFIXES = (".yaml", ".yml", ".json")
+WHEN_KEY = re.compile(r"^(request\.headers\[[^\]]+\]|source\.principal|source\.namespace|request\.auth\.principal|"
+                      r"request\.auth\.audiences|request\.auth\.claims\[[^\]]+\]|destination\.port)$")
 
 
 def key(resource: Resource) -> tuple[str, str]:
@@ -53,6 +57,37 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                 total = sum(w or 0 for w in weights)
                 if abs(total - 100) > 1e-9:
                     problems.append(f"{where}.spec.http[{i}].route: weights add up to {total:g}, not 100")
+    if kind.name == "PeerAuthentication":
+        problems += [f"{where}.spec.portLevelMtls.{port}: must be a port number" for port in
+                     spec.get("portLevelMtls") or {} if not str(port).isdigit() or not 0 < int(port) < 65536]
+        if spec.get("portLevelMtls") and not spec.get("selector"):
+            problems.append(f"{where}.spec.portLevelMtls: needs a selector (port-level modes are per workload)")
+    if kind.name == "AuthorizationPolicy":
+        for i, rule in enumerate(spec.get("rules") or []):
+            for j, to in enumerate(rule.get("to") or []):
+                op = to.get("operation") or {}
+                problems += [f"{where}.spec.rules[{i}].to[{j}].operation.{k}: {p!r} is not a port number"
+                             for k in ("ports", "notPorts") for p in op.get(k) or [] if not str(p).isdigit()]
+            for j, cond in enumerate(rule.get("when") or []):
+                if not WHEN_KEY.match(cond.get("key", "")):
+                    problems.append(f"{where}.spec.rules[{i}].when[{j}].key: {cond.get('key')!r} is not supported "
+                                    "(request.headers[NAME], source.principal, source.namespace, "
+                                    "request.auth.principal, request.auth.audiences, request.auth.claims[NAME], "
+                                    "destination.port)")
+                if not cond.get("values") and not cond.get("notValues"):
+                    problems.append(f"{where}.spec.rules[{i}].when[{j}]: give values or notValues")
+    if kind.name == "RequestAuthentication":
+        for i, rule in enumerate(spec.get("jwtRules") or []):
+            if not rule.get("issuer"):
+                problems.append(f"{where}.spec.jwtRules[{i}].issuer: required")
+            if bool(rule.get("jwks")) == bool(rule.get("jwksUri")):
+                problems.append(f"{where}.spec.jwtRules[{i}]: give exactly one of jwks and jwksUri")
+            if rule.get("jwks"):
+                try:
+                    keys = json.loads(rule["jwks"]).get("keys")
+                    assert isinstance(keys, list) and keys
+                except (ValueError, AttributeError, AssertionError):
+                    problems.append(f"{where}.spec.jwtRules[{i}].jwks: not a JWKS (JSON with a non-empty keys list)")
     if kind.name == "DestinationRule":
         names = [s.get("name") for s in spec.get("subsets") or []]
         dupes = sorted({n for n in names if names.count(n) > 1})

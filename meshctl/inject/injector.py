@@ -13,8 +13,8 @@ from meshctl.inject import load, paths, rewrite
 from meshctl.output import to_yaml
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot, describe
+from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
-from meshctl.pki import workload
 
 
 @dataclass
@@ -57,6 +57,7 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
     for pod in pods:
         info = describe(pod, pods, project, settings.trust_domain)
         snap = compile_snapshot(info, revision.resources, revision.revision)
-        cert = workload.issue(root, snap["proxy"]["identity"], now)
-        write_proxy_files(dirs[pod.service], cert, [root], info, snap)
+        cert = workload.issue(root, snap["proxy"]["identity"], now, citadel.cert_ttl(ctx.home))
+        write_proxy_files(dirs[pod.service], cert, citadel.trust_bundle(ctx.home), info, snap)
+    agent.ensure_running(ctx.home)  # renews these certificates at half their life from now on
     return Result(text, project, pods, skipped)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from meshctl import const
+from meshctl.config.schema import parse_duration
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import Conflict, PermissionProblem, UsageError
@@ -216,8 +217,18 @@ class ProxyImageStep:
         return f"{self.settings.proxy_image} built on {self.settings.base_image}"
 
 
+def validate_cert_ttl(value: str) -> str:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"invalid --cert-ttl: {exc}") from None
+    if not 10 <= seconds <= 90 * 86400:
+        raise UsageError(f"invalid --cert-ttl {value!r}: give 10s to 90 days", "short-lived is the point: e.g. 24h")
+    return value
+
+
 def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
-                     base_image: str | None) -> MeshSettings:
+                     base_image: str | None, cert_ttl: str | None = None) -> MeshSettings:
     """Settings for this install: the flags over what an earlier install chose; a change that would
     orphan existing state (a new trust domain under an existing CA) is refused before anything is touched."""
     if ctx.home.is_installed():
@@ -232,9 +243,11 @@ def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
             settings.network_subnet = subnet
         if base_image:
             settings.base_image = base_image
+        if cert_ttl:
+            settings.cert_ttl = cert_ttl  # new certificates get it; the agent renews the others as they are
         return settings
     return MeshSettings(trust_domain=trust_domain or const.DEFAULT_TRUST_DOMAIN, network_subnet=subnet,
-                        base_image=base_image or const.BASE_IMAGE)
+                        base_image=base_image or const.BASE_IMAGE, cert_ttl=cert_ttl or "24h")
 
 
 def plan(ctx: Context, settings: MeshSettings) -> list[Step]:

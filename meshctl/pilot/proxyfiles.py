@@ -14,7 +14,6 @@ from typing import Any
 
 from meshctl import const
 from meshctl.fsutil import atomic_write, ensure_dir, os_error
-from meshctl.pki.ca import RootCA
 from meshctl.pki.workload import WorkloadCert
 
 
@@ -30,13 +29,13 @@ def own(path: Path) -> None:
             raise os_error(exc, path, "chown") from exc
 
 
-def write_proxy_files(directory: Path, cert: WorkloadCert, roots: list[RootCA], info: dict[str, Any],
+def write_proxy_files(directory: Path, cert: WorkloadCert, bundle: bytes, info: dict[str, Any],
                       snapshot: dict[str, Any]) -> None:
     ensure_dir(directory.parent, 0o700)
     ensure_dir(directory, 0o700)
     own(directory)
     files = [("key.pem", cert.key_pem(), 0o600), ("cert.pem", cert.cert_pem(), 0o644),
-             ("bundle.pem", b"".join(r.cert_pem() for r in roots), 0o644),
+             ("bundle.pem", bundle, 0o644),
              ("proxy.json", json.dumps(info, indent=1).encode(), 0o644),
              ("snapshot.json", json.dumps(snapshot, indent=1).encode(), 0o644)]
     for name, data, mode in files:

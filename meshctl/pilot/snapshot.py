@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from meshctl.inject.rewrite import Pod
+from meshctl.pilot import security
 from meshctl.pki.workload import spiffe_id
 
 FORMAT = 1
@@ -39,14 +40,15 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
         hosts = r["spec"].get("hosts", []) if r["kind"] == "VirtualService" else [r["spec"].get("host")]
         return any(h in apps for h in hosts)
 
-    mine = [r for r in resources if relevant(r)]
+    mine = [r for r in resources if r["kind"] in ("VirtualService", "DestinationRule") and relevant(r)]
+    mode, port_modes = security.peer_modes(resources, project, pod)
     body: dict[str, Any] = {
         "format": FORMAT,
         "revision": revision,
         "trust_domain": trust_domain,
         "proxy": {"name": proxy_name(project, pod.service), "project": project, "service": pod.service,
                   "app": pod.app, "version": pod.version, "identity": spiffe_id(trust_domain, project, pod.app)},
-        "inbound": {"mode": pod.mode, "exclude_ports": list(pod.exclude_inbound),
+        "inbound": {"mode": mode, "port_modes": port_modes, "exclude_ports": list(pod.exclude_inbound),
                     "published_ports": list(pod.published)},
         "outbound": {"exclude_ports": list(pod.exclude_outbound)},
         "services": [{"name": app, "identity": spiffe_id(trust_domain, project, app),
@@ -57,6 +59,8 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
         "routes": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine if r["kind"] == "VirtualService"],
         "destinations": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine
                          if r["kind"] == "DestinationRule"],
+        "authorization": security.authorization(resources, project, pod),
+        "jwt": security.request_authentication(resources, project, pod),
     }
     body["hash"] = content_hash(body)
     return body

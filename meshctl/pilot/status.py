@@ -35,6 +35,8 @@ class ProxyStatus:
     last_ack: float | None
     cert_expires: float | None
     proxy_version: str
+    cert_serial: str | None = None  # the certificate the sidecar has loaded (from its ack)
+    trusted_roots: tuple[str, ...] = ()  # serials of the roots in the bundle it has loaded
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -70,6 +72,8 @@ def status_of(ctx: Context, proxy: Proxy, network: str) -> ProxyStatus:
     row.revision, row.last_ack, row.proxy_version = ack.get("revision"), ack.get("applied_at"), \
         ack.get("proxy_version", "")
     row.cert_expires = ack.get("cert_not_after") or row.cert_expires
+    row.cert_serial = ack.get("cert_serial")
+    row.trusted_roots = tuple(r.get("serial", "") for r in ack.get("trust_bundle", []))
     rejected = ack.get("rejected")
     if ack.get("hash") == want.get("hash"):
         row.status, row.synced = "SYNCED", True

@@ -64,20 +64,26 @@ def create_root(trust_domain: str, now: dt.datetime, days: int = const.CA_VALIDI
     return RootCA(cert=cert, key=key)
 
 
-def save_root(ca: RootCA, ca_dir: Path) -> None:
+def _files(ca_dir: Path, prefix: str) -> tuple[Path, Path]:
+    """root-cert.pem/root-key.pem, or next-cert.pem/... for the incoming root of a rotation."""
+    return ca_dir / CERT_FILE.replace("root", prefix), ca_dir / KEY_FILE.replace("root", prefix)
+
+
+def save_root(ca: RootCA, ca_dir: Path, prefix: str = "root") -> None:
     ensure_dir(ca_dir, 0o700)
+    cert_path, key_path = _files(ca_dir, prefix)
     key_pem = ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                    serialization.NoEncryption())
-    atomic_write(ca_dir / KEY_FILE, key_pem, mode=0o600)
-    atomic_write(ca_dir / CERT_FILE, ca.cert_pem(), mode=0o644)
+    atomic_write(key_path, key_pem, mode=0o600)
+    atomic_write(cert_path, ca.cert_pem(), mode=0o644)
 
 
 def has_root(ca_dir: Path) -> bool:
     return (ca_dir / CERT_FILE).is_file() and (ca_dir / KEY_FILE).is_file()
 
 
-def load_root(ca_dir: Path) -> RootCA:
-    cert_path, key_path = ca_dir / CERT_FILE, ca_dir / KEY_FILE
+def load_root(ca_dir: Path, prefix: str = "root") -> RootCA:
+    cert_path, key_path = _files(ca_dir, prefix)
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)

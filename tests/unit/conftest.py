@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Unit tests make throwaway homes: no certificate agent for them (the e2e tests run the real one).
+os.environ["MESHCTL_AGENT"] = "off"
+
 
 @pytest.fixture
 def unwritable_dir(tmp_path: Path) -> Iterator[Path]:

@@ -1,0 +1,179 @@
+"""`meshctl mtls set` and `meshctl authz allow|check`: shortcuts that write Istio's security resources."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from meshctl.config import changes
+from meshctl.config.resources import Resource, check_document, key
+from meshctl.context import Context
+from meshctl.errors import InvalidInput
+from meshctl.fsutil import read_text
+from meshctl.inject.rewrite import Pod
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
+from meshctl.pilot import security
+from meshctl.pilot.push import proxy_dirs
+
+mtls_app = typer.Typer(help="Mutual TLS mode (PeerAuthentication), mesh-wide, per service or per port.",
+                       no_args_is_help=True)
+authz_app = typer.Typer(help="Authorization (AuthorizationPolicy): allow callers, and see what is allowed.",
+                        no_args_is_help=True)
+API = "security.istio.io/v1"
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resulting YAML; change nothing.")]
+
+
+def _pods(c: Context) -> list[tuple[str, Pod]]:
+    out = []
+    for directory in proxy_dirs(c.home):
+        info = json.loads(read_text(directory / "proxy.json"))
+        out.append((info["project"], Pod(**info["pod"])))
+    return out
+
+
+def _store(c: Context, resource: dict[str, Any], dry_run: bool) -> None:
+    checked, problems = check_document(resource, f"{resource['kind']} {resource['metadata']['name']}")
+    if problems or checked is None:
+        raise InvalidInput(problems[0], "nothing was changed", details=problems)
+    if dry_run:
+        c.out.print(to_yaml(checked).rstrip(), markup=False, highlight=False)
+        return
+    revision, _, pushed = changes.apply(c, [checked])
+    c.out.print(f"{checked['kind'].lower()}.security.istio.io/{checked['metadata']['name']} stored: revision "
+                f"{revision.revision}", highlight=False, markup=False)
+    c.err.print(f"pushed to {pushed.proxies} proxies (`meshctl proxy-status --wait` to see them apply it)",
+                highlight=False)
+
+
+def _known_app(c: Context, app: str) -> list[str]:
+    projects = sorted({project for project, pod in _pods(c) if pod.app == app})
+    if not projects:
+        known = ", ".join(sorted({pod.app for _, pod in _pods(c)})) or "none"
+        raise InvalidInput(f"no meshed service is called {app!r} (meshed: {known})",
+                           "name a service by its `app` label")
+    return projects
+
+
+@mtls_app.command("set")
+def mtls_set(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="The service (`app` label); leave out for mesh-wide.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="STRICT, PERMISSIVE or DISABLE.", case_sensitive=False)]
+    = "STRICT",
+    port: Annotated[list[str] | None, typer.Option("--port", help="A port's own mode, e.g. --port 8080=disable "
+                                                   "(needs SERVICE).")] = None,
+    namespace: Annotated[str | None, typer.Option("--project", "-p", help="Only in this compose project.")] = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Set the mTLS mode with a PeerAuthentication: mesh-wide, for a project, a service, or its ports."""
+    c: Context = ctx.obj
+    c.home.settings()
+    if service:
+        _known_app(c, service)
+    spec: dict[str, Any] = {"mtls": {"mode": mode.upper()}}
+    if service:
+        spec["selector"] = {"matchLabels": {"app": service}}
+    for item in port or []:
+        number, sep, port_mode = item.partition("=")
+        if not sep or not number.isdigit():
+            raise InvalidInput(f"--port {item!r} is not PORT=MODE", "e.g. --port 8080=disable")
+        spec.setdefault("portLevelMtls", {})[number] = {"mode": port_mode.upper()}
+    name = service or "default"
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    _store(c, {"apiVersion": API, "kind": "PeerAuthentication", "metadata": metadata, "spec": spec}, dry_run)
+
+
+@authz_app.command("allow")
+def authz_allow(
+    ctx: typer.Context,
+    from_: Annotated[list[str], typer.Option("--from", help="Calling service (`app` label); repeatable.")],
+    to: Annotated[str, typer.Option("--to", help="The service called.")],
+    method: Annotated[list[str] | None, typer.Option(help="Allowed HTTP method; repeatable (default: any).")] = None,
+    path: Annotated[list[str] | None, typer.Option(help="Allowed path: exact, /prefix*, *suffix; repeatable.")]
+    = None,
+    port: Annotated[list[int] | None, typer.Option(help="Allowed port; repeatable.")] = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Allow callers to a service (an ALLOW AuthorizationPolicy): everything else to it is then denied."""
+    c: Context = ctx.obj
+    settings = c.home.settings()
+    projects = _known_app(c, to)
+    for caller in from_:
+        _known_app(c, caller)
+    principals = [f"{settings.trust_domain}/ns/{p}/sa/{caller}" for caller in from_ for p in projects]
+    operation: dict[str, Any] = {}
+    if method:
+        operation["methods"] = [m.upper() for m in method]
+    if path:
+        operation["paths"] = path
+    if port:
+        operation["ports"] = [str(p) for p in port]
+    rule: dict[str, Any] = {"from": [{"source": {"principals": principals}}]}
+    if operation:
+        rule["to"] = [{"operation": operation}]
+    name = f"allow-{'-'.join(from_)}-to-{to}"[:63].rstrip("-")
+    _store(c, {"apiVersion": API, "kind": "AuthorizationPolicy", "metadata": {"name": name},
+               "spec": {"selector": {"matchLabels": {"app": to}}, "action": "ALLOW", "rules": [rule]}}, dry_run)
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    parts = []
+    for f in rule.get("from") or []:
+        src = f.get("source") or {}
+        parts += [f"{k} {','.join(v)}" for k, v in src.items()]
+    for t in rule.get("to") or []:
+        op = t.get("operation") or {}
+        parts += [f"{k} {','.join(v)}" for k, v in op.items()]
+    for w in rule.get("when") or []:
+        values = ",".join(w.get("values") or w["notValues"])
+        parts.append(f"{w['key']} {'in' if w.get('values') else 'not in'} {values}")
+    return "; ".join(parts) or "any request"
+
+
+@authz_app.command("check")
+def authz_check(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service (`app` label).")],
+                output: OutputOption = OutputFormat.table) -> None:
+    """The policies in force for SERVICE and what they allow or deny, in the order they are evaluated."""
+    c: Context = ctx.obj
+    c.home.settings()
+    _known_app(c, service)
+    resources: list[Resource] = changes.current(c)
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    modes = set()
+    for project, pod in _pods(c):
+        if pod.app != service:
+            continue
+        modes.add(security.peer_modes(resources, project, pod)[0])
+        for r in resources:
+            if r["kind"] in ("AuthorizationPolicy", "RequestAuthentication") and security.selects(r, project, pod):
+                seen.setdefault(key(r), r)
+    order = {"AUDIT": 0, "DENY": 1, "ALLOW": 2}
+    rows = []
+    for r in sorted(seen.values(), key=lambda r: (r["kind"] != "RequestAuthentication",
+                                                  order.get(r["spec"].get("action", "ALLOW"), 3))):
+        if r["kind"] == "RequestAuthentication":
+            issuers = ", ".join(j.get("issuer", "?") for j in r["spec"].get("jwtRules", []))
+            rows.append({"policy": security.policy_name(r), "action": "JWT", "rules": f"tokens from {issuers}; "
+                         "an invalid token gets 401"})
+            continue
+        action = r["spec"].get("action", "ALLOW")
+        rules = r["spec"].get("rules") or []
+        text = " | ".join(f"[{i}] {describe_rule(rule)}" for i, rule in enumerate(rules)) or \
+            "no rules (matches nothing)"
+        rows.append({"policy": security.policy_name(r), "action": action, "rules": text})
+    allows = any(r["action"] == "ALLOW" for r in rows)
+    default = "deny: only requests an ALLOW rule matches get through" if allows else "allow (no ALLOW policy)"
+    data = {"service": service, "mtls": sorted(modes), "default": default, "policies": rows}
+    if output is not OutputFormat.table:
+        emit(c.out, output, data, lambda: simple_table([], []))
+        return
+    c.out.print(f"{service}: mTLS {'/'.join(sorted(modes))}; default {default}", highlight=False, markup=False)
+    c.out.print(simple_table(["policy", "action", "rules"], [list(r.values()) for r in rows]) if rows
+                else "no AuthorizationPolicy or RequestAuthentication selects it")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(mtls_app, name="mtls")
+    root.add_typer(authz_app, name="authz")
