@@ -164,7 +164,8 @@ class Listeners:
             return layers.TCPLayer(ctx, ignore=True)
         assert ctx.server.address is not None
         endpoint = await self.endpoints.lookup(ctx.server.address[0])
-        if endpoint is None:
+        if endpoint is None or not endpoint.workload.accepts_mtls(ctx.server.address[1]):
+            # outside the mesh, or a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
             return self._app_protocol(ctx, data) if looks_like_http1(data) else layers.TCPLayer(ctx, ignore=True)
         if len(self.mtls.expected) > 4096:  # addresses churn as containers come and go: keep it bounded
             self.mtls.expected.clear()

@@ -295,7 +295,9 @@ class Routing:
             flow.metadata["mesh_route"] = {"host": host, "subset": subset, "attempts": attempt + 1}
             cluster.balancer.active[ip] = cluster.balancer.active.get(ip, 0) + 1
             try:
-                exchange = cluster.pool.request((ip, port), by_ip[ip].service.identity, req.method.encode(),
+                chosen = by_ip[ip]
+                identity = chosen.service.identity if chosen.workload.accepts_mtls(port) else ""
+                exchange = cluster.pool.request((ip, port), identity, req.method.encode(),
                                                 req.path.encode(), headers, body)
                 answer: Answer | None = await asyncio.wait_for(exchange, min(limits)) if limits else await exchange
                 last = (answer.status, None) if answer else last
@@ -360,7 +362,8 @@ class Routing:
 
         async def send() -> None:
             try:
-                await asyncio.wait_for(cluster.pool.request((ip, port), endpoint.service.identity,
+                await asyncio.wait_for(cluster.pool.request((ip, port), endpoint.service.identity
+                                                            if endpoint.workload.accepts_mtls(port) else "",
                                                             req.method.encode(), req.path.encode(), headers, body),
                                        MIRROR_TIMEOUT_S)
             except Exception as exc:  # shadow traffic never affects the caller

@@ -23,6 +23,11 @@ class SnapshotError(ValueError):
 class Workload:
     host: str  # the compose service name, which resolves to its pods' addresses
     version: str  # its subset
+    mode: str = "PERMISSIVE"  # its inbound mTLS mode: DISABLE means callers send plaintext
+    port_modes: tuple[tuple[int, str], ...] = ()
+
+    def accepts_mtls(self, port: int) -> bool:
+        return dict(self.port_modes).get(port, self.mode) != "DISABLE"
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,12 @@ def parse(data: Any) -> Snapshot:
             where = f"services[{i}].workloads[{j}]."
             if not isinstance(wl, dict):
                 raise SnapshotError(f"{where[:-1]} is not an object")
-            workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where)))
+            mode = wl.get("mode", "PERMISSIVE")
+            ports = wl.get("port_modes", {})
+            if mode not in MODES or not isinstance(ports, dict) or any(v not in MODES for v in ports.values()):
+                raise SnapshotError(f"{where}mode and port_modes must be one of {', '.join(MODES)}")
+            workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where), mode,
+                                      tuple(sorted((int(k), v) for k, v in ports.items()))))
         services.append(Service(_get(svc, "name", str, f"services[{i}]."),
                                 _get(svc, "identity", str, f"services[{i}]."), tuple(workloads)))
     routes = data.get("routes", [])

@@ -153,19 +153,20 @@ class Pool:
         return await self._connect(address, identity), False
 
     async def _connect(self, address: tuple[str, int], identity: str) -> Conn:
-        context = self.tls()
-        if context is None:
+        """Mutual TLS to a peer presenting `identity`; an empty identity is a DISABLE workload: plaintext."""
+        context = self.tls() if identity else None
+        if identity and context is None:
             raise UpstreamError("connect-failure", "no workload certificate loaded")
         self.open += 1
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address[0], address[1], ssl=context, server_hostname=None),
-                self.policy.connect_timeout)
+                asyncio.open_connection(address[0], address[1], ssl=context, server_hostname=None)
+                if context else asyncio.open_connection(address[0], address[1]), self.policy.connect_timeout)
         except (TimeoutError, OSError, ssl.SSLError) as exc:
             self.open -= 1
             await self._notify()
             raise UpstreamError("connect-failure", f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
-        if identity not in peer_uris(writer):
+        if identity and identity not in peer_uris(writer):
             writer.close()
             self.open -= 1
             await self._notify()

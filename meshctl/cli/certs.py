@@ -66,7 +66,7 @@ def wait_for(c: Context, what: str, done: Callable[[ProxyStatus], bool], timeout
             raise NotAcknowledged(f"{len(behind)} sidecar(s) did not {what} within {timeout:g}s: "
                                   f"{', '.join(behind[:5])}", "see `meshctl proxy-status` and their logs; "
                                   "running the same command again resumes")
-        time.sleep(0.2)
+        time.sleep(0.5)  # each look asks the engine and every sidecar: keep it light under load
 
 
 def _select(c: Context, services: list[str]) -> list[citadel.WorkloadCertInfo]:

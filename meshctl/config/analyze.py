@@ -112,8 +112,10 @@ def analyze_mesh(inventory: Inventory, now: dt.datetime) -> list[Message]:
         left = not_after - now.timestamp()
         if left <= 0:
             out.append(Message("MSH0107", "Error", f"proxy {proxy}", "its workload certificate has expired",
-                               "re-issue it: re-run `meshctl inject` for its compose file"))
+                               "re-issue it: `meshctl certs rotate --all`; is the renewal agent running "
+                               "(`meshctl check`)?"))
         elif left < 0.25 * inventory.cert_lifetimes.get(proxy, 86400):
             out.append(Message("MSH0107", "Warning", f"proxy {proxy}", f"its workload certificate expires in "
-                               f"{left / 3600:.1f} h", "re-issue it before it expires"))
+                               f"{left / 3600:.1f} h", "the agent renews at half life: is it running "
+                               "(`meshctl check`)? `meshctl certs rotate` re-issues it now"))
     return out

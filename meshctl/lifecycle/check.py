@@ -18,8 +18,8 @@ from meshctl import const
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import MeshError
+from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
-from meshctl.pki import workload
 from meshctl.runtime import images, network
 from meshctl.runtime.compose import find_compose
 from meshctl.runtime.engine import MIN_API_VERSION
@@ -137,7 +137,26 @@ def _iptables(ctx: Context) -> Result:
     return Result("iptables", State.OK, "nat REDIRECT works in a container with NET_ADMIN")
 
 
-LOCAL_CHECKS: list[Callable[[Context], Result]] = [_compose, _home, _ca]
+def _workload_certs(ctx: Context) -> Result:
+    """Workload certificates near expiry or expired, and whether the agent that renews them runs."""
+    if not ctx.home.is_installed():
+        return Result("workload certificates", State.FAIL, "no mesh here", "run `meshctl install`")
+    now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
+    trusted = citadel.trusted_serials(citadel.trust_bundle(ctx.home))
+    states = [i.state(now, trusted) for i in citadel.workload_certs(ctx.home)]
+    bad = {s: states.count(s) for s in sorted(set(states) - {"VALID"})}
+    detail = f"{len(states)} issued" + (f", {', '.join(f'{n} {s.lower()}' for s, n in bad.items())}" if bad else "")
+    if "EXPIRED" in bad or "UNTRUSTED ISSUER" in bad:
+        return Result("workload certificates", State.FAIL, detail, "re-issue them: `meshctl certs rotate --all`")
+    if not agent.running(ctx.home):
+        return Result("workload certificates", State.WARN, f"{detail}; the renewal agent is not running",
+                      "start it with `meshctl install` (it renews certificates at half their life)")
+    if bad:
+        return Result("workload certificates", State.WARN, detail, "`meshctl certs rotate --all` renews them now")
+    return Result("workload certificates", State.OK, f"{detail}, renewed at half life by the agent")
+
+
+LOCAL_CHECKS: list[Callable[[Context], Result]] = [_compose, _home, _ca, _workload_certs]
 ENGINE_CHECKS: list[Callable[[Context], Result]] = [_network, _images, _iptables]
 
 

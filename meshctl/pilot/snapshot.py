@@ -53,8 +53,8 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
         "outbound": {"exclude_ports": list(pod.exclude_outbound)},
         "services": [{"name": app, "identity": spiffe_id(trust_domain, project, app),
                       # replicas of one workload share its DNS name: one entry resolves them all
-                      "workloads": [{"host": h, "version": v} for h, v in
-                                    dict.fromkeys((p.get("workload") or p["service"], p["version"]) for p in members)]}
+                      "workloads": [workload_entry(resources, project, m) for m in
+                                    {(m.get("workload") or m["service"], m["version"]): m for m in members}.values()]}
                      for app, members in sorted(apps.items())],
         "routes": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine if r["kind"] == "VirtualService"],
         "destinations": [{"name": r["metadata"]["name"], **r["spec"]} for r in mine
@@ -64,6 +64,13 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
     }
     body["hash"] = content_hash(body)
     return body
+
+
+def workload_entry(resources: list[dict[str, Any]], project: str, member: dict[str, Any]) -> dict[str, Any]:
+    """How to call one workload: its DNS name, subset, and its mTLS modes (a DISABLE port takes plaintext)."""
+    mode, ports = security.peer_modes(resources, project, Pod(**member))
+    return {"host": member.get("workload") or member["service"], "version": member["version"], "mode": mode,
+            "port_modes": ports}
 
 
 def content_hash(body: dict[str, Any]) -> str:

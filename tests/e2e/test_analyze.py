@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
-from meshctl.pki import ca, workload
+from meshctl.home import MeshHome
+from meshctl.pki import agent, ca, workload
 from tests.conftest import meshctl
 from tests.e2e.conftest import App
 
@@ -65,10 +67,17 @@ def test_an_expired_workload_certificate(demo: dict, mesh_home: Path) -> None:
     good = cert_file.read_bytes()
     then = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     expired = workload.issue(ca.load_root(mesh_home / "ca"), "spiffe://cluster.local/ns/bookinfo/sa/ratings", then)
+    home = MeshHome(mesh_home)
+    agent.stop(home)  # or it would renew the expired certificate before analyze sees it
+    deadline = time.monotonic() + 10
+    while agent.running(home):
+        assert time.monotonic() < deadline, "the certificate agent did not stop"
+        time.sleep(0.1)
     try:
         cert_file.write_bytes(expired.cert_pem())
         code, found = codes(mesh_home, "bookinfo")
     finally:
         cert_file.write_bytes(good)
+        agent.ensure_running(home)
     assert code == 1
     assert [(m["code"], m["level"], m["resource"]) for m in found] == [("MSH0107", "Error", "proxy bookinfo.ratings")]

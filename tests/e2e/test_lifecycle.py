@@ -51,7 +51,7 @@ def test_install_twice_check_uninstall(engine: DockerClient, tmp_path: Path) -> 
 
     check = meshctl("check", home=home)
     assert check.code == 0, check.out + check.err
-    assert check.out.count("√") == 7 and "×" not in check.out
+    assert check.out.count("√") == 8 and "×" not in check.out, check.out
 
     version = meshctl("version", "-o", "json", home=home)
     assert '"sidecar": "0.1.0"' in version.out

@@ -19,11 +19,12 @@ from tests.e2e.conftest import App
 from tests.e2e.test_dataplane import TD, _copy_pems, bookinfo
 
 # Runs in productpage: paced load for DURATION seconds at RATE req/s in total over nine callers: four keep-alive
-# to reviews, four to details, and one opening a new connection (a new mTLS handshake) per request.
+# to ratings (three replicas), four to details, and one opening a new connection (a new mTLS handshake) per
+# request. Services that call no further service, so the load is the mesh's, not the sample's.
 LOAD = r"""
 import http.client, json, sys, threading, time
 rate, duration = float(sys.argv[1]), float(sys.argv[2])
-kinds = [("reviews", "/reviews/0", True), ("details", "/details/0", True)] * 4 + [("details", "/details/0", False)]
+kinds = [("ratings", "/ratings/0", True), ("details", "/details/0", True)] * 4 + [("details", "/details/0", False)]
 stats = {"sent": 0, "failed": 0, "errors": []}
 lock = threading.Lock()
 def run(host, path, keep):

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-# Unit tests make throwaway homes: no certificate agent for them (the e2e tests run the real one).
-os.environ["MESHCTL_AGENT"] = "off"
+
+@pytest.fixture(autouse=True)
+def no_certificate_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests make throwaway homes: no certificate agent for them (the e2e tests run the real one).
+
+    Per test, not at import: the e2e session's install must still start its agent."""
+    monkeypatch.setenv("MESHCTL_AGENT", "off")
 
 
 @pytest.fixture

@@ -116,3 +116,39 @@ def test_jwt_validation() -> None:
     none_alg = f"{b64(json.dumps({'alg': 'none'}).encode())}.{b64(json.dumps(good).encode())}."
     with pytest.raises(JwtError, match="not accepted"):
         auth(none_alg)
+
+
+def test_the_addon_fails_closed_and_answers_403_naming_the_policy(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from mitmproxy.connection import Client
+    from mitmproxy.proxy.mode_specs import ProxyMode
+    from mitmproxy.test import tflow
+
+    from addons import snapshot
+    from addons.authz import Authorization
+    from addons.live import LiveSnapshot
+    from tests.unit.addons.test_contract import GOOD
+
+    def inbound_flow(path: str) -> object:
+        flow = tflow.tflow()
+        flow.client_conn = Client(peername=("10.0.0.9", 4000), sockname=("10.0.0.2", 15006), timestamp_start=0,
+                                  proxy_mode=ProxyMode.parse("transparent@15006"))
+        flow.request.path = path
+        return flow
+
+    def addon(policies: list) -> Authorization:
+        snap = snapshot.parse({**GOOD, "authorization": policies})
+        return Authorization(LiveSnapshot(Path(str(tmp_path)) / "none.json", snap))
+
+    deny = addon([{"name": "no-admin", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}])
+    flow = inbound_flow("/admin/x")
+    deny.requestheaders(flow)  # type: ignore[arg-type]
+    assert flow.response.status_code == 403 and b"no-admin (DENY rule 0)" in flow.response.content  # type: ignore[attr-defined]
+    ok = inbound_flow("/books")
+    deny.requestheaders(ok)  # type: ignore[arg-type]
+    assert ok.response is None  # type: ignore[attr-defined]
+    broken = addon([{"name": "broken", "action": "ALLOW", "rules": [{"when": [{"values": ["x"]}]}]}])  # no key
+    flow = inbound_flow("/books")
+    broken.requestheaders(flow)  # type: ignore[arg-type]
+    assert flow.response.status_code == 403 and b"could not be evaluated" in flow.response.content  # type: ignore[attr-defined]

@@ -83,6 +83,14 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: watch-books}
+spec:
+  selector: {matchLabels: {app: details}}
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/details/1"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: no-secret-books}
 spec:
   selector: {matchLabels: {app: details}}
@@ -91,6 +99,8 @@ spec:
   - to: [{operation: {paths: ["/details/9*"], notMethods: [HEAD]}}]
 """, "bookinfo")
     assert call(shop, "productpage", "http://details:9080/details/1")[0] == "200"
+    audited = [e for e in shop.logs("details-proxy") if e.get("path") == "/details/1"][-1]
+    assert audited["audit"] == "watch-books"  # AUDIT: let through, and marked in the access log
     status, body = call(shop, "productpage", "http://details:9080/details/99")
     assert status == "403" and "no-secret-books (DENY rule 0)" in body, body
 
@@ -185,3 +195,9 @@ def test_peer_authentication_per_service_and_per_port(web: App, mesh_home: Path)
     assert meshctl("delete", "pa", "web", home=mesh_home).code == 0
     synced(mesh_home, "e2etestbed.web")
     assert call(web, "outsider", "http://web:8080/echo")[0] == "403"  # the project-wide mode now applies
+    assert meshctl("mtls", "set", "web", "--mode", "disable", home=mesh_home).code == 0
+    synced(mesh_home, "e2etestbed.client")
+    synced(mesh_home, "e2etestbed.web")
+    assert call(web, "client", "http://web:8080/echo?disabled=1")[0] == "200"  # the caller's sidecar sends plaintext
+    last = [e for e in web.logs("web-proxy") if e.get("path") == "/echo?disabled=1"][-1]
+    assert last["mtls"] is False and last["status"] == 200
