@@ -95,12 +95,12 @@ def parse(data: Any) -> Snapshot:
             where = f"services[{i}].workloads[{j}]."
             if not isinstance(wl, dict):
                 raise SnapshotError(f"{where[:-1]} is not an object")
-            mode = wl.get("mode", "PERMISSIVE")
-            ports = wl.get("port_modes", {})
-            if mode not in MODES or not isinstance(ports, dict) or any(v not in MODES for v in ports.values()):
+            wl_mode = wl.get("mode", "PERMISSIVE")
+            wl_ports = wl.get("port_modes", {})
+            if wl_mode not in MODES or not isinstance(wl_ports, dict) or any(v not in MODES for v in wl_ports.values()):
                 raise SnapshotError(f"{where}mode and port_modes must be one of {', '.join(MODES)}")
-            workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where), mode,
-                                      tuple(sorted((int(k), v) for k, v in ports.items()))))
+            workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where), wl_mode,
+                                      tuple(sorted((int(k), v) for k, v in wl_ports.items()))))
         services.append(Service(_get(svc, "name", str, f"services[{i}]."),
                                 _get(svc, "identity", str, f"services[{i}]."), tuple(workloads)))
     routes = data.get("routes", [])

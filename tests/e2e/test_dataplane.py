@@ -91,18 +91,21 @@ def _copy_pems(app: App, service: str, files: dict[str, bytes]) -> None:
     app.container(service).put_archive("/tmp", buf.getvalue())
 
 
-def test_certificate_from_another_ca_is_refused_and_a_mesh_one_accepted(testbed: App, mesh_home: Path) -> None:
+def test_certificates_from_another_ca_expired_or_missing_are_refused_and_a_mesh_one_accepted(
+        testbed: App, mesh_home: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     identity = f"{TD}/e2etestbed/sa/outsider"
-    rogue_ca = pki.create_root("cluster.local", now)
-    rogue = workload.issue(rogue_ca, identity, now)
-    real = workload.issue(pki.load_root(mesh_home / "ca"), identity, now)
-    _copy_pems(testbed, "outsider", {"rogue.pem": rogue.cert_pem(), "rogue.key": rogue.key_pem(),
-                                     "real.pem": real.cert_pem(), "real.key": real.key_pem()})
+    root = pki.load_root(mesh_home / "ca")
+    certs = {"rogue": workload.issue(pki.create_root("cluster.local", now), identity, now),
+             "expired": workload.issue(root, identity, now - dt.timedelta(days=2), dt.timedelta(hours=1)),
+             "real": workload.issue(root, identity, now)}
+    _copy_pems(testbed, "outsider", {f"{name}.{ext}": cert.cert_pem() if ext == "pem" else cert.key_pem()
+                                     for name, cert in certs.items() for ext in ("pem", "key")})
     base = ["curl", "-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"]
-    code, out = testbed.exec("outsider", *base, "--cert", "/tmp/rogue.pem", "--key", "/tmp/rogue.key",
-                             "https://web:8080/echo")
-    assert code != 0 and out != "200", "a certificate from another CA was accepted"
+    for refused in ("rogue", "expired"):
+        code, out = testbed.exec("outsider", *base, "--cert", f"/tmp/{refused}.pem", "--key", f"/tmp/{refused}.key",
+                                 "https://web:8080/echo")
+        assert code != 0 and out != "200", f"a certificate ({refused}) was accepted"
     code, out = testbed.exec("outsider", *base, "https://web:8080/echo")
     assert code != 0 and out != "200", "TLS without a client certificate was accepted"
     code, out = testbed.exec("outsider", *base, "--cert", "/tmp/real.pem", "--key", "/tmp/real.key",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from docker import DockerClient
 
 from meshctl import const
+from meshctl.home import MeshHome
+from meshctl.pki import agent
 from tests.conftest import meshctl
 
 MANAGED = {"label": f"{const.LABEL_MANAGED}=true"}
@@ -22,8 +25,19 @@ def engine_state(engine: DockerClient) -> dict[str, object]:
     }
 
 
+AGENT_FILES = {"citadel.log", "citadel.pid", "citadel.lock", "ca/.lock"}  # the running agent's, not install's
+
+
 def home_state(home: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(home)): p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()}
+    return {name: p.read_bytes() for p in sorted(home.rglob("*"))
+            if p.is_file() and (name := str(p.relative_to(home))) not in AGENT_FILES}
+
+
+def agent_alive(pid: int) -> bool:
+    try:
+        return b"certs\x00agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 @pytest.mark.destructive
@@ -36,6 +50,8 @@ def test_install_twice_check_uninstall(engine: DockerClient, tmp_path: Path) -> 
     assert home.stat().st_mode & 0o777 == 0o700
     assert (home / "ca" / "root-key.pem").stat().st_mode & 0o777 == 0o600
     assert (home / "config" / "current").read_text().strip() == "0"
+    assert agent.running(MeshHome(home))  # the certificate agent runs from install on
+    pid = int((home / "citadel.pid").read_text())
     state, files = engine_state(engine), home_state(home)
     net = engine.networks.get(const.NETWORK_NAME)
     assert net.attrs["Driver"] == "bridge" and net.attrs["Labels"][const.LABEL_MANAGED] == "true"
@@ -63,6 +79,10 @@ def test_install_twice_check_uninstall(engine: DockerClient, tmp_path: Path) -> 
     gone = meshctl("uninstall", "--purge", "--yes", home=home)
     assert gone.code == 0, gone.err
     assert not home.exists()
+    deadline = time.monotonic() + 10
+    while agent_alive(pid):
+        assert time.monotonic() < deadline, "the certificate agent outlived its mesh home"
+        time.sleep(0.2)
     assert engine.containers.list(all=True, filters=MANAGED) == []
     assert engine.networks.list(filters=MANAGED) == []
     assert engine.images.list(filters=MANAGED) == []
