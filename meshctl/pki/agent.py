@@ -27,6 +27,7 @@ from meshctl.pki import citadel
 log = logging.getLogger("meshctl.agent")
 LOCK = "citadel.lock"
 PID = "citadel.pid"
+STARTUP_S = 10.0
 
 
 def tick_seconds(home: MeshHome, now: dt.datetime) -> float:
@@ -67,10 +68,24 @@ def ensure_running(home: MeshHome) -> bool:
         return False
     log_file = open(home.root / "citadel.log", "ab")  # noqa: SIM115 - handed to the child for its life
     with log_file:
-        subprocess.Popen([sys.executable, "-m", "meshctl", "--home", str(home.root), "certs", "agent"],
-                         stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
-                         close_fds=True)
-    return True
+        child = subprocess.Popen([sys.executable, "-m", "meshctl", "--home", str(home.root), "certs", "agent"],
+                                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                                 close_fds=True)
+    # Return once it holds its lock and wrote its pid: whoever asked may rely on it from then on.
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline and child.poll() is None:
+        if running(home) and _pid_file(home) == child.pid:
+            return True
+        time.sleep(0.05)
+    log.warning("the certificate agent did not start within %gs; see %s", STARTUP_S, home.root / "citadel.log")
+    return False
+
+
+def _pid_file(home: MeshHome) -> int | None:
+    try:
+        return int((home.root / PID).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def stop(home: MeshHome) -> None:
