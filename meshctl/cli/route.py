@@ -42,7 +42,11 @@ def _commit(c: Context, service: str, change: Any, message: str, dry_run: bool) 
         c.out.print("---\n".join(to_yaml(r) for r in shown).rstrip() or f"# {service}: no route", highlight=False,
                     markup=False)
         return
+    before = changes.current(c)
     revision, pushed = changes.edit(c, change, message)
+    if change(before) == before:  # the store writes nothing for a change that changes nothing: say so
+        c.out.print(f"{message}: unchanged (revision {revision.revision})", highlight=False, markup=False)
+        return
     c.out.print(f"{message}: revision {revision.revision}", highlight=False, markup=False)
     c.err.print(f"pushed to {pushed.proxies} proxies (`meshctl proxy-status --wait` to see them apply it)",
                 highlight=False)

@@ -90,6 +90,8 @@ def test_route_cli_set_get_dry_run_and_errors(installed_home: Path, tmp_path: Pa
     assert [d["kind"] for d in docs] == ["VirtualService", "DestinationRule"]
     assert not (installed_home / "config" / "revisions" / "000001.json").exists()  # dry run stored nothing
     assert meshctl("route", "set", "reviews", "--to", "v1=80", "--to", "v2", home=installed_home).code == 0
+    same = meshctl("route", "set", "reviews", "--to", "v1=80", "--to", "v2=20", home=installed_home)
+    assert same.code == 0 and "unchanged (revision 1)" in same.out
     got = json.loads(meshctl("route", "get", "reviews", "-o", "json", home=installed_home).out)
     assert got == [{"rule": 0, "match": "*", "route": "v1 80%, v2 20%", "timeout": "-", "retries": "-",
                     "fault": "-", "mirror": "-"}]
