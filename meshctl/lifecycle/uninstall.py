@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from docker.models.networks import Network
 
 from meshctl import const
 from meshctl.context import Context
+from meshctl.errors import EngineError
 from meshctl.fsutil import os_error
 from meshctl.runtime.engine import engine_errors
 
@@ -52,13 +54,33 @@ def find_removal(ctx: Context, purge: bool) -> Removal:
     return found
 
 
+def _remove_network(net: Network, attempts: int = 6) -> None:
+    """Retried: Docker 20.10 frees the endpoints of just-removed containers asynchronously, so removing
+    their network at once can fail with "has active endpoints"."""
+    for attempt in range(attempts):
+        try:
+            with engine_errors(f"remove network {net.name}"):
+                net.remove()
+            return
+        except EngineError as exc:
+            if "active endpoints" not in exc.message or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def _joined_first(container: Container) -> int:
+    """Apps that joined a sidecar's network namespace go before their sidecar: removing the namespace's
+    owner first makes Docker 20.10 leak a network endpoint, and the network then cannot be removed."""
+    mode = str((container.attrs.get("HostConfig") or {}).get("NetworkMode", ""))
+    return 0 if mode.startswith("container:") else 1
+
+
 def remove(ctx: Context, removal: Removal) -> None:
-    for container in removal.containers:
+    for container in sorted(removal.containers, key=_joined_first):
         with engine_errors(f"remove container {container.name}"):
             container.remove(force=True, v=True)
     for net in removal.networks:
-        with engine_errors(f"remove network {net.name}"):
-            net.remove()
+        _remove_network(net)
     for image in removal.images:
         with engine_errors(f"remove image {', '.join(image.tags) or image.short_id}"):
             ctx.docker().images.remove(image.id, force=True)
