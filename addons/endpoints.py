@@ -34,8 +34,14 @@ class Endpoints:
         self._refreshing: asyncio.Task[None] | None = None
 
     def replace_services(self, snap: Snapshot) -> None:
-        """A new snapshot may add or drop services: resolve the new set on the next refresh."""
+        """A new snapshot may add or drop services: resolve the new set on the next refresh.
+
+        Until then the known addresses are re-pointed at the new workloads at once, so a changed mode
+        (say a peer now DISABLE) applies from the moment the sidecar acknowledges the snapshot.
+        """
         self.services = snap.services
+        fresh = {wl.host: Endpoint(svc, wl) for svc in snap.services for wl in svc.workloads}
+        self.by_ip = {ip: fresh[old.workload.host] for ip, old in self.by_ip.items() if old.workload.host in fresh}
         self._refreshed_at = 0.0
 
     async def _resolve(self, host: str) -> set[str] | None:

@@ -30,7 +30,7 @@ from addons.live import LiveSnapshot
 from addons.mtls import MutualTLS
 from addons.policy import Balancer, ClusterPolicy, Outliers, RetryPolicy, backoff, merged_policy, seconds
 from addons.snapshot import Snapshot
-from addons.upstream import Answer, Pool, UpstreamError
+from addons.upstream import HOP_BY_HOP, Answer, Pool, UpstreamError
 
 log = logging.getLogger("meshctl.routing")
 
@@ -131,6 +131,24 @@ FAILURES = {"timeout": (504, "UT", "upstream request timeout"),
             "overflow": (503, "UO", "upstream overflow: connection pool limits reached")}
 
 
+def upstream_message(req: http.Request, host: str | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The request's headers for our own upstream connection (hop-by-hop ones dropped, the length of the
+    body we hold set; `host` replaces the Host header) and its body."""
+    drop = HOP_BY_HOP | {b"content-length"} | ({b"host"} if host else set())
+    headers = [(k, v) for k, v in req.headers.fields if k.lower() not in drop]
+    if host:
+        headers.insert(0, (b"host", host.encode()))
+    body = req.raw_content or b""
+    if body or req.method in ("POST", "PUT", "PATCH"):
+        headers.append((b"content-length", str(len(body)).encode()))
+    return headers, body
+
+
+def peer_identity(endpoint: Endpoint, port: int) -> str:
+    """The SPIFFE ID the endpoint must present; empty for a DISABLE workload or port, which gets plaintext."""
+    return endpoint.service.identity if endpoint.workload.accepts_mtls(port) else ""
+
+
 class Cluster:
     """One service subset as the router sees it: its policy, balancer, outlier state and connections."""
 
@@ -151,7 +169,8 @@ class Routing:
         self.live = live
         self.endpoints = endpoints
         self.mtls = mtls
-        self.clusters: dict[tuple[str, str | None], tuple[str, Cluster]] = {}
+        self.clusters: dict[tuple[str, str | None], tuple[str, Cluster]] = {}  # (host, subset) -> (policy, cluster)
+        self._checked: dict[tuple[str, str | None], str] = {}  # (host, subset) -> snapshot hash it was checked at
         self.mirrors: set[asyncio.Task[None]] = set()
 
     # --- hooks --------------------------------------------------------------------------------------
@@ -189,10 +208,14 @@ class Routing:
                 or any(d.get("host") == service for d in snap.destinations))
 
     def _cluster(self, snap: Snapshot, host: str, subset: str | None) -> Cluster:
+        """The cluster for a subset; rebuilt only when a new snapshot changed its policy (not per request)."""
+        known = self.clusters.get((host, subset))
+        if known is not None and self._checked.get((host, subset)) == snap.hash:
+            return known[1]
+        self._checked[(host, subset)] = snap.hash
         rule = next((d for d in snap.destinations if d.get("host") == host), None)
         spec = merged_policy(rule, subset)
         key = json.dumps(spec, sort_keys=True)
-        known = self.clusters.get((host, subset))
         if known is not None and known[0] == key:
             return known[1]
         if known is not None:
@@ -221,19 +244,31 @@ class Routing:
             return str(flow.client_conn.peername[0])
         return None
 
+    @staticmethod
+    def _rule(snap: Snapshot, service: str, req: http.Request) -> tuple[Mapping[str, Any] | None, str]:
+        """The service's rule for this request and its VirtualService's name; without a VirtualService,
+        a rule sending everything to the service. None: the VirtualService has no rule for it (404)."""
+        vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
+        if vs is None:
+            return {"route": [{"destination": {"host": service}}]}, ""
+        return select_rule(vs, req.method, req.path, {k.lower(): v for k, v in req.headers.items()},
+                           dict(req.query)), vs["name"]
+
+    @staticmethod
+    def _no_rule(vs_name: str, req: http.Request) -> tuple[http.Response, str]:
+        return text_response(404, f"no route of VirtualService {vs_name} matches {req.method} {req.path}", "NR")
+
+    @staticmethod
+    def _no_instance(host: str, subset: str | None) -> tuple[http.Response, str]:
+        return text_response(503, f"no running instance of {host} subset {subset or '(any)'}", "UH")
+
     # --- the routed exchange ------------------------------------------------------------------------
 
     async def _serve(self, flow: http.HTTPFlow, snap: Snapshot, service: str) -> tuple[http.Response, str]:
         req = flow.request
-        vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
-        rule: Mapping[str, Any] = {"route": [{"destination": {"host": service}}]}
-        if vs is not None:
-            found = select_rule(vs, req.method, req.path, {k.lower(): v for k, v in req.headers.items()},
-                                dict(req.query))
-            if found is None:
-                return text_response(404, f"no route of VirtualService {vs['name']} matches {req.method} "
-                                     f"{req.path}", "NR")
-            rule = found
+        rule, vs_name = self._rule(snap, service, req)
+        if rule is None:
+            return self._no_rule(vs_name, req)
         flags = "-"
         fault = rule.get("fault") or {}
         if "delay" in fault and percent_hit(fault["delay"].get("percentage"), random.uniform(0, 100)):
@@ -244,39 +279,36 @@ class Routing:
             return http.Response.make(status, b"fault filter abort", {"content-type": "text/plain"}), "FI"
         route = pick_route(rule, random.uniform(0, 100))
         if route is None:
-            return text_response(503, f"no destination of VirtualService {vs and vs['name']} was picked", "NR")
+            return text_response(503, f"no destination of VirtualService {vs_name} was picked", "NR")
         dest = route["destination"]
         host, subset = dest.get("host", service), dest.get("subset")
         apply_header_ops(req.headers, (rule.get("headers") or {}).get("request"))
         apply_header_ops(req.headers, (route.get("headers") or {}).get("request"))
         if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
             self._mirror(flow, snap, rule["mirror"], service)
-        answer, outcome = await self._forward(flow, snap, host, subset, (dest.get("port") or {}).get("number"),
-                                              RetryPolicy.from_spec(rule.get("retries")), seconds(rule.get("timeout")))
-        if answer is None:
-            return outcome
-        response = self._response(req.method, answer)
+        outcome, outcome_flags = await self._forward(flow, snap, host, subset, (dest.get("port") or {}).get("number"),
+                                                     RetryPolicy.from_spec(rule.get("retries")),
+                                                     seconds(rule.get("timeout")))
+        if isinstance(outcome, http.Response):
+            return outcome, outcome_flags
+        response = self._response(req.method, outcome)
         apply_header_ops(response.headers, (rule.get("headers") or {}).get("response"))
         apply_header_ops(response.headers, (route.get("headers") or {}).get("response"))
         if "mesh_set_cookie" in flow.metadata:
             response.headers.add("set-cookie", flow.metadata["mesh_set_cookie"])
-        return response, (outcome[1] if outcome[1] != "-" else flags)
+        return response, (outcome_flags if outcome_flags != "-" else flags)
 
     async def _forward(self, flow: http.HTTPFlow, snap: Snapshot, host: str, subset: str | None,
                        port: int | None, retry: RetryPolicy, timeout: float | None
-                       ) -> tuple[Answer | None, tuple[http.Response, str]]:
-        """Try the exchange up to 1 + attempts times; returns the answer, or the error response to give."""
+                       ) -> tuple[Answer | http.Response, str]:
+        """Try the exchange up to 1 + attempts times; returns the answer, or the error response to give,
+        and the response flags."""
         req = flow.request
         cluster = self._cluster(snap, host, subset)
         port = port or req.port
         deadline = time.monotonic() + timeout if timeout else None
         hash_key = self._hash_key(flow, cluster.policy)
-        headers = [(k, v) for k, v in req.headers.fields if k.lower() not in (b"connection", b"keep-alive",
-                                                                               b"transfer-encoding", b"te",
-                                                                               b"content-length", b"upgrade")]
-        body = req.raw_content or b""
-        if body or req.method in ("POST", "PUT", "PATCH"):
-            headers.append((b"content-length", str(len(body)).encode()))
+        headers, body = upstream_message(req)
         tried: list[str] = []
         last: tuple[int | None, str | None] = (None, "connect-failure")
         for attempt in range(retry.attempts + 1):
@@ -285,7 +317,7 @@ class Routing:
                 await self.endpoints.refresh()  # a pod that just started may not be known yet
                 candidates = self._candidates(snap, host, subset)
             if not candidates:
-                return None, text_response(503, f"no running instance of {host} subset {subset or '(any)'}", "UH")
+                return self._no_instance(host, subset)
             by_ip = dict(candidates)
             healthy = cluster.outliers.healthy(list(by_ip))
             ip = cluster.balancer.pick([c for c in healthy if c not in tried] or healthy, hash_key)
@@ -295,9 +327,7 @@ class Routing:
             flow.metadata["mesh_route"] = {"host": host, "subset": subset, "attempts": attempt + 1}
             cluster.balancer.active[ip] = cluster.balancer.active.get(ip, 0) + 1
             try:
-                chosen = by_ip[ip]
-                identity = chosen.service.identity if chosen.workload.accepts_mtls(port) else ""
-                exchange = cluster.pool.request((ip, port), identity, req.method.encode(),
+                exchange = cluster.pool.request((ip, port), peer_identity(by_ip[ip], port), req.method.encode(),
                                                 req.path.encode(), headers, body)
                 answer: Answer | None = await asyncio.wait_for(exchange, min(limits)) if limits else await exchange
                 last = (answer.status, None) if answer else last
@@ -305,22 +335,22 @@ class Routing:
                 answer, last = None, (None, "timeout")
             except UpstreamError as exc:
                 if exc.kind == "overflow":
-                    return None, text_response(503, str(exc), "UO")
+                    return text_response(503, str(exc), "UO")
                 answer, last = None, (None, exc.kind)
             finally:
                 cluster.balancer.active[ip] -= 1
             if cluster.outliers.record(ip, *last, population=len(by_ip)):
                 log.warning("ejected %s (%s) from %s: consecutive errors", ip, by_ip[ip].workload.host, host)
             if deadline is not None and time.monotonic() >= deadline:
-                return None, text_response(*FAILURES["timeout"][::2], "UT")
+                return text_response(*FAILURES["timeout"][::2], "UT")
             retriable = retry.retriable(*last) and attempt < retry.attempts
             if retriable and cluster.retrying >= cluster.policy.max_retries:
                 retriable = False  # the cluster's retry budget (connectionPool.http.maxRetries) is spent
             if not retriable:
                 if answer is not None:
-                    return answer, (http.Response.make(200), "URX" if attempt and retry.retriable(*last) else "-")
+                    return answer, "URX" if attempt and retry.retriable(*last) else "-"
                 status, flag, message = FAILURES[last[1] or "reset"]
-                return None, text_response(status, message, "URX" if attempt else flag)
+                return text_response(status, message, "URX" if attempt else flag)
             pause = backoff(attempt)
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
@@ -346,14 +376,9 @@ class Routing:
         req = flow.request
         host, subset = dest.get("host", service), dest.get("subset")
         port = int((dest.get("port") or {}).get("number") or req.port)
-        headers = [(k, v) for k, v in req.headers.fields if k.lower() not in (b"host", b"connection",
-                                                                               b"content-length")]
         authority = (req.host_header or host).split(":", 1)
         shadow = f"{authority[0]}-shadow" + (f":{authority[1]}" if len(authority) > 1 else "")
-        headers.insert(0, (b"host", shadow.encode()))
-        body = req.raw_content or b""
-        if body:
-            headers.append((b"content-length", str(len(body)).encode()))
+        headers, body = upstream_message(req, host=shadow)
         candidates = self._candidates(snap, host, subset)
         if not candidates:
             return
@@ -362,8 +387,7 @@ class Routing:
 
         async def send() -> None:
             try:
-                await asyncio.wait_for(cluster.pool.request((ip, port), endpoint.service.identity
-                                                            if endpoint.workload.accepts_mtls(port) else "",
+                await asyncio.wait_for(cluster.pool.request((ip, port), peer_identity(endpoint, port),
                                                             req.method.encode(), req.path.encode(), headers, body),
                                        MIRROR_TIMEOUT_S)
             except Exception as exc:  # shadow traffic never affects the caller
@@ -379,14 +403,9 @@ class Routing:
         req = flow.request
         flow.metadata["mesh_native"] = True
         service = endpoint.service.name
-        vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
-        rule: Mapping[str, Any] | None = {"route": [{"destination": {"host": service}}]}
-        if vs is not None:
-            rule = select_rule(vs, req.method, req.path, {k.lower(): v for k, v in req.headers.items()},
-                               dict(req.query))
+        rule, vs_name = self._rule(snap, service, req)
         if rule is None:
-            flow.response, flow.metadata["mesh_flags"] = text_response(
-                404, f"no route of VirtualService {vs and vs['name']} matches {req.method} {req.path}", "NR")
+            flow.response, flow.metadata["mesh_flags"] = self._no_rule(vs_name, req)
             return
         route = pick_route(rule, random.uniform(0, 100))
         if route is None:
@@ -396,8 +415,7 @@ class Routing:
         apply_header_ops(req.headers, (rule.get("headers") or {}).get("request"))
         candidates = self._candidates(snap, host, subset)
         if not candidates:
-            flow.response, flow.metadata["mesh_flags"] = text_response(
-                503, f"no running instance of {host} subset {subset or '(any)'}", "UH")
+            flow.response, flow.metadata["mesh_flags"] = self._no_instance(host, subset)
             return
         cluster = self._cluster(snap, host, subset)
         by_ip = dict(candidates)

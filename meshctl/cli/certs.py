@@ -39,11 +39,10 @@ def status(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> Non
     c: Context = ctx.obj
     c.home.settings()
     now = _now(c)
-    trusted = citadel.trusted_serials(citadel.trust_bundle(c.home))
     stamp = "%Y-%m-%d %H:%M:%S"
     rows = [{"proxy": i.proxy, "identity": i.identity, "serial": i.serial, "issued": i.issued.strftime(stamp),
              "expires": i.expires.strftime(stamp), "issuer": i.issuer_serial or i.issuer,
-             "state": i.state(now, trusted)} for i in citadel.workload_certs(c.home)]
+             "state": state} for i, state in citadel.cert_states(c.home, now)]
     emit(c.out, output, rows, lambda: simple_table(
         ["proxy", "identity", "serial", "issued (utc)", "expires (utc)", "issuer", "state"],
         [list(r.values()) for r in rows]))
@@ -73,10 +72,12 @@ def _select(c: Context, services: list[str]) -> list[citadel.WorkloadCertInfo]:
     found = list(citadel.workload_certs(c.home))
     if not services:
         return found
-    chosen = [i for i in found if i.proxy in services or i.directory.name in services
-              or i.identity.rsplit("/sa/", 1)[-1] in services]
-    named = {i.proxy for i in chosen} | {i.directory.name for i in chosen} | \
-            {i.identity.rsplit("/sa/", 1)[-1] for i in chosen}
+
+    def names(i: citadel.WorkloadCertInfo) -> set[str]:  # project.service, compose service, app
+        return {i.proxy, i.directory.name, i.identity.rsplit("/sa/", 1)[-1]}
+
+    chosen = [i for i in found if names(i) & set(services)]
+    named = set().union(*(names(i) for i in chosen))
     unknown = [s for s in services if s not in named]
     if unknown:
         raise InvalidInput(f"no meshed workload called {unknown[0]!r}", "see `meshctl certs status`")

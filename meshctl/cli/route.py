@@ -12,6 +12,7 @@ import typer
 
 from meshctl.config import changes, routes
 from meshctl.config.resources import Resource
+from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot.push import meshed_versions
@@ -42,9 +43,9 @@ def _commit(c: Context, service: str, change: Any, message: str, dry_run: bool) 
         c.out.print("---\n".join(to_yaml(r) for r in shown).rstrip() or f"# {service}: no route", highlight=False,
                     markup=False)
         return
-    before = changes.current(c)
+    previous = Store(c.home.config_dir).current_number()
     revision, pushed = changes.edit(c, change, message)
-    if change(before) == before:  # the store writes nothing for a change that changes nothing: say so
+    if revision.revision == previous:  # the store writes nothing for a change that changes nothing: say so
         c.out.print(f"{message}: unchanged (revision {revision.revision})", highlight=False, markup=False)
         return
     c.out.print(f"{message}: revision {revision.revision}", highlight=False, markup=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -11,11 +10,10 @@ from meshctl.config import changes
 from meshctl.config.resources import Resource, check_document, key
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
-from meshctl.fsutil import read_text
 from meshctl.inject.rewrite import Pod
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot import security
-from meshctl.pilot.push import proxy_dirs
+from meshctl.pilot.push import proxy_dirs, proxy_info
 
 mtls_app = typer.Typer(help="Mutual TLS mode (PeerAuthentication), mesh-wide, per service or per port.",
                        no_args_is_help=True)
@@ -28,7 +26,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resulting YAM
 def _pods(c: Context) -> list[tuple[str, Pod]]:
     out = []
     for directory in proxy_dirs(c.home):
-        info = json.loads(read_text(directory / "proxy.json"))
+        info = proxy_info(directory)
         out.append((info["project"], Pod(**info["pod"])))
     return out
 

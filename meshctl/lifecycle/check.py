@@ -142,8 +142,7 @@ def _workload_certs(ctx: Context) -> Result:
     if not ctx.home.is_installed():
         return Result("workload certificates", State.FAIL, "no mesh here", "run `meshctl install`")
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
-    trusted = citadel.trusted_serials(citadel.trust_bundle(ctx.home))
-    states = [i.state(now, trusted) for i in citadel.workload_certs(ctx.home)]
+    states = [state for _, state in citadel.cert_states(ctx.home, now)]
     bad = {s: states.count(s) for s in sorted(set(states) - {"VALID"})}
     detail = f"{len(states)} issued" + (f", {', '.join(f'{n} {s.lower()}' for s, n in bad.items())}" if bad else "")
     if "EXPIRED" in bad or "UNTRUSTED ISSUER" in bad:

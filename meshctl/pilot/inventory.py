@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from cryptography import x509
 
 from meshctl import const
 from meshctl.config.analyze import Inventory
 from meshctl.context import Context
-from meshctl.fsutil import read_text
-from meshctl.pilot.push import proxy_dirs
+from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.proxies import list_proxies
 
@@ -19,7 +16,7 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
     inv = Inventory()
     projects: set[str] = set()
     for directory in proxy_dirs(ctx.home):
-        info = json.loads(read_text(directory / "proxy.json"))
+        info = proxy_info(directory)
         pod = info["pod"]
         # Every project's services exist for the resources that route to them; -p only narrows the findings.
         inv.versions.setdefault(pod["app"], set()).add(pod["version"])

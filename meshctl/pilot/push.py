@@ -30,11 +30,16 @@ def proxy_dirs(home: MeshHome) -> list[Path]:
     return sorted(p.parent for p in home.proxies_dir.glob("*/*/proxy.json"))
 
 
+def proxy_info(directory: Path) -> dict[str, Any]:
+    """A proxy's static description, written by inject (project, trust domain, its pod, the project's pods)."""
+    return dict(json.loads(read_text(directory / "proxy.json")))
+
+
 def meshed_versions(home: MeshHome) -> dict[str, set[str]]:
     """app -> the versions injected for it, from the proxies' static descriptions (no engine needed)."""
     versions: dict[str, set[str]] = {}
     for directory in proxy_dirs(home):
-        pod = json.loads(read_text(directory / "proxy.json"))["pod"]
+        pod = proxy_info(directory)["pod"]
         versions.setdefault(pod["app"], set()).add(pod["version"])
     return versions
 
@@ -56,7 +61,7 @@ def push(home: MeshHome) -> Pushed:
     dirs = proxy_dirs(home)
     written = 0
     for directory in dirs:
-        info = json.loads(read_text(directory / "proxy.json"))
+        info = proxy_info(directory)
         snapshot = compile_snapshot(info, revision.resources, revision.revision)
         current = desired(directory)
         if current is None or current.get("hash") != snapshot["hash"]:

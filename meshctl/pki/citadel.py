@@ -24,7 +24,7 @@ from meshctl.config.schema import parse_duration
 from meshctl.fsutil import atomic_write, locked, read_text
 from meshctl.home import MeshHome
 from meshctl.pilot.proxyfiles import own
-from meshctl.pilot.push import proxy_dirs
+from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pki import ca as pki
 from meshctl.pki import workload
 
@@ -101,13 +101,19 @@ def workload_certs(home: MeshHome) -> Iterator[WorkloadCertInfo]:
             yield info
 
 
+def cert_states(home: MeshHome, now: dt.datetime) -> list[tuple[WorkloadCertInfo, str]]:
+    """Every workload certificate with its state (VALID, EXPIRING, EXPIRED, UNTRUSTED ISSUER)."""
+    trusted = trusted_serials(trust_bundle(home))
+    return [(i, i.state(now, trusted)) for i in workload_certs(home)]
+
+
 def _next_root_pem(home: MeshHome) -> bytes:
     path = home.ca_dir / "next-cert.pem"
     return path.read_bytes() if path.is_file() else b""
 
 
 def _identity(directory: Path) -> str:
-    info = json.loads(read_text(directory / "proxy.json"))
+    info = proxy_info(directory)
     pod = info["pod"]
     return workload.spiffe_id(info["trust_domain"], info["project"], pod["app"])
 

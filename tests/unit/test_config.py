@@ -14,6 +14,7 @@ import yaml
 from meshctl.config.schema import parse_duration
 from meshctl.status import ExitCode
 from tests.conftest import REPO, meshctl
+from tests.unit.test_analyze import DR
 from tests.unit.test_cli_errors import one_error_line
 
 VS = """apiVersion: networking.istio.io/v1
@@ -29,15 +30,6 @@ spec:
     - {destination: {host: reviews, subset: v2}, weight: 10}
     timeout: 1.5s
     retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 5xx}
-"""
-
-
-DR = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
 """
 
 
