@@ -97,5 +97,7 @@ case $mode in
   test)
     say "ruff"; "$VENV/bin/ruff" check meshctl addons tests
     say "mypy"; "$VENV/bin/mypy"
+    # the dashboard's e2e test drives a real headless chromium
+    have chromium || apt_install --no-install-recommends chromium fonts-liberation || say "chromium is missing: the dashboard test needs it"
     say "pytest"; exec "$VENV/bin/python" -m pytest tests ;;
 esac

@@ -3,6 +3,7 @@
   :15021 /healthz/ready     readiness (the compose healthcheck and `depends_on: service_healthy` use it)
   :15021 /status            the ack: snapshot revision and hash in force, a rejected one, certificate
   :15090 /stats/prometheus  Prometheus metrics (also /metrics)
+  :15090 /spans             recent trace spans (Zipkin v2 JSON); only for the host (meshctl), not other pods
   127.0.0.1:15000           admin: /config_dump (what this proxy actually uses), /stats, /ready
 """
 
@@ -18,15 +19,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("meshctl.admin")
 Handler = Callable[[], tuple[int, str, bytes]]
+HOST_ONLY = ("/spans",)  # paths, queries and identities: for the operator on the host, not for other pods
 
 
 def _response(status: int, content_type: str, body: bytes) -> bytes:
-    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "OK")
+    reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}.get(status, "OK")
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode() + body
 
 
-async def serve(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Server:
+async def serve(host: str, port: int, routes: dict[str, Handler], host_peers: frozenset[str] = frozenset()
+                ) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
@@ -35,6 +38,9 @@ async def serve(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Ser
             parts = request_line.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
             handler = routes.get(path)
+            peer = (writer.get_extra_info("peername") or ("",))[0]
+            if path in HOST_ONLY and peer not in host_peers and peer != "127.0.0.1":
+                handler = lambda: (403, "text/plain", b"only the host may read this\n")  # noqa: E731
             status, ctype, body = handler() if handler else (404, "text/plain", b"not found\n")
             writer.write(_response(status, ctype, body))
             await writer.drain()
@@ -49,8 +55,9 @@ async def serve(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Ser
 
 
 class Admin:
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, gateways: set[str] | None = None) -> None:
         self.state = state  # addons.proxy.ProxyState
+        self.gateways = frozenset(gateways or ())  # the host, as seen from the pod
         self.servers: list[asyncio.Server] = []
 
     def _ready(self) -> tuple[int, str, bytes]:
@@ -63,6 +70,10 @@ class Admin:
     def _config_dump(self) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.state.config_dump(), indent=1).encode()
 
+    def _spans(self) -> tuple[int, str, bytes]:
+        tracing = self.state.tracing
+        return 200, "application/json", json.dumps(tracing.recent() if tracing else []).encode()
+
     def _status(self) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.state.status()).encode()
 
@@ -72,7 +83,8 @@ class Admin:
     async def start(self) -> None:
         self.servers = [
             await serve("0.0.0.0", 15021, {"/healthz/ready": self._ready, "/status": self._status}),
-            await serve("0.0.0.0", 15090, {"/stats/prometheus": self._metrics, "/metrics": self._metrics}),
+            await serve("0.0.0.0", 15090, {"/stats/prometheus": self._metrics, "/metrics": self._metrics,
+                                            "/spans": self._spans}, self.gateways),
             await serve("127.0.0.1", 15000, {"/config_dump": self._config_dump, "/stats": self._stats,
                                              "/ready": self._ready}),
         ]

@@ -30,6 +30,7 @@ from addons.live import LiveSnapshot
 from addons.mtls import CERT_DIR, MutualTLS
 from addons.routing import Routing
 from addons.telemetry import Telemetry
+from addons.tracing import Tracing
 
 log = logging.getLogger("meshctl.proxy")
 SNAPSHOT_POLL_S = 0.1  # a stat() per tick: cheap, and config reaches the proxy in well under a second
@@ -54,8 +55,9 @@ class Connections:
 
 class ProxyState:
     def __init__(self, live: LiveSnapshot, mtls: MutualTLS, endpoints: Endpoints, telemetry: Telemetry,
-                 connections: Connections) -> None:
+                 connections: Connections, tracing: Tracing | None = None) -> None:
         self.live = live
+        self.tracing = tracing
         self.mtls = mtls
         self.endpoints = endpoints
         self.telemetry = telemetry
@@ -176,8 +178,9 @@ async def main() -> None:
     endpoints = Endpoints(live.current.services)
     live.on_apply.append(endpoints.replace_services)
     telemetry = Telemetry(live, endpoints)
+    tracing = Tracing(live, telemetry)
     connections = Connections()
-    state = ProxyState(live, mtls, endpoints, telemetry, connections)
+    state = ProxyState(live, mtls, endpoints, telemetry, connections, tracing)
     try:
         networks = local_networks(Path("/proc/net/route").read_text())
     except OSError:
@@ -186,8 +189,10 @@ async def main() -> None:
     opts = options.Options()
     master = Master(opts)
     authz = Authorization(live)
+    # Tracing comes before authz and routing: a denied or routed request still gets its span and headers.
     master.addons.add(proxyserver.Proxyserver(), connections, Listeners(live, mtls, endpoints, networks, authz), mtls,
-                      authz, Routing(live, endpoints, mtls), telemetry, Lifecycle(state, Admin(state)))
+                      tracing, authz, Routing(live, endpoints, mtls), telemetry,
+                      Lifecycle(state, Admin(state, networks[1])))
     opts.update(
         mode=[f"transparent@{OUTBOUND_PORT}", f"transparent@{INBOUND_PORT}"],
         connection_strategy="lazy",  # connect upstream only once we know how (mTLS or not)

@@ -38,6 +38,13 @@ class Service:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    sampling: float = 100.0  # percent of new traces recorded; a caller's sampled flag is honoured
+    zipkin: str | None = None  # also export spans here (Zipkin v2 JSON), e.g. http://zipkin:9411/api/v2/spans
+    otlp: str | None = None  # and/or here (OTLP/HTTP JSON), e.g. http://collector:4318/v1/traces
+
+
+@dataclass(frozen=True)
 class Snapshot:
     revision: int
     hash: str
@@ -57,6 +64,7 @@ class Snapshot:
     port_modes: dict[int, str] = field(default_factory=dict)  # PeerAuthentication portLevelMtls
     authorization: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # AuthorizationPolicies selecting us
     jwt: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # RequestAuthentication jwtRules
+    tracing: TracingConfig = field(default_factory=TracingConfig)  # from Telemetry resources
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -122,6 +130,7 @@ def parse(data: Any) -> Snapshot:
         if policy.get("action") not in ("ALLOW", "DENY", "AUDIT") or not isinstance(policy.get("rules", []), list):
             raise SnapshotError(f"authorization[{i}] needs an action (ALLOW, DENY, AUDIT) and a rules list")
     return Snapshot(
+        tracing=_tracing(data.get("tracing", {})),
         revision=_get(data, "revision", int),
         hash=_get(data, "hash", str),
         name=_get(proxy, "name", str, "proxy."),
@@ -142,6 +151,19 @@ def parse(data: Any) -> Snapshot:
         jwt=tuple(security["jwt"]),
         raw=data,
     )
+
+
+def _tracing(data: Any) -> TracingConfig:
+    if not isinstance(data, dict):
+        raise SnapshotError("field tracing must be an object")
+    sampling = data.get("sampling", 100.0)
+    if isinstance(sampling, bool) or not isinstance(sampling, (int, float)) or not 0 <= sampling <= 100:
+        raise SnapshotError("field tracing.sampling must be a percentage (0-100)")
+    urls = {k: data.get(k) for k in ("zipkin", "otlp")}
+    for key, url in urls.items():
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            raise SnapshotError(f"field tracing.{key} must be an http(s) URL")
+    return TracingConfig(float(sampling), urls["zipkin"], urls["otlp"])
 
 
 def read_raw(path: Path) -> Any:

@@ -7,12 +7,13 @@ proxies. Metrics live in a private registry served on :15090 by the admin addon.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Any, TextIO
 
 from mitmproxy import http, tcp
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
 from addons.endpoints import Endpoints
 from addons.listeners import INBOUND_PORT
@@ -20,17 +21,26 @@ from addons.live import LiveSnapshot
 from addons.mtls import peer_identity
 from addons.snapshot import Snapshot
 
-LABELS = ("reporter", "source_workload", "source_principal", "destination_service", "destination_workload",
-          "destination_version", "destination_principal", "response_code", "response_flags",
-          "connection_security_policy")
-TCP_LABELS = ("reporter", "source_workload", "source_principal", "destination_service", "destination_workload",
-              "destination_version", "connection_security_policy")
+# Istio's standard labels (namespace = compose project), less the Kubernetes-only ones.
+PARTY_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
+                "source_principal", "destination_service", "destination_service_namespace", "destination_app",
+                "destination_workload", "destination_version", "destination_principal", "connection_security_policy")
+LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags")
+TCP_LABELS = PARTY_LABELS
+# Istio's proxies export no *_created series; they would only double the scrape.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
 
 def app_of(identity: str | None) -> str:
     """spiffe://td/ns/project/sa/app -> app (the caller's logical service)."""
     return identity.rsplit("/sa/", 1)[-1] if identity and "/sa/" in identity else "unknown"
+
+
+def namespace_of(identity: str | None) -> str:
+    """spiffe://td/ns/project/sa/app -> project."""
+    match = re.search(r"/ns/([^/]+)/sa/", identity or "")
+    return match.group(1) if match else "unknown"
 
 
 class Telemetry:
@@ -63,22 +73,36 @@ class Telemetry:
 
     # --- who talked to whom ---------------------------------------------------------------------------
 
-    def _parties(self, flow: http.HTTPFlow | tcp.TCPFlow) -> dict[str, str]:
+    def parties(self, flow: http.HTTPFlow | tcp.TCPFlow) -> dict[str, str]:
+        snap = self.snap
+        project = snap.name.split(".", 1)[0]
+        me = {"workload": snap.service, "namespace": project, "app": snap.app, "version": snap.version,
+              "principal": snap.identity}
         inbound = flow.client_conn.proxy_mode.custom_listen_port == INBOUND_PORT
         if inbound:
             peer = peer_identity(flow.client_conn.certificate_list) if flow.client_conn.tls_established else None
-            return {"reporter": "destination", "source_workload": app_of(peer), "source_principal": peer or "unknown",
-                    "destination_service": self.snap.app, "destination_workload": self.snap.service,
-                    "destination_version": self.snap.version, "destination_principal": self.snap.identity,
+            # The caller's workload and version: its pod address, when the certificate says it is one of ours.
+            caller = self.endpoints.by_ip.get(flow.client_conn.peername[0]) if peer else None
+            caller = caller if caller and caller.service.identity == peer else None
+            return {"reporter": "destination", "source_app": app_of(peer), "source_principal": peer or "unknown",
+                    "source_workload": caller.workload.host if caller else app_of(peer),
+                    "source_version": caller.workload.version if caller else "unknown",
+                    "source_workload_namespace": namespace_of(peer),
+                    "destination_service": snap.app, "destination_service_namespace": project,
+                    "destination_app": snap.app, "destination_workload": snap.service,
+                    "destination_version": snap.version, "destination_principal": snap.identity,
                     "connection_security_policy": "mutual_tls" if peer else "none"}
         routed = flow.metadata.get("mesh_upstream") if isinstance(flow, http.HTTPFlow) else None
         address = routed or flow.server_conn.address  # routed requests go out on the router's own connections
         endpoint = self.endpoints.by_ip.get(address[0]) if address else None
         mtls = bool(endpoint) and (routed is not None or flow.server_conn.tls)
-        return {"reporter": "source", "source_workload": self.snap.service, "source_principal": self.snap.identity,
+        return {"reporter": "source", "source_workload": me["workload"], "source_workload_namespace": project,
+                "source_app": me["app"], "source_version": me["version"], "source_principal": me["principal"],
                 # Istio's name for traffic leaving the mesh: a fixed label, so outside addresses cannot grow
                 # the metric series without bound.
                 "destination_service": endpoint.service.name if endpoint else "PassthroughCluster",
+                "destination_service_namespace": project if endpoint else "unknown",
+                "destination_app": endpoint.service.name if endpoint else "unknown",
                 "destination_workload": endpoint.workload.host if endpoint else "unknown",
                 "destination_version": endpoint.workload.version if endpoint else "unknown",
                 "destination_principal": endpoint.service.identity if endpoint else "unknown",
@@ -94,11 +118,11 @@ class Telemetry:
             self._record(flow)
 
     def _record(self, flow: http.HTTPFlow) -> None:
-        parties = self._parties(flow)
+        parties = self.parties(flow)
         status = flow.response.status_code if flow.response else 0
         flags = flow.metadata.get("mesh_flags") or ("-" if flow.response else "UF")  # UF: upstream failure
-        labels = {**{k: parties[k] for k in LABELS if k in parties}, "response_code": str(status),
-                  "response_flags": flags}
+        labels = {**{k: parties[k] for k in PARTY_LABELS}, "request_protocol": "http",
+                  "response_code": str(status), "response_flags": flags}
         end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
         duration_ms = (end - flow.request.timestamp_start) * 1000
         req_bytes = len(flow.request.raw_content or b"")
@@ -113,19 +137,23 @@ class Telemetry:
             "path": flow.request.path, "protocol": flow.request.http_version, "status": status,
             "duration_ms": round(duration_ms, 3), "bytes_received": req_bytes, "bytes_sent": resp_bytes,
             "source": parties["source_principal"], "destination": parties["destination_principal"],
+            "source_workload": parties["source_workload"], "source_version": parties["source_version"],
+            "destination_service": parties["destination_service"],
             "destination_workload": parties["destination_workload"],
+            "destination_version": parties["destination_version"],
             "upstream": "{}:{}".format(*upstream) if (upstream := flow.metadata.get("mesh_upstream")
                                                        or flow.server_conn.address) else None,
             "route": flow.metadata.get("mesh_route"), "audit": flow.metadata.get("mesh_audit"),
             "mtls": parties["connection_security_policy"] == "mutual_tls", "flags": flags,
-            "trace_id": flow.request.headers.get("x-b3-traceid") or flow.request.headers.get("traceparent"),
+            "trace_id": getattr(flow.metadata.get("mesh_span"), "trace_id", None),
+            "request_id": flow.request.headers.get("x-request-id"),
             "error": flow.error.msg if flow.error else None,
         })
 
     # --- TCP --------------------------------------------------------------------------------------------
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        self.tcp_opened.labels(**{k: self._parties(flow)[k] for k in TCP_LABELS}).inc()
+        self.tcp_opened.labels(**{k: self.parties(flow)[k] for k in TCP_LABELS}).inc()
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is not None:
@@ -139,7 +167,7 @@ class Telemetry:
         flow.messages.clear()
 
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
-        parties = self._parties(flow)
+        parties = self.parties(flow)
         labels = {k: parties[k] for k in TCP_LABELS}
         sent, received = flow.metadata.get("mesh_tx", 0), flow.metadata.get("mesh_rx", 0)
         self.tcp_closed.labels(**labels).inc()

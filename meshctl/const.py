@@ -10,9 +10,11 @@ from meshctl import __version__
 
 LABEL_PREFIX: Final = "io.meshctl"
 LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"  # "true" on everything meshctl creates
-LABEL_COMPONENT: Final = f"{LABEL_PREFIX}.component"  # network | base-image | proxy-image | sidecar | sample
+LABEL_COMPONENT: Final = f"{LABEL_PREFIX}.component"  # network | base-image | proxy-image | sidecar | sample | addon-*
 LABEL_VERSION: Final = f"{LABEL_PREFIX}.version"  # meshctl version that built an image
 LABEL_BUILD_HASH: Final = f"{LABEL_PREFIX}.build-hash"  # content hash: same hash, no rebuild
+LABEL_CONFIG_HASH: Final = f"{LABEL_PREFIX}.config-hash"  # on containers meshctl runs: same hash, no recreate
+LABEL_HOME: Final = f"{LABEL_PREFIX}.home"  # the mesh home whose install runs an addon's container
 
 NETWORK_NAME: Final = "meshctl"
 DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
@@ -20,6 +22,13 @@ DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
 BASE_IMAGE: Final = "meshctl/base:bookworm"
 PROXY_IMAGE_REPO: Final = "meshctl/proxy"
 PROXY_IMAGE: Final = f"{PROXY_IMAGE_REPO}:{__version__}"
+
+# Optional components `meshctl install --addons` runs beside the mesh.
+ADDONS: Final = ("prometheus",)
+PROMETHEUS_IMAGE_REPO: Final = "meshctl/prometheus"
+PROMETHEUS_IMAGE: Final = f"{PROMETHEUS_IMAGE_REPO}:{__version__}"
+PROMETHEUS_CONTAINER: Final = "meshctl-prometheus"
+PROMETHEUS_PORT: Final = 9090  # published on 127.0.0.1 only
 
 # Packages in the offline-built base image: enough for the sidecar (python3, iptables) and samples (curl).
 BASE_PACKAGES: Final = ("python3", "python3-venv", "ca-certificates", "iptables", "curl")

@@ -5,6 +5,7 @@
       ca/                   root CA (key 0600; never mounted into a container)
       config/               the config store (galley)
       proxies/<name>/       what one sidecar may read: snapshot, cert, key, trust bundle
+      addons/<addon>/       files an addon's container reads (prometheus: prometheus.yml)
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class MeshSettings:
     base_image: str = const.BASE_IMAGE
     proxy_image: str = const.PROXY_IMAGE
     cert_ttl: str = "24h"  # workload certificates' lifetime; renewed at half of it
+    addons: list[str] = field(default_factory=list)  # optional components (const.ADDONS) kept running
+    prometheus_port: int = const.PROMETHEUS_PORT  # the prometheus addon's web port, on 127.0.0.1
     installed_by: str = field(default_factory=lambda: __version__)
 
     @classmethod
@@ -50,7 +53,16 @@ class MeshSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidInput(f"{source}: unknown field {unknown[0]!r}", f"known fields: {', '.join(sorted(known))}")
-        return cls(**data)
+        settings = cls(**data)
+        addons = settings.addons
+        if not isinstance(addons, list) or not all(isinstance(a, str) and a in const.ADDONS for a in addons):
+            raise InvalidInput(f"{source}: addons must be a list of {', '.join(const.ADDONS)}, not {addons!r}",
+                               "fix it, or run `meshctl install --addons ...` again")
+        port = settings.prometheus_port
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise InvalidInput(f"{source}: prometheus_port must be a port number, not {port!r}",
+                               "fix it, or run `meshctl install --prometheus-port ...` again")
+        return settings
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,10 @@ class MeshHome:
     @property
     def proxies_dir(self) -> Path:
         return self.root / "proxies"
+
+    @property
+    def addons_dir(self) -> Path:
+        return self.root / "addons"
 
     def is_installed(self) -> bool:
         return self.settings_file.is_file()

@@ -55,17 +55,22 @@ def _register() -> None:
         certs,
         check,
         config,
+        dashboard,
         demo,
         inject,
         install,
+        observe,
         proxy,
         rollout,
         route,
         security,
+        slo,
+        telemetry,
         version,
     )
 
-    for module in (install, inject, demo, config, route, rollout, certs, security, proxy, analyze, check, version):
+    for module in (install, inject, demo, config, route, rollout, certs, security, proxy, observe, telemetry, slo,
+                   dashboard, analyze, check, version):
         module.register(app)
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.status import Status
 
+from meshctl.addons import parse_addons
 from meshctl.context import Context
 from meshctl.errors import UsageError
 from meshctl.lifecycle import install as installer
@@ -30,14 +31,23 @@ def install(
                                                         "from Debian packages).")] = None,
     cert_ttl: Annotated[str | None, typer.Option(help="Lifetime of workload certificates, e.g. 24h or 10m; "
                                                  "each is renewed at half of it (default: 24h).")] = None,
+    addons: Annotated[str | None, typer.Option(help="Optional components to run, as a comma list: prometheus "
+                                               "(a Prometheus server scraping every sidecar). `none` removes "
+                                               "them. Remembered for later installs (default: what the last "
+                                               "install chose; none at first).")] = None,
+    prometheus_port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 for the prometheus addon's web UI "
+                                                        "and API (default: 9090).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Create the mesh home, root CA, config store, Docker network and sidecar image. Safe to re-run."""
+    """Create the mesh home, root CA, config store, Docker network and sidecar image, and run the addons chosen
+    with --addons. Safe to re-run."""
     c: Context = ctx.obj
     settings = installer.resolve_settings(c, trust_domain and installer.validate_trust_domain(trust_domain),
                                           installer.validate_subnet(network_subnet), base_image,
-                                          cert_ttl and installer.validate_cert_ttl(cert_ttl))
+                                          cert_ttl and installer.validate_cert_ttl(cert_ttl),
+                                          None if addons is None else parse_addons(addons),
+                                          installer.validate_prometheus_port(prometheus_port))
     started = time.monotonic()
     steps = installer.plan(c, settings)
     # Ask every step first: an unreachable engine or a conflict stops us before anything is written.

@@ -96,7 +96,22 @@ SECURITY = (
          {"selector": SELECTOR, "jwtRules": [JWT_RULE]},
          {"targetRef": "select with `selector`", "targetRefs": "select with `selector`"}),
 )
-KINDS = KINDS + SECURITY
+# Istio reads a provider's address from MeshConfig.extensionProviders; compose has no MeshConfig, so the
+# provider names its endpoint here. `meshctl telemetry set` writes this resource.
+TRACING: Schema = {"randomSamplingPercentage": "percent", "disableSpanReporting": "bool",
+                   "providers": [{"name": "enum:zipkin|opentelemetry", "endpoint": "url"}]}
+OBSERVABILITY = (
+    Kind("Telemetry", "telemetry.istio.io", ("v1", "v1alpha1"), ("telemetry",),
+         {"selector": SELECTOR, "tracing": [TRACING]},
+         {"metrics": "metrics are always on, with Istio's names and labels",
+          "accessLogging": "access logs are always on: `meshctl logs`", "targetRef": "select with `selector`",
+          "targetRefs": "select with `selector`"}),
+    # meshctl's own: Istio has no SLO resource (Sloth and Pyrra add one on Prometheus). `meshctl slo set` writes it.
+    Kind("ServiceLevelObjective", "meshctl.io", ("v1",), ("servicelevelobjective", "slo"),
+         {"service": "name", "availability": "percent", "window": "duration",
+          "latency": {"percentile": "percent", "threshold": "duration"}}),
+)
+KINDS = KINDS + SECURITY + OBSERVABILITY
 BY_ALIAS = {alias: k for k in KINDS for alias in (k.name.lower(), k.plural, *k.aliases)}
 
 

@@ -88,6 +88,11 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                     assert isinstance(keys, list) and keys
                 except (ValueError, AttributeError, AssertionError):
                     problems.append(f"{where}.spec.jwtRules[{i}].jwks: not a JWKS (JSON with a non-empty keys list)")
+    if kind.name == "Telemetry":
+        for i, entry in enumerate(spec.get("tracing") or []):
+            problems += [f"{where}.spec.tracing[{i}].providers[{j}].endpoint: required (meshctl has no MeshConfig "
+                         "extensionProviders; e.g. http://zipkin:9411/api/v2/spans)"
+                         for j, p in enumerate(entry.get("providers") or []) if not p.get("endpoint")]
     if kind.name == "DestinationRule":
         names = [s.get("name") for s in spec.get("subsets") or []]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -62,6 +62,9 @@ def _leaf(kind: str, value: Any, path: str) -> str | None:
         except re.error as exc:
             return f"{path}: {value!r} is not a valid regular expression ({exc})"
         return None
+    if kind == "url":
+        ok = isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) > 8
+        return None if ok else f"{path}: {value!r} must be an http(s) URL, e.g. http://zipkin:9411/api/v2/spans"
     if kind.startswith("enum:"):
         choices = kind[5:].split("|")
         return None if value in choices else f"{path}: {value!r} must be one of {', '.join(choices)}"

@@ -15,6 +15,7 @@ from enum import StrEnum
 import docker.errors
 
 from meshctl import const
+from meshctl.addons import prometheus
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import MeshError
@@ -23,6 +24,7 @@ from meshctl.pki import ca as pki
 from meshctl.runtime import images, network
 from meshctl.runtime.compose import find_compose
 from meshctl.runtime.engine import MIN_API_VERSION
+from meshctl.runtime.proxies import list_proxies
 
 
 class State(StrEnum):
@@ -155,8 +157,49 @@ def _workload_certs(ctx: Context) -> Result:
     return Result("workload certificates", State.OK, f"{detail}, renewed at half life by the agent")
 
 
+def _prometheus(ctx: Context) -> Result:
+    """The prometheus addon: its container runs, its API answers, and it scrapes every running sidecar."""
+    settings = ctx.home.settings()
+    client = ctx.docker()
+    container = prometheus.find_container(client)
+    if container is None:
+        return Result("prometheus", State.FAIL, f"the addon is selected but {prometheus.CONTAINER} is missing",
+                      "run `meshctl install` (or `meshctl install --addons none` to drop it)")
+    if container.status != "running":
+        return Result("prometheus", State.FAIL, f"{prometheus.CONTAINER} is {container.status}",
+                      f"run `meshctl install` to start it; see `docker logs {prometheus.CONTAINER}`")
+    if not prometheus.owned_by(container, ctx.home):
+        return Result("prometheus", State.WARN, f"{prometheus.CONTAINER} runs for another mesh home "
+                      f"({container.labels.get(const.LABEL_HOME, '?')})", "`meshctl install` here runs it for this one")
+    base = prometheus.base_url(prometheus.host_port(container) or settings.prometheus_port)
+    targets = prometheus.targets(base)
+    up = [t for t in targets if t.get("health") == "up"]
+    running = [p for p in list_proxies(client) if p.state == "running" and settings.network in p.addresses]
+    detail = f"{base}: {len(up)}/{len(targets)} sidecar targets up"
+    down = [f"{(t.get('labels') or {}).get('instance', '?')} ({t.get('lastError') or 'not scraped yet'})"
+            for t in targets if t.get("health") != "up"]
+    if down:
+        return Result("prometheus", State.WARN, f"{detail}; not up: {', '.join(down)}",
+                      f"see {base}/classic/targets and the sidecars' logs")
+    if len(targets) != len(running):
+        return Result("prometheus", State.WARN, f"{detail}, but {len(running)} sidecars run on network "
+                      f"{settings.network!r}", f"discovery refreshes every {prometheus.DISCOVERY_REFRESH}: check "
+                      f"again; if it persists, see {base}/classic/service-discovery")
+    return Result("prometheus", State.OK, f"{detail}, scraped every {prometheus.SCRAPE_INTERVAL}")
+
+
 LOCAL_CHECKS: list[Callable[[Context], Result]] = [_compose, _home, _ca, _workload_certs]
 ENGINE_CHECKS: list[Callable[[Context], Result]] = [_network, _images, _iptables]
+ADDON_CHECKS: dict[str, Callable[[Context], Result]] = {prometheus.NAME: _prometheus}
+
+
+def _addon_checks(ctx: Context) -> list[Callable[[Context], Result]]:
+    """Checks of the addons this mesh runs: an addon that is not installed is not reported."""
+    try:
+        selected = ctx.home.settings().addons if ctx.home.is_installed() else []
+    except MeshError:
+        return []  # the mesh home check reports unreadable settings
+    return [ADDON_CHECKS[name] for name in selected if name in ADDON_CHECKS]
 
 
 def run_checks(ctx: Context) -> list[Result]:
@@ -169,7 +212,7 @@ def run_checks(ctx: Context) -> list[Result]:
         engine_ok = False
     for check in LOCAL_CHECKS:
         results.append(_guarded(check, ctx))
-    for check in ENGINE_CHECKS:
+    for check in ENGINE_CHECKS + _addon_checks(ctx):
         if engine_ok:
             results.append(_guarded(check, ctx))
         else:

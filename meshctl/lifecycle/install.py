@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from meshctl import const
+from meshctl.addons import prometheus
 from meshctl.config.schema import parse_duration
 from meshctl.config.store import Store
 from meshctl.context import Context
@@ -217,6 +218,47 @@ class ProxyImageStep:
         return f"{self.settings.proxy_image} built on {self.settings.base_image}"
 
 
+@dataclass
+class PrometheusImageStep:
+    """The prometheus addon's image: Debian's prometheus package (downloaded by the host's apt) on the base image."""
+    ctx: Context
+    settings: MeshSettings
+    title: str = "prometheus image"
+
+    def pending(self) -> str | None:
+        if prometheus.NAME not in self.settings.addons:
+            return None
+        return prometheus.image_pending(self.ctx.docker(), self.settings, self.ctx.cache_dir)
+
+    def apply(self, progress: Progress) -> str:
+        return prometheus.build_image(self.ctx.docker(), self.settings, self.ctx.cache_dir, progress)
+
+
+@dataclass
+class PrometheusStep:
+    """The prometheus addon's container: started when selected, removed when no longer selected."""
+    ctx: Context
+    settings: MeshSettings
+    image_step: PrometheusImageStep
+    title: str = "prometheus"
+
+    def pending(self) -> str | None:
+        new_image = prometheus.NAME in self.settings.addons and self.image_step.pending() is not None
+        return prometheus.container_pending(self.ctx.docker(), self.ctx.home, self.settings, new_image)
+
+    def apply(self, progress: Progress) -> str:
+        if prometheus.NAME not in self.settings.addons:
+            prometheus.remove(self.ctx.docker())
+            return f"removed {prometheus.CONTAINER}"
+        return prometheus.ensure_running(self.ctx.docker(), self.ctx.home, self.settings, progress)
+
+
+def validate_prometheus_port(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 65535:
+        raise UsageError(f"invalid --prometheus-port {value}: give a TCP port (1-65535)", "e.g. 9090")
+    return value
+
+
 def validate_cert_ttl(value: str) -> str:
     try:
         seconds = parse_duration(value)
@@ -228,9 +270,11 @@ def validate_cert_ttl(value: str) -> str:
 
 
 def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
-                     base_image: str | None, cert_ttl: str | None = None) -> MeshSettings:
+                     base_image: str | None, cert_ttl: str | None = None, addons: list[str] | None = None,
+                     prometheus_port: int | None = None) -> MeshSettings:
     """Settings for this install: the flags over what an earlier install chose; a change that would
-    orphan existing state (a new trust domain under an existing CA) is refused before anything is touched."""
+    orphan existing state (a new trust domain under an existing CA) is refused before anything is touched.
+    `addons` None keeps the earlier choice; [] selects none."""
     if ctx.home.is_installed():
         settings = ctx.home.settings()
         if trust_domain and trust_domain != settings.trust_domain:
@@ -245,11 +289,24 @@ def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
             settings.base_image = base_image
         if cert_ttl:
             settings.cert_ttl = cert_ttl  # new certificates get it; the agent renews the others as they are
+        if addons is not None:
+            settings.addons = list(addons)
+        if prometheus_port is not None:
+            settings.prometheus_port = prometheus_port
         return settings
     return MeshSettings(trust_domain=trust_domain or const.DEFAULT_TRUST_DOMAIN, network_subnet=subnet,
-                        base_image=base_image or const.BASE_IMAGE, cert_ttl=cert_ttl or "24h")
+                        base_image=base_image or const.BASE_IMAGE, cert_ttl=cert_ttl or "24h",
+                        addons=list(addons or []), prometheus_port=prometheus_port or const.PROMETHEUS_PORT)
 
 
 def plan(ctx: Context, settings: MeshSettings) -> list[Step]:
-    return [HomeStep(ctx, settings), CAStep(ctx, settings), StoreStep(ctx), NetworkStep(ctx, settings),
-            BaseImageStep(ctx, settings), ProxyImageStep(ctx, settings)]
+    steps: list[Step] = [HomeStep(ctx, settings), CAStep(ctx, settings), StoreStep(ctx), NetworkStep(ctx, settings),
+                         BaseImageStep(ctx, settings), ProxyImageStep(ctx, settings)]
+    image = PrometheusImageStep(ctx, settings)
+    addon = PrometheusStep(ctx, settings, image)
+    if prometheus.NAME in settings.addons:
+        steps += [image, addon]
+    elif ctx.home.is_installed() and (found := prometheus.find_container(ctx.docker())) is not None \
+            and prometheus.owned_by(found, ctx.home):
+        steps.append(addon)  # removes the container of an addon this home no longer selects
+    return steps

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from meshctl.inject.rewrite import Pod
-from meshctl.pilot import security
+from meshctl.pilot import observability, security
 from meshctl.pki.workload import spiffe_id
 
 FORMAT = 1
@@ -61,6 +61,7 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
                          if r["kind"] == "DestinationRule"],
         "authorization": security.authorization(resources, project, pod),
         "jwt": security.request_authentication(resources, project, pod),
+        "tracing": observability.tracing(resources, project, pod),
     }
     body["hash"] = content_hash(body)
     return body

@@ -10,26 +10,16 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from meshctl.telemetry import golden
+from meshctl.telemetry.golden import Golden
 from meshctl.telemetry.scrape import Sample
-
-REQUESTS = "istio_requests_total"
-BUCKETS = "istio_request_duration_milliseconds_bucket"
 
 
 def counters(samples: Iterable[Sample]) -> dict[str, float]:
-    """What a gate needs from one sidecar: requests, 5xx answers and the duration histogram's buckets."""
-    out: dict[str, float] = {"requests": 0.0, "errors": 0.0}
-    for s in samples:
-        if s.labels.get("reporter") != "destination":
-            continue
-        if s.name == REQUESTS:
-            out["requests"] += s.value
-            if s.labels.get("response_code", "").startswith("5") or s.labels.get("response_code") == "0":
-                out["errors"] += s.value
-        elif s.name == BUCKETS:
-            key = f"le:{s.labels.get('le')}"
-            out[key] = out.get(key, 0.0) + s.value
-    return out
+    """What a gate needs from one sidecar (its inbound view), flat so the rollout state can store it."""
+    g = golden.tally(samples, lambda labels: ("in",) if golden.inbound(labels) else None).get(("in",), Golden())
+    return {"requests": g.requests, "errors": g.errors,
+            **{f"le:{'+Inf' if math.isinf(b) else b}": c for b, c in g.buckets.items()}}
 
 
 def delta(now: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -43,14 +33,8 @@ def delta(now: dict[str, dict[str, float]], before: dict[str, dict[str, float]])
 
 
 def p99_ms(d: dict[str, float]) -> float | None:
-    buckets = sorted((float(k[3:]), v) for k, v in d.items() if k.startswith("le:"))
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    target = 0.99 * buckets[-1][1]  # the +Inf bucket holds every observation
-    for bound, count in buckets:
-        if count >= target:
-            return bound if not math.isinf(bound) else buckets[-2][0] if len(buckets) > 1 else None
-    return None
+    """Interpolated within its bucket, like Prometheus's histogram_quantile (and `meshctl stat`)."""
+    return Golden(buckets={float(k[3:]): v for k, v in d.items() if k.startswith("le:")}).quantile(0.99)
 
 
 @dataclass(frozen=True)

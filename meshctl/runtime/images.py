@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -187,3 +189,145 @@ def prune_dangling(client: DockerClient) -> None:
     """A rebuild leaves the old image untagged; drop meshctl's own, leave everyone else's alone."""
     with engine_errors("prune old meshctl images"):
         client.images.prune(filters={"dangling": True, "label": f"{const.LABEL_MANAGED}=true"})
+
+
+# --- Debian packages for addon images -------------------------------------------------------------------
+
+def cached_deb(cache_dir: Path, package: str, arch: str) -> Path | None:
+    """The newest `.deb` of `package` for `arch` (or `all`) in the cache (downloaded by meshctl or put there
+    by hand)."""
+    found = [p for suffix in (arch, "all") for p in cache_dir.glob(f"{package}_*_{suffix}.deb")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def ensure_deb(cache_dir: Path, package: str, arch: str, progress: Progress) -> Path:
+    return ensure_debs(cache_dir, [package], arch, progress)[0]
+
+
+def ensure_debs(cache_dir: Path, packages: list[str], arch: str, progress: Progress) -> list[Path]:
+    """Debian packages for an image, fetched by the host's apt (containers cannot reach the mirror): the
+    cached ones as they are, the others with one `apt-get download`, retried once after `apt-get update`."""
+    missing = [name for name in packages if cached_deb(cache_dir, name, arch) is None]
+    if missing:
+        _download(cache_dir, missing, arch, progress)
+    return [cached_deb(cache_dir, name, arch) or _gone(cache_dir, name) for name in packages]
+
+
+def _gone(cache_dir: Path, package: str) -> Path:
+    raise MeshError(f"{package}'s .deb vanished from {cache_dir} while meshctl was using it", "run the command again")
+
+
+def _download(cache_dir: Path, packages: list[str], arch: str, progress: Progress) -> None:
+    hint = require_apt(cache_dir, packages[0], arch)
+    ensure_dir(cache_dir, 0o755)
+    what = " ".join(packages)
+    argv = ["apt-get", "download", "-q", *packages]
+    if os.geteuid() == 0:
+        argv[2:2] = ["-o", "APT::Sandbox::User=root"]  # else apt warns that _apt cannot write to our temp dir
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{packages[0]}-") as tmp:
+        progress(f"apt-get download {what}")
+        failure = _apt(argv, Path(tmp))
+        if failure:  # stale or missing package lists: refresh once and retry
+            progress("apt-get update")
+            update = _apt(["apt-get", "update", "-qq"], Path(tmp))
+            if update:
+                raise MeshError(f"`apt-get download {what}` failed ({failure}) and `apt-get update` failed too "
+                                f"({update})", "run as root once (the packages are cached), " + hint)
+            progress(f"apt-get download {what} (after apt-get update)")
+            failure = _apt(argv, Path(tmp))
+        if failure:
+            raise MeshError(f"`apt-get download {what}` failed: {failure}", hint)
+        got = {}
+        for name in packages:
+            debs = sorted(Path(tmp).glob(f"{name}_*.deb"))
+            if not debs:
+                raise MeshError(f"`apt-get download {what}` left no .deb of {name}", hint)
+            if not debs[0].name.endswith((f"_{arch}.deb", "_all.deb")):
+                raise MeshError(f"apt downloaded {debs[0].name}, but the Docker engine runs {arch}", hint)
+            got[name] = debs[0]
+        for deb in got.values():  # all or nothing: the cache never holds half of a set
+            os.replace(deb, cache_dir / deb.name)
+
+
+def require_apt(cache_dir: Path, package: str, arch: str) -> str:
+    """Raise unless apt-get can download `package`; returns the hint for apt's own failures."""
+    hint = f"or download Debian {const.DEBIAN_SUITE}'s {package} package for {arch} by hand into {cache_dir}"
+    if shutil.which("apt-get") is None:
+        raise MeshError(f"the {package} image is built from Debian's {package} package, and apt-get is not "
+                        "available to download it", hint)
+    return hint
+
+
+def _apt(argv: list[str], cwd: Path) -> str | None:
+    """Run apt; None on success, else its last error line."""
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    if proc.returncode == 0:
+        return None
+    lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E:")]
+    return (errors or lines or [f"exit {proc.returncode}"])[-1]
+
+
+# Python >= 3.11.4 checks every member itself; older ones rely on the checks in extract_deb.
+SAFE_TAR = hasattr(tarfile, "data_filter")
+
+
+def extract_deb(deb: Path, members: dict[str, str], dest: Path, required: bool = True,
+                skip: tuple[str, ...] = ()) -> set[str]:
+    """Copy files out of a .deb without dpkg: it is an `ar` archive holding data.tar.{xz,gz,bz2}.
+
+    `members` maps paths in the package (e.g. "usr/bin/promtool", or a folder) to paths under `dest`.
+    Relative symbolic links that stay inside `dest` are kept (Debian links shared files between packages);
+    others are skipped, as are package paths under `skip`. Returns the members found; with `required`, a missing
+    one is an error."""
+    data = _ar_member(deb, "data.tar")
+    suffix = data[0].rsplit(".", 1)[-1]
+    if suffix not in ("tar", "xz", "gz", "bz2"):
+        raise MeshError(f"{deb.name} packs its files as {data[0]}, which meshctl cannot read",
+                        "use a package from Debian bookworm (data.tar.xz)")
+    root = dest.resolve()
+    found: set[str] = set()
+    with tarfile.open(fileobj=io.BytesIO(data[1]), mode="r:*") as tar:
+        for info in tar.getmembers():
+            name = info.name.removeprefix("./")
+            if any(name == prefix or name.startswith(prefix.rstrip("/") + "/") for prefix in skip):
+                continue
+            for src, dst in members.items():
+                if name != src and not name.startswith(src.rstrip("/") + "/"):
+                    continue
+                found.add(src)
+                info.name = dst + name[len(src):]
+                if ".." in Path(info.name).parts or info.islnk() or not (info.isfile() or info.isdir()
+                                                                           or info.issym()):
+                    continue
+                if info.issym():
+                    target = os.path.normpath(root / Path(info.name).parent / info.linkname)
+                    if info.linkname.startswith("/") or not target.startswith(str(root) + os.sep):
+                        continue
+                if SAFE_TAR:
+                    tar.extract(info, dest, filter="data")
+                else:
+                    tar.extract(info, dest)
+    missing = sorted(set(members) - found)
+    if missing and required:
+        raise MeshError(f"{deb.name} holds no {', '.join(missing)}", f"delete {deb} and let meshctl download it again")
+    return found
+
+
+def _ar_member(archive: Path, prefix: str) -> tuple[str, bytes]:
+    try:
+        blob = archive.read_bytes()
+    except OSError as exc:
+        raise MeshError(f"cannot read {archive}: {exc.strerror or exc}") from exc
+    if not blob.startswith(b"!<arch>\n"):
+        raise MeshError(f"{archive} is not a Debian package", "delete it and let meshctl download it again")
+    offset = 8
+    while offset + 60 <= len(blob):
+        header = blob[offset:offset + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip() or 0)
+        body = blob[offset + 60:offset + 60 + size]
+        if name.startswith(prefix):
+            return name, body
+        offset += 60 + size + (size % 2)
+    raise MeshError(f"{archive} has no {prefix}.* member", "delete it and let meshctl download it again")

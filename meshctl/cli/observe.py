@@ -1,0 +1,319 @@
+"""`meshctl stat`, `top`, `edges`, `logs` and `trace`: the views Linkerd's viz and Istio's tools made familiar.
+
+They read the data plane directly: metrics from each sidecar's Prometheus endpoint, spans from its
+embedded collector, access logs from its container's output.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+from rich.tree import Tree
+
+from meshctl.config.schema import parse_duration
+from meshctl.context import Context
+from meshctl.errors import InvalidInput
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.telemetry import golden, mesh, traces
+from meshctl.telemetry.logs import LogFilter, top_routes
+
+ProjectOption = Annotated[str | None, typer.Option("--project", "-p", help="Only this compose project.")]
+
+
+def seconds(flag: str, text: str) -> float:
+    """A duration flag; a bare number means seconds (`--duration 4`)."""
+    try:
+        return float(text) if text.strip().replace(".", "", 1).isdigit() else parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{flag}: {exc}") from None
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+# --- stat ---------------------------------------------------------------------------------------------------
+
+def stat_rows(c: Context, service: str | None, project: str | None, window_s: float) -> list[dict[str, Any]]:
+    proxies = mesh.running(c, project, service)
+    before = mesh.metrics(c, proxies) if window_s else None
+    if window_s:
+        time.sleep(window_s)
+    now = mesh.metrics(c, proxies)
+    tallied = golden.window(now, before, golden.by_service_version)
+    pods: dict[tuple[str, ...], int] = {}
+    for p in proxies:  # every running version gets a row, busy or not
+        pods[(p.project, p.app, p.version)] = pods.get((p.project, p.app, p.version), 0) + 1
+    rows = []
+    for key in sorted(set(pods) | set(tallied)):
+        rows.append({"project": key[0], "service": key[1], "version": key[2], "pods": pods.get(key, 0),
+                     "window_s": window_s or None, **golden.summary(tallied.get(key, golden.Golden()), window_s)})
+    return rows
+
+
+def stat(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="Only this service (its app name).")] = None,
+    window: Annotated[str, typer.Option("--window", "-w", help="Measure over this long, e.g. 10s; 0 shows the "
+                                        "totals since each proxy started.")] = "5s",
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Golden metrics per service and version: RPS, success rate, p50/p95/p99 (like `linkerd viz stat`)."""
+    c: Context = ctx.obj
+    window_s = seconds("--window", window)
+    rows = stat_rows(c, service, project, window_s)
+
+    def table() -> Any:
+        return simple_table(["service", "version", "project", "pods", "success", "rps", "p50", "p95", "p99",
+                             "requests"],
+                            [[r["service"], r["version"], r["project"], r["pods"], _fmt(r["success_rate"], "%", 2),
+                              _fmt(r["rps"], "", 1), _fmt(r["p50_ms"], "ms"), _fmt(r["p95_ms"], "ms"),
+                              _fmt(r["p99_ms"], "ms"), r["requests"]] for r in rows])
+    emit(c.out, output, rows, table)
+
+
+# --- edges --------------------------------------------------------------------------------------------------
+
+def edge_rows(c: Context, project: str | None, window_s: float) -> list[dict[str, Any]]:
+    proxies = mesh.running(c, project)
+    before = mesh.metrics(c, proxies) if window_s else None
+    if window_s:
+        time.sleep(window_s)
+    tallied = golden.window(mesh.metrics(c, proxies), before, golden.by_edge)
+    rows = []
+    for key, g in sorted(tallied.items()):
+        if window_s and g.requests <= 0:
+            continue
+        src_ns, src, dst_ns, dst, src_id, dst_id, security = key
+        rows.append({"source": src, "source_namespace": src_ns, "destination": dst, "destination_namespace": dst_ns,
+                     "source_identity": src_id, "destination_identity": dst_id,
+                     "secured": security == "mutual_tls", **golden.summary(g, window_s)})
+    return rows
+
+
+def edges(
+    ctx: typer.Context,
+    window: Annotated[str, typer.Option("--window", "-w", help="Only calls made in this window, e.g. 10s; 0 (the "
+                                        "default) counts since each proxy started.")] = "0",
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Who calls whom, with the mTLS identities on each side (like `linkerd viz edges`)."""
+    c: Context = ctx.obj
+    window_s = seconds("--window", window)
+    rows = edge_rows(c, project, window_s)
+
+    def table() -> Any:
+        return simple_table(["src", "dst", "src identity", "dst identity", "secured", "requests", "success"],
+                            [[f"{r['source_namespace']}/{r['source']}" if r["source_namespace"] not in ("", "unknown")
+                              else r["source"], f"{r['destination_namespace']}/{r['destination']}"
+                              if r["destination_namespace"] else r["destination"], r["source_identity"],
+                              r["destination_identity"], "✔ mTLS" if r["secured"] else "✘ plaintext",
+                              r["requests"], _fmt(r["success_rate"], "%", 2)] for r in rows])
+    emit(c.out, output, rows, table)
+
+
+# --- logs ---------------------------------------------------------------------------------------------------
+
+def logs(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service (app name, compose service or project.service).")],
+    status: Annotated[str | None, typer.Option("--status", help="Only these statuses: 503, 5xx, 4xx, or a "
+                                               "comma list such as 500,503.")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Only request paths that start with this.")] = None,
+    peer: Annotated[str | None, typer.Option("--peer", help="Only calls from or to this service or identity.")]
+    = None,
+    direction: Annotated[str | None, typer.Option("--direction", help="inbound or outbound (default: both).")]
+    = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only entries newer than this, e.g. 10m.")] = None,
+    tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="At most this many entries (the newest).")] = 100,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new entries.")] = False,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """The service's access log from all its sidecars: one line per request, with identities and flags."""
+    c: Context = ctx.obj
+    wanted = LogFilter.parse(status, path, peer, direction)
+    since_ts = time.time() - seconds("--since", since) if since else None
+    proxies = mesh.running(c, project, service)
+    if follow:
+        _follow(c, proxies, wanted, output)
+        return
+    entries = [e for p in proxies for e in mesh.access_log(c, p, since=since_ts) if wanted.matches(e)]
+    entries = sorted(entries, key=lambda e: e.get("time") or 0)[-tail:] if tail else []
+    if output is OutputFormat.table:
+        c.out.print(_log_table(entries))
+    else:
+        emit(c.out, output, entries, lambda: _log_table(entries))
+
+
+def _log_row(e: dict[str, Any]) -> list[Any]:
+    inbound = e.get("direction") == "inbound"
+    peer = e.get("source_workload") or e.get("source") if inbound else e.get("destination_service") or \
+        e.get("destination")
+    when = time.strftime("%H:%M:%S", time.localtime(e.get("time") or 0))
+    return [when, e.get("proxy"), "in" if inbound else "out", e.get("method", "TCP"),
+            e.get("path", "-"), e.get("status", "-"), _fmt(e.get("duration_ms"), "ms"), peer,
+            "mTLS" if e.get("mtls") else "plain", e.get("flags", "-")]
+
+
+LOG_COLUMNS = ["time", "proxy", "dir", "method", "path", "status", "duration", "peer", "tls", "flags"]
+
+
+def _log_table(entries: list[dict[str, Any]]) -> Any:
+    return simple_table(LOG_COLUMNS, [_log_row(e) for e in entries])
+
+
+def _stream(c: Context, proxies: list[Any], since: float) -> queue.Queue[dict[str, Any]]:
+    """Follow every proxy's access log in a background thread each; entries arrive on one queue."""
+    out: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
+
+    def pump(proxy: Any) -> None:
+        for entry in mesh.access_log(c, proxy, since=since, follow=True):
+            out.put(entry)
+
+    for p in proxies:
+        threading.Thread(target=pump, args=(p,), daemon=True).start()
+    return out
+
+
+def _follow(c: Context, proxies: list[Any], wanted: LogFilter, output: OutputFormat) -> None:
+    entries = _stream(c, proxies, time.time())
+    c.out.print(simple_table(LOG_COLUMNS, []) if output is OutputFormat.table else Text(""), end="")
+    try:
+        while True:
+            e = entries.get()
+            if not wanted.matches(e):
+                continue
+            if output is OutputFormat.table:
+                c.out.print("  ".join(str(v) for v in _log_row(e)), highlight=False, soft_wrap=True)
+            else:
+                c.out.print_json(data=e)
+    except KeyboardInterrupt:
+        return
+
+
+# --- top ----------------------------------------------------------------------------------------------------
+
+def top(
+    ctx: typer.Context,
+    duration: Annotated[str | None, typer.Option("--duration", "-d", help="Watch this long, then print and exit "
+                                                 "(default with -o json: 5s; otherwise until Ctrl-C).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the N busiest routes.")] = 20,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """A live view of the busiest routes (source, destination, method, path), from the access logs."""
+    c: Context = ctx.obj
+    until = seconds("--duration", duration) if duration else (5.0 if output is not OutputFormat.table else None)
+    started = time.time()
+    entries = _stream(c, mesh.running(c, project), started)
+    seen: list[dict[str, Any]] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                seen.append(entries.get_nowait())
+            except queue.Empty:
+                return
+
+    def rows() -> list[dict[str, Any]]:
+        return top_routes(seen, time.time() - started)[:limit]
+
+    def table() -> Any:
+        return Group(Text(f"busiest routes over the last {time.time() - started:.0f}s (Ctrl-C to stop)",
+                          style="dim"),
+                     simple_table(["source", "destination", "method", "path", "count", "rps", "success",
+                                   "p50", "max"],
+                                  [[r["source"], r["destination"], r["method"], r["path"], r["count"],
+                                    _fmt(r["rps"], "", 1), _fmt(r["success_rate"], "%", 1),
+                                    _fmt(r["p50_ms"], "ms"), _fmt(r["max_ms"], "ms")] for r in rows()]))
+
+    if output is not OutputFormat.table:
+        time.sleep(until or 5.0)
+        drain()
+        emit(c.out, output, rows(), table)
+        return
+    try:
+        with Live(table(), console=c.out, refresh_per_second=2, transient=False) as live:
+            while until is None or time.time() - started < until:
+                time.sleep(0.5)
+                drain()
+                live.update(table())
+    except KeyboardInterrupt:
+        pass
+
+
+# --- trace --------------------------------------------------------------------------------------------------
+
+def trace(
+    ctx: typer.Context,
+    trace_id: Annotated[str | None, typer.Argument(metavar="[TRACE_ID]", help="Show this trace as a tree (a "
+                                                   "unique prefix of its id is enough).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="List at most this many traces.")] = 20,
+    service: Annotated[str | None, typer.Option("--service", "-s", help="Only traces that touch this service.")]
+    = None,
+    project: ProjectOption = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Recent traces, newest first; with an id, one trace as a tree of spans with timings."""
+    c: Context = ctx.obj
+    spans = mesh.spans(c, mesh.running(c, project))
+    if trace_id is None:
+        rows = traces.summaries(spans, service)[:limit]
+        emit(c.out, output, rows, lambda: simple_table(
+            ["trace id", "root", "services", "spans", "duration", "errors", "age"],
+            [[r["trace_id"], r["root"], ",".join(r["services"]), r["spans"], _fmt(r["duration_ms"], "ms"),
+              r["errors"], f"{time.time() - r['start']:.0f}s"] for r in rows]))
+        return
+    found = traces.find(spans, trace_id)
+    emit(c.out, output, found, lambda: render_tree(found))
+
+
+def render_tree(spans: list[dict[str, Any]]) -> Any:
+    roots, children = traces.tree(spans)
+    start = min(s["timestamp"] for s in spans)
+    total = max(s["timestamp"] + s["duration"] for s in spans) - start
+
+    def label(s: dict[str, Any]) -> Text:
+        tags = s.get("tags", {})
+        offset, width = (s["timestamp"] - start) / max(total, 1), s["duration"] / max(total, 1)
+        bar = " " * int(offset * 20) + "█" * max(1, int(width * 20))
+        text = Text(f"{bar:<21} ", style="cyan")
+        text.append(f"{s['localEndpoint']['serviceName']} ", style="bold")
+        remote = (s.get("remoteEndpoint") or {}).get("serviceName", "?")
+        text.append(f"{s['name']} → {remote} " if s["kind"] == "CLIENT" else f"{s['name']} ")
+        code = tags.get("http.status_code", "")
+        text.append(code, style="red" if "error" in tags else "green")
+        text.append(f"  {s['duration'] / 1000:.2f}ms  +{(s['timestamp'] - start) / 1000:.2f}ms", style="dim")
+        if "route" in tags:
+            text.append(f"  route {tags['route']}", style="dim")
+        text.append(f"  peer {tags.get('peer.identity', '?')}", style="dim")
+        return text
+
+    tree = Tree(Text(f"trace {spans[0]['traceId']}  {len(spans)} spans  {total / 1000:.2f}ms", style="bold"))
+
+    def grow(node: Tree, span: dict[str, Any]) -> None:
+        branch = node.add(label(span))
+        for child in children.get(span["id"], []):
+            grow(branch, child)
+
+    for root in roots:
+        grow(tree, root)
+    return tree
+
+
+def register(app: typer.Typer) -> None:
+    commands: list[tuple[str, Callable[..., Any]]] = [("stat", stat), ("top", top), ("edges", edges),
+                                                        ("logs", logs), ("trace", trace)]
+    for name, command in commands:
+        app.command(name)(command)

@@ -1,0 +1,140 @@
+"""`meshctl slo set|status|list|delete`: objectives teams set, watch and gate deploys on."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from meshctl.config import changes
+from meshctl.config.kinds import find_kind
+from meshctl.config.resources import Resource, key
+from meshctl.context import Context
+from meshctl.errors import InvalidInput
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
+from meshctl.pilot.push import meshed_versions
+from meshctl.status import ExitCode
+from meshctl.telemetry import golden, mesh, slo
+
+app = typer.Typer(help="Service level objectives: error budgets and burn rates.", no_args_is_help=True)
+KIND = "ServiceLevelObjective"
+
+
+def objectives(c: Context, service: str | None = None) -> list[Resource]:
+    found = [r for r in changes.current(c)
+             if r["kind"] == KIND and (service is None or r["spec"]["service"] == service)]
+    if service and not found:
+        raise InvalidInput(f"no SLO for {service!r}", f"set one with `meshctl slo set {service} --availability 99.9`")
+    return found
+
+
+def counts_source(c: Context) -> tuple[slo.Counts, str]:
+    """Prometheus over the window when the addon runs; else the sidecars' counters since they started."""
+    from meshctl.addons import prometheus  # the addon module is optional at run time
+
+    url = prometheus.url(c.home)
+    if url:
+        return slo.prometheus_counts(url), "prometheus"
+
+    def since_start(service: str, project: str | None, seconds: float) -> golden.Golden:
+        proxies = [p for p in mesh.running(c, project) if p.app == service]
+        tallied = golden.window(mesh.metrics(c, proxies), None,
+                                lambda labels: ("all",) if golden.inbound(labels) else None)
+        return tallied.get(("all",), golden.Golden())
+
+    return since_start, "proxies (since start)"
+
+
+def status_rows(c: Context, service: str | None, max_burn: float) -> list[dict[str, Any]]:
+    counts, source = counts_source(c)
+    return [{**row, "source": source} for r in objectives(c, service) for row in slo.evaluate(r, counts, max_burn)]
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service (its app name).")],
+    availability: Annotated[float | None, typer.Option(help="Percent of requests that must succeed (not 5xx), "
+                                                       "e.g. 99.9.")] = None,
+    latency: Annotated[str | None, typer.Option(help="A latency objective such as 'p99<300ms'.")] = None,
+    window: Annotated[str, typer.Option(help="The period the objective covers, e.g. 1h, 7d.")] = "1h",
+    project: Annotated[str | None, typer.Option("--project", "-p", help="Only the service in this compose project.")]
+    = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resource; change nothing.")] = False,
+) -> None:
+    """Define (or replace) the SLO of a service."""
+    c: Context = ctx.obj
+    resource = slo.resource(service, availability, latency, window, project)
+    if dry_run:
+        c.out.print(to_yaml(resource), end="", highlight=False)
+        return
+    if service not in meshed_versions(c.home):
+        raise InvalidInput(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
+
+    def change(current: list[Resource]) -> list[Resource]:
+        return [r for r in current if key(r) != key(resource)] + [resource]
+
+    revision, _ = changes.edit(c, change, f"slo set {service}")
+    c.err.print(f"SLO for {service} set (revision {revision.revision}); watch it with `meshctl slo status`",
+                highlight=False)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+    """The SLOs defined in this mesh."""
+    c: Context = ctx.obj
+    found = objectives(c)
+    rows = [{"service": r["spec"]["service"], "project": r["metadata"].get("namespace"),
+             "availability": r["spec"].get("availability"), "latency": r["spec"].get("latency"),
+             "window": r["spec"]["window"]} for r in found]
+    emit(c.out, output, rows, lambda: simple_table(
+        ["service", "project", "availability", "latency", "window"],
+        [[r["service"], r["project"] or "-", f"{r['availability']:g}%" if r["availability"] else "-",
+          f"p{r['latency']['percentile']:g}<{r['latency']['threshold']}" if r["latency"] else "-", r["window"]]
+         for r in rows]))
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service.")]) -> None:
+    """Remove a service's SLO."""
+    c: Context = ctx.obj
+    kind = find_kind(KIND)
+    assert kind is not None
+    objectives(c, service)
+    changes.delete(c, kind, service)
+    c.err.print(f"SLO for {service} deleted", highlight=False)
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="Only this service's SLO.")] = None,
+    max_burn: Annotated[float, typer.Option("--max-burn", min=0.0, help="Exit 1 when an objective burns its "
+                                            "budget at least this fast, over the window and its last twelfth "
+                                            "(1: the budget runs out exactly at the window's end).")] = 1.0,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Error budget left and burn rate per objective; exits 1 when one burns too fast, to gate a deploy."""
+    c: Context = ctx.obj
+    rows = status_rows(c, service, max_burn)
+
+    def pct(v: float | None, digits: int = 2) -> str:
+        return "-" if v is None else f"{v:.{digits}f}%"
+
+    emit(c.out, output, rows, lambda: simple_table(
+        ["service", "objective", "target", "window", "actual", "budget left", "burn", "burn (short)", "requests",
+         "state", "source"],
+        [[r["service"], r["objective"], f"{r['target']:g}%", r["window"], pct(r["indicator"], 3),
+          pct(r["budget_left"], 1), "-" if r["burn_rate"] is None else f"{r['burn_rate']:g}x",
+          "-" if r["burn_rate_short"] is None else f"{r['burn_rate_short']:g}x", r["requests"], r["state"],
+          r["source"]] for r in rows]))
+    burning = [r for r in rows if r["state"] in ("BURNING", "EXHAUSTED")]
+    if burning:
+        c.err.print(f"[red]{len(burning)} objective(s) burning their error budget too fast:[/] "
+                    + ", ".join(f"{r['service']} {r['objective']} ({r['burn_rate']:g}x)" for r in burning),
+                    highlight=False)
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="slo")

@@ -1,0 +1,93 @@
+"""Read every running sidecar at once: metrics, spans and access logs, straight from the data plane.
+
+No collector process is needed: each sidecar keeps its counters, histograms and recent spans, and
+writes its access log to its container's output, where Docker keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from meshctl import const
+from meshctl.context import Context
+from meshctl.errors import InvalidInput
+from meshctl.runtime.direct import OPENER
+from meshctl.runtime.engine import engine_errors
+from meshctl.runtime.proxies import Proxy, list_proxies
+from meshctl.telemetry.scrape import Sample, scrape
+
+T = TypeVar("T")
+
+
+def running(ctx: Context, project: str | None = None, service: str | None = None) -> list[Proxy]:
+    """Running sidecars, optionally of one project and one service (app or compose service name)."""
+    proxies = [p for p in list_proxies(ctx.docker(), project) if p.state == "running"]
+    if service:
+        proxies = [p for p in proxies if service in (p.app, p.service, p.name)]
+        if not proxies:
+            raise InvalidInput(f"no running sidecar serves {service!r}",
+                               "see `meshctl proxy-status` for the services in this mesh")
+    return proxies
+
+
+def each(ctx: Context, proxies: list[Proxy], read: Callable[[str], T]) -> dict[str, T]:
+    """read(address) for every proxy, in parallel: proxy name -> result."""
+    network = ctx.home.settings().network
+    pairs = [(p.name, p.address_on(network)) for p in proxies]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda pair: (pair[0], read(pair[1] or "")), pairs))
+    return dict(results)
+
+
+def metrics(ctx: Context, proxies: list[Proxy]) -> dict[str, list[Sample]]:
+    return each(ctx, proxies, scrape)
+
+
+def spans_of(address: str, timeout: float = 3.0) -> list[dict[str, Any]]:
+    try:
+        with OPENER.open(f"http://{address}:{const.PORT_METRICS}/spans", timeout=timeout) as resp:
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return []
+    return [s for s in data if isinstance(s, dict)] if isinstance(data, list) else []
+
+
+def spans(ctx: Context, proxies: list[Proxy]) -> list[dict[str, Any]]:
+    return [s for found in each(ctx, proxies, spans_of).values() for s in found]
+
+
+def access_log(ctx: Context, proxy: Proxy, since: float | None = None, tail: int | None = None,
+               follow: bool = False) -> Iterator[dict[str, Any]]:
+    """The sidecar's JSON access-log lines (its other output, the proxy's own log, is skipped)."""
+    with engine_errors(f"read the logs of {proxy.container}"):
+        container = ctx.docker().containers.get(proxy.container)
+        kwargs: dict[str, Any] = {"stdout": True, "stderr": False, "tail": tail if tail is not None else "all"}
+        if since is not None:
+            kwargs["since"] = since
+        if follow:
+            kwargs.update(stream=True, follow=True)
+            stream = container.logs(**kwargs)
+        else:
+            stream = iter(container.logs(**kwargs).splitlines())
+    buffer = b""
+    for chunk in stream:
+        buffer += chunk if follow else chunk + b"\n"
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if entry := parse_log_line(line):
+                yield {**entry, "proxy": proxy.name}
+
+
+def parse_log_line(line: bytes) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line.startswith(b"{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and "direction" in entry else None
