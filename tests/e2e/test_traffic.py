@@ -233,13 +233,13 @@ spec:
 
 def test_request_and_response_headers_are_rewritten(app: App, mesh_home: Path) -> None:
     route(mesh_home, "set", "reviews", "--to", "v1", "--set-response-header", "x-mesh=routed",
-          "--remove-response-header", "x-served-by", "--set-header", "x-b3-traceid=00000000000000000000000000c0ffee")
+          "--remove-response-header", "x-served-by", "--set-header", "x-request-id=c0ffee")
     code, out = app.exec("productpage", "curl", "-s", "-D", "-", "-o", "/dev/null", "reviews:9080/reviews/0")
     headers = out.lower()
     assert code == 0 and "x-mesh: routed" in headers and "x-served-by" not in headers, out
-    # the request header arrived upstream: the receiving sidecar logs the trace id it carried
+    # the request header arrived upstream: the receiving sidecar logs the request id it carried
     seen = [e for e in app.logs("reviews-v1-proxy") if e.get("direction") == "inbound"]
-    assert seen[-1]["trace_id"] == "00000000000000000000000000c0ffee"
+    assert seen[-1]["request_id"] == "c0ffee"
 
 
 def test_live_route_changes_take_effect_within_2s_without_a_failed_request(app: App, mesh_home: Path) -> None:
