@@ -199,6 +199,10 @@ class Routing:
                                                                          flow.metadata["mesh_service"])
         except Exception:
             self._fail(flow)
+        if flow.response is not None and "close" in flow.request.headers.get("connection", "").lower():
+            # mitmproxy closes the client connection after this response; say so, as any server must, or a
+            # client like wrk sends its next request into a socket that is being closed
+            flow.response.headers["connection"] = "close"
 
     # --- lookups ------------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ def root(
 def _register() -> None:
     from meshctl.cli import (
         analyze,
+        bench,
         certs,
         check,
         config,
@@ -70,7 +71,7 @@ def _register() -> None:
     )
 
     for module in (install, inject, demo, config, route, rollout, certs, security, proxy, observe, telemetry, slo,
-                   dashboard, analyze, check, version):
+                   dashboard, bench, analyze, check, version):
         module.register(app)
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from meshctl.config.store import Store
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, MeshError
 from meshctl.inject import load, paths, rewrite
 from meshctl.output import to_yaml
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot, describe
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
+from meshctl.runtime import images
 
 
 @dataclass
@@ -29,6 +30,15 @@ class Result:
 def _fail(source: str, problems: list[str]) -> InvalidInput:
     more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
     return InvalidInput(f"{source}: {problems[0]}{more}", details=[f"{source}: {p}" for p in problems])
+
+
+def _image_id(ctx: Context, ref: str) -> str:
+    """The sidecar image's id, when an engine answers: inject also works offline, on files alone."""
+    try:
+        image = images.find_image(ctx.docker(), ref)
+    except MeshError:
+        return ""
+    return image.id if image is not None else ""
 
 
 def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
@@ -48,7 +58,7 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
     revision = Store(ctx.home.config_dir).read()
     dirs = {p.service: proxy_dir(ctx.home.proxies_dir, project, p.service) for p in pods}
     data = rewrite.rewrite(compose, pods, project, {k: str(v) for k, v in dirs.items()}, settings.proxy_image,
-                           settings.trust_domain, settings.network)
+                           settings.trust_domain, settings.network, _image_id(ctx, settings.proxy_image))
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
     text = to_yaml(data)

@@ -193,7 +193,7 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
     return sidecar
 
 
-def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any]) -> dict[str, Any]:
+def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any], image_id: str = "") -> dict[str, Any]:
     app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode", "scale")}
     if pod.workload and "deploy" in app:  # one pod per replica: each instance is a single container
         app["deploy"] = {k: v for k, v in app["deploy"].items() if k != "replicas"}
@@ -206,15 +206,16 @@ def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any]) -> dict[str, An
     labels = labels_of(svc)
     labels[f"{const.LABEL_PREFIX}.injected"] = "true"
     # An app joined to a recreated sidecar would keep the old, dead namespace. Compose recreates a
-    # container when its config changes, so the app carries its sidecar's config as a hash.
+    # container when its config or its image changes (a rebuilt proxy image keeps its tag), so the app
+    # carries a hash of both.
     labels[f"{const.LABEL_PREFIX}.sidecar-hash"] = hashlib.sha256(
-        json.dumps(sidecar, sort_keys=True).encode()).hexdigest()[:16]
+        json.dumps([sidecar, image_id], sort_keys=True).encode()).hexdigest()[:16]
     app["labels"] = labels
     return app
 
 
 def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dict[str, str], image: str,
-            trust_domain: str, mesh_network: str) -> dict[str, Any]:
+            trust_domain: str, mesh_network: str, image_id: str = "") -> dict[str, Any]:
     data = copy.deepcopy(compose.data)
     services: dict[str, Any] = {}
     by_workload: dict[str, list[Pod]] = {}
@@ -227,7 +228,7 @@ def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dic
         for pod in by_workload[name]:
             sidecar = _sidecar(svc, pod, project, proxy_dirs[pod.service], image, mesh_network)
             services[pod.sidecar] = sidecar
-            services[pod.service] = _app(svc, pod, sidecar)
+            services[pod.service] = _app(svc, pod, sidecar, image_id)
     data["services"] = services
     networks = dict(data.get("networks") or {})
     networks[mesh_network] = {"external": True, "name": mesh_network}

@@ -1,0 +1,1 @@
+"""`meshctl bench`: the same client -> server workload, direct and through the mesh, in one run."""

@@ -1,0 +1,230 @@
+"""One bench run: every mode under the same loads, sidecar cost from the engine's stats, config
+propagation to a fleet of proxies, and mesh start-up; all in one run so the ratios compare like with like."""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from docker.models.containers import Container
+
+from meshctl.bench import workload
+from meshctl.bench.workload import Load
+from meshctl.config import changes
+from meshctl.context import Context
+from meshctl.pilot.status import proxy_statuses
+from meshctl.runtime.engine import engine_errors
+
+Progress = Callable[[str], None]
+MODES = ("direct", "mesh-plaintext", "mesh-mtls", "mesh-mtls-l7")
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float
+    loads: tuple[Load, ...]
+    fleets: tuple[int, ...]  # proxies to measure config propagation at
+
+    @classmethod
+    def full(cls, seconds: float = 5.0) -> Plan:
+        loads = tuple(Load(size, c, new) for new in (False, True) for size in ("1k", "64k") for c in (1, 16))
+        return cls(seconds, loads, (10, 50))
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(1.0, (Load("1k", 1, False), Load("1k", 16, False), Load("1k", 16, True)), (3,))
+
+
+# --- sidecar cost from the engine -----------------------------------------------------------------------
+
+def _stats(c: Container) -> tuple[float, float]:
+    """(CPU seconds used so far, resident memory in MB) of one container."""
+    with engine_errors(f"read the stats of {c.name}"):
+        s = c.stats(stream=False, one_shot=True)
+    cpu = s.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9
+    mem = s.get("memory_stats", {}).get("stats", {})
+    rss = mem.get("rss", mem.get("anon", s.get("memory_stats", {}).get("usage", 0)))
+    return cpu, rss / 2**20
+
+
+class Sampler:
+    """CPU used by each sidecar over a load, and the largest RSS seen while it ran."""
+
+    def __init__(self, sidecars: list[Container]) -> None:
+        self.sidecars = sidecars
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for c in self.sidecars:
+                self.peak[c.name] = max(self.peak.get(c.name, 0.0), _stats(c)[1])
+
+    def __enter__(self) -> Sampler:
+        self.before = {c.name: _stats(c)[0] for c in self.sidecars}
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        took = time.monotonic() - self.started
+        self.cores = {c.name: (_stats(c)[0] - self.before[c.name]) / took for c in self.sidecars}
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    started: float
+    machine: dict[str, Any]
+    plan: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)  # one per (mode, load)
+    sidecars: list[dict[str, Any]] = field(default_factory=list)
+    propagation: list[dict[str, Any]] = field(default_factory=list)
+    startup_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"started": self.started, "machine": self.machine, "plan": self.plan, "results": self.results,
+                "sidecars": self.sidecars, "propagation": self.propagation, "startup_s": self.startup_s}
+
+
+def machine(ctx: Context) -> dict[str, Any]:
+    info = ctx.docker().info()
+    return {"cpus": info.get("NCPU"), "memory_gb": round(info.get("MemTotal", 0) / 2**30, 1),
+            "kernel": info.get("KernelVersion"), "engine": info.get("ServerVersion"),
+            "python": platform.python_version()}
+
+
+def compare(results: list[dict[str, Any]]) -> None:
+    """Each meshed figure next to direct's for the same load: throughput ratio and added latency."""
+    direct = {r["load"]: r for r in results if r["mode"] == "direct"}
+    for r in results:
+        base = direct.get(r["load"])
+        if base is None or r["mode"] == "direct":
+            continue
+        r["throughput_ratio"] = round(r["rps"] / base["rps"], 4) if base["rps"] else None
+        for p in ("p50_ms", "p90_ms", "p99_ms"):
+            if p in r and p in base:
+                r[f"added_{p}"] = round(r[p] - base[p], 3)
+
+
+def _mode_config(ctx: Context, mode: str) -> None:
+    """The mesh's config for a mode: nothing, peer mTLS off, or a 90/10 route plus an ALLOW policy."""
+    ns, domain = workload.PROJECT, ctx.home.settings().trust_domain
+    wanted: list[dict[str, Any]] = []
+    if mode == "mesh-plaintext":
+        wanted.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                       "metadata": {"name": "bench-server", "namespace": ns},
+                       "spec": {"selector": {"matchLabels": {"app": "server"}}, "mtls": {"mode": "DISABLE"}}})
+    if mode == "mesh-mtls-l7":
+        dest = [{"destination": {"host": "server", "subset": s}, "weight": w} for s, w in (("v1", 90), ("v2", 10))]
+        wanted += [
+            {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "bench-server"},
+             "spec": {"host": "server", "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench-server"},
+             "spec": {"hosts": ["server"], "http": [{"route": dest}]}},
+            {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": "bench-server", "namespace": ns},
+             "spec": {"selector": {"matchLabels": {"app": "server"}}, "action": "ALLOW",
+                      "rules": [{"from": [{"source": {"principals": [f"{domain}/ns/{ns}/sa/client"]}}]}]}},
+        ]
+
+    def change(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in current if r["metadata"]["name"] != "bench-server"] + wanted
+
+    changes.edit(ctx, change, f"bench: {mode}")
+    wait_synced(ctx, ns)
+
+
+def wait_synced(ctx: Context, project: str, timeout: float = 60) -> float:
+    """Seconds until every proxy of the project acknowledged the current config."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        rows = [r for r in proxy_statuses(ctx) if r.name.startswith(f"{project}.")]
+        if rows and all(r.synced for r in rows):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise TimeoutError(f"{project}'s proxies did not sync within {timeout:.0f}s")
+
+
+def propagation(ctx: Context, size: int, progress: Progress) -> dict[str, Any]:
+    project = f"{workload.PROJECT}-fleet"
+    progress(f"starting {size} meshed pods for the propagation measure")
+    fleet = workload.up_meshed(ctx, project, workload.compose_text(fleet=size))
+    wait_synced(ctx, project)
+    timings = []
+    for i in range(3):  # a change that reaches every proxy of the fleet: its own VirtualService
+        resource = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                    "metadata": {"name": "bench-fleet"},
+                    "spec": {"hosts": ["idle"], "http": [{"timeout": f"{i + 1}s",
+                                                          "route": [{"destination": {"host": "idle"}}]}]}}
+        started = time.monotonic()
+        changes.apply(ctx, [resource])
+        wait_synced(ctx, project)
+        timings.append(time.monotonic() - started)
+    changes.edit(ctx, lambda current: [r for r in current if r["metadata"]["name"] != "bench-fleet"], "bench: done")
+    return {"proxies": size, "startup_s": round(fleet.started_s, 2), "propagation_s": round(max(timings), 3),
+            "propagation_runs_s": [round(t, 3) for t in timings]}
+
+
+def run(ctx: Context, plan: Plan, progress: Progress) -> Report:
+    report = Report(time.time(), machine(ctx), {"seconds": plan.seconds, "loads": [ld.name for ld in plan.loads],
+                                                   "fleets": list(plan.fleets)})
+    progress("building the bench image (wrk and a one-send HTTP server)")
+    workload.ensure_image(ctx, progress)
+    try:
+        progress("direct: client and server with no mesh")
+        caller, _ = workload.start_direct(ctx)
+        for load in plan.loads:
+            progress(f"direct: {load.name}")
+            report.results.append({"mode": "direct", "load": load.name,
+                                   **workload.run_wrk(caller, f"{workload.DIRECT_NETWORK}-server", load, plan.seconds)})
+        workload.stop_direct(ctx)
+        progress("meshing client -> server (inject, up, until every sidecar is ready)")
+        meshed = workload.up_meshed(ctx, workload.PROJECT, workload.compose_text())
+        report.startup_s = round(meshed.started_s, 2)
+        caller = workload.container(ctx, workload.PROJECT, "client")
+        sidecars = [workload.container(ctx, workload.PROJECT, s) for s in ("client-proxy", "server-v1-proxy")]
+        idle = {c.name: _stats(c)[1] for c in sidecars}
+        peak: dict[str, float] = {}
+        cost: dict[str, list[float]] = {c.name: [] for c in sidecars}
+        for mode in MODES[1:]:
+            progress(f"{mode}: configuring")
+            _mode_config(ctx, mode)
+            workload.wait_serving(caller, "server")
+            for load in plan.loads:
+                progress(f"{mode}: {load.name}")
+                with Sampler(sidecars) as sampler:
+                    result = workload.run_wrk(caller, "server", load, plan.seconds)
+                for name, cores in sampler.cores.items():
+                    peak[name] = max(peak.get(name, 0.0), sampler.peak.get(name, 0.0))
+                    if result["rps"] > 0:
+                        cost[name].append(cores / (result["rps"] / 1000))
+                report.results.append({"mode": mode, "load": load.name, **result,
+                                       "sidecar_cores": {k: round(v, 3) for k, v in sampler.cores.items()}})
+        _mode_config(ctx, "mesh-mtls")  # leave no bench policy behind
+        report.sidecars = [{"sidecar": c.name, "rss_idle_mb": round(idle[c.name], 1),
+                            "rss_load_mb": round(peak.get(c.name, 0.0), 1),
+                            "cores_per_1000_rps": round(min(cost[c.name]), 3) if cost[c.name] else None,
+                            "cores_per_1000_rps_worst": round(max(cost[c.name]), 3) if cost[c.name] else None}
+                           for c in sidecars]
+        workload.down_meshed(ctx, workload.PROJECT)
+        for size in plan.fleets:
+            report.propagation.append(propagation(ctx, size, progress))
+    finally:
+        progress("cleaning up the bench's containers")
+        workload.stop_direct(ctx)
+        for project in (workload.PROJECT, f"{workload.PROJECT}-fleet"):
+            workload.down_meshed(ctx, project)
+        changes.edit(ctx, lambda current: [r for r in current
+                                           if r["metadata"]["name"] not in ("bench-server", "bench-fleet")],
+                     "bench: clean up")
+    compare(report.results)
+    return report

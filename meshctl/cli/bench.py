@@ -1,0 +1,63 @@
+"""`meshctl bench`: meshed vs direct, measured in one run on the real engine with the bench's own containers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.text import Text
+
+from meshctl.bench.run import Plan, run
+from meshctl.context import Context
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+
+
+def _f(value: Any, digits: int = 2, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def render(report: dict[str, Any]) -> Group:
+    results = simple_table(
+        ["mode", "load", "req/s", "vs direct", "p50", "p90", "p99", "+p50", "+p90", "errors"],
+        [[r["mode"], r["load"], _f(r["rps"], 0), _f(r.get("throughput_ratio"), 3), _f(r.get("p50_ms"), 3, "ms"),
+          _f(r.get("p90_ms"), 3, "ms"), _f(r.get("p99_ms"), 3, "ms"), _f(r.get("added_p50_ms"), 3, "ms"),
+          _f(r.get("added_p90_ms"), 3, "ms"), int(r["errors"] + r["socket_errors"])] for r in report["results"]])
+    sidecars = simple_table(["sidecar", "rss idle", "rss under load", "cores per 1000 req/s (best-worst)"],
+                            [[s["sidecar"], _f(s["rss_idle_mb"], 1, " MB"), _f(s["rss_load_mb"], 1, " MB"),
+                              f"{_f(s['cores_per_1000_rps'], 3)}-{_f(s['cores_per_1000_rps_worst'], 3)}"]
+                             for s in report["sidecars"]])
+    fleet = simple_table(["proxies", "start-up (inject to ready)", "config change to all SYNCED"],
+                         [[p["proxies"], _f(p["startup_s"], 1, " s"), _f(p["propagation_s"], 3, " s")]
+                          for p in report["propagation"]])
+    m = report["machine"]
+    return Group(Text(f"meshctl bench: {m['cpus']} CPUs, {m['memory_gb']} GB, engine {m['engine']}, "
+                      f"{report['plan']['seconds']:g}s per load", style="bold"), results, Text(""), sidecars,
+                 Text(""), fleet, Text(f"\nmesh start-up, client -> server (3 pods): {_f(report['startup_s'], 1)} s"))
+
+
+def bench(
+    ctx: typer.Context,
+    quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (1 s loads, 3 loads, 3 proxies); it "
+                                        "asserts nothing about speed.")] = False,
+    duration: Annotated[float, typer.Option("--duration", "-d", min=1, max=60, help="Seconds per load (full run).")]
+    = 5.0,
+    save: Annotated[Path | None, typer.Option("--save", help="Also write the JSON report to this file.")] = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Direct, meshed plaintext, meshed mTLS and mTLS with an L7 route and policy: throughput, latency, sidecar
+    CPU and memory, config propagation and start-up. Every load is bounded and goes to the bench's own containers."""
+    c: Context = ctx.obj
+    c.home.settings()
+    plan = Plan.quick() if quick else Plan.full(duration)
+    with c.err.status("bench") as status:
+        report = run(c, plan, lambda text: status.update(f"bench: {text}")).as_dict()
+    if save:
+        save.write_text(json.dumps(report, indent=1) + "\n")
+    emit(c.out, output, report, lambda: render(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
