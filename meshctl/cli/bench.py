@@ -29,8 +29,9 @@ def render(report: dict[str, Any]) -> Group:
                             [[s["sidecar"], _f(s["rss_idle_mb"], 1, " MB"), _f(s["rss_load_mb"], 1, " MB"),
                               f"{_f(s['cores_per_1000_rps'], 3)}-{_f(s['cores_per_1000_rps_worst'], 3)}"]
                              for s in report["sidecars"]])
-    fleet = simple_table(["proxies", "start-up (inject to ready)", "config change to all SYNCED"],
-                         [[p["proxies"], _f(p["startup_s"], 1, " s"), _f(p["propagation_s"], 3, " s")]
+    fleet = simple_table(["proxies", "start-up (inject to ready)", "config change to all SYNCED (median, max)"],
+                         [[p["proxies"], _f(p["startup_s"], 1, " s"),
+                           f"{_f(p['propagation_s'], 3, ' s')}, {_f(p['propagation_max_s'], 3, ' s')}"]
                           for p in report["propagation"]])
     m = report["machine"]
     return Group(Text(f"meshctl bench: {m['cpus']} CPUs, {m['memory_gb']} GB, engine {m['engine']}, "
