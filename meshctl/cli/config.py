@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +44,14 @@ def apply(
                 "(`meshctl proxy-status --wait` to see them apply it)", highlight=False)
 
 
+def _target(r: dict[str, Any]) -> str:
+    """What a resource is about, whatever its kind: hosts, a host, a service or its selector."""
+    spec = r["spec"]
+    labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    return (", ".join(spec.get("hosts", [])) or spec.get("host") or spec.get("service")
+            or ", ".join(f"{k}={v}" for k, v in labels.items()) or "every workload in scope")
+
+
 def get(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=KIND_HELP)],
@@ -56,8 +64,8 @@ def get(
     found = changes.listing(c, k, name)
 
     def table() -> object:
-        hosts = [", ".join(r["spec"].get("hosts", [])) or r["spec"].get("host", "") for r in found]
-        return simple_table(["name", "hosts"], [[r["metadata"]["name"], h] for r, h in zip(found, hosts, strict=True)])
+        return simple_table(["name", "namespace", "applies to"],
+                            [[r["metadata"]["name"], r["metadata"].get("namespace") or "-", _target(r)] for r in found])
 
     data: object = found[0] if name is not None and output is not OutputFormat.table else found
     emit(c.out, output, data, table)  # type: ignore[arg-type]

@@ -176,17 +176,17 @@ def test_sampling_and_export_to_zipkin_and_otlp(bi: App, mesh_home: Path, engine
 
 def test_stat_agrees_with_the_load_generators_counts(bi: App, mesh_home: Path) -> None:
     fault(bi, "productpage", rate=0.1, status=503)
-    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "stat", "productpage", "--window", "25s", "-o", "json"],
+    proc = subprocess.Popen([sys.executable, "-m", "meshctl", "stat", "productpage", "--window", "30s", "-o", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "MESHCTL_HOME": str(mesh_home)})
-    time.sleep(3)  # stat has read the counters once
-    statuses = load(400)
+    time.sleep(5)  # stat has read the counters once
+    statuses = load(seconds=15)  # bounded in time, so it ends well inside stat's window on a slow machine
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     row = next(r for r in json.loads(out) if r["service"] == "productpage")
     sent, ok = sum(statuses.values()), statuses[200]
     print(f"load generator: {sent} sent, {ok} ok ({statuses}); stat: {row}")
-    assert statuses[503] > 10  # the fault really fired
+    assert sent > 100 and statuses[503] > 5  # the fault really fired
     assert abs(row["requests"] - sent) <= 0.02 * sent
     assert abs(row["success_rate"] - 100 * ok / sent) <= 2
     assert row["rps"] > 0 and row["p50_ms"] and row["p99_ms"] >= row["p50_ms"]
