@@ -43,6 +43,13 @@ def namespace_of(identity: str | None) -> str:
     return match.group(1) if match else "unknown"
 
 
+def outcome(flow: http.HTTPFlow) -> tuple[float, int, str]:
+    """When the exchange ended, its status (0: no response) and its Envoy-style flags (UF: upstream failure)."""
+    end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
+    status = flow.response.status_code if flow.response else 0
+    return end, status, flow.metadata.get("mesh_flags") or ("-" if flow.response else "UF")
+
+
 class Telemetry:
     def __init__(self, live: LiveSnapshot, endpoints: Endpoints, out: TextIO = sys.stdout) -> None:
         self.live = live
@@ -74,6 +81,13 @@ class Telemetry:
     # --- who talked to whom ---------------------------------------------------------------------------
 
     def parties(self, flow: http.HTTPFlow | tcp.TCPFlow) -> dict[str, str]:
+        """Both ends of the flow, worked out once per flow (metrics, the access log and the span share it)."""
+        found = flow.metadata.get("mesh_parties")
+        if found is None:
+            found = flow.metadata["mesh_parties"] = self._parties(flow)
+        return found
+
+    def _parties(self, flow: http.HTTPFlow | tcp.TCPFlow) -> dict[str, str]:
         snap = self.snap
         project = snap.name.split(".", 1)[0]
         me = {"workload": snap.service, "namespace": project, "app": snap.app, "version": snap.version,
@@ -119,11 +133,9 @@ class Telemetry:
 
     def _record(self, flow: http.HTTPFlow) -> None:
         parties = self.parties(flow)
-        status = flow.response.status_code if flow.response else 0
-        flags = flow.metadata.get("mesh_flags") or ("-" if flow.response else "UF")  # UF: upstream failure
+        end, status, flags = outcome(flow)
         labels = {**{k: parties[k] for k in PARTY_LABELS}, "request_protocol": "http",
                   "response_code": str(status), "response_flags": flags}
-        end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
         duration_ms = (end - flow.request.timestamp_start) * 1000
         req_bytes = len(flow.request.raw_content or b"")
         resp_bytes = len(flow.response.raw_content or b"") if flow.response else 0

@@ -28,6 +28,7 @@ from mitmproxy import http
 
 from addons.listeners import INBOUND_PORT
 from addons.live import LiveSnapshot
+from addons.telemetry import outcome
 
 log = logging.getLogger("meshctl.tracing")
 BUFFER_SPANS = 2048  # the embedded collector's memory: about 1 MB
@@ -186,15 +187,14 @@ class Tracing:
         snap = self.live.current
         parties = self.telemetry.parties(flow)
         inbound = span.kind == "SERVER"
-        end = (flow.response.timestamp_end if flow.response and flow.response.timestamp_end else None) or time.time()
-        status = flow.response.status_code if flow.response else 0
+        end, status, flags = outcome(flow)
         project = snap.name.split(".", 1)[0]
         peer = parties["source_principal"] if inbound else parties["destination_principal"]
         tags = {"http.method": flow.request.method, "http.path": flow.request.path.split("?", 1)[0],
                 "http.status_code": str(status), "peer.identity": peer, "node_id": snap.name,
                 "upstream_cluster": f"{parties['destination_service']}|{parties['destination_version']}",
                 "mtls": str(parties["connection_security_policy"] == "mutual_tls").lower(),
-                "response_flags": flow.metadata.get("mesh_flags") or ("-" if flow.response else "UF")}
+                "response_flags": flags}
         if isinstance(route := flow.metadata.get("mesh_route"), dict):  # the router's decision
             tags["route"] = f"{route.get('host')}|{route.get('subset') or '-'}"
             tags["attempts"] = str(route.get("attempts", 1))

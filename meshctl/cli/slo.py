@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from meshctl.cli.observe import measure
 from meshctl.config import changes
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, key
@@ -38,8 +39,7 @@ def counts_source(c: Context) -> tuple[slo.Counts, str]:
 
     def since_start(service: str, project: str | None, seconds: float) -> golden.Golden:
         proxies = [p for p in mesh.running(c, project) if p.app == service]
-        tallied = golden.window(mesh.metrics(c, proxies), None,
-                                lambda labels: ("all",) if golden.inbound(labels) else None)
+        tallied = measure(c, proxies, 0, lambda labels: ("all",) if golden.inbound(labels) else None)
         return tallied.get(("all",), golden.Golden())
 
     return since_start, "proxies (since start)"

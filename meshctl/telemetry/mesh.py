@@ -68,18 +68,19 @@ def access_log(ctx: Context, proxy: Proxy, since: float | None = None, tail: int
         kwargs: dict[str, Any] = {"stdout": True, "stderr": False, "tail": tail if tail is not None else "all"}
         if since is not None:
             kwargs["since"] = since
-        if follow:
-            kwargs.update(stream=True, follow=True)
-            stream = container.logs(**kwargs)
-        else:
-            stream = iter(container.logs(**kwargs).splitlines())
+        output = container.logs(**kwargs, stream=True, follow=True) if follow else container.logs(**kwargs)
+    lines = _lines(output) if follow else iter(output.splitlines())
+    for line in lines:
+        if entry := parse_log_line(line):
+            yield {**entry, "proxy": proxy.name}
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Whole lines from a stream whose chunks may split them."""
     buffer = b""
-    for chunk in stream:
-        buffer += chunk if follow else chunk + b"\n"
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if entry := parse_log_line(line):
-                yield {**entry, "proxy": proxy.name}
+    for chunk in chunks:
+        *done, buffer = (buffer + chunk).split(b"\n")
+        yield from done
 
 
 def parse_log_line(line: bytes) -> dict[str, Any] | None:
