@@ -13,7 +13,6 @@ generation and reloaded when the files change, so a rotation reaches new connect
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,9 +23,11 @@ from cryptography import x509
 from mitmproxy import connection, tls
 from OpenSSL import SSL, crypto
 
+from addons.snapshot import PROXY_DIR
+
 log = logging.getLogger("meshctl.mtls")
 
-CERT_DIR = Path(os.environ.get("MESHCTL_PROXY_DIR", "/etc/meshctl"))
+CERT_DIR = PROXY_DIR
 # Preference when a TLS client offers both: apps behind sidecars mostly speak HTTP/1.1.
 HTTP_ALPNS = (b"http/1.1", b"h2")
 

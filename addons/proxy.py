@@ -204,5 +204,14 @@ async def main() -> None:
     await master.run()
 
 
+def run() -> None:
+    try:
+        import uvloop  # libuv's event loop: each event's trip through the loop is a good part of the cost
+    except ImportError:  # the addon tests import this module without it
+        asyncio.run(main())
+        return
+    uvloop.run(main())
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    run()

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from addons import capture, snapshot
-from addons.mtls import CERT_DIR
+
+CERT_DIR = snapshot.PROXY_DIR  # only the stdlib is imported here: this process stays small
 
 PROXY_UID = 1337
 MIRROR_DIR = Path("/run/meshctl")
@@ -104,7 +105,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_term)
     snapshot_mtime = 0.0
     while not stopping:
-        child = subprocess.Popen([sys.executable, "-m", "addons.proxy"], user=PROXY_UID, group=PROXY_UID,
+        child = subprocess.Popen([sys.executable, "-O", "-m", "addons.main"], user=PROXY_UID, group=PROXY_UID,
                                  extra_groups=[], env=env, cwd="/tmp")
         if stopping:  # SIGTERM arrived while the child was being started
             child.send_signal(signal.SIGTERM)

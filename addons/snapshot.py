@@ -7,11 +7,15 @@ before anything uses it. Depends only on the stdlib.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = 1
+# Where the sidecar finds its mounted files (certificate, key, bundle, snapshot). Defined here, in a
+# stdlib-only module, so the supervisor process does not load TLS and mitmproxy just to know a path.
+PROXY_DIR = Path(os.environ.get("MESHCTL_PROXY_DIR", "/etc/meshctl"))
 MODES = ("STRICT", "PERMISSIVE", "DISABLE")
 
 

@@ -29,6 +29,7 @@ LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags")
 TCP_LABELS = PARTY_LABELS
 # Istio's proxies export no *_created series; they would only double the scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+SERIES_LIMIT = 4096  # resolved label sets kept; past it the cache starts over (the metrics are untouched)
 DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
 
@@ -73,6 +74,7 @@ class Telemetry:
                                 TCP_LABELS, registry=self.registry)
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP "
                                     "connection.", TCP_LABELS, registry=self.registry)
+        self._series: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
 
     @property
     def snap(self) -> Snapshot:
@@ -134,15 +136,15 @@ class Telemetry:
     def _record(self, flow: http.HTTPFlow) -> None:
         parties = self.parties(flow)
         end, status, flags = outcome(flow)
-        labels = {**{k: parties[k] for k in PARTY_LABELS}, "request_protocol": "http",
-                  "response_code": str(status), "response_flags": flags}
         duration_ms = (end - flow.request.timestamp_start) * 1000
         req_bytes = len(flow.request.raw_content or b"")
         resp_bytes = len(flow.response.raw_content or b"") if flow.response else 0
-        self.requests.labels(**labels).inc()
-        self.duration.labels(**labels).observe(duration_ms)
-        self.request_bytes.labels(**labels).observe(req_bytes)
-        self.response_bytes.labels(**labels).observe(resp_bytes)
+        requests, duration, request_bytes, response_bytes = self._http_series(
+            (*(parties[k] for k in PARTY_LABELS), "http", str(status), flags))
+        requests.inc()
+        duration.observe(duration_ms)
+        request_bytes.observe(req_bytes)
+        response_bytes.observe(resp_bytes)
         self._log({
             "time": flow.request.timestamp_start, "direction": "inbound" if parties["reporter"] == "destination"
             else "outbound", "method": flow.request.method, "authority": flow.request.host_header or "",
@@ -161,6 +163,18 @@ class Telemetry:
             "request_id": flow.request.headers.get("x-request-id"),
             "error": flow.error.msg if flow.error else None,
         })
+
+    def _http_series(self, values: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
+        """The four metrics' children for one label set (in LABELS order). Resolved once: labels() checks
+        its arguments and takes a lock on every call, a cost paid per request otherwise."""
+        series = self._series.get(values)
+        if series is None:
+            if len(self._series) >= SERIES_LIMIT:
+                self._series.clear()
+            series = self._series[values] = (self.requests.labels(*values), self.duration.labels(*values),
+                                              self.request_bytes.labels(*values),
+                                              self.response_bytes.labels(*values))
+        return series
 
     # --- TCP --------------------------------------------------------------------------------------------
 

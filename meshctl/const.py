@@ -36,7 +36,7 @@ DEBIAN_SUITE: Final = "bookworm"
 DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
 
 # What the sidecar image installs from the host-built wheelhouse.
-PROXY_PYTHON_PACKAGES: Final = ("mitmproxy==11.0.2", "prometheus_client>=0.20", "pyyaml>=6")
+PROXY_PYTHON_PACKAGES: Final = ("mitmproxy==11.0.2", "prometheus_client>=0.20", "pyyaml>=6", "uvloop>=0.21")
 
 # Istio's data-plane numbers.
 PORT_ADMIN: Final = 15000
