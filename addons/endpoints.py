@@ -18,6 +18,8 @@ from addons.snapshot import Service, Snapshot, Workload
 log = logging.getLogger("meshctl.endpoints")
 REFRESH_EVERY_S = 2.0
 ON_DEMAND_MIN_GAP_S = 0.25
+DEPARTED_TTL_S = 300.0  # how long an address that left its service is still known as that service's
+DEPARTED_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class Endpoints:
     def __init__(self, services: tuple[Service, ...]) -> None:
         self.services = services
         self.by_ip: dict[str, Endpoint] = {}
+        # Addresses whose pod is gone, and when it went. An app's keep-alive connection (or DNS cache)
+        # can outlive the pod it was opened to; its requests still belong to that service.
+        self.departed: dict[str, tuple[Endpoint, float]] = {}
         self._refreshed_at = 0.0
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -65,8 +70,25 @@ class Endpoints:
         resolved = [known.get(wl.host, set()) if ips is None else ips for (_, wl), ips in zip(pairs, results,
                                                                                                 strict=True)]
         table = {ip: Endpoint(svc, wl) for (svc, wl), ips in zip(pairs, resolved, strict=True) for ip in ips}
+        now = time.monotonic()
+        self._note_departed({ip: e for ip, e in self.by_ip.items() if ip not in table}, table, now)
         self.by_ip = table  # swapped whole: readers never see a half-built table
-        self._refreshed_at = time.monotonic()
+        self._refreshed_at = now
+
+    def _note_departed(self, gone: dict[str, Endpoint], table: dict[str, Endpoint], now: float) -> None:
+        kept = {ip: (e, t) for ip, (e, t) in self.departed.items() if ip not in table and now - t < DEPARTED_TTL_S}
+        kept.update((ip, (e, now)) for ip, e in gone.items())
+        if len(kept) > DEPARTED_MAX:  # the oldest go first
+            kept = dict(sorted(kept.items(), key=lambda item: item[1][1])[-DEPARTED_MAX:])
+        self.departed = kept
+
+    def departed_endpoint(self, ip: str) -> Endpoint | None:
+        """The endpoint `ip` was, if its pod left the service recently and the service is still meshed."""
+        found = self.departed.get(ip)
+        if found is None or time.monotonic() - found[1] >= DEPARTED_TTL_S:
+            return None
+        service = self.find_service(found[0].service.name)
+        return Endpoint(service, found[0].workload) if service is not None else None
 
     async def refresh(self) -> None:
         if self._refreshing is None or self._refreshing.done():

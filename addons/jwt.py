@@ -49,15 +49,18 @@ def _int(text: str) -> int:
 
 
 def parse_jwks(text: str) -> list[tuple[str | None, PublicKey]]:
-    """(kid, key) for every RSA and EC key in a JWKS document."""
+    """(kid, key) for every RSA and EC key in a JWKS document; JwtError when it is not one."""
     keys: list[tuple[str | None, PublicKey]] = []
-    for jwk in json.loads(text).get("keys", []):
-        kty = jwk.get("kty")
-        if kty == "RSA":
-            keys.append((jwk.get("kid"), rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()))
-        elif kty == "EC" and jwk.get("crv") in CURVES:
-            numbers = ec.EllipticCurvePublicNumbers(_int(jwk["x"]), _int(jwk["y"]), CURVES[jwk["crv"]]())
-            keys.append((jwk.get("kid"), numbers.public_key()))
+    try:
+        for jwk in json.loads(text).get("keys", []):
+            kty = jwk.get("kty")
+            if kty == "RSA":
+                keys.append((jwk.get("kid"), rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()))
+            elif kty == "EC" and jwk.get("crv") in CURVES:
+                numbers = ec.EllipticCurvePublicNumbers(_int(jwk["x"]), _int(jwk["y"]), CURVES[jwk["crv"]]())
+                keys.append((jwk.get("kid"), numbers.public_key()))
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise JwtError(f"the issuer's JWKS is not usable ({type(exc).__name__}: {exc})") from exc
     return keys
 
 
@@ -90,9 +93,13 @@ def verify_signature(header: Mapping[str, Any], signing_input: bytes, signature:
 def decode(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     try:
         head, body, sig = token.split(".")
-        return json.loads(b64url(head)), json.loads(b64url(body)), f"{head}.{body}".encode(), b64url(sig)
-    except (ValueError, TypeError) as exc:
+        header, claims = json.loads(b64url(head)), json.loads(b64url(body))
+        signature = b64url(sig)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise JwtError("malformed token") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise JwtError("malformed token: its header and claims must be JSON objects")
+    return header, claims, f"{head}.{body}".encode(), signature
 
 
 def check_claims(claims: Mapping[str, Any], audiences: Sequence[str], now: float) -> None:
@@ -103,7 +110,8 @@ def check_claims(claims: Mapping[str, Any], audiences: Sequence[str], now: float
         raise JwtError("token not valid yet")
     if audiences:
         aud = claims.get("aud")
-        given = [aud] if isinstance(aud, str) else list(aud or [])
+        given = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) \
+            else []
         if not set(given) & set(audiences):
             raise JwtError(f"audience {given or 'none'} is not one of {list(audiences)}")
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from mitmproxy import connection
+from mitmproxy import connection, http
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, context, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
@@ -32,6 +32,9 @@ INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
 H2_PREFACE = b"PRI * HTTP/2.0"
 L4_ALPN = b"meshctl-l4"
+HTTP_VERSIONS = ("HTTP/1.0", "HTTP/1.1", "HTTP/2.0")  # anything else is refused, not passed on as HTTP/1.1
+MAX_HEADERS = 100  # Envoy's defaults: headers_count and max_request_headers_kb
+MAX_HEADER_BYTES = 60 * 1024
 PROXY_PORTS = (15000, 15099)  # offered on L4 tunnels so the far side never mistakes them for HTTP ALPN
 
 
@@ -123,6 +126,24 @@ class Listeners:
             log.exception("refusing a connection: could not decide how to handle it")
             nextlayer.layer = Refuse(ctx)
 
+    @staticmethod
+    def requestheaders(flow: http.HTTPFlow) -> None:
+        """Envoy's limits on what a request may be, checked before any other addon sees it."""
+        if flow.response is not None:
+            return
+        req = flow.request
+        if req.http_version not in HTTP_VERSIONS:
+            refusal = (505, f"{req.http_version[:20]!r} is not an HTTP version this mesh speaks")
+        elif len(req.headers.fields) > MAX_HEADERS:
+            refusal = (431, f"{len(req.headers.fields)} request headers; at most {MAX_HEADERS} are accepted")
+        elif sum(len(k) + len(v) + 4 for k, v in req.headers.fields) > MAX_HEADER_BYTES:
+            refusal = (431, f"request headers larger than {MAX_HEADER_BYTES // 1024} KiB")
+        else:
+            return
+        flow.response = http.Response.make(refusal[0], f"meshctl: {refusal[1]}\n".encode(),
+                                           {"content-type": "text/plain", "connection": "close"})
+        flow.metadata["mesh_flags"] = "DPE"  # Envoy's downstream protocol error
+
     def _inbound(self, ctx: context.Context, data: bytes) -> layer.Layer:
         if ctx.client.tls:  # inside our verified mTLS: the peer's app protocol
             return self._inbound_app(ctx, data)
@@ -164,6 +185,8 @@ class Listeners:
             return layers.TCPLayer(ctx, ignore=True)
         assert ctx.server.address is not None
         endpoint = await self.endpoints.lookup(ctx.server.address[0])
+        if endpoint is None:  # a pod that left its service: still that service's (routing re-targets HTTP)
+            endpoint = self.endpoints.departed_endpoint(ctx.server.address[0])
         if endpoint is None or not endpoint.workload.accepts_mtls(ctx.server.address[1]):
             # outside the mesh, or a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
             return self._app_protocol(ctx, data) if looks_like_http1(data) else layers.TCPLayer(ctx, ignore=True)

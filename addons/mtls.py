@@ -147,6 +147,11 @@ class MutualTLS:
         conn.set_accept_state()
         data.ssl_conn = conn
 
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        """A peer that failed our mutual TLS (no certificate, another CA's, an expired one): refused, and said."""
+        peer = data.conn.peername[0] if data.conn.peername else "?"
+        log.warning("refused mutual TLS from %s: %s", peer, data.conn.error or "handshake failed")
+
     def tls_start_server(self, data: tls.TlsData) -> None:
         assert self.contexts is not None
         address = data.conn.address if isinstance(data.conn, connection.Server) else None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+STATUS_RE = re.compile(r"[1-5][0-9][0-9]")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 UNLIMITED = 2**32 - 1  # Istio's default for every connection-pool limit
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -110,8 +111,9 @@ class RetryPolicy:
         if spec is None:
             return cls()
         tokens = [t.strip() for t in str(spec.get("retryOn", "")).split(",") if t.strip()]
-        statuses = frozenset(int(t) for t in tokens if t.isdigit())
-        conditions = frozenset(t for t in tokens if not t.isdigit())
+        codes = [t for t in tokens if STATUS_RE.fullmatch(t)]  # ASCII digits: '²'.isdigit() is True, int('²') fails
+        statuses = frozenset(int(t) for t in codes)
+        conditions = frozenset(t for t in tokens if t not in codes)
         if statuses:
             conditions |= {"retriable-status-codes"}
         if not tokens:  # Istio keeps its default conditions when only attempts are given

@@ -5,7 +5,8 @@ balancing minus ejected outliers), and then the exchange itself through addons.u
 route's timeout and retries.
 
 Pure functions do the matching and choosing (tested without a network); the addon only applies them.
-A service with neither resource keeps plain mTLS passthrough to the pod Docker's DNS picked. Requests
+A service with neither resource keeps plain mTLS passthrough to the pod Docker's DNS picked, unless that
+pod has gone: then its requests are routed to the service's other pods. Requests
 whose body streams (larger than 128 KiB) or that upgrade the connection (WebSocket) are routed to a
 chosen endpoint but relayed by mitmproxy itself: they get no timeout, retries or faults.
 """
@@ -179,11 +180,16 @@ class Routing:
         if flow.response is not None or not flow.server_conn.tls or flow.server_conn.address is None:
             return  # only outbound calls to meshed services come here with upstream mTLS
         snap = self.live.current
-        if not snap.routes and not snap.destinations:
-            return
         try:
-            endpoint = await self.endpoints.lookup(flow.server_conn.address[0])
-            if endpoint is None or not self._has_policy(snap, endpoint.service.name):
+            ip = flow.server_conn.address[0]
+            endpoint = await self.endpoints.lookup(ip)
+            if endpoint is None:
+                # The pod this connection was opened to is gone (a keep-alive connection or a DNS cache
+                # outlived it). Its service's other pods answer, as behind a Kubernetes service address.
+                endpoint = self.endpoints.departed_endpoint(ip)
+                if endpoint is None:
+                    return
+            elif not self._has_policy(snap, endpoint.service.name):
                 return
             flow.metadata["mesh_service"] = endpoint.service.name
             if flow.request.stream or "upgrade" in flow.request.headers:

@@ -82,9 +82,17 @@ def _get(data: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
 
 
 def _ports(values: Any, where: str) -> frozenset[int]:
-    if not isinstance(values, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in values):
+    if not isinstance(values, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
+                                               for p in values):
         raise SnapshotError(f"field {where} must be a list of port numbers")
     return frozenset(values)
+
+
+def _port_modes(values: Any) -> bool:
+    """{"8080": "DISABLE"}: JSON keys are strings, of ASCII digits only ('²'.isdigit() is True)."""
+    return isinstance(values, dict) and all(
+        isinstance(k, str) and len(k) <= 5 and k.isascii() and k.isdigit() and 0 < int(k) < 65536 and v in MODES
+        for k, v in values.items())
 
 
 def parse(data: Any) -> Snapshot:
@@ -109,7 +117,7 @@ def parse(data: Any) -> Snapshot:
                 raise SnapshotError(f"{where[:-1]} is not an object")
             wl_mode = wl.get("mode", "PERMISSIVE")
             wl_ports = wl.get("port_modes", {})
-            if wl_mode not in MODES or not isinstance(wl_ports, dict) or any(v not in MODES for v in wl_ports.values()):
+            if wl_mode not in MODES or not _port_modes(wl_ports):
                 raise SnapshotError(f"{where}mode and port_modes must be one of {', '.join(MODES)}")
             workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where), wl_mode,
                                       tuple(sorted((int(k), v) for k, v in wl_ports.items()))))
@@ -122,7 +130,7 @@ def parse(data: Any) -> Snapshot:
                                                    for i in items):
             raise SnapshotError(f"field {key} must be a list of named objects")
     port_modes = inbound.get("port_modes", {})
-    if not isinstance(port_modes, dict) or not all(str(k).isdigit() and v in MODES for k, v in port_modes.items()):
+    if not _port_modes(port_modes):
         raise SnapshotError("field inbound.port_modes must map port numbers to " + ", ".join(MODES))
     security: dict[str, list[dict[str, Any]]] = {}
     for key in ("authorization", "jwt"):
@@ -175,7 +183,7 @@ def read_raw(path: Path) -> Any:
         return json.loads(path.read_text())
     except OSError as exc:
         raise SnapshotError(f"cannot read {path}: {exc.strerror}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an integer too long, nesting too deep
         raise SnapshotError(f"{path} is not valid JSON: {exc}") from exc
 
 

@@ -11,22 +11,31 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from meshctl.errors import MeshError, PermissionProblem
+from meshctl.errors import InvalidInput, MeshError, PermissionProblem
+
+# Errors about the file system rather than the file: exit code PERMISSION ("cannot be read or written").
+FILE_SYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 def os_error(exc: OSError, path: Path | str, doing: str) -> MeshError:
     """Translate an OSError into the one line a user can act on."""
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return PermissionProblem(
             f"cannot {doing} {path}: permission denied",
             "check the owner and mode of the mesh home, or point MESHCTL_HOME at a writable directory",
         )
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return PermissionProblem(f"cannot {doing} {path}: no space left on device", "free some disk space")
+    if exc.errno == errno.EROFS:
+        return PermissionProblem(f"cannot {doing} {path}: read-only file system",
+                                 "remount it read-write, or point MESHCTL_HOME at a writable directory")
+    if exc.errno == errno.ENOSPC:
+        return PermissionProblem(f"cannot {doing} {path}: no space left on device", "free some disk space and retry")
+    if exc.errno == errno.EDQUOT:
+        return PermissionProblem(f"cannot {doing} {path}: disk quota exceeded", "free some disk space and retry")
     return MeshError(f"cannot {doing} {path}: {exc.strerror or exc}")
 
 
@@ -101,3 +110,12 @@ def read_text(path: Path) -> str:
         return path.read_text()
     except OSError as exc:
         raise os_error(exc, path, "read") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start})", "give a text file") from None
+
+
+def read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"<stdin> is not UTF-8 text (byte {exc.start})", "pipe a text file") from None

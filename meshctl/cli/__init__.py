@@ -20,6 +20,7 @@ from rich.markup import escape
 from meshctl import __version__
 from meshctl.context import Context
 from meshctl.errors import MeshError
+from meshctl.fsutil import FILE_SYSTEM_ERRNOS, os_error
 from meshctl.home import MeshHome, default_home
 from meshctl.status import ExitCode
 
@@ -102,6 +103,15 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("MESHCTL_DEBUG", "").lower() in ("1", "true", "yes")
 
 
+def _report(err: Console, exc: MeshError, debug: bool) -> int:
+    if debug:
+        err.print_exception()
+        for detail in exc.details:
+            err.print(f"  - {escape(detail)}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False)
+    return exc.code
+
+
 def run(argv: list[str], obj: Context | None = None) -> int:
     """Run meshctl with `argv` and return its exit code; never raises (the CLI's and the tests' entry)."""
     err = obj.err if obj else Console(stderr=True, soft_wrap=True)
@@ -110,12 +120,7 @@ def run(argv: list[str], obj: Context | None = None) -> int:
         result = typer.main.get_command(app).main(args=argv, prog_name="meshctl", standalone_mode=False, obj=obj)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except MeshError as exc:
-        if debug:
-            err.print_exception()
-            for detail in exc.details:
-                err.print(f"  - {escape(detail)}", highlight=False)
-        err.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False)
-        return exc.code
+        return _report(err, exc, debug)
     except ClickExit as exc:
         return int(exc.exit_code)  # type: ignore[attr-defined]
     except ClickAbort:
@@ -134,6 +139,9 @@ def run(argv: list[str], obj: Context | None = None) -> int:
         err.print("[red]interrupted[/]")
         return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: still one line unless asked for the traceback
+        if isinstance(exc, OSError) and (exc.filename or exc.errno in FILE_SYSTEM_ERRNOS):
+            # a file operation the library did not translate (a full disk, a read-only or foreign home)
+            return _report(err, os_error(exc, exc.filename or "a file", "access"), debug)
         if debug:
             err.print_exception()
         err.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}; rerun with --debug and report it",

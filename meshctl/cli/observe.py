@@ -6,6 +6,7 @@ embedded collector, access logs from its container's output.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -31,9 +32,12 @@ ProjectOption = Annotated[str | None, typer.Option("--project", "-p", help="Only
 def seconds(flag: str, text: str) -> float:
     """A duration flag; a bare number means seconds (`--duration 4`)."""
     try:
-        return float(text) if text.strip().replace(".", "", 1).isdigit() else parse_duration(text)
+        value = float(text) if text.strip().replace(".", "", 1).isdigit() else parse_duration(text)
     except ValueError as exc:
         raise InvalidInput(f"{flag}: {exc}") from None
+    if not math.isfinite(value):
+        raise InvalidInput(f"{flag}: {text!r} is too long a duration")
+    return value
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:

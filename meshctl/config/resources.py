@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from meshctl.config import safeyaml
 from meshctl.config.kinds import KINDS, Kind, find_kind
-from meshctl.config.schema import NAME_RE, validate
+from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
 from meshctl.errors import InvalidInput
-from meshctl.fsutil import read_text
+from meshctl.fsutil import read_stdin, read_text
 
 Resource = dict[str, Any]
 SUFFIXES = (".yaml", ".yml", ".json")
 WHEN_KEY = re.compile(r"^(request\.headers\[[^\]]+\]|source\.principal|source\.namespace|request\.auth\.principal|"
                       r"request\.auth\.audiences|request\.auth\.claims\[[^\]]+\]|destination\.port)$")
+METADATA: dict[str, Any] = {"namespace": "string", "labels": {"*": "string"}, "annotations": {"*": "string"}}
 
 
 def key(resource: Resource) -> tuple[str, str]:
@@ -31,7 +30,7 @@ def key(resource: Resource) -> tuple[str, str]:
 
 def _sources(target: str) -> list[tuple[str, str]]:
     if target == "-":
-        return [("<stdin>", sys.stdin.read())]
+        return [("<stdin>", read_stdin())]
     path = Path(target)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
@@ -41,6 +40,46 @@ def _sources(target: str) -> list[tuple[str, str]]:
     if not path.is_file():
         raise InvalidInput(f"{target}: no such file or directory", "give a file, a directory, or - for stdin")
     return [(target, read_text(path))]
+
+
+def required_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]:
+    """Fields Istio requires, which everything downstream (analyze too) reads without looking first."""
+    problems = []
+    if kind.name == "VirtualService":
+        for i, rule in enumerate(spec.get("http") or []):
+            problems += [f"{where}.spec.http[{i}].route[{j}].destination.host: required"
+                         for j, r in enumerate(rule.get("route") or []) if not (r.get("destination") or {}).get("host")]
+            if "mirror" in rule and not rule["mirror"].get("host"):
+                problems.append(f"{where}.spec.http[{i}].mirror.host: required")
+            if "abort" in (rule.get("fault") or {}) and "httpStatus" not in rule["fault"]["abort"]:
+                problems.append(f"{where}.spec.http[{i}].fault.abort.httpStatus: required")
+    if kind.name == "DestinationRule":
+        if not spec.get("host"):
+            problems.append(f"{where}.spec.host: required (the service these policies are for)")
+        problems += [f"{where}.spec.subsets[{i}].name: required" for i, s in enumerate(spec.get("subsets") or [])
+                     if not s.get("name")]
+    if kind.name == "RequestAuthentication":
+        problems += [f"{where}.spec.jwtRules[{i}].fromHeaders[{j}].name: required"
+                     for i, rule in enumerate(spec.get("jwtRules") or [])
+                     for j, h in enumerate(rule.get("fromHeaders") or []) if not h.get("name")]
+    if kind.name == "Telemetry":
+        problems += [f"{where}.spec.tracing[{i}].providers[{j}].name: required (zipkin or opentelemetry)"
+                     for i, entry in enumerate(spec.get("tracing") or [])
+                     for j, p in enumerate(entry.get("providers") or []) if "name" not in p]
+    if kind.name == "ServiceLevelObjective":
+        problems += [f"{where}.spec.{k}: required" for k in ("service", "window") if k not in spec]
+        if "availability" not in spec and "latency" not in spec:
+            problems.append(f"{where}.spec: give availability, latency or both")
+        if not 0 < spec.get("availability", 50) < 100:
+            problems.append(f"{where}.spec.availability: must be above 0 and below 100")
+        latency = spec.get("latency")
+        if latency is not None:
+            problems += [f"{where}.spec.latency.{k}: required" for k in ("percentile", "threshold") if k not in latency]
+            if not 0 < latency.get("percentile", 50) < 100:
+                problems.append(f"{where}.spec.latency.percentile: must be above 0 and below 100")
+        if "window" in spec and parse_duration(spec["window"]) < 60:
+            problems.append(f"{where}.spec.window: use at least 1m")
+    return problems
 
 
 def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]:
@@ -59,7 +98,7 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                     problems.append(f"{where}.spec.http[{i}].route: weights add up to {total:g}, not 100")
     if kind.name == "PeerAuthentication":
         problems += [f"{where}.spec.portLevelMtls.{port}: must be a port number" for port in
-                     spec.get("portLevelMtls") or {} if not str(port).isdigit() or not 0 < int(port) < 65536]
+                     spec.get("portLevelMtls") or {} if not is_port(port)]
         if spec.get("portLevelMtls") and not spec.get("selector"):
             problems.append(f"{where}.spec.portLevelMtls: needs a selector (port-level modes are per workload)")
     if kind.name == "AuthorizationPolicy":
@@ -67,9 +106,9 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
             for j, to in enumerate(rule.get("to") or []):
                 op = to.get("operation") or {}
                 problems += [f"{where}.spec.rules[{i}].to[{j}].operation.{k}: {p!r} is not a port number"
-                             for k in ("ports", "notPorts") for p in op.get(k) or [] if not str(p).isdigit()]
+                             for k in ("ports", "notPorts") for p in op.get(k) or [] if not is_port(p)]
             for j, cond in enumerate(rule.get("when") or []):
-                if not WHEN_KEY.match(cond.get("key", "")):
+                if not WHEN_KEY.fullmatch(cond.get("key", "")):
                     problems.append(f"{where}.spec.rules[{i}].when[{j}].key: {cond.get('key')!r} is not supported "
                                     "(request.headers[NAME], source.principal, source.namespace, "
                                     "request.auth.principal, request.auth.audiences, request.auth.claims[NAME], "
@@ -86,7 +125,7 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                 try:
                     keys = json.loads(rule["jwks"]).get("keys")
                     assert isinstance(keys, list) and keys
-                except (ValueError, AttributeError, AssertionError):
+                except (ValueError, AttributeError, AssertionError, RecursionError):
                     problems.append(f"{where}.spec.jwtRules[{i}].jwks: not a JWKS (JSON with a non-empty keys list)")
     if kind.name == "Telemetry":
         for i, entry in enumerate(spec.get("tracing") or []):
@@ -115,23 +154,29 @@ def check_document(doc: Any, where: str, semantic: bool = True) -> tuple[Resourc
     if doc.get("apiVersion") not in kind.api_versions:
         wanted = ", ".join(kind.api_versions)
         problems.append(f"{label}: apiVersion {doc.get('apiVersion')!r} should be one of {wanted}")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         problems.append(f"{label}: metadata.name must be lower-case letters, digits, '-' and '.'")
-    extra = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec"})
+    extra = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec"}, key=str)
     problems += [f"{label}: top-level field {k!r} is not part of a resource" for k in extra]
     if isinstance(metadata, dict):
         problems += [f"{label}: metadata.{k} is not supported (only name, namespace, labels, annotations)"
-                     for k in sorted(set(metadata) - {"name", "namespace", "labels", "annotations"})]
+                     for k in sorted(set(metadata) - {"name", "namespace", "labels", "annotations"}, key=str)]
+        problems += validate({k: v for k, v in metadata.items() if k in METADATA}, METADATA, f"{label}: metadata")
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         problems.append(f"{label}: spec must be a mapping")
     else:
         problems += validate(spec, kind.spec, f"{label}: spec", kind.unsupported)
+        problems += required_problems(kind, spec, label) if not problems else []
         problems += semantic_problems(kind, spec, label) if semantic and not problems else []
     if problems:
         return None, problems
     meta = {k: v for k, v in (metadata or {}).items() if k in ("name", "namespace", "labels", "annotations")}
-    return {"apiVersion": doc["apiVersion"], "kind": kind.name, "metadata": meta, "spec": spec}, []
+    resource = {"apiVersion": doc["apiVersion"], "kind": kind.name, "metadata": meta, "spec": spec}
+    try:  # the store and the snapshots are JSON: map keys become strings there, so they do here
+        return json.loads(json.dumps(resource, allow_nan=False)), []
+    except (TypeError, ValueError) as exc:
+        return None, [f"{label}: holds a value JSON cannot carry ({exc}); quote it"]
 
 
 def load(targets: list[str], semantic: bool = True) -> list[Resource]:
@@ -144,11 +189,10 @@ def load(targets: list[str], semantic: bool = True) -> list[Resource]:
     problems: list[str] = []
     for source, text in (s for t in targets for s in _sources(t)):
         try:
-            docs = [d for d in yaml.safe_load_all(text) if d is not None]
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            problems.append(f"{source}: invalid YAML{at}: {getattr(exc, 'problem', None) or exc}")
+            docs = [d for d in safeyaml.load_all(text) if d is not None]
+        except safeyaml.YAMLProblem as exc:
+            at = f" at line {exc.line}" if exc.line else ""
+            problems.append(f"{source}: invalid YAML{at}: {exc.problem}")
             continue
         for i, doc in enumerate(docs):
             resource, found = check_document(doc, source if len(docs) == 1 else f"{source}[{i}]", semantic)

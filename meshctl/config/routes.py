@@ -16,13 +16,14 @@ from typing import Any
 
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, semantic_problems
-from meshctl.config.schema import parse_duration
+from meshctl.config.schema import parse_duration, regex_problem
 from meshctl.errors import InvalidInput
 
 API_VERSION = "networking.istio.io/v1"
 MATCH_RE = re.compile(r"^(?P<field>header|query|path|uri|method)(?::(?P<name>[A-Za-z0-9_.-]+))?"
                       r"(?P<op>\^=|~=|=)(?P<value>.*)$")
 OPS = {"=": "exact", "^=": "prefix", "~=": "regex"}
+STATUS_RE = re.compile(r"[1-5][0-9][0-9]")  # a status code in --retry-on
 RETRY_ON = {"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream",
             "retriable-status-codes", "unavailable", "cancelled"}
 MATCH_HELP = ("header:NAME=VALUE, path=/exact, path^=/prefix, path~=regex, method=GET, query:NAME=VALUE; "
@@ -33,15 +34,13 @@ def parse_match(expressions: list[str]) -> dict[str, Any]:
     """['header:end-user=jason', 'path^=/api'] -> one Istio HTTPMatchRequest (all conditions must hold)."""
     match: dict[str, Any] = {}
     for expr in expressions:
-        m = MATCH_RE.match(expr)
+        m = MATCH_RE.fullmatch(expr)
         if not m:
             raise InvalidInput(f"--match {expr!r} is not a condition", f"write it like {MATCH_HELP}")
         kind, name, op, value = m["field"], m["name"], OPS[m["op"]], m["value"]
-        if op == "regex":
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise InvalidInput(f"--match {expr!r}: {value!r} is not a valid regular expression ({exc})") from exc
+        problem = regex_problem(value) if op == "regex" else None
+        if problem:
+            raise InvalidInput(f"--match {expr!r}: {problem}")
         if kind in ("header", "query"):
             if not name:
                 raise InvalidInput(f"--match {expr!r} names no {kind}", f"write it like {kind}:NAME=VALUE")
@@ -82,6 +81,9 @@ def parse_targets(values: list[str]) -> list[tuple[str, float | None]]:
         given = sum(w for _, w in parsed if w is not None)
         if open_:
             rest = 100 - given
+            if rest < 0:  # the subset without a weight would get a negative one
+                raise InvalidInput(f"--to: weights add up to {given:g}, more than 100",
+                                   "make the weights add up to 100")
             parsed[open_[0]] = (parsed[open_[0]][0], int(rest) if float(rest).is_integer() else rest)
             given = 100
         if abs(given - 100) > 1e-9:
@@ -176,7 +178,8 @@ def edit_rule(rule: dict[str, Any], service: str, edit: RouteEdit, versions: set
         if edit.per_try_timeout:
             retries["perTryTimeout"] = _duration("--per-try-timeout", edit.per_try_timeout)
         if edit.retry_on:
-            bad = [t for t in edit.retry_on.split(",") if t.strip() not in RETRY_ON and not t.strip().isdigit()]
+            bad = [t for t in edit.retry_on.split(",") if t.strip() not in RETRY_ON
+                   and not STATUS_RE.fullmatch(t.strip())]
             if bad:
                 raise InvalidInput(f"--retry-on {bad[0]!r} is not a retry condition",
                                    f"use status codes or {', '.join(sorted(RETRY_ON))}")

@@ -13,7 +13,9 @@ from typing import Any
 
 DURATION_RE = re.compile(r"^(\d+(\.\d+)?)(ms|s|m|h)$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_DURATION_S = 315_576_000_000  # protobuf's Duration (Istio's): 10,000 years
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+PORT_RE = re.compile(r"[0-9]{1,5}")
 
 Schema = dict[str, Any]
 
@@ -23,14 +25,34 @@ def parse_duration(text: str) -> float:
     m = DURATION_RE.match(text.strip())
     if not m:
         raise ValueError(f"{text!r} is not a duration; write it like 250ms, 1.5s, 2m or 1h")
-    return float(m.group(1)) * UNITS[m.group(3)]
+    seconds = float(m.group(1)) * UNITS[m.group(3)]
+    if not seconds <= MAX_DURATION_S:  # also inf: more digits than a float holds
+        raise ValueError(f"{text!r} is longer than a duration can be (10,000 years)")
+    return seconds
+
+
+def is_port(value: Any) -> bool:
+    """A port number, or its decimal text (YAML map keys, Istio's string lists, compose's port specs)."""
+    if isinstance(value, bool):
+        return False
+    text = str(value) if isinstance(value, int | str) else ""
+    return PORT_RE.fullmatch(text) is not None and 0 < int(text) < 65536
+
+
+def regex_problem(value: str) -> str | None:
+    """Why `value` is not a usable regular expression, or None. Python's `re` raises more than re.error."""
+    try:
+        re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((...)))) nested too deep
+        return f"{value!r} is not a valid regular expression ({exc})"
+    return None
 
 
 def _leaf(kind: str, value: Any, path: str) -> str | None:
     if kind == "string":
         return None if isinstance(value, str) else f"{path}: must be a string"
     if kind == "name":
-        return None if isinstance(value, str) and NAME_RE.match(value) else \
+        return None if isinstance(value, str) and NAME_RE.fullmatch(value) else \
             f"{path}: {value!r} must be lower-case letters, digits, '-' and '.'"
     if kind == "int":
         return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else \
@@ -57,11 +79,8 @@ def _leaf(kind: str, value: Any, path: str) -> str | None:
     if kind == "regex":
         if not isinstance(value, str):
             return f"{path}: must be a regular expression string"
-        try:
-            re.compile(value)
-        except re.error as exc:
-            return f"{path}: {value!r} is not a valid regular expression ({exc})"
-        return None
+        problem = regex_problem(value)
+        return f"{path}: {problem}" if problem else None
     if kind == "url":
         ok = isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) > 8
         return None if ok else f"{path}: {value!r} must be an http(s) URL, e.g. http://zipkin:9411/api/v2/spans"

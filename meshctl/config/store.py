@@ -7,12 +7,15 @@
 
 A write takes the lock, reads the current revision, writes the next one as a new file, then moves the
 pointer. A writer killed at any point leaves the pointer on the last complete revision, so readers never
-see a partial write, and concurrent writers are serialised rather than lost. Whole revisions are small
+see a partial write, and concurrent writers are serialised rather than lost. A revision file past the
+pointer (a writer killed before it moved the pointer) was never committed: it is not history, and the
+next write replaces it, as it removes the temporary files a killed writer left. Whole revisions are small
 (tens of resources) and make history and rollback a matter of pointing back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,7 +76,12 @@ class Store:
         return int(text)
 
     def read(self, number: int | None = None) -> Revision:
-        number = self.current_number() if number is None else number
+        current = self.current_number()
+        if number is not None and number > current:  # written by a writer killed before it committed it
+            raise InvalidInput(f"revision {number} does not exist", "see `meshctl history`")
+        return self._load(current if number is None else number)
+
+    def _load(self, number: int) -> Revision:
         path = self._revision_file(number)
         if not path.is_file():
             raise InvalidInput(f"revision {number} does not exist", "see `meshctl history`")
@@ -96,22 +104,37 @@ class Store:
                 return current
             new = Revision(current.revision + 1, now, message, resources)
             self._write_revision(new)
-            atomic_write(self._current_file, f"{new.revision}\n", mode=0o600)
+            try:
+                atomic_write(self._current_file, f"{new.revision}\n", mode=0o600)
+            except BaseException:  # e.g. the disk filled up between the two writes: leave no uncommitted revision
+                with contextlib.suppress(Exception):
+                    if self.current_number() != new.revision:
+                        self._revision_file(new.revision).unlink()
+                raise
             self._prune(new.revision)
         return new
 
     def history(self) -> list[Revision]:
+        """Every committed revision still kept, oldest first."""
+        current = self.current_number()
         try:
-            files = sorted(self._revisions_dir.glob("*.json"))
+            numbers = sorted(int(f.stem) for f in self._revisions_dir.glob("*.json") if f.stem.isdigit())
         except OSError as exc:
             raise os_error(exc, self._revisions_dir, "list") from exc
-        return [self.read(int(f.stem)) for f in files]
+        return [self._load(n) for n in numbers if n <= current]
 
     def _write_revision(self, rev: Revision) -> None:
         body = {"revision": rev.revision, "time": rev.time, "message": rev.message, "resources": rev.resources}
         atomic_write(self._revision_file(rev.revision), json.dumps(body, indent=1, sort_keys=True), mode=0o600)
 
     def _prune(self, newest: int) -> None:
-        for path in self._revisions_dir.glob("*.json"):
-            if path.stem.isdigit() and int(path.stem) <= newest - HISTORY_KEPT:
-                path.unlink(missing_ok=True)
+        """Drop revisions past HISTORY_KEPT, and temporary files of writers killed mid-write (under the lock,
+        so they cannot belong to a live writer: every writer here holds it). Housekeeping: the revision is
+        committed already, so a failure here is left for the next writer."""
+        with contextlib.suppress(OSError):
+            for path in self._revisions_dir.glob("*.json"):
+                if path.stem.isdigit() and int(path.stem) <= newest - HISTORY_KEPT:
+                    path.unlink(missing_ok=True)
+            for directory in (self.root, self._revisions_dir):
+                for path in directory.glob(".*.tmp"):
+                    path.unlink(missing_ok=True)

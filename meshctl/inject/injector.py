@@ -9,6 +9,7 @@ from pathlib import Path
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
+from meshctl.fsutil import locked
 from meshctl.inject import load, paths, rewrite
 from meshctl.output import to_yaml
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
@@ -46,8 +47,12 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
     """Mesh the compose file at `path`; `output_dir` is where the result will live (None: stdout)."""
     compose = load.load(path)
     if rewrite.is_meshed(compose.data):
-        return Result(compose.text, compose.data[rewrite.MARKER].get("project", ""), [], [], unchanged=True)
+        marker = compose.data[rewrite.MARKER]
+        return Result(compose.text, str(marker.get("project", "")) if isinstance(marker, dict) else "", [], [],
+                      unchanged=True)
     problems = load.check(compose)
+    if problems:  # a broken structure first: what follows reads services, labels and ports as compose has them
+        raise _fail(compose.source, problems)
     project = load.project_name(compose, project_name)
     pods, skipped, pod_problems = rewrite.plan_pods(compose, default_mode.upper())
     problems += pod_problems
@@ -64,10 +69,11 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
     text = to_yaml(data)
     # Everything is validated: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
-    for pod in pods:
-        info = describe(pod, pods, project, settings.trust_domain)
-        snap = compile_snapshot(info, revision.resources, revision.revision)
-        cert = workload.issue(root, snap["proxy"]["identity"], now, citadel.cert_ttl(ctx.home))
-        write_proxy_files(dirs[pod.service], cert, citadel.trust_bundle(ctx.home), info, snap)
+    with locked(ctx.home.ca_dir / ".lock"):  # as every issuance: the agent never sees a pair half-written
+        for pod in pods:
+            info = describe(pod, pods, project, settings.trust_domain)
+            snap = compile_snapshot(info, revision.resources, revision.revision)
+            cert = workload.issue(root, snap["proxy"]["identity"], now, citadel.cert_ttl(ctx.home))
+            write_proxy_files(dirs[pod.service], cert, citadel.trust_bundle(ctx.home), info, snap)
     agent.ensure_running(ctx.home)  # renews these certificates at half their life from now on
     return Result(text, project, pods, skipped)

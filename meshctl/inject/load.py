@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from meshctl.config import safeyaml
+from meshctl.config.schema import is_port
 from meshctl.errors import InvalidInput
-from meshctl.fsutil import read_text
+from meshctl.fsutil import read_stdin, read_text
 
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+MAX_REPLICAS = 100  # each replica becomes a pod of two compose services
 
 
 @dataclass(frozen=True)
@@ -28,19 +28,17 @@ class ComposeFile:
 
 def load(path: str) -> ComposeFile:
     if path == "-":
-        text, source, directory = sys.stdin.read(), "<stdin>", Path.cwd()
+        text, source, directory = read_stdin(), "<stdin>", Path.cwd()
     else:
         file = Path(path)
         if not file.is_file():
             raise InvalidInput(f"{path}: no such file", "give the path of a compose file, or - for stdin")
         text, source, directory = read_text(file), path, file.resolve().parent
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InvalidInput(f"{source}: invalid YAML{where}: {problem}", "fix the YAML syntax") from exc
+        data = safeyaml.load(text)
+    except safeyaml.YAMLProblem as exc:
+        where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
+        raise InvalidInput(f"{source}: invalid YAML{where}: {exc.problem}", "fix the YAML syntax") from exc
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
         raise InvalidInput(f"{source} is not a compose file: it has no top-level `services` mapping",
                            "give a docker compose file (services: {name: {image: …}})")
@@ -52,8 +50,14 @@ def project_name(compose: ComposeFile, explicit: str | None) -> str:
     raw = explicit or compose.data.get("name") or os.environ.get("COMPOSE_PROJECT_NAME") or compose.directory.name
     name = re.sub(r"[^a-z0-9_-]", "", str(raw).lower())
     if not name:
-        raise InvalidInput(f"cannot derive a project name from {raw!r}", "pass --project-name")
+        raise InvalidInput(f"{compose.source}: cannot derive a project name from {raw!r}", "pass --project-name")
     return name
+
+
+def replicas_of(svc: dict[str, Any]) -> int:
+    deploy = svc.get("deploy")
+    value = (deploy if isinstance(deploy, dict) else {}).get("replicas", svc.get("scale", 1))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def labels_of(service: dict[str, Any]) -> dict[str, str]:
@@ -76,19 +80,59 @@ def network_names(service: dict[str, Any]) -> list[str]:
     return [str(n) for n in (nets if isinstance(nets, list) else nets.keys())]
 
 
+def _port_problems(ports: Any, where: str) -> list[str]:
+    if not isinstance(ports, list):
+        return [f"{where}: `ports` must be a list"]
+    problems = []
+    for i, entry in enumerate(ports):
+        if isinstance(entry, dict):
+            if not is_port(entry.get("target")):
+                problems.append(f"{where}: `ports[{i}].target` must be a port number (1-65535)")
+        elif isinstance(entry, bool) or not isinstance(entry, str | int):
+            problems.append(f"{where}: `ports[{i}]` must be a string such as '8080:80' or a mapping with `target`")
+    return problems
+
+
+def _network_problems(nets: Any, where: str) -> list[str]:
+    if isinstance(nets, list):
+        return [f"{where}: `networks[{i}]` must be a network name" for i, n in enumerate(nets)
+                if not isinstance(n, str)]
+    if not isinstance(nets, dict):
+        return [f"{where}: `networks` must be a list or a mapping"]
+    problems = []
+    for net, conf in nets.items():
+        if conf is not None and not isinstance(conf, dict):
+            problems.append(f"{where}: `networks.{net}` must be a mapping or empty")
+        elif conf and conf.get("aliases") is not None and not (
+                isinstance(conf["aliases"], list) and all(isinstance(a, str) for a in conf["aliases"])):
+            problems.append(f"{where}: `networks.{net}.aliases` must be a list of names")
+    return problems
+
+
 def check(compose: ComposeFile) -> list[str]:
     """Every structural problem that would stop injection, each naming the service and the field."""
     services: dict[str, Any] = compose.data["services"]
-    declared_nets = set((compose.data.get("networks") or {}).keys()) | {"default"}
     problems = []
+    top_nets = compose.data.get("networks")
+    if top_nets is not None and not isinstance(top_nets, dict):
+        problems.append("`networks` must be a mapping of network names")
+    declared_nets = {str(n) for n in (top_nets if isinstance(top_nets, dict) else {})} | {"default"}
     for name, svc in services.items():
         where = f"service {name!r}"
-        if not SERVICE_NAME_RE.match(str(name)):
+        if not isinstance(name, str) or not SERVICE_NAME_RE.fullmatch(name):
             problems.append(f"{where}: invalid service name")
             continue
         if not isinstance(svc, dict):
             problems.append(f"{where}: must be a mapping, not {type(svc).__name__}")
             continue
+        if svc.get("deploy") is not None and not isinstance(svc["deploy"], dict):
+            problems.append(f"{where}: `deploy` must be a mapping")
+        elif replicas_of(svc) > MAX_REPLICAS:
+            problems.append(f"{where}: {replicas_of(svc)} replicas; meshctl meshes at most {MAX_REPLICAS} per service")
+        if svc.get("ports") is not None:
+            problems += _port_problems(svc["ports"], where)
+        if svc.get("network_mode") is not None and not isinstance(svc["network_mode"], str):
+            problems.append(f"{where}: `network_mode` must be a string")
         if "image" not in svc and "build" not in svc and "extends" not in svc:
             problems.append(f"{where}: needs `image` or `build`")
         labels = svc.get("labels")
@@ -101,8 +145,9 @@ def check(compose: ComposeFile) -> list[str]:
             problems += [f"{where}: `depends_on` names unknown service {d!r}" for d in depends_on_names(svc)
                          if d not in services]
         nets = svc.get("networks")
-        if nets is not None and not isinstance(nets, (list, dict)):
-            problems.append(f"{where}: `networks` must be a list or a mapping")
+        net_problems = _network_problems(nets, where) if nets is not None else []
+        if net_problems:
+            problems += net_problems
         elif "network_mode" not in svc:
             problems += [f"{where}: `networks` names undeclared network {n!r}" for n in network_names(svc)
                          if n not in declared_nets]

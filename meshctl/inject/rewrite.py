@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshctl import __version__, const
-from meshctl.inject.load import ComposeFile, depends_on_names, labels_of
+from meshctl.config.schema import is_port
+from meshctl.inject.load import ComposeFile, depends_on_names, labels_of, replicas_of
 
 # Istio's label and annotation habits, shortened for compose labels.
 LABEL_APP, LABEL_VERSION = "app", "version"
@@ -66,7 +67,7 @@ def wants_injection(svc: dict[str, Any]) -> bool:
 def _ports(value: str, where: str, problems: list[str]) -> tuple[int, ...]:
     out = []
     for part in filter(None, (p.strip() for p in value.split(","))):
-        if not part.isdigit() or not 0 < int(part) < 65536 or 15000 <= int(part) <= 15099:
+        if not is_port(part) or 15000 <= int(part) <= 15099:
             problems.append(f"{where}: {part!r} is not a port (1-65535, outside the proxy's 15000-15099)")
         else:
             out.append(int(part))
@@ -78,23 +79,18 @@ def published_ports(svc: dict[str, Any]) -> tuple[int, ...]:
     out: set[int] = set()
     for entry in svc.get("ports") or []:
         if isinstance(entry, dict):
-            if entry.get("target"):
+            if is_port(entry.get("target")):
                 out.add(int(entry["target"]))
             continue
         spec = str(entry).split("/")[0]
         target = spec.rsplit(":", 1)[-1]
         if "-" in target:
             lo, hi = target.split("-", 1)
-            if lo.isdigit() and hi.isdigit():
+            if is_port(lo) and is_port(hi):
                 out.update(range(int(lo), int(hi) + 1))
-        elif target.isdigit():
+        elif is_port(target):
             out.add(int(target))
     return tuple(sorted(out))
-
-
-def replicas_of(svc: dict[str, Any]) -> int:
-    value = (svc.get("deploy") or {}).get("replicas", svc.get("scale", 1))
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def instance_names(name: str, replicas: int) -> list[str]:
@@ -124,7 +120,7 @@ def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[
         labels = labels_of(svc)
         app, version = labels.get(LABEL_APP) or name, labels.get(LABEL_VERSION) or "v1"
         for label, value in ((LABEL_APP, app), (LABEL_VERSION, version)):
-            if not NAME_RE.match(value):
+            if not NAME_RE.fullmatch(value):
                 problems.append(f"{where}: label `{label}: {value}` must be lower-case letters, digits and dashes")
         pod_mode = labels.get(LABEL_MTLS, default_mode).upper()
         if pod_mode not in MODES:
@@ -193,9 +189,16 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
     return sidecar
 
 
+def _canonical(value: Any) -> Any:
+    """`value` with string keys only, so it sorts for hashing (YAML keys may be numbers, dates, null)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return [_canonical(v) for v in value] if isinstance(value, list) else value
+
+
 def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any], image_id: str = "") -> dict[str, Any]:
     app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode", "scale")}
-    if pod.workload and "deploy" in app:  # one pod per replica: each instance is a single container
+    if pod.workload and isinstance(app.get("deploy"), dict):  # one pod per replica: each a single container
         app["deploy"] = {k: v for k, v in app["deploy"].items() if k != "replicas"}
     app["network_mode"] = f"service:{pod.sidecar}"
     deps = svc.get("depends_on")
@@ -209,7 +212,7 @@ def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any], image_id: str =
     # container when its config or its image changes (a rebuilt proxy image keeps its tag), so the app
     # carries a hash of both.
     labels[f"{const.LABEL_PREFIX}.sidecar-hash"] = hashlib.sha256(
-        json.dumps([sidecar, image_id], sort_keys=True).encode()).hexdigest()[:16]
+        json.dumps(_canonical([sidecar, image_id]), sort_keys=True, default=str).encode()).hexdigest()[:16]
     app["labels"] = labels
     return app
 

@@ -34,7 +34,7 @@ TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 
 
 def validate_trust_domain(value: str) -> str:
-    if not TRUST_DOMAIN_RE.match(value) or ".." in value:
+    if not TRUST_DOMAIN_RE.fullmatch(value) or ".." in value:
         raise UsageError(f"invalid --trust-domain {value!r}",
                          "use lower-case letters, digits, dots and dashes, e.g. cluster.local")
     return value
@@ -69,6 +69,9 @@ def _require_writable(path: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            raise PermissionProblem(f"the mesh home {path} is not writable ({existing} is on a read-only file "
+                                    "system)", "remount it read-write, or set MESHCTL_HOME to a writable directory")
         raise PermissionProblem(f"the mesh home {path} is not writable ({existing} refuses writes)",
                                 "fix its owner or mode, or set MESHCTL_HOME to a writable directory")
 

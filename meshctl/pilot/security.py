@@ -82,13 +82,16 @@ def request_authentication(resources: list[Resource], project: str, pod: Pod) ->
                 except OSError as exc:  # tokens of this issuer will be refused: fail closed, and say why
                     compiled["jwks_error"] = f"cannot read {rule['jwksUri']}: {exc.strerror}"
                     local = None
+                except UnicodeDecodeError:
+                    compiled["jwks_error"] = f"{rule['jwksUri']} is not a text file"
+                    local = None
                 if local is not None:
                     compiled["jwks"] = local
                     del compiled["jwksUri"]
             if "jwks" in compiled:
                 try:
                     json.loads(compiled["jwks"])
-                except ValueError:
+                except (ValueError, RecursionError):
                     compiled["jwks_error"] = "the JWKS is not valid JSON"
             rules.append(compiled)
     return rules

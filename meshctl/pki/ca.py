@@ -1,7 +1,9 @@
 """The mesh's root CA: ECDSA P-256, ten years, key readable by its owner only.
 
 The CA key lives in <home>/ca and is never mounted into a container: sidecars get only their own
-certificate and key plus the trust bundle (the root certificates they trust).
+certificate and key plus the trust bundle (the root certificates they trust). The key file carries its
+certificate too, so the pair is replaced in one rename: a writer killed between the two files cannot
+leave a key that does not match its certificate. The certificate file is the public copy.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def save_root(ca: RootCA, ca_dir: Path, prefix: str = "root") -> None:
     cert_path, key_path = _files(ca_dir, prefix)
     key_pem = ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                    serialization.NoEncryption())
-    atomic_write(key_path, key_pem, mode=0o600)
+    atomic_write(key_path, key_pem + ca.cert_pem(), mode=0o600)  # the pair, in one rename
     atomic_write(cert_path, ca.cert_pem(), mode=0o644)
 
 
@@ -85,8 +87,11 @@ def has_root(ca_dir: Path) -> bool:
 def load_root(ca_dir: Path, prefix: str = "root") -> RootCA:
     cert_path, key_path = _files(ca_dir, prefix)
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        key_pem = key_path.read_bytes()
+        # The key file's own certificate is the one that matches it; homes made before it carried one, don't.
+        cert_pem = key_pem if b"-----BEGIN CERTIFICATE-----" in key_pem else cert_path.read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except OSError as exc:
         raise os_error(exc, exc.filename or ca_dir, "read the CA from") from exc
     except ValueError as exc:

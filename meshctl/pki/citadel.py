@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from meshctl.config.schema import parse_duration
 from meshctl.fsutil import atomic_write, locked, read_text
@@ -134,16 +135,31 @@ def write_bundle(directory: Path, bundle: bytes) -> None:
 
 def reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:
     """New certificates for these proxies from the issuing root; returns the new serials."""
-    serials = []
     with locked(home.ca_dir / ".lock"):
-        root, ttl, bundle = pki.load_root(home.ca_dir), cert_ttl(home), trust_bundle(home)
-        for directory in directories:
-            cert = workload.issue(root, _identity(directory), now, ttl)
-            write_cert(directory, cert)
-            if (directory / "bundle.pem").read_bytes() != bundle:
-                write_bundle(directory, bundle)
-            serials.append(f"{cert.cert.serial_number:x}")
+        return _reissue(home, directories, now)
+
+
+def _reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:
+    serials = []
+    root, ttl, bundle = pki.load_root(home.ca_dir), cert_ttl(home), trust_bundle(home)
+    for directory in directories:
+        cert = workload.issue(root, _identity(directory), now, ttl)
+        write_cert(directory, cert)
+        if (directory / "bundle.pem").read_bytes() != bundle:
+            write_bundle(directory, bundle)
+        serials.append(f"{cert.cert.serial_number:x}")
     return serials
+
+
+def pair_matches(directory: Path) -> bool:
+    """Whether key.pem is the key of cert.pem: not so after a writer was killed between the two files."""
+    try:
+        key = serialization.load_pem_private_key((directory / "key.pem").read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate((directory / "cert.pem").read_bytes())
+    except (OSError, ValueError, TypeError):
+        return False
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
 
 
 def renewal_time(info: WorkloadCertInfo) -> dt.datetime:
@@ -156,9 +172,11 @@ def due_for_renewal(info: WorkloadCertInfo, now: dt.datetime) -> bool:
 
 
 def renew_due(home: MeshHome, now: dt.datetime) -> list[str]:
-    """Renew every certificate past half its life (the agent's job); returns the proxies renewed."""
-    due = [i for i in workload_certs(home) if due_for_renewal(i, now)]
-    reissue(home, [i.directory for i in due], now)
+    """Renew every certificate past half its life (the agent's job), and any pair a killed writer left
+    mismatched (a new key.pem, the old cert.pem); returns the proxies renewed."""
+    with locked(home.ca_dir / ".lock"):  # decided under the lock: a re-issue half done elsewhere is no mismatch
+        due = [i for i in workload_certs(home) if due_for_renewal(i, now) or not pair_matches(i.directory)]
+        _reissue(home, [i.directory for i in due], now)
     return [i.proxy for i in due]
 
 
@@ -198,23 +216,22 @@ def root_stage(home: MeshHome, stage: str, now: dt.datetime) -> dict[str, str]:
         state = rotation_state(home) or {}
         if stage == "trust-both":
             if not (ca_dir / "next-cert.pem").is_file():
-                old = pki.load_root(ca_dir)
-                new = pki.create_root(home.settings().trust_domain, now)
-                pki.save_root(new, ca_dir, prefix="next")
-                state = {"stage": stage, "old": f"{old.cert.serial_number:x}", "new": f"{new.cert.serial_number:x}"}
-            old_pem = (ca_dir / pki.CERT_FILE).read_bytes()
-            _distribute_bundle(home, old_pem + (ca_dir / "next-cert.pem").read_bytes())
+                pki.save_root(pki.create_root(home.settings().trust_domain, now), ca_dir, prefix="next")
+            # From the files, not the saved state: a stage killed before it saved its state resumes here.
+            old, new = pki.load_root(ca_dir), pki.load_root(ca_dir, prefix="next")
+            state = {"stage": stage, "old": f"{old.cert.serial_number:x}", "new": f"{new.cert.serial_number:x}"}
+            _distribute_bundle(home, old.cert_pem() + new.cert_pem())
         elif stage == "reissue":
             if (ca_dir / "next-cert.pem").is_file():
-                old_dir = ca_dir / "retired"
-                old = pki.load_root(ca_dir)
-                pki.save_root(old, old_dir, prefix=f"{old.cert.serial_number:x}")
-                pki.save_root(pki.load_root(ca_dir, prefix="next"), ca_dir)
+                old, new = pki.load_root(ca_dir), pki.load_root(ca_dir, prefix="next")
+                if old.cert.serial_number != new.cert.serial_number:  # else a killed stage made the swap already
+                    pki.save_root(old, ca_dir / "retired", prefix=f"{old.cert.serial_number:x}")
+                pki.save_root(new, ca_dir)
                 (ca_dir / "next-cert.pem").unlink()
-                (ca_dir / "next-key.pem").unlink()
+            (ca_dir / "next-key.pem").unlink(missing_ok=True)
             state["stage"] = stage
         elif stage == "retire":
-            _distribute_bundle(home, (ca_dir / pki.CERT_FILE).read_bytes())
+            _distribute_bundle(home, pki.load_root(ca_dir).cert_pem())
             for key in (ca_dir / "retired").glob("*-key.pem"):
                 key.unlink()  # a retired root signs nothing ever again
             state["stage"] = "done"

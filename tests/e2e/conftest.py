@@ -27,7 +27,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+    # The engine restart stops every other project's apps: it runs after them, just before the destructive ones.
+    items.sort(key=lambda item: (item.get_closest_marker("destructive") is not None,
+                                 item.get_closest_marker("engine_restart") is not None))
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +126,7 @@ def testbed_image(engine: DockerClient, mesh_home: Path) -> str:
     wheelhouse = images.ensure_wheelhouse(default_cache(), lambda _: None, packages=["grpcio"])
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp)
-        for name in ("Dockerfile", "server.py", "client.py"):
+        for name in ("Dockerfile", "server.py", "client.py", "steady.py"):
             shutil.copy(TESTBED / name, ctx / name)
         shutil.copytree(wheelhouse, ctx / "wheelhouse")
         build_hash = images.tree_hash([TESTBED], extra=[engine.images.get("meshctl/proxy:0.1.0").id])
