@@ -102,6 +102,15 @@ class Endpoints:
             found = self.by_ip.get(ip)
         return found
 
+    async def owner(self, ip: str) -> tuple[Endpoint | None, bool]:
+        """The endpoint at `ip`, and whether its pod has gone. An address that left its service recently
+        still belongs to it: an app's keep-alive connection or DNS cache can outlive the pod."""
+        found = await self.lookup(ip)
+        if found is not None:
+            return found, False
+        gone = self.departed_endpoint(ip)
+        return gone, gone is not None
+
     def find_service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
 

@@ -184,9 +184,7 @@ class Listeners:
         if starts_like_tls_record(data):
             return layers.TCPLayer(ctx, ignore=True)
         assert ctx.server.address is not None
-        endpoint = await self.endpoints.lookup(ctx.server.address[0])
-        if endpoint is None:  # a pod that left its service: still that service's (routing re-targets HTTP)
-            endpoint = self.endpoints.departed_endpoint(ctx.server.address[0])
+        endpoint, _ = await self.endpoints.owner(ctx.server.address[0])  # routing re-targets a gone pod's HTTP
         if endpoint is None or not endpoint.workload.accepts_mtls(ctx.server.address[1]):
             # outside the mesh, or a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
             return self._app_protocol(ctx, data) if looks_like_http1(data) else layers.TCPLayer(ctx, ignore=True)

@@ -181,15 +181,10 @@ class Routing:
             return  # only outbound calls to meshed services come here with upstream mTLS
         snap = self.live.current
         try:
-            ip = flow.server_conn.address[0]
-            endpoint = await self.endpoints.lookup(ip)
-            if endpoint is None:
-                # The pod this connection was opened to is gone (a keep-alive connection or a DNS cache
-                # outlived it). Its service's other pods answer, as behind a Kubernetes service address.
-                endpoint = self.endpoints.departed_endpoint(ip)
-                if endpoint is None:
-                    return
-            elif not self._has_policy(snap, endpoint.service.name):
+            endpoint, gone = await self.endpoints.owner(flow.server_conn.address[0])
+            # A pod that has gone is routed even without a policy: its service's other pods answer, as
+            # behind a Kubernetes service address.
+            if endpoint is None or not (gone or self._has_policy(snap, endpoint.service.name)):
                 return
             flow.metadata["mesh_service"] = endpoint.service.name
             if flow.request.stream or "upgrade" in flow.request.headers:

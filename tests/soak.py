@@ -17,16 +17,15 @@ process (resident memory and open file descriptors). It passes (exit 0) when:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshctl.context import Context
+from tests.e2e.testbed import steady
 
 PROXY_PROC = """
 import glob, os
@@ -40,52 +39,10 @@ for f in glob.glob('/proc/[0-9]*/cmdline'):
 SAMPLE_EVERY_S = 15
 WORKERS = 8  # keep-alive connections sharing the rate
 IDLE_PAUSE_S = 10  # after a load: client connections close, pools settle
+URL = "http://127.0.0.1:9080/productpage"
+TIMEOUT_S = 30.0
 FD_ALLOWANCE = 4  # idle pooled connections to peers may differ by a few between two idle moments
 GROWTH_LIMIT = 0.10
-
-
-@dataclass
-class Tally:
-    ok: int = 0
-    failed: list[tuple[float, str]] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def drive(rate: float, seconds: float, workers: int, tally: Tally) -> None:
-    """`workers` keep-alive connections share `rate` requests/s to productpage for `seconds`."""
-    start = time.monotonic()
-    interval = workers / rate
-
-    def worker(offset: float) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", 9080, timeout=30)
-        due = start + offset
-        while due < start + seconds:
-            time.sleep(max(0.0, due - time.monotonic()))
-            t = time.monotonic()
-            try:
-                conn.request("GET", "/productpage")
-                response = conn.getresponse()
-                response.read()
-                failure = "" if response.status == 200 else f"HTTP {response.status}"
-            except Exception as exc:  # recorded; a fresh connection for the next request
-                failure = repr(exc)[:200]
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", 9080, timeout=30)
-            with tally.lock:
-                if failure:
-                    tally.failed.append((round(t - start, 2), failure))
-                else:
-                    tally.ok += 1
-                    tally.latencies.append(time.monotonic() - t)
-            due += interval
-        conn.close()
-
-    threads = [threading.Thread(target=worker, args=(i * interval / workers,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 def sample(ctx: Context) -> dict[str, tuple[int, int, int]]:
@@ -115,41 +72,45 @@ def main() -> int:
     if not cold:
         print("soak: no bookinfo sidecar runs; start it with `meshctl demo`", file=sys.stderr)
         return 2
-    tally = Tally()
+    warmup_rows: list[list] = []  # [seconds from start, status, error, duration], as steady.py records them
     print(f"warm-up: {args.warmup:.0f}s at {args.rate:g} req/s", flush=True)
-    drive(args.rate, args.warmup, WORKERS, tally)
+    steady.run(URL, args.rate, args.warmup, WORKERS, warmup_rows, TIMEOUT_S)
     time.sleep(IDLE_PAUSE_S)
     idle_before = sample(ctx)
-    load = threading.Thread(target=drive, args=(args.rate, seconds, WORKERS, tally))
+    rows: list[list] = []
+    load = threading.Thread(target=steady.run, args=(URL, args.rate, seconds, WORKERS, rows, TIMEOUT_S))
     started = time.monotonic()
     load.start()
     samples: list[tuple[float, dict[str, tuple[int, int, int]]]] = []
     while load.is_alive():
         load.join(SAMPLE_EVERY_S)
         samples.append((time.monotonic() - started, sample(ctx)))
-        with tally.lock:
-            print(f"{samples[-1][0]:6.0f}s  ok {tally.ok}  failed {len(tally.failed)}", flush=True)
+        done = list(rows)
+        ok = sum(1 for r in done if r[1] == 200)
+        print(f"{samples[-1][0]:6.0f}s  ok {ok}  failed {len(done) - ok}", flush=True)
     time.sleep(IDLE_PAUSE_S)
     idle_after = sample(ctx)
 
     first, last = samples[0][1], samples[-1][1]
-    rows: list[dict[str, Any]] = []
+    rows_out: list[dict[str, Any]] = []
     for name in sorted(idle_before):
         pids = {s.get(name, (0,))[0] for _, s in samples} | {cold[name][0], idle_before[name][0], idle_after[name][0]}
         growth = (last[name][1] - first[name][1]) / first[name][1]
-        rows.append({"sidecar": name, "rss_cold_kb": cold[name][1], "rss_soak_start_kb": first[name][1],
-                     "rss_end_kb": last[name][1], "rss_peak_kb": max(s[name][1] for _, s in samples if name in s),
-                     "growth": round(growth, 4), "fds_cold": cold[name][2], "fds_idle_before": idle_before[name][2],
-                     "fds_idle_after": idle_after[name][2],
-                     "fds_peak": max(s[name][2] for _, s in samples if name in s), "restarted": len(pids) > 1})
-    lat = sorted(tally.latencies)
-    report = {"minutes": args.minutes, "warmup_s": args.warmup, "rate": args.rate,
-              "requests": tally.ok + len(tally.failed), "ok": tally.ok,
-              "failed": len(tally.failed), "failures": tally.failed[:20],
+        rows_out.append({
+            "sidecar": name, "rss_cold_kb": cold[name][1], "rss_soak_start_kb": first[name][1],
+            "rss_end_kb": last[name][1], "rss_peak_kb": max(s[name][1] for _, s in samples if name in s),
+            "growth": round(growth, 4), "fds_cold": cold[name][2], "fds_idle_before": idle_before[name][2],
+            "fds_idle_after": idle_after[name][2], "fds_peak": max(s[name][2] for _, s in samples if name in s),
+            "restarted": len(pids) > 1})
+    every = warmup_rows + rows
+    failed = [(r[0], r[2] or f"HTTP {r[1]}") for r in every if r[1] != 200]  # nothing is injected: any is a failure
+    lat = sorted(r[3] for r in every if r[1] == 200)
+    report = {"minutes": args.minutes, "warmup_s": args.warmup, "rate": args.rate, "requests": len(every),
+              "ok": len(every) - len(failed), "failed": len(failed), "failures": failed[:20],
               "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
-              "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None, "sidecars": rows}
-    problems = [f"{len(tally.failed)} requests failed"] if tally.failed else []
-    for r in rows:
+              "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None, "sidecars": rows_out}
+    problems = [f"{len(failed)} requests failed"] if failed else []
+    for r in rows_out:
         if r["growth"] > GROWTH_LIMIT:
             problems.append(f"{r['sidecar']} grew {r['growth']:.1%} during the soak")
         if r["fds_idle_after"] > r["fds_idle_before"] + FD_ALLOWANCE:

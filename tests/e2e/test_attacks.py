@@ -93,8 +93,7 @@ spec:
     _copy_pems(t, "outsider", {"fake.pem": fake_cert, "fake.key": fake_key,
                                "intruder.pem": intruder.cert_pem(), "intruder.key": intruder.key_pem()})
     started = time.time() - 1
-    outsider_ip = t.container("outsider").attrs["NetworkSettings"]["Networks"]
-    outsider_ips = {n["IPAddress"] for n in outsider_ip.values()}
+    outsider_ips = {n["IPAddress"] for n in t.container("outsider").attrs["NetworkSettings"]["Networks"].values()}
 
     # 1. plaintext to a STRICT service, HTTP and raw TCP
     code, out = t.exec("outsider", *CURL, "http://web-strict:8080/echo")

@@ -129,10 +129,13 @@ def rel(engine: DockerClient, mesh_home: Path, testbed_image: str,
             App(engine, require_compose(), PROJECT, workdir / "meshed.yaml").down()
 
 
-def restore(app: App) -> None:
-    """Every container of the project running again, and every upstream answering."""
+def restore(app: App, *stranded: str) -> None:
+    """Every container of the project running again, and every upstream answering. A `stranded` app
+    outlived its sidecar container: restarted, it joins the new sidecar's network namespace."""
     app.compose("up", "-d")
     app.wait_healthy()
+    for service in stranded:
+        app.container(service).restart(timeout=1)
     for upstream in UPSTREAMS:
         app.wait_for(lambda u=upstream: answers(app, u), f"{upstream} answers again")  # type: ignore[misc]
 
@@ -194,11 +197,7 @@ spec:
         assert load.result["sent"] >= 400
         assert load.failed() == [], load.failed()[:10]
     finally:
-        rel.compose("up", "-d")
-        rel.wait_healthy()
-        # A sidecar container started again has a new network namespace: its app must join it.
-        rel.container("api-3").restart(timeout=1)
-        restore(rel)
+        restore(rel, "api-3")
         delete(mesh_home, ("vs", "api"))
 
 
