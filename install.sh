@@ -70,7 +70,9 @@ if ! engine_up; then
   fi
   if ! engine_up; then
     say "starting dockerd in the background (log: $DOCKERD_LOG)"
-    setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+    # In a subshell, so dockerd is adopted by init: the `exec pytest` below would otherwise become its parent,
+    # never reap it, and leave a zombie when a test stops the engine.
+    ( setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null & )
   fi
   for _ in $(seq 1 60); do engine_up && break; sleep 1; done
   engine_up || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"

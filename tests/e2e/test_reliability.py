@@ -274,9 +274,9 @@ def _restart_engine(engine: DockerClient) -> None:
         pid = int(Path("/var/run/docker.pid").read_text())
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 90
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not Path(f"/proc/{pid}").exists(), "dockerd did not stop within 90 s"
+        assert not _running(pid), "dockerd did not stop within 90 s"
         with open("/var/log/meshctl-dockerd.log", "ab") as log:
             subprocess.Popen(["dockerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 90
@@ -287,6 +287,21 @@ def _restart_engine(engine: DockerClient) -> None:
         except Exception:  # the socket is missing or refuses while dockerd starts
             time.sleep(0.5)
     raise AssertionError("dockerd did not answer within 90 s of its restart")
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` lives. An exited dockerd whose parent never reaps it (say a shell that exec'd this very
+    pytest after starting it) stays a zombie: it has stopped, so reap it if it is ours and count it as gone."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: its parent or init reaps it
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 @pytest.mark.engine_restart
