@@ -33,6 +33,7 @@ class Inventory:
     strict: dict[str, list[str]] = field(default_factory=dict)  # project -> STRICT services
     uninjected: dict[str, list[str]] = field(default_factory=dict)  # project -> running non-meshed services
     scaled: dict[str, dict[str, int]] = field(default_factory=dict)  # project -> app service -> containers in pod
+    stranded: dict[str, dict[str, str]] = field(default_factory=dict)  # project -> app service -> container
     certs: dict[str, float] = field(default_factory=dict)  # proxy name -> not_after (unix)
     cert_lifetimes: dict[str, float] = field(default_factory=dict)  # proxy name -> total lifetime (s)
 
@@ -108,6 +109,11 @@ def analyze_mesh(inventory: Inventory, now: dt.datetime) -> list[Message]:
                     "network namespace, so only one can listen")
             hint = f"set deploy.replicas: {count} on {service!r} and run `meshctl inject` again: one pod per replica"
             out.append(Message("MSH0110", "Error", f"service {project}/{service}", text, hint))
+    for project, apps in sorted(inventory.stranded.items()):
+        for service, container in sorted(apps.items()):
+            out.append(Message("MSH0111", "Error", f"service {project}/{service}", "its sidecar container restarted "
+                               "after it did, in a new network namespace the app is not in: this pod gets no "
+                               "traffic", f"restart the app: `docker restart {container}`"))
     for proxy, not_after in sorted(inventory.certs.items()):
         left = not_after - now.timestamp()
         if left <= 0:

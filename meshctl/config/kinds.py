@@ -11,13 +11,15 @@ from meshctl.config.schema import Schema
 
 STRING_MATCH: Schema = {"exact": "string", "prefix": "string", "regex": "regex"}
 PERCENT: Schema = {"value": "percent"}
-HEADER_OPS: Schema = {"set": {"*": "string"}, "add": {"*": "string"}, "remove": ["string"]}
+HEADER_VALUES: Schema = {"*": "header-value", "*key": "header"}
+HEADER_OPS: Schema = {"set": HEADER_VALUES, "add": HEADER_VALUES, "remove": ["header"]}
 DESTINATION: Schema = {"host": "name", "subset": "name", "port": {"number": "port"}}
 
 HTTP_ROUTE: Schema = {
     "name": "string",
-    "match": [{"name": "string", "uri": STRING_MATCH, "method": STRING_MATCH, "headers": {"*": STRING_MATCH},
-               "queryParams": {"*": STRING_MATCH}, "ignoreUriCase": "bool"}],
+    "match": [{"name": "string", "uri": STRING_MATCH, "method": STRING_MATCH,
+               "headers": {"*": STRING_MATCH, "*key": "header"}, "queryParams": {"*": STRING_MATCH},
+               "ignoreUriCase": "bool"}],
     "route": [{"destination": DESTINATION, "weight": "percent", "headers": {"request": HEADER_OPS,
                                                                           "response": HEADER_OPS}}],
     "timeout": "duration",

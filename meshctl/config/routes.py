@@ -16,7 +16,7 @@ from typing import Any
 
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, semantic_problems
-from meshctl.config.schema import parse_duration, regex_problem
+from meshctl.config.schema import header_name_problem, header_value_problem, parse_duration, regex_problem
 from meshctl.errors import InvalidInput
 
 API_VERSION = "networking.istio.io/v1"
@@ -111,8 +111,19 @@ def _pairs(flag: str, values: list[str]) -> dict[str, str]:
         name, sep, text = value.partition("=")
         if not sep or not name:
             raise InvalidInput(f"{flag} {value!r} is not NAME=VALUE", f"write it like {flag} x-canary=true")
+        problem = header_name_problem(name) or header_value_problem(text)
+        if problem:
+            raise InvalidInput(f"{flag} {value!r}: {problem}", f"write it like {flag} x-canary=true")
         out[name.lower()] = text
     return out
+
+
+def _header_names(flag: str, names: list[str]) -> list[str]:
+    for name in names:
+        problem = header_name_problem(name)
+        if problem:
+            raise InvalidInput(f"{flag} {name!r}: {problem}", f"write it like {flag} x-debug")
+    return [name.lower() for name in names]
 
 
 @dataclass
@@ -146,7 +157,7 @@ def _header_ops(set_: list[str], add: list[str], remove: list[str], flag: str) -
     if add:
         ops["add"] = _pairs(f"--add-{flag}", add)
     if remove:
-        ops["remove"] = [h.lower() for h in remove]
+        ops["remove"] = _header_names(f"--remove-{flag}", remove)
     return ops
 
 

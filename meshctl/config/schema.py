@@ -1,7 +1,8 @@
 """A small schema language for Istio-shaped resources: every problem is collected with its path.
 
 A spec is a dict of field -> type, where a type is one of the leaf names below, a nested dict, a
-one-element list `[type]` (a list of that type), or `{"*": type}` (a map with free keys). Fields not in
+one-element list `[type]` (a list of that type), or `{"*": type}` (a map with free keys, each checked as the leaf
+`"*key"` names when it is given). Fields not in
 the schema are errors: a field we do not support is named, never silently ignored.
 """
 
@@ -16,6 +17,8 @@ UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_DURATION_S = 315_576_000_000  # protobuf's Duration (Istio's): 10,000 years
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 PORT_RE = re.compile(r"[0-9]{1,5}")
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token
+HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR/LF would split the message; Envoy refuses these
 
 Schema = dict[str, Any]
 
@@ -48,9 +51,27 @@ def regex_problem(value: str) -> str | None:
     return None
 
 
+def header_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an HTTP header name, or None."""
+    if HEADER_NAME_RE.fullmatch(name):
+        return None
+    return f"{name!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot be an HTTP header value, or None: control characters would corrupt the message."""
+    bad = HEADER_VALUE_BAD.search(value)
+    return None if bad is None else f"{value!r} holds the control character {bad.group()!r}, not allowed in a header"
+
+
 def _leaf(kind: str, value: Any, path: str) -> str | None:
     if kind == "string":
         return None if isinstance(value, str) else f"{path}: must be a string"
+    if kind in ("header", "header-value"):
+        if not isinstance(value, str):
+            return f"{path}: must be a string"
+        problem = header_name_problem(value) if kind == "header" else header_value_problem(value)
+        return f"{path}: {problem}" if problem else None
     if kind == "name":
         return None if isinstance(value, str) and NAME_RE.fullmatch(value) else \
             f"{path}: {value!r} must be lower-case letters, digits, '-' and '.'"
@@ -101,8 +122,12 @@ def validate(value: Any, schema: Any, path: str, unsupported: dict[str, str] | N
         return [p for i, item in enumerate(value) for p in validate(item, schema[0], f"{path}[{i}]", unsupported)]
     if not isinstance(value, dict):
         return [f"{path}: must be a mapping"]
-    if set(schema) == {"*"}:
-        return [p for k, v in value.items() for p in validate(v, schema["*"], f"{path}.{k}", unsupported)]
+    if "*" in schema:
+        found = []
+        for k, v in value.items():
+            key_problem = _leaf(schema["*key"], k, f"{path}.{k}") if "*key" in schema else None
+            found += ([key_problem] if key_problem else []) + validate(v, schema["*"], f"{path}.{k}", unsupported)
+        return found
     problems = []
     for key, item in value.items():
         where = f"{path}.{key}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cryptography import x509
+from docker.models.containers import Container
 
 from meshctl import const
 from meshctl.config.analyze import Inventory
@@ -51,4 +52,27 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
                 pods[service] = pods.get(service, 0) + 1
         if any(n > 1 for n in pods.values()):
             inv.scaled[name] = {s: n for s, n in pods.items() if n > 1}
+        stranded = _stranded(containers)
+        if stranded:
+            inv.stranded[name] = stranded
     return inv
+
+
+def _stranded(containers: list[Container]) -> dict[str, str]:
+    """App service -> container, for apps whose sidecar container started after them. Docker restarts a killed
+    sidecar in a new network namespace and leaves the app in the old one (Kubernetes would restart the pod)."""
+    started = {c.id: _instant(c.attrs.get("State", {}).get("StartedAt", "")) for c in containers}
+    out = {}
+    for c in containers:
+        mode = c.attrs.get("HostConfig", {}).get("NetworkMode", "")
+        sidecar = mode.removeprefix("container:")
+        if mode.startswith("container:") and sidecar in started and started[sidecar] > started[c.id]:
+            out[c.labels.get("com.docker.compose.service", c.name)] = c.name
+    return out
+
+
+def _instant(stamp: str) -> str:
+    """Docker's RFC 3339 time with its nanoseconds padded to 9 digits, so that strings compare as times
+    (Docker trims trailing zeros: .5Z would sort after .51Z)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{whole}.{fraction.ljust(9, '0')}"

@@ -196,9 +196,19 @@ spec:
             rel.container("api-3-proxy").kill()  # the whole pod's network: its address goes dark
         assert load.result["sent"] >= 400
         assert load.failed() == [], load.failed()[:10]
+        rel.compose("up", "-d")  # the killed sidecar runs again, in a namespace its app is not in
+        rel.wait_healthy()
+        assert stranded(mesh_home) == ["service e2erel/api-3"], "analyze did not find the stranded app"
     finally:
         restore(rel, "api-3")
         delete(mesh_home, ("vs", "api"))
+    assert stranded(mesh_home) == []
+
+
+def stranded(home: Path) -> list[str]:
+    """The apps `meshctl analyze` finds cut off from their restarted sidecar (MSH0111)."""
+    found = json.loads(meshctl("analyze", "-p", PROJECT, "-o", "json", home=home).out)
+    return sorted(m["resource"] for m in found if m["code"] == "MSH0111")
 
 
 # --- the app container restarted ------------------------------------------------------------------------------

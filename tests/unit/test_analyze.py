@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -53,3 +54,28 @@ def test_clean_files_say_so(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(DR)
     done = meshctl("analyze", "--files-only", "-f", str(tmp_path / "config.yaml"))
     assert done.code == 0 and "No validation issues found" in done.out
+
+
+class FakeContainer:
+    """The attributes `_stranded` reads from a docker-py Container."""
+
+    def __init__(self, cid: str, name: str, started: str, mode: str = "default") -> None:
+        self.id, self.name = cid, name
+        self.labels = {"com.docker.compose.service": name}
+        self.attrs = {"State": {"StartedAt": started}, "HostConfig": {"NetworkMode": mode}}
+
+
+def test_an_app_whose_sidecar_container_started_after_it_is_stranded() -> None:
+    from meshctl.config.analyze import Inventory, analyze_mesh
+    from meshctl.pilot.inventory import _instant, _stranded
+
+    assert _instant("2026-11-25T00:53:52.5Z") < _instant("2026-11-25T00:53:52.51Z")  # Docker trims zeros
+    pods = [FakeContainer("s1", "api-proxy", "2026-11-25T01:00:00.1Z"),
+            FakeContainer("a1", "api", "2026-11-25T01:00:00.25Z", "container:s1"),  # started after: fine
+            FakeContainer("s2", "web-proxy", "2026-11-25T01:00:09.5Z"),  # restarted by Docker after its app
+            FakeContainer("a2", "web", "2026-11-25T01:00:00.51Z", "container:s2")]
+    stranded = _stranded(pods)  # type: ignore[arg-type]
+    assert stranded == {"web": "web"}
+    [message] = analyze_mesh(Inventory(stranded={"p": stranded}), dt.datetime.now(dt.UTC))
+    assert (message.code, message.level, message.resource) == ("MSH0111", "Error", "service p/web")
+    assert "docker restart web" in message.hint

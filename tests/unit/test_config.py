@@ -58,6 +58,11 @@ BAD = {
     "bad_duration": (VS.replace("timeout: 1.5s", "timeout: soon"), "spec.http[1].timeout: 'soon' is not a duration"),
     "weights": (VS.replace("weight: 10", "weight: 20"), "spec.http[1].route: weights add up to 110, not 100"),
     "regex": (VS.replace("exact: jason", "regex: '(jason'"), "is not a valid regular expression"),
+    "header_name": (VS.replace("end-user: {exact: jason}", "'end user': {exact: jason}"),
+                    "spec.http[0].match[0].headers.end user: 'end user' is not an HTTP header name"),
+    "header_value": (VS.replace("    timeout: 1.5s",
+                                "    timeout: 1.5s\n    headers: {request: {set: {x-a: \"1\\r\\nx-b: 2\"}}}"),
+                     "spec.http[1].headers.request.set.x-a: '1\\r\\nx-b: 2' holds the control character '\\r'"),
     "api_version": (VS.replace("networking.istio.io/v1", "networking.istio.io/v9"), "apiVersion"),
     "undefined_subset": (VS, "spec.http[0].route[0].destination.subset: 'v2' is not a subset of 'reviews'"),
 }

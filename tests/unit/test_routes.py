@@ -64,7 +64,10 @@ def test_set_refuses_unknown_versions_and_bad_values_naming_the_flag() -> None:
     cases = [(RouteEdit(to=["v9"]), "--to v9"), (RouteEdit(timeout="soon"), "--timeout"),
              (RouteEdit(abort=700), "--abort 700"), (RouteEdit(abort=503, abort_percent=120), "--abort-percent"),
              (RouteEdit(retry_on="sometimes"), "--retry-on"), (RouteEdit(mirror="v9"), "--mirror v9"),
-             (RouteEdit(set_headers=["novalue"]), "--set-header")]
+             (RouteEdit(set_headers=["novalue"]), "--set-header"),
+             (RouteEdit(set_headers=["x y=1"]), "--set-header 'x y=1': 'x y' is not an HTTP header name"),
+             (RouteEdit(add_response_headers=["x-a=1\r\nset-cookie: a=b"]), "--add-response-header .*control char"),
+             (RouteEdit(remove_headers=["x:y"]), "--remove-header 'x:y'")]
     for edit, flag in cases:
         with pytest.raises(InvalidInput, match=flag):
             set_route([], "reviews", edit, VERSIONS)
