@@ -16,7 +16,7 @@ import docker.models.containers
 import pytest
 from docker import DockerClient
 
-from meshctl.home import default_cache
+from meshctl.home import MeshHome, default_cache
 from meshctl.runtime import images
 from meshctl.runtime.compose import ComposeTool, compose_down, require_compose, run_compose
 from tests.conftest import meshctl
@@ -42,8 +42,24 @@ def engine() -> Iterator[DockerClient]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+    remove_orphaned_pods(client)
     yield client
     client.close()
+
+
+def remove_orphaned_pods(client: DockerClient) -> None:
+    """Remove the projects of sidecars whose mesh home is gone: left by an earlier session that was killed
+    (or whose engine stopped under it), they come back by their restart policy when the engine starts and
+    crash-loop without their certificates, which every engine-wide view (check, Prometheus) would count."""
+    projects = set()
+    for sidecar in client.containers.list(all=True, filters={"label": "io.meshctl.component=sidecar"}):
+        sources = [m["Source"] for m in sidecar.attrs.get("Mounts", []) if m.get("Destination") == "/etc/meshctl"]
+        # <home>/proxies/<name>: Docker re-creates a missing bind source, but never the home's settings
+        if sources and not MeshHome(Path(sources[0]).parent.parent).is_installed():
+            projects.add(sidecar.labels.get("com.docker.compose.project", ""))
+    for project in sorted(projects - {""}):
+        for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+            container.remove(force=True)
 
 
 # --- a mesh, and meshed apps on it ------------------------------------------------------------------------

@@ -181,11 +181,17 @@ def test_discovery_follows_containers_as_they_come_and_go(prometheus: str, engin
 
 
 def test_check_reports_the_addon(prometheus: str, mesh_home: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
     def prometheus_result() -> dict[str, Any] | None:
         done = meshctl("check", "-o", "json", home=mesh_home)
         found = [r for r in json.loads(done.out) if r["name"] == "prometheus"]
         assert len(found) == 1, done.out
+        seen.append(found[0])
         return found[0] if found[0]["state"] == "ok" else None
 
-    result = until(prometheus_result, "`meshctl check` reports prometheus ok")
+    try:
+        result = until(prometheus_result, "`meshctl check` reports prometheus ok")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last check said: {seen[-1:]}") from None
     assert result["detail"].startswith("http://127.0.0.1:9090: ") and "sidecar targets up" in result["detail"]
