@@ -16,6 +16,8 @@ import docker.models.containers
 import pytest
 from docker import DockerClient
 
+from addons.snapshot import PROXY_DIR
+from meshctl import const
 from meshctl.home import MeshHome, default_cache
 from meshctl.runtime import images
 from meshctl.runtime.compose import ComposeTool, compose_down, require_compose, run_compose
@@ -52,8 +54,8 @@ def remove_orphaned_pods(client: DockerClient) -> None:
     (or whose engine stopped under it), they come back by their restart policy when the engine starts and
     crash-loop without their certificates, which every engine-wide view (check, Prometheus) would count."""
     projects = set()
-    for sidecar in client.containers.list(all=True, filters={"label": "io.meshctl.component=sidecar"}):
-        sources = [m["Source"] for m in sidecar.attrs.get("Mounts", []) if m.get("Destination") == "/etc/meshctl"]
+    for sidecar in client.containers.list(all=True, filters={"label": f"{const.LABEL_COMPONENT}=sidecar"}):
+        sources = [m["Source"] for m in sidecar.attrs.get("Mounts", []) if m.get("Destination") == str(PROXY_DIR)]
         # <home>/proxies/<name>: Docker re-creates a missing bind source, but never the home's settings
         if sources and not MeshHome(Path(sources[0]).parent.parent).is_installed():
             projects.add(sidecar.labels.get("com.docker.compose.project", ""))
