@@ -12,18 +12,21 @@ them to DENY it (stricter, as Istio does).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from mitmproxy import connection, http
 
-from addons.jwt import Jwks, JwtError, authenticate
+from addons.jwt import Jwks, JwtError, authenticate, find_tokens
 from addons.listeners import INBOUND_PORT
 from addons.live import LiveSnapshot
 from addons.mtls import peer_identity
+from addons.normalize import split_host
 
 log = logging.getLogger("meshctl.authz")
 HTTP_ONLY = ("methods", "notMethods", "paths", "notPaths", "hosts", "notHosts", "requestPrincipals",
@@ -41,6 +44,8 @@ class Subject:
     host: str | None = None
     port: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    peer_ip: str | None = None  # the connection's source address (ipBlocks)
+    remote_ip: str | None = None  # the original client, from trusted X-Forwarded-For hops (remoteIpBlocks)
 
     @property
     def namespace(self) -> str | None:
@@ -69,15 +74,54 @@ def string_match(pattern: str, value: str | None) -> bool:
     return value == pattern
 
 
+@lru_cache(maxsize=4096)
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An ipBlocks entry (`10.0.0.0/8` or one address), parsed once; the control plane validated it."""
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+def ip_match(pattern: str, value: str | None) -> bool:
+    if not value:
+        return False
+    try:
+        return ipaddress.ip_address(value.strip()) in network(pattern)
+    except ValueError:  # not an address (a garbled X-Forwarded-For): matches no block, so ALLOW fails closed
+        return False
+
+
+def host_match(pattern: str, value: str | None) -> bool:
+    """Istio's `hosts`: case-insensitive, trailing dot ignored; a pattern without a port matches any port."""
+    if value is None:
+        return False
+    want, want_port = split_host(pattern)
+    host, port = split_host(value)
+    return string_match(want, host) and (want_port is None or want_port == port)
+
+
+MATCHERS = {"ipBlocks": ip_match, "remoteIpBlocks": ip_match, "hosts": host_match}
+
+
 def field_matches(spec: Mapping[str, Any], name: str, value: str | None) -> bool:
     """`name` and `notName` of one source/operation: in the first list (if given), in neither of the second."""
+    match = MATCHERS.get(name, string_match)
     ok = True
     if name in spec:
-        ok = any(string_match(str(p), value) for p in spec[name])
+        ok = any(match(str(p), value) for p in spec[name])
     negated = "not" + name[0].upper() + name[1:]
     if ok and negated in spec:
-        ok = not any(string_match(str(p), value) for p in spec[negated])
+        ok = not any(match(str(p), value) for p in spec[negated])
     return ok
+
+
+def remote_address(peer_ip: str | None, forwarded_for: Sequence[str], trusted_hops: int) -> str | None:
+    """Envoy's `xff_num_trusted_hops` with use_remote_address: with N trusted hops the original client is the
+    Nth address from the right of X-Forwarded-For (the leftmost if there are fewer); with none, the peer."""
+    if trusted_hops <= 0:
+        return peer_ip
+    chain = [a.strip() for value in forwarded_for for a in value.split(",") if a.strip()]
+    if not chain:
+        return peer_ip
+    return chain[-min(trusted_hops, len(chain))]
 
 
 def condition_value(key: str, s: Subject) -> list[str]:
@@ -109,6 +153,7 @@ def rule_matches(rule: Mapping[str, Any], s: Subject, relaxed: bool = False) -> 
 
     def source_ok(src: Mapping[str, Any]) -> bool:
         return (field_matches(src, "principals", s.principal) and field_matches(src, "namespaces", s.namespace)
+                and field_matches(src, "ipBlocks", s.peer_ip) and field_matches(src, "remoteIpBlocks", s.remote_ip)
                 and ((tcp and relaxed) or field_matches(src, "requestPrincipals", s.request_principal)))
 
     def op_ok(op: Mapping[str, Any]) -> bool:
@@ -152,6 +197,21 @@ def decide(policies: Sequence[Mapping[str, Any]], s: Subject) -> Decision:
     return Decision(False, f"no rule of the ALLOW policies for this workload ({names}) matches", audited)
 
 
+def drop_verified_token(req: http.Request, rules: Sequence[Mapping[str, Any]],
+                        fields: Sequence[tuple[str, str]]) -> None:
+    """Istio's forwardOriginalToken (false by default): once verified, the token is taken out of the request
+    the app receives, unless a rule that looks where it was found asks to keep it."""
+    found = find_tokens(rules, fields, list(req.query.fields))
+    if len(found) != 1 or any(rules[i].get("forwardOriginalToken") for i in found[0].rules):
+        return
+    kind, _, name = found[0].where.partition(" parameter ") if found[0].where.startswith("query") else \
+        found[0].where.partition(" ")
+    if kind == "header":
+        del req.headers[name]
+    else:
+        req.query = [(k, v) for k, v in req.query.fields if k != name]
+
+
 def principal_of(certificate_list: Sequence[Any]) -> str | None:
     spiffe = peer_identity(certificate_list)
     return spiffe[len("spiffe://"):] if spiffe else None
@@ -187,19 +247,25 @@ class Authorization:
     def _judge(self, flow: http.HTTPFlow) -> None:
         snap, req = self.live.current, flow.request
         headers = {k.lower(): v for k, v in req.headers.items()}  # type: ignore[no-untyped-call]
+        peer_ip = str(flow.client_conn.peername[0]) if flow.client_conn.peername else None
         subject = Subject(principal=principal_of(flow.client_conn.certificate_list)
                           if flow.client_conn.tls_established else None,
                           method=req.method, path=req.path.split("?", 1)[0], host=req.host_header, headers=headers,
-                          port=flow.server_conn.address[1] if flow.server_conn.address else 0)
+                          port=flow.server_conn.address[1] if flow.server_conn.address else 0, peer_ip=peer_ip,
+                          remote_ip=remote_address(peer_ip, req.headers.get_all("x-forwarded-for"),
+                                                   snap.mesh.num_trusted_proxies))
         if snap.jwt:
             try:
-                subject.request_principal, subject.claims = authenticate(snap.jwt, self.jwks, headers,
-                                                                         dict(req.query), time.time())
+                fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers.fields]
+                subject.request_principal, subject.claims = authenticate(snap.jwt, self.jwks, fields,
+                                                                         list(req.query.fields), time.time())
             except JwtError as exc:
                 flow.response = refusal(401, f"JWT rejected by RequestAuthentication: {exc}")
                 flow.response.headers["www-authenticate"] = 'Bearer error="invalid_token"'
                 flow.metadata["mesh_flags"] = "UAEX"
                 return
+            if subject.request_principal is not None:
+                drop_verified_token(req, snap.jwt, fields)
         decision = decide(snap.authorization, subject)
         if decision.audited:
             flow.metadata["mesh_audit"] = decision.audited
@@ -209,13 +275,16 @@ class Authorization:
             flow.metadata["mesh_flags"] = "RBAC"
 
     def connection_allowed(self, client: connection.Client, port: int) -> Decision:
-        """For a TCP connection to `port`, judged once when it opens."""
+        """For a TCP connection to `port`, judged once when it opens (TCP has no X-Forwarded-For: the
+        original client is the peer)."""
         snap = self.live.current
         if not snap.authorization:
             return Decision(True, "no policy")
         try:
             principal = principal_of(client.certificate_list) if client.tls_established else None
-            return decide(snap.authorization, Subject(principal=principal, port=port))
+            peer_ip = str(client.peername[0]) if client.peername else None
+            return decide(snap.authorization, Subject(principal=principal, port=port, peer_ip=peer_ip,
+                                                      remote_ip=peer_ip))
         except Exception:
             log.exception("authorization failed for a TCP connection; denied")
             return Decision(False, "the policy could not be evaluated")

@@ -1,153 +1,300 @@
-"""RequestAuthentication: validate JWTs (issuer, audiences, signature from a JWKS, expiry).
+"""RequestAuthentication: validate JWTs (issuer, audiences, signature from a JWKS, expiry) with PyJWT.
 
 A request without a token passes unauthenticated (Istio's rule: an AuthorizationPolicy decides whether
-that is enough); a request with a token that fails any check is refused with 401. A valid token's
-principal is `iss/sub`, usable as `requestPrincipals` in authorization rules.
+that is enough); a request with a token that fails any check is refused with 401, and so is a request
+carrying more than one token (the app must never see a second, unchecked one). A valid token's principal
+is `iss/sub`, usable as `requestPrincipals` in authorization rules.
 
-JWKS given inline (or from a file, which the control plane inlines) is used as is; a jwksUri over http(s)
-is fetched by the sidecar and refreshed every few minutes. Until it is fetched, tokens of that issuer are
-refused: failing closed.
+The algorithm is bound to the key, as jwt_verify_lib (Istio's) does: an RSA key verifies RS*/PS* only, an
+EC key only the ES* of its curve, a JWK's `alg` (when given) must be the token's; `none` and HMAC never
+verify. Keys whose `use` is not "sig", or whose `key_ops` lack "verify", are not used.
+
+JWKS given inline is used as is; a jwksUri over http(s) is fetched by the sidecar and refreshed every few
+minutes. Until it is fetched, tokens of that issuer are refused: failing closed. No other URI is read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http.client import HTTPMessage
+from typing import IO, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+import jwt
+from jwt.api_jwk import PyJWK, PyJWKSet
 
 log = logging.getLogger("meshctl.jwt")
 CLOCK_SKEW_S = 60
 REFRESH_S = 300
-HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384,
-                                                         "512": hashes.SHA512}
-CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1,
-                                                      "P-521": ec.SECP521R1}
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+MAX_JWKS_BYTES = 1 << 20  # a fetched JWKS; real ones are a few KB
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+ALGORITHMS = frozenset(RSA_ALGORITHMS) | frozenset(EC_ALGORITHMS.values())
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+TIME_CLAIMS = ("exp", "nbf", "iat")
+DEFAULT_HEADER = {"name": "authorization", "prefix": "Bearer "}
+DEFAULT_PARAM = "access_token"
+# Claims are checked here (typed, with our clock and skew); PyJWT checks the signature and the encoding.
+_PYJWT = jwt.PyJWT({"verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
+                    "verify_iss": False, "verify_sub": False, "verify_jti": False,
+                    "enforce_minimum_key_length": True})
+# What a hostile token or JWKS can make PyJWT or json raise; each becomes a JwtError (401).
+_BAD_INPUT = (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 
 
 class JwtError(Exception):
     pass
 
 
-def b64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+@dataclass(frozen=True)
+class Key:
+    """One signing key of a JWKS, bound to the algorithms it may verify."""
+    kid: str | None
+    by_alg: Mapping[str, PyJWK]
 
 
-def _int(text: str) -> int:
-    return int.from_bytes(b64url(text), "big")
-
-
-def parse_jwks(text: str) -> list[tuple[str | None, PublicKey]]:
-    """(kid, key) for every RSA and EC key in a JWKS document; JwtError when it is not one."""
-    keys: list[tuple[str | None, PublicKey]] = []
+def jwks_uri_problem(uri: str) -> str | None:
+    """Why `uri` cannot be a jwksUri, or None: http(s) with a host only, as in Istio."""
     try:
-        for jwk in json.loads(text).get("keys", []):
-            kty = jwk.get("kty")
-            if kty == "RSA":
-                keys.append((jwk.get("kid"), rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()))
-            elif kty == "EC" and jwk.get("crv") in CURVES:
-                numbers = ec.EllipticCurvePublicNumbers(_int(jwk["x"]), _int(jwk["y"]), CURVES[jwk["crv"]]())
-                keys.append((jwk.get("kid"), numbers.public_key()))
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        raise JwtError(f"the issuer's JWKS is not usable ({type(exc).__name__}: {exc})") from exc
+        parsed = urllib.parse.urlsplit(uri) if uri.isprintable() and " " not in uri else None
+        host = parsed.hostname if parsed else None
+    except ValueError:  # http://[::1
+        parsed = host = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
+        return "must be an http:// or https:// URL (file paths are not read; put the keys inline with jwks)"
+    return None
+
+
+def signing_key(jwk: Any) -> Key:
+    """The key a JWK describes, for signatures only; JwtError saying why it cannot be one."""
+    if not isinstance(jwk, dict):
+        raise JwtError("is not a JSON object")
+    kty, kid, alg = jwk.get("kty"), jwk.get("kid"), jwk.get("alg")
+    if kty not in ("RSA", "EC"):
+        raise JwtError(f"kty {str(kty)[:20]!r} is not accepted (RSA or EC public keys only; never symmetric keys)")
+    if kid is not None and not isinstance(kid, str):
+        raise JwtError("kid must be a string")
+    if "use" in jwk and jwk["use"] != "sig":
+        raise JwtError(f"use is {str(jwk['use'])[:20]!r}: only \"sig\" keys verify tokens")
+    if "key_ops" in jwk and (not isinstance(jwk["key_ops"], list) or "verify" not in jwk["key_ops"]):
+        raise JwtError("key_ops does not include \"verify\"")
+    if any(m in jwk for m in PRIVATE_MEMBERS):
+        raise JwtError("holds private or secret key material; publish only the public key")
+    algorithms: tuple[str, ...] = RSA_ALGORITHMS
+    if kty == "EC":
+        crv = jwk.get("crv")
+        if not isinstance(crv, str) or crv not in EC_ALGORITHMS:
+            raise JwtError(f"crv {str(crv)[:20]!r} is not one of {', '.join(EC_ALGORITHMS)}")
+        algorithms = (EC_ALGORITHMS[crv],)
+    if alg is not None:
+        if alg not in algorithms:
+            curve = f" on {jwk['crv']}" if kty == "EC" else ""
+            raise JwtError(f"alg {str(alg)[:20]!r} does not fit a {kty} key{curve} "
+                           f"(use one of {', '.join(algorithms)})")
+        algorithms = (alg,)
+    try:
+        by_alg = {a: PyJWK(jwk, algorithm=a) for a in algorithms}
+    except _BAD_INPUT as exc:  # PyJWT's message would quote the key: say only what is wrong
+        raise JwtError(f"is not a valid {kty} public key ({type(exc).__name__})") from None
+    first = next(iter(by_alg.values()))
+    if first.Algorithm.check_key_length(first.key):  # RSA under 2048 bits (RFC 7518 section 3.3)
+        raise JwtError(f"the {kty} key is shorter than 2048 bits")
+    return Key(kid, by_alg)
+
+
+def _keys_list(text: str) -> list[Any]:
+    try:
+        document = json.loads(text)
+    except _BAD_INPUT as exc:
+        raise JwtError(f"not a JWKS: not JSON ({type(exc).__name__})") from None
+    keys = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(keys, list) or not keys:
+        raise JwtError("not a JWKS: JSON with a non-empty list of keys is expected")
     return keys
 
 
-def verify_signature(header: Mapping[str, Any], signing_input: bytes, signature: bytes,
-                     keys: Sequence[tuple[str | None, PublicKey]]) -> None:
-    alg = str(header.get("alg", ""))
-    if alg[:2] not in ("RS", "ES", "PS") or alg[2:] not in HASHES:
-        raise JwtError(f"algorithm {alg!r} is not accepted")  # never 'none', never HMAC with a public key
-    digest = HASHES[alg[2:]]()
-    candidates = [k for kid, k in keys if header.get("kid") in (None, kid)] or [k for _, k in keys]
-    for key in candidates:
+def jwks_problems(text: str) -> list[str]:
+    """For apply time: every reason the JWKS `text` is not wholly usable for signatures, naming the key."""
+    try:
+        keys = _keys_list(text)
+    except JwtError as exc:
+        return [str(exc)]
+    problems = []
+    for i, jwk in enumerate(keys):
         try:
-            if alg.startswith("RS") and isinstance(key, rsa.RSAPublicKey):
-                key.verify(signature, signing_input, padding.PKCS1v15(), digest)
-            elif alg.startswith("PS") and isinstance(key, rsa.RSAPublicKey):
-                key.verify(signature, signing_input, padding.PSS(padding.MGF1(digest), digest.digest_size), digest)
-            elif alg.startswith("ES") and isinstance(key, ec.EllipticCurvePublicKey):
-                half = len(signature) // 2
-                der = encode_dss_signature(int.from_bytes(signature[:half], "big"),
-                                           int.from_bytes(signature[half:], "big"))
-                key.verify(der, signing_input, ec.ECDSA(digest))
-            else:
-                continue
-            return
-        except InvalidSignature:
+            signing_key(jwk)
+        except JwtError as exc:
+            kid = jwk.get("kid") if isinstance(jwk, dict) else None
+            problems.append(f"keys[{i}]{f' (kid {kid!r})' if isinstance(kid, str) else ''}: {exc}")
+    if not problems:
+        try:
+            PyJWKSet(keys)  # and PyJWT's own reading of the set agrees
+        except _BAD_INPUT as exc:
+            problems.append(f"not a JWKS PyJWT can use ({type(exc).__name__})")
+    return problems
+
+
+def parse_jwks(text: str) -> list[Key]:
+    """The signing keys of a JWKS document, skipping keys that cannot verify; JwtError when it is not one."""
+    keys = []
+    for jwk in _keys_list(text):
+        try:
+            keys.append(signing_key(jwk))
+        except JwtError:
             continue
+    return keys
+
+
+def decode(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of `token`, unverified (to pick the issuer's rule); JwtError when malformed."""
+    try:
+        decoded = _PYJWT.decode_complete(token, options={"verify_signature": False})
+    except _BAD_INPUT as exc:
+        raise JwtError(f"malformed token ({type(exc).__name__})") from None
+    return dict(decoded["header"]), dict(decoded["payload"])
+
+
+def verify(token: str, header: Mapping[str, Any], keys: Sequence[Key]) -> dict[str, Any]:
+    """The claims of `token`, once a key of the issuer bound to its algorithm verifies it."""
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in ALGORITHMS:
+        raise JwtError(f"algorithm {str(alg)[:20]!r} is not accepted")  # never 'none', never HMAC
+    # jwt_verify_lib's choice: a token's kid selects the keys with that kid, and the keys without one
+    candidates = [k.by_alg[alg] for k in keys if alg in k.by_alg and (kid is None or k.kid in (None, kid))]
+    if not candidates:
+        raise JwtError(f"no key of the issuer's JWKS verifies {alg} tokens" + (f" with kid {kid[:40]!r}"
+                                                                              if isinstance(kid, str) else ""))
+    for pyjwk in candidates:
+        try:
+            return dict(_PYJWT.decode_complete(token, key=pyjwk, algorithms=[alg])["payload"])
+        except jwt.InvalidSignatureError:
+            continue
+        except _BAD_INPUT as exc:
+            raise JwtError(f"malformed token ({type(exc).__name__})") from None
     raise JwtError("signature does not verify with any key of the issuer's JWKS")
 
 
-def decode(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
-    try:
-        head, body, sig = token.split(".")
-        header, claims = json.loads(b64url(head)), json.loads(b64url(body))
-        signature = b64url(sig)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise JwtError("malformed token") from exc
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise JwtError("malformed token: its header and claims must be JSON objects")
-    return header, claims, f"{head}.{body}".encode(), signature
+def _is_number(value: Any) -> bool:
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")  # json reads NaN and Infinity
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_claims(claims: Mapping[str, Any], audiences: Sequence[str], now: float) -> None:
-    exp, nbf = claims.get("exp"), claims.get("nbf")
-    if isinstance(exp, (int, float)) and now > exp + CLOCK_SKEW_S:
+    """Istio's claim checks, typed: a claim of the wrong type refuses the token rather than being skipped."""
+    for name in TIME_CLAIMS:
+        if name in claims and not _is_number(claims[name]):
+            raise JwtError(f"claim {name} must be a number of seconds (NumericDate)")
+    if "exp" in claims and now > claims["exp"] + CLOCK_SKEW_S:
         raise JwtError("token expired")
-    if isinstance(nbf, (int, float)) and now < nbf - CLOCK_SKEW_S:
+    if "nbf" in claims and now < claims["nbf"] - CLOCK_SKEW_S:
         raise JwtError("token not valid yet")
-    if audiences:
-        aud = claims.get("aud")
-        given = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) \
-            else []
-        if not set(given) & set(audiences):
-            raise JwtError(f"audience {given or 'none'} is not one of {list(audiences)}")
+    if "iat" in claims and now < claims["iat"] - CLOCK_SKEW_S:
+        raise JwtError("token issued in the future")
+    if "sub" in claims and not isinstance(claims["sub"], str):
+        raise JwtError("claim sub must be a string")
+    aud = claims.get("aud")
+    given = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else None
+    if "aud" in claims and (given is None or not all(isinstance(a, str) for a in given)):
+        raise JwtError("claim aud must be a string or a list of strings")
+    if audiences and not set(given or []) & set(audiences):
+        raise JwtError(f"audience {given or 'none'} is not one of {list(audiences)}")
 
 
-def find_token(rule: Mapping[str, Any], headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    locations = rule.get("fromHeaders") or ([] if rule.get("fromParams") else
-                                            [{"name": "authorization", "prefix": "Bearer "}])
-    for loc in locations:
-        value = headers.get(str(loc["name"]).lower())
-        prefix = loc.get("prefix", "")
-        if value is not None and value.startswith(prefix):
-            return value[len(prefix):].strip()
-    for name in rule.get("fromParams") or (["access_token"] if not rule.get("fromHeaders") else []):
-        if name in query:
-            return query[name]
-    return None
+# --- where tokens are ----------------------------------------------------------------------------------------------
+
+def _locations(rule: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """Istio's: fromHeaders and fromParams; with neither, `Authorization: Bearer` and `access_token`."""
+    headers, params = rule.get("fromHeaders") or [], rule.get("fromParams") or []
+    if not headers and not params:
+        return [DEFAULT_HEADER], [DEFAULT_PARAM]
+    return list(headers), [str(p) for p in params]
+
+
+def _after_prefix(value: str, prefix: str) -> str | None:
+    """The token in a header value, or None when the prefix does not match. A prefix ending in a space is
+    an auth scheme, matched case-insensitively (RFC 7235) and followed by any run of spaces or tabs."""
+    value = value.lstrip(" \t")
+    scheme = prefix.strip(" \t")
+    if not scheme:
+        return value.strip(" \t")
+    if value[:len(scheme)].lower() != scheme.lower():
+        return None
+    rest = value[len(scheme):]
+    if prefix != prefix.rstrip(" \t") and rest and rest[0] not in " \t":
+        return None  # `Bearerx`: another scheme
+    return rest.strip(" \t")
+
+
+@dataclass(frozen=True)
+class Found:
+    where: str
+    token: str
+    rules: tuple[int, ...]  # the rules that look for a token there
+
+
+def find_tokens(rules: Sequence[Mapping[str, Any]], headers: Sequence[tuple[str, str]],
+                query: Sequence[tuple[str, str]]) -> list[Found]:
+    """Every token in the places any rule looks, one per header field or query parameter."""
+    found = []
+    for name, value in headers:
+        matches = []  # (prefix length, token, rule): the longest prefix that matches wins
+        for i, rule in enumerate(rules):
+            for loc in _locations(rule)[0]:
+                prefix = str(loc.get("prefix", ""))
+                if str(loc["name"]).lower() == name.lower() and (token := _after_prefix(value, prefix)) is not None:
+                    matches.append((len(prefix.strip(" \t")), token, i))
+        if matches:
+            best = max(m[0] for m in matches)
+            token = next(m[1] for m in matches if m[0] == best)
+            found.append(Found(f"header {name}", token, tuple(sorted({m[2] for m in matches if m[0] == best}))))
+    for name, value in query:
+        at = tuple(i for i, rule in enumerate(rules) if name in _locations(rule)[1])
+        if at:
+            found.append(Found(f"query parameter {name}", value, at))
+    return found
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// too; a JWKS server may only send us to another http(s) URL."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+        if jwks_uri_problem(newurl):
+            raise urllib.error.HTTPError(newurl, code, "redirect to a URL that is not http(s) refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 class Jwks:
     """Keys per rule: parsed inline JWKS, and fetched remote ones with their age."""
 
     def __init__(self) -> None:
-        self.inline: dict[str, list[tuple[str | None, PublicKey]]] = {}
-        self.remote: dict[str, tuple[float, list[tuple[str | None, PublicKey]]]] = {}
+        self.inline: dict[str, list[Key]] = {}
+        self.remote: dict[str, tuple[float, list[Key]]] = {}
         self.errors: dict[str, str] = {}
         self._fetching: set[str] = set()
 
-    def keys(self, rule: Mapping[str, Any]) -> list[tuple[str | None, PublicKey]]:
+    def keys(self, rule: Mapping[str, Any]) -> list[Key]:
         if rule.get("jwks_error"):
-            raise JwtError(rule["jwks_error"])
+            raise JwtError(str(rule["jwks_error"]))
         if rule.get("jwks"):
             text = str(rule["jwks"])
             if text not in self.inline:
                 self.inline[text] = parse_jwks(text)
             return self.inline[text]
         uri = str(rule.get("jwksUri"))
+        if jwks_uri_problem(uri):  # only http(s) is fetched: never a file of the sidecar's
+            raise JwtError(f"the jwksUri {uri[:80]!r} is not an http(s) URL")
         fetched = self.remote.get(uri)
         if fetched is None or time.monotonic() - fetched[0] > REFRESH_S:
             self._fetch_soon(uri)
@@ -157,7 +304,7 @@ class Jwks:
         return fetched[1]
 
     def _fetch_soon(self, uri: str) -> None:
-        if uri in self._fetching:
+        if uri in self._fetching or jwks_uri_problem(uri):
             return
         self._fetching.add(uri)
         try:
@@ -167,8 +314,11 @@ class Jwks:
 
     async def _fetch(self, uri: str) -> None:
         def get() -> str:
-            with urllib.request.urlopen(uri, timeout=5) as resp:
-                return str(resp.read().decode())
+            with _OPENER.open(uri, timeout=5) as resp:
+                body = resp.read(MAX_JWKS_BYTES + 1)
+            if len(body) > MAX_JWKS_BYTES:
+                raise JwtError(f"the JWKS is larger than {MAX_JWKS_BYTES} bytes")
+            return str(body.decode())
         try:
             self.remote[uri] = (time.monotonic(), parse_jwks(await asyncio.to_thread(get)))
             self.errors.pop(uri, None)
@@ -185,25 +335,30 @@ class Jwks:
                 self._fetch_soon(str(rule["jwksUri"]))
 
 
-def authenticate(rules: Sequence[Mapping[str, Any]], jwks: Jwks, headers: Mapping[str, str],
-                 query: Mapping[str, str], now: float) -> tuple[str | None, dict[str, Any]]:
-    """(principal, claims) of a valid token; (None, {}) when there is none; JwtError when one is invalid."""
-    for rule in rules:
-        token = find_token(rule, headers, query)
-        if token is None:
-            continue
-        header, claims, signing_input, signature = decode(token)
-        issuer = claims.get("iss")
-        matching = [r for r in rules if r.get("issuer") == issuer]
-        if not matching:
-            raise JwtError(f"issuer {issuer!r} is not accepted")
-        errors = []
-        for candidate in matching:
-            try:
-                verify_signature(header, signing_input, signature, jwks.keys(candidate))
-                check_claims(claims, candidate.get("audiences") or [], now)
-                return f"{issuer}/{claims.get('sub', '')}", dict(claims)
-            except JwtError as exc:
-                errors.append(str(exc))
-        raise JwtError("; ".join(dict.fromkeys(errors)))
-    return None, {}
+def authenticate(rules: Sequence[Mapping[str, Any]], jwks: Jwks, headers: Sequence[tuple[str, str]],
+                 query: Sequence[tuple[str, str]], now: float) -> tuple[str | None, dict[str, Any]]:
+    """(principal, claims) of a valid token; (None, {}) when there is none; JwtError when it is invalid or
+    the request carries more than one. `headers` and `query` are every field and every pair, repeats kept."""
+    found = find_tokens(rules, headers, query)
+    if not found:
+        return None, {}
+    if len(found) > 1:
+        raise JwtError(f"the request carries {len(found)} tokens ({', '.join(f.where for f in found)[:200]}); "
+                       "send exactly one")
+    token, at = found[0].token, [rules[i] for i in found[0].rules]
+    header, unverified = decode(token)
+    issuer = unverified.get("iss")
+    matching = [r for r in at if isinstance(issuer, str) and r.get("issuer") == issuer]
+    if not matching:
+        raise JwtError(f"issuer {str(issuer)[:80]!r} is not accepted in the {found[0].where[:80]}")
+    errors = []
+    for rule in matching:
+        try:
+            claims = verify(token, header, jwks.keys(rule))
+            check_claims(claims, rule.get("audiences") or [], now)
+            if claims.get("iss") != issuer:  # what was signed is what chose the rule
+                raise JwtError("issuer changed between decoding and verifying")
+            return f"{issuer}/{claims.get('sub', '')}", claims
+        except JwtError as exc:
+            errors.append(str(exc))
+    raise JwtError("; ".join(dict.fromkeys(errors)))

@@ -21,10 +21,11 @@ from mitmproxy import options
 from mitmproxy.addons import proxyserver
 from mitmproxy.master import Master
 
-from addons import snapshot
+from addons import capture, snapshot
 from addons.admin import Admin
 from addons.authz import Authorization
 from addons.endpoints import Endpoints
+from addons.guard import RequestGuard
 from addons.listeners import INBOUND_PORT, OUTBOUND_PORT, Listeners, local_networks
 from addons.live import LiveSnapshot
 from addons.mtls import CERT_DIR, MutualTLS
@@ -65,12 +66,15 @@ class ProxyState:
         self.listening = False
         self.draining = False
         self.started = time.time()
+        self.capture_marker = capture.BROKEN_MARKER  # written by the supervisor (root) while it restores capture
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
         if not self.listening:
             return False, "starting"
+        if self.capture_marker.exists():  # traffic may be bypassing the proxy: not ready until rules are back
+            return False, "capture rules were changed; restoring"
         if self.mtls.contexts is None:
             return False, "no workload certificate"
         return True, "ready"
@@ -189,9 +193,10 @@ async def main() -> None:
     opts = options.Options()
     master = Master(opts)
     authz = Authorization(live)
-    # Tracing comes before authz and routing: a denied or routed request still gets its span and headers.
+    # The guard comes first: every later hook sees the normalised request. Tracing comes before authz and
+    # routing: a denied or routed request still gets its span and headers.
     master.addons.add(proxyserver.Proxyserver(), connections, Listeners(live, mtls, endpoints, networks, authz), mtls,
-                      tracing, authz, Routing(live, endpoints, mtls), telemetry,
+                      RequestGuard(live), tracing, authz, Routing(live, endpoints, mtls), telemetry,
                       Lifecycle(state, Admin(state, networks[1])))
     opts.update(
         mode=[f"transparent@{OUTBOUND_PORT}", f"transparent@{INBOUND_PORT}"],

@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.http import Headers
 
+from addons import regex
 from addons.endpoints import Endpoint, Endpoints
 from addons.live import LiveSnapshot
 from addons.mtls import MutualTLS
@@ -47,7 +47,7 @@ def string_matches(spec: Mapping[str, str], value: str | None, ignore_case: bool
     if "prefix" in spec:
         return fold(value).startswith(fold(spec["prefix"]))
     if "regex" in spec:
-        return re.fullmatch(spec["regex"], value, re.IGNORECASE if ignore_case else 0) is not None
+        return regex.fullmatch(spec["regex"], value, ignore_case)  # RE2, compiled once per pattern
     return True
 
 

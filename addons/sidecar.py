@@ -6,6 +6,9 @@ container itself stays up, so the network namespace the app shares with it is ne
 
 While the proxy runs, this loop also:
 - re-applies the capture rules when a new snapshot changes the excluded ports;
+- re-reads them every CAPTURE_CHECK_S and puts them back when another container with NET_ADMIN changed
+  them, logging what changed; until a check finds them intact again, a marker file makes the proxy
+  report not ready (the proxy runs as 1337 and cannot read the nat table itself);
 - when the mounted files are not owned by 1337 (meshctl run by a non-root user), keeps a 1337-owned
   copy in /run/meshctl, so the proxy can read its key without running as the user's uid (which the app
   may share, and which would then bypass capture).
@@ -20,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from addons import capture, snapshot
@@ -31,6 +35,10 @@ MIRROR_DIR = Path("/run/meshctl")
 FILES = ("cert.pem", "key.pem", "bundle.pem", "snapshot.json")
 TICK_S = 0.1
 RESTART_DELAY_S = 0.2
+# How often the nat rules are re-read: a changed rule lets traffic past the proxy for at most this long
+# (plus one restore), and an iptables-save every 2 s costs a few ms of CPU.
+CAPTURE_CHECK_S = 2.0
+MAX_LOGGED_PROBLEMS = 5
 
 
 def say(message: str) -> None:
@@ -66,8 +74,64 @@ def capture_ports(snap: snapshot.Snapshot) -> tuple[frozenset[int], frozenset[in
     return snap.exclude_inbound_ports, snap.exclude_outbound_ports
 
 
-def install_capture(ports: tuple[frozenset[int], frozenset[int]]) -> None:
-    capture.install(PROXY_UID, *ports)
+class CaptureGuard:
+    """Keeps the live capture rules equal to ours, and tells the proxy (through `marker`) while they are not."""
+
+    def __init__(self, marker: Path = capture.BROKEN_MARKER, run: capture.Runner = subprocess.run,
+                 log: Callable[[str], None] = say) -> None:
+        self.marker = marker
+        self.run = run
+        self.log = log
+        self.ports: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
+        self.broken = False
+        self.last: tuple[list[str], str] = ([], "")
+
+    def install(self, ports: tuple[frozenset[int], frozenset[int]]) -> None:
+        """Install (at start, or for new excluded ports); raises CalledProcessError when iptables refuses."""
+        capture.install(PROXY_UID, *ports, run=self.run)
+        self.ports = ports
+
+    def check(self) -> bool:
+        """True when the rules are intact. Otherwise mark not ready, log what changed, and restore them: the
+        marker stays until the next check finds them intact, so a flapping attacker keeps the pod unready."""
+        try:
+            problems = capture.verify(capture.dump(self.run), capture.rules(PROXY_UID, *self.ports))
+        except (OSError, subprocess.CalledProcessError) as exc:  # fail closed: unreadable is not intact
+            problems = [f"cannot read the nat table: {capture.why(exc)}"]
+        if not problems:
+            if self.broken:
+                self.broken = False
+                self.marker.unlink(missing_ok=True)
+                self.log("capture rules verified intact again; reporting ready")
+            return True
+        try:
+            self._mark()
+        except OSError as exc:  # still restore below; PID 1 must not die (the pod's namespace would go with it)
+            self.log(f"cannot mark the proxy not ready: {exc}")
+        try:
+            capture.install(PROXY_UID, *self.ports, run=self.run)
+            outcome = "restored them; not ready until the next check finds them intact"
+        except (OSError, subprocess.CalledProcessError) as exc:
+            outcome = f"cannot restore them: {capture.why(exc)}"
+        if not self.broken or (problems, outcome) != self.last:  # one line per change, not one per check
+            shown = problems[:MAX_LOGGED_PROBLEMS]
+            more = f"; and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+            self.log(f"capture rules were changed ({'; '.join(shown)}{more}); {outcome}")
+        self.broken, self.last = True, (problems, outcome)
+        return False
+
+    def clear(self) -> None:
+        """A fresh start: rules just installed, so no marker left from a previous run of this container."""
+        self.broken = False
+        self.marker.unlink(missing_ok=True)
+
+    def _mark(self) -> None:
+        # root-owned 0755 directory and 0644 file: the proxy (1337) can read them, not remove them
+        self.marker.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = self.marker.with_name(f".{self.marker.name}.tmp")
+        tmp.write_text("capture rules were changed; restoring\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, self.marker)
 
 
 def main() -> int:
@@ -77,11 +141,13 @@ def main() -> int:
         say(f"cannot start: {exc}")
         return 1
     ports = capture_ports(snap)
+    guard = CaptureGuard()
     try:
-        install_capture(ports)
-    except subprocess.CalledProcessError as exc:
-        say(f"cannot install capture rules (does the container have NET_ADMIN?): {exc.stderr.decode().strip()}")
+        guard.install(ports)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        say(f"cannot install capture rules (does the container have NET_ADMIN?): {capture.why(exc)}")
         return 1
+    guard.clear()
     env = {**os.environ, "HOME": "/tmp"}
     seen: dict[str, float] = {}
     source = CERT_DIR
@@ -104,6 +170,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     snapshot_mtime = 0.0
+    next_check = time.monotonic() + CAPTURE_CHECK_S
     while not stopping:
         child = subprocess.Popen([sys.executable, "-O", "-m", "addons.main"], user=PROXY_UID, group=PROXY_UID,
                                  extra_groups=[], env=env, cwd="/tmp")
@@ -119,11 +186,14 @@ def main() -> int:
                     snapshot_mtime = mtime
                     wanted = capture_ports(snapshot.load(source / "snapshot.json"))
                     if wanted != ports:
-                        install_capture(wanted)
+                        guard.install(wanted)
                         ports = wanted
                         say(f"capture rules updated: excluded inbound {sorted(ports[0])}, outbound {sorted(ports[1])}")
             except (OSError, snapshot.SnapshotError, subprocess.CalledProcessError):
                 pass  # the proxy reports a bad snapshot as REJECTED; rules stay as they are
+            if time.monotonic() >= next_check:
+                guard.check()
+                next_check = time.monotonic() + CAPTURE_CHECK_S
         if stopping:
             return 0
         say(f"proxy exited with {child.returncode}; restarting")

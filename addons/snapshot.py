@@ -49,6 +49,13 @@ class TracingConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """Mesh-wide settings (Istio's meshConfig), chosen with `meshctl install`."""
+    path_normalization: str = "MERGE_SLASHES"  # addons.normalize.MODES
+    num_trusted_proxies: int = 0  # X-Forwarded-For hops trusted to name the original client (remoteIpBlocks)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     revision: int
     hash: str
@@ -69,6 +76,7 @@ class Snapshot:
     authorization: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # AuthorizationPolicies selecting us
     jwt: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # RequestAuthentication jwtRules
     tracing: TracingConfig = field(default_factory=TracingConfig)  # from Telemetry resources
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -143,6 +151,7 @@ def parse(data: Any) -> Snapshot:
             raise SnapshotError(f"authorization[{i}] needs an action (ALLOW, DENY, AUDIT) and a rules list")
     return Snapshot(
         tracing=_tracing(data.get("tracing", {})),
+        mesh=_mesh(data.get("mesh", {})),
         revision=_get(data, "revision", int),
         hash=_get(data, "hash", str),
         name=_get(proxy, "name", str, "proxy."),
@@ -176,6 +185,21 @@ def _tracing(data: Any) -> TracingConfig:
         if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
             raise SnapshotError(f"field tracing.{key} must be an http(s) URL")
     return TracingConfig(float(sampling), urls["zipkin"], urls["otlp"])
+
+
+PATH_MODES = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")  # addons.normalize.MODES
+
+
+def _mesh(data: Any) -> MeshConfig:
+    if not isinstance(data, dict):
+        raise SnapshotError("field mesh must be an object")
+    mode = data.get("path_normalization", MeshConfig.path_normalization)
+    if mode not in PATH_MODES:
+        raise SnapshotError(f"field mesh.path_normalization must be one of {', '.join(PATH_MODES)}")
+    hops = data.get("num_trusted_proxies", 0)
+    if isinstance(hops, bool) or not isinstance(hops, int) or not 0 <= hops <= 64:
+        raise SnapshotError("field mesh.num_trusted_proxies must be a whole number from 0 to 64")
+    return MeshConfig(mode, hops)
 
 
 def read_raw(path: Path) -> Any:

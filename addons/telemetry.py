@@ -33,6 +33,15 @@ SERIES_LIMIT = 4096  # resolved label sets kept; past it the cache starts over (
 DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
 
+# Envoy's max_path_tag_length: a path or error text longer than this is cut in spans and access logs, so
+# every span and log line has a fixed maximum size and the span buffers' count bounds their bytes.
+MAX_ATTRIBUTE = 256
+
+
+def clip(text: str | None, limit: int = MAX_ATTRIBUTE) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "…"
+
+
 def app_of(identity: str | None) -> str:
     """spiffe://td/ns/project/sa/app -> app (the caller's logical service)."""
     return identity.rsplit("/sa/", 1)[-1] if identity and "/sa/" in identity else "unknown"
@@ -147,8 +156,8 @@ class Telemetry:
         response_bytes.observe(resp_bytes)
         self._log({
             "time": flow.request.timestamp_start, "direction": "inbound" if parties["reporter"] == "destination"
-            else "outbound", "method": flow.request.method, "authority": flow.request.host_header or "",
-            "path": flow.request.path, "protocol": flow.request.http_version, "status": status,
+            else "outbound", "method": clip(flow.request.method, 32), "authority": clip(flow.request.host_header or ""),
+            "path": clip(flow.request.path), "protocol": flow.request.http_version, "status": status,
             "duration_ms": round(duration_ms, 3), "bytes_received": req_bytes, "bytes_sent": resp_bytes,
             "source": parties["source_principal"], "destination": parties["destination_principal"],
             "source_workload": parties["source_workload"], "source_version": parties["source_version"],
@@ -160,8 +169,8 @@ class Telemetry:
             "route": flow.metadata.get("mesh_route"), "audit": flow.metadata.get("mesh_audit"),
             "mtls": parties["connection_security_policy"] == "mutual_tls", "flags": flags,
             "trace_id": getattr(flow.metadata.get("mesh_span"), "trace_id", None),
-            "request_id": flow.request.headers.get("x-request-id"),
-            "error": flow.error.msg if flow.error else None,
+            "request_id": clip(flow.request.headers.get("x-request-id")),
+            "error": clip(flow.error.msg) if flow.error else None, "reason": flow.metadata.get("mesh_reason"),
         })
 
     def _http_series(self, values: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:

@@ -28,11 +28,11 @@ from mitmproxy import http
 
 from addons.listeners import INBOUND_PORT
 from addons.live import LiveSnapshot
-from addons.telemetry import outcome
+from addons.telemetry import clip, outcome
 
 log = logging.getLogger("meshctl.tracing")
-BUFFER_SPANS = 2048  # the embedded collector's memory: about 1 MB
-EXPORT_QUEUE_MAX = 10_000  # beyond this, spans for an unreachable exporter are dropped, not hoarded
+BUFFER_SPANS = 2048  # the embedded collector: at most ~1.5 KB a span (attributes are clipped), ~3 MB
+EXPORT_QUEUE_MAX = 2048  # beyond this, spans for an unreachable exporter are dropped, not hoarded
 EXPORT_EVERY_S = 1.0
 HEX = re.compile(r"^[0-9a-f]+$")
 B3_HEADERS = ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags")
@@ -190,7 +190,7 @@ class Tracing:
         end, status, flags = outcome(flow)
         project = snap.name.split(".", 1)[0]
         peer = parties["source_principal"] if inbound else parties["destination_principal"]
-        tags = {"http.method": flow.request.method, "http.path": flow.request.path.split("?", 1)[0],
+        tags = {"http.method": clip(flow.request.method, 32), "http.path": clip(flow.request.path.split("?", 1)[0]),
                 "http.status_code": str(status), "peer.identity": peer, "node_id": snap.name,
                 "upstream_cluster": f"{parties['destination_service']}|{parties['destination_version']}",
                 "mtls": str(parties["connection_security_policy"] == "mutual_tls").lower(),
@@ -199,7 +199,7 @@ class Tracing:
             tags["route"] = f"{route.get('host')}|{route.get('subset') or '-'}"
             tags["attempts"] = str(route.get("attempts", 1))
         if flow.error or status >= 500 or status == 0:
-            tags["error"] = flow.error.msg if flow.error else str(status)
+            tags["error"] = clip(flow.error.msg) if flow.error else str(status)
         record: dict[str, Any] = {
             "traceId": span.trace_id, "id": span.span_id, "name": f"{flow.request.method} {tags['http.path']}",
             "kind": span.kind,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from addons.snapshot import PATH_MODES, MeshConfig
 from meshctl import __version__, const
 from meshctl.errors import InvalidInput, NotInstalled
 from meshctl.fsutil import atomic_write, read_text
@@ -43,6 +44,9 @@ class MeshSettings:
     cert_ttl: str = "24h"  # workload certificates' lifetime; renewed at half of it
     addons: list[str] = field(default_factory=list)  # optional components (const.ADDONS) kept running
     prometheus_port: int = const.PROMETHEUS_PORT  # the prometheus addon's web port, on 127.0.0.1
+    # Istio's meshConfig.pathNormalization, with a safer default than Istio's BASE (addons.normalize)
+    path_normalization: str = MeshConfig.path_normalization
+    num_trusted_proxies: int = 0  # X-Forwarded-For hops trusted to name the original client (remoteIpBlocks)
     installed_by: str = field(default_factory=lambda: __version__)
 
     @classmethod
@@ -58,6 +62,14 @@ class MeshSettings:
         if not isinstance(addons, list) or not all(isinstance(a, str) and a in const.ADDONS for a in addons):
             raise InvalidInput(f"{source}: addons must be a list of {', '.join(const.ADDONS)}, not {addons!r}",
                                "fix it, or run `meshctl install --addons ...` again")
+        if settings.path_normalization not in PATH_MODES:
+            raise InvalidInput(f"{source}: path_normalization must be one of {', '.join(PATH_MODES)}, not "
+                               f"{settings.path_normalization!r}", "fix it, or run `meshctl install "
+                               "--path-normalization ...` again")
+        hops = settings.num_trusted_proxies
+        if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 64:
+            raise InvalidInput(f"{source}: num_trusted_proxies must be a whole number from 0 to 64, not {hops!r}",
+                               "fix it, or run `meshctl install --num-trusted-proxies ...` again")
         port = settings.prometheus_port
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise InvalidInput(f"{source}: prometheus_port must be a port number, not {port!r}",

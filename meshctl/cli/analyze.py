@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from meshctl.config import analyze as lib
-from meshctl.config.resources import Resource, key, load
+from meshctl.config.resources import Key, Resource, key, load
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.output import OutputFormat, OutputOption, emit
@@ -31,7 +31,7 @@ def analyze(
     """Find problems in config and in the live mesh, each with a code, a level and a hint. Exit 1 on errors."""
     c: Context = ctx.obj
     from_files = load(files, semantic=False) if files else []
-    resources: dict[tuple[str, str], Resource] = {}
+    resources: dict[Key, Resource] = {}
     inv = None
     if not files_only:
         c.home.settings()

@@ -9,7 +9,7 @@ import typer
 
 from meshctl.config import changes
 from meshctl.config.kinds import KINDS, Kind, find_kind
-from meshctl.config.resources import load
+from meshctl.config.resources import load, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import UsageError
@@ -25,21 +25,34 @@ def _kind(name: str) -> Kind:
     return kind
 
 
-def _ref(kind: str, name: str) -> str:
+def _ref(kind: str, name: str, namespace: str | None = None) -> str:
     k = find_kind(kind)
-    return f"{kind.lower()}.{k.group if k else ''}/{name}"
+    return f"{kind.lower()}.{k.group if k else ''}/{name}" + (f" (namespace {namespace})" if namespace else "")
+
+
+def _namespace(value: str | None) -> str | None:
+    """-n for get/delete: absent, any namespace; '' the resources without one."""
+    return changes.ANY_NAMESPACE if value is None else value or None
+
+
+NamespaceOption = Annotated[str | None, typer.Option("--namespace", "-n", help="The compose project the resource "
+                                                     "is in ('' for one without a namespace; default: any).")]
 
 
 def apply(
     ctx: typer.Context,
     files: Annotated[list[str], typer.Option("--filename", "-f", help="A YAML file, a directory of them, or - "
                                                                        "for stdin. Repeatable.")],
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Put resources without a namespace "
+                                                  "in this compose project (kubectl's -n); one whose namespace "
+                                                  "differs is an error.")] = None,
 ) -> None:
     """Validate and store resources (all or nothing), then push the new config to every proxy."""
     c: Context = ctx.obj
-    revision, outcome, pushed = changes.apply(c, load(files))
+    revision, outcome, pushed = changes.apply(c, load(files, namespace=namespace))
     for resource, action in outcome:
-        c.out.print(f"{_ref(resource['kind'], resource['metadata']['name'])} {action}", highlight=False)
+        c.out.print(f"{_ref(resource['kind'], resource['metadata']['name'], namespace_of(resource))} {action}",
+                    highlight=False)
     c.err.print(f"revision {revision.revision}; pushed to {pushed.proxies} proxies "
                 "(`meshctl proxy-status --wait` to see them apply it)", highlight=False)
 
@@ -56,12 +69,13 @@ def get(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=KIND_HELP)],
     name: Annotated[str | None, typer.Argument(help="Only this resource.")] = None,
+    namespace: NamespaceOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """List stored resources of a kind, or show one (-o yaml gives YAML you can apply again)."""
     c: Context = ctx.obj
     k = _kind(kind)
-    found = changes.listing(c, k, name)
+    found = changes.listing(c, k, name, _namespace(namespace))
 
     def table() -> object:
         return simple_table(["name", "namespace", "applies to"],
@@ -75,12 +89,13 @@ def delete(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=KIND_HELP)],
     name: Annotated[str, typer.Argument(help="The resource to delete.")],
+    namespace: NamespaceOption = None,
 ) -> None:
     """Delete a stored resource and push the change to every proxy."""
     c: Context = ctx.obj
     k = _kind(kind)
-    revision, pushed = changes.delete(c, k, name)
-    c.out.print(f"{_ref(k.name, name)} deleted", highlight=False)
+    revision, pushed, gone = changes.delete(c, k, name, _namespace(namespace))
+    c.out.print(f"{_ref(k.name, name, namespace_of(gone))} deleted", highlight=False)
     c.err.print(f"revision {revision.revision}; pushed to {pushed.proxies} proxies", highlight=False)
 
 

@@ -37,6 +37,13 @@ def install(
                                                "install chose; none at first).")] = None,
     prometheus_port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 for the prometheus addon's web UI "
                                                         "and API (default: 9090).")] = None,
+    path_normalization: Annotated[str | None, typer.Option(
+        help="How sidecars normalise request paths before any policy or route sees them (Istio's "
+             "meshConfig.pathNormalization): NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES "
+             "(default: MERGE_SLASHES).")] = None,
+    num_trusted_proxies: Annotated[int | None, typer.Option(
+        help="X-Forwarded-For hops in front of the mesh that are trusted to name the original client, for "
+             "remoteIpBlocks (Istio's numTrustedProxies) (default: 0, the peer is the client).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     output: OutputOption = OutputFormat.table,
 ) -> None:
@@ -47,7 +54,9 @@ def install(
                                           installer.validate_subnet(network_subnet), base_image,
                                           cert_ttl and installer.validate_cert_ttl(cert_ttl),
                                           None if addons is None else parse_addons(addons),
-                                          installer.validate_prometheus_port(prometheus_port))
+                                          installer.validate_prometheus_port(prometheus_port),
+                                          installer.validate_path_normalization(path_normalization),
+                                          installer.validate_trusted_proxies(num_trusted_proxies))
     started = time.monotonic()
     steps = installer.plan(c, settings)
     # Ask every step first: an unreachable engine or a conflict stops us before anything is written.

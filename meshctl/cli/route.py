@@ -11,11 +11,11 @@ from typing import Annotated, Any
 import typer
 
 from meshctl.config import changes, routes
-from meshctl.config.resources import Resource
+from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
-from meshctl.pilot.push import meshed_versions
+from meshctl.pilot.push import meshed_versions, proxy_dirs, proxy_info
 
 app = typer.Typer(help="Route a service's traffic: weights, matches, timeouts, retries, faults, mirroring.",
                   no_args_is_help=True)
@@ -24,22 +24,37 @@ Service = Annotated[str, typer.Argument(help="The service, by its `app` label (e
 Match = Annotated[list[str] | None, typer.Option("--match", "-m", help=f"Condition of the rule to set: "
                                                  f"{routes.MATCH_HELP}. Repeat to AND conditions.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resulting YAML; change nothing.")]
+Project = Annotated[str | None, typer.Option("--project", "-p", help="Only in this compose project: its own "
+                                             "(namespaced) resources. Default: those with no namespace, which "
+                                             "apply to the service in every project.")]
 
 
-def _service_resources(resources: list[Resource], service: str) -> list[Resource]:
-    return [r for r in (routes.find_virtual_service(resources, service),
-                        routes.find_destination_rule(resources, service)) if r is not None]
+def _service_resources(resources: list[Resource], service: str, project: str | None) -> list[Resource]:
+    return [r for r in (routes.find_virtual_service(resources, service, project),
+                        routes.find_destination_rule(resources, service, project)) if r is not None]
 
 
-def _changed(before: list[Resource], after: list[Resource], service: str) -> list[Resource]:
-    return [r for r in _service_resources(after, service) if r not in before]
+def _changed(before: list[Resource], after: list[Resource], service: str, project: str | None) -> list[Resource]:
+    return [r for r in _service_resources(after, service, project) if r not in before]
 
 
-def _commit(c: Context, service: str, change: Any, message: str, dry_run: bool) -> None:
+def _versions(c: Context, service: str, project: str | None) -> set[str]:
+    """The versions of `service` that are meshed (in `project`, when given)."""
+    if project is None:
+        return meshed_versions(c.home).get(service, set())
+    infos = [proxy_info(d) for d in proxy_dirs(c.home)]
+    return {i["pod"]["version"] for i in infos if i["project"] == project and i["pod"]["app"] == service}
+
+
+def _in(project: str | None) -> str:
+    return f" -p {project}" if project else ""
+
+
+def _commit(c: Context, service: str, change: Any, message: str, dry_run: bool, project: str | None) -> None:
     if dry_run:
         before = changes.current(c)
         after = change(before)
-        shown = _changed(before, after, service) or _service_resources(after, service)
+        shown = _changed(before, after, service, project) or _service_resources(after, service, project)
         c.out.print("---\n".join(to_yaml(r) for r in shown).rstrip() or f"# {service}: no route", highlight=False,
                     markup=False)
         return
@@ -79,6 +94,7 @@ def set_(
     add_response_header: Annotated[list[str] | None, typer.Option(help="Response header NAME=VALUE to add.")] = None,
     remove_response_header: Annotated[list[str] | None, typer.Option(help="Response header to remove.")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Start the rule afresh instead of changing it.")] = False,
+    project: Project = None,
     dry_run: DryRun = False,
 ) -> None:
     """Set the rule for SERVICE (the catch-all, or the one with --match); flags left out keep their value."""
@@ -90,14 +106,15 @@ def set_(
         remove_headers=remove_header or [], set_response_headers=set_response_header or [],
         add_response_headers=add_response_header or [], remove_response_headers=remove_response_header or [],
         reset=reset)
-    versions = meshed_versions(c.home).get(service, set())
+    versions = _versions(c, service, project)
     c.home.settings()
-    _commit(c, service, lambda current: routes.set_route(current, service, edit, versions),
-            f"route set {service}", dry_run)
+    _commit(c, service, lambda current: routes.set_route(current, service, edit, versions, project),
+            f"route set {service}{_in(project)}", dry_run, project)
 
 
-def _rows(resources: list[Resource], service: str) -> list[dict[str, Any]]:
-    vs = routes.find_virtual_service(resources, service)
+
+def _rows(resources: list[Resource], service: str, project: str | None) -> list[dict[str, Any]]:
+    vs = routes.find_virtual_service(resources, service, project)
     rows = []
     for i, rule in enumerate((vs or {}).get("spec", {}).get("http", [])):
         retries = rule.get("retries")
@@ -118,18 +135,20 @@ def _rows(resources: list[Resource], service: str) -> list[dict[str, Any]]:
 
 
 @app.command("get")
-def get(ctx: typer.Context, service: Service, output: OutputOption = OutputFormat.table) -> None:
+def get(ctx: typer.Context, service: Service, project: Project = None,
+        output: OutputOption = OutputFormat.table) -> None:
     """Show SERVICE's rules in the order they are tried (-o yaml: its VirtualService and DestinationRule)."""
     c: Context = ctx.obj
     resources = changes.current(c)
-    mine = _service_resources(resources, service)
+    mine = _service_resources(resources, service, project)
     if output is OutputFormat.yaml:
         c.out.print("---\n".join(to_yaml(r) for r in mine).rstrip() or f"# {service}: no route", markup=False,
                     highlight=False)
         return
-    rows = _rows(resources, service)
+    rows = _rows(resources, service, project)
     if not rows and output is OutputFormat.table:
-        c.out.print(f"{service} has no route: plain mutual-TLS passthrough to any of its instances", highlight=False)
+        c.out.print(f"{service}{_in(project)} has no route: plain mutual-TLS passthrough to any of its instances",
+                    highlight=False)
         return
     emit(c.out, output, rows, lambda: simple_table(list(rows[0]), [list(r.values()) for r in rows]))
 
@@ -144,18 +163,21 @@ def list_(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None
         rules = vs["spec"].get("http", [])
         default = next((r for r in rules if not r.get("match")), None)
         for host in vs["spec"].get("hosts", []):
-            rows.append({"service": host, "virtualservice": vs["metadata"]["name"], "rules": len(rules),
+            rows.append({"service": host, "project": namespace_of(vs), "virtualservice": vs["metadata"]["name"],
+                         "rules": len(rules),
                          "default_route": routes.describe_destinations(default) if default else "-"})
-    emit(c.out, output, rows, lambda: simple_table(["service", "virtualservice", "rules", "default route"],
-                                                   [list(r.values()) for r in rows]))
+    emit(c.out, output, rows, lambda: simple_table(
+        ["service", "project", "virtualservice", "rules", "default route"],
+        [[r["service"], r["project"] or "-", *list(r.values())[2:]] for r in rows]))
 
 
 @app.command("delete")
-def delete(ctx: typer.Context, service: Service, match: Match = None, dry_run: DryRun = False) -> None:
+def delete(ctx: typer.Context, service: Service, match: Match = None, project: Project = None,
+           dry_run: DryRun = False) -> None:
     """Delete SERVICE's route (its VirtualService), or with --match only that rule."""
     c: Context = ctx.obj
-    _commit(c, service, lambda current: routes.delete_route(current, service, match or []),
-            f"route delete {service}", dry_run)
+    _commit(c, service, lambda current: routes.delete_route(current, service, match or [], project),
+            f"route delete {service}{_in(project)}", dry_run, project)
 
 
 def register(root: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from meshctl.config import changes
-from meshctl.config.resources import Resource, check_document, key
+from meshctl.config.resources import Key, Resource, check_document, key, qualified_name
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.inject.rewrite import Pod
@@ -39,17 +39,20 @@ def _store(c: Context, resource: dict[str, Any], dry_run: bool) -> None:
         c.out.print(to_yaml(checked).rstrip(), markup=False, highlight=False)
         return
     revision, _, pushed = changes.apply(c, [checked])
-    c.out.print(f"{checked['kind'].lower()}.security.istio.io/{checked['metadata']['name']} stored: revision "
+    c.out.print(f"{checked['kind'].lower()}.security.istio.io/{qualified_name(checked)} stored: revision "
                 f"{revision.revision}", highlight=False, markup=False)
     c.err.print(f"pushed to {pushed.proxies} proxies (`meshctl proxy-status --wait` to see them apply it)",
                 highlight=False)
 
 
-def _known_app(c: Context, app: str) -> list[str]:
-    projects = sorted({project for project, pod in _pods(c) if pod.app == app})
+def _known_app(c: Context, app: str, project: str | None = None) -> list[str]:
+    """The projects that mesh `app` (only `project`, when given); an error when none does."""
+    pods = [(p, pod) for p, pod in _pods(c) if project is None or p == project]
+    projects = sorted({p for p, pod in pods if pod.app == app})
     if not projects:
-        known = ", ".join(sorted({pod.app for _, pod in _pods(c)})) or "none"
-        raise InvalidInput(f"no meshed service is called {app!r} (meshed: {known})",
+        known = ", ".join(sorted({pod.app for _, pod in pods})) or "none"
+        where = f" in project {project!r}" if project else ""
+        raise InvalidInput(f"no meshed service is called {app!r}{where} (meshed: {known})",
                            "name a service by its `app` label")
     return projects
 
@@ -69,7 +72,7 @@ def mtls_set(
     c: Context = ctx.obj
     c.home.settings()
     if service:
-        _known_app(c, service)
+        _known_app(c, service, namespace)
     spec: dict[str, Any] = {"mtls": {"mode": mode.upper()}}
     if service:
         spec["selector"] = {"matchLabels": {"app": service}}
@@ -92,14 +95,17 @@ def authz_allow(
     path: Annotated[list[str] | None, typer.Option(help="Allowed path: exact, /prefix*, *suffix; repeatable.")]
     = None,
     port: Annotated[list[int] | None, typer.Option(help="Allowed port; repeatable.")] = None,
+    project: Annotated[str | None, typer.Option("--project", "-p", help="Only in this compose project (a policy "
+                                                "in its namespace, allowing its callers); default: every project "
+                                                "that has the service.")] = None,
     dry_run: DryRun = False,
 ) -> None:
     """Allow callers to a service (an ALLOW AuthorizationPolicy): everything else to it is then denied."""
     c: Context = ctx.obj
     settings = c.home.settings()
-    projects = _known_app(c, to)
+    projects = _known_app(c, to, project)
     for caller in from_:
-        _known_app(c, caller)
+        _known_app(c, caller, project)
     principals = [f"{settings.trust_domain}/ns/{p}/sa/{caller}" for caller in from_ for p in projects]
     operation: dict[str, Any] = {}
     if method:
@@ -112,7 +118,8 @@ def authz_allow(
     if operation:
         rule["to"] = [{"operation": operation}]
     name = f"allow-{'-'.join(from_)}-to-{to}"[:63].rstrip("-")
-    _store(c, {"apiVersion": API, "kind": "AuthorizationPolicy", "metadata": {"name": name},
+    metadata = {"name": name, **({"namespace": project} if project else {})}
+    _store(c, {"apiVersion": API, "kind": "AuthorizationPolicy", "metadata": metadata,
                "spec": {"selector": {"matchLabels": {"app": to}}, "action": "ALLOW", "rules": [rule]}}, dry_run)
 
 
@@ -138,7 +145,7 @@ def authz_check(ctx: typer.Context, service: Annotated[str, typer.Argument(help=
     c.home.settings()
     _known_app(c, service)
     resources: list[Resource] = changes.current(c)
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[Key, dict[str, Any]] = {}
     modes = set()
     for project, pod in _pods(c):
         if pod.app != service:

@@ -9,11 +9,11 @@ import typer
 from meshctl.cli.observe import measure
 from meshctl.config import changes
 from meshctl.config.kinds import find_kind
-from meshctl.config.resources import Resource, key
+from meshctl.config.resources import Resource, key, namespace_of
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
-from meshctl.pilot.push import meshed_versions
+from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.status import ExitCode
 from meshctl.telemetry import golden, mesh, slo
 
@@ -21,11 +21,14 @@ app = typer.Typer(help="Service level objectives: error budgets and burn rates."
 KIND = "ServiceLevelObjective"
 
 
-def objectives(c: Context, service: str | None = None) -> list[Resource]:
-    found = [r for r in changes.current(c)
-             if r["kind"] == KIND and (service is None or r["spec"]["service"] == service)]
+def objectives(c: Context, service: str | None = None, project: str | None = None) -> list[Resource]:
+    """The SLOs (of `service`; of those in `project`'s namespace, when given)."""
+    found = [r for r in changes.current(c) if r["kind"] == KIND and (service is None or r["spec"]["service"] == service)
+             and (project is None or namespace_of(r) == project)]
     if service and not found:
-        raise InvalidInput(f"no SLO for {service!r}", f"set one with `meshctl slo set {service} --availability 99.9`")
+        where = f" in project {project!r}" if project else ""
+        raise InvalidInput(f"no SLO for {service!r}{where}",
+                           f"set one with `meshctl slo set {service} --availability 99.9`")
     return found
 
 
@@ -68,8 +71,10 @@ def set_(
     if dry_run:
         c.out.print(to_yaml(resource), end="", highlight=False)
         return
-    if service not in meshed_versions(c.home):
-        raise InvalidInput(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
+    meshed = {(i["project"], i["pod"]["app"]) for i in map(proxy_info, proxy_dirs(c.home))}
+    if not any(app == service and project in (None, p) for p, app in meshed):
+        where = f" in project {project!r}" if project else ""
+        raise InvalidInput(f"no meshed service is called {service!r}{where}", "see `meshctl proxy-status`")
 
     def change(current: list[Resource]) -> list[Resource]:
         return [r for r in current if key(r) != key(resource)] + [resource]
@@ -95,14 +100,22 @@ def list_(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None
 
 
 @app.command("delete")
-def delete(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service.")]) -> None:
+def delete(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The service.")],
+           project: Annotated[str | None, typer.Option("--project", "-p", help="The SLO of the service in this "
+                                                       "compose project (when several projects have one).")]
+           = None) -> None:
     """Remove a service's SLO."""
     c: Context = ctx.obj
     kind = find_kind(KIND)
     assert kind is not None
-    objectives(c, service)
-    changes.delete(c, kind, service)
-    c.err.print(f"SLO for {service} deleted", highlight=False)
+    found = objectives(c, service, project)
+    if project is None:  # without -p, as before: the SLO with no project, when there is one
+        found = [r for r in found if namespace_of(r) is None] or found
+    if len(found) > 1:
+        spaces = ", ".join(namespace_of(r) or "(none)" for r in found)
+        raise InvalidInput(f"{service!r} has an SLO in several projects: {spaces}", "pick one with -p PROJECT")
+    changes.delete(c, kind, found[0]["metadata"]["name"], namespace_of(found[0]))
+    c.err.print(f"SLO for {service}{f' in project {project}' if project else ''} deleted", highlight=False)
 
 
 @app.command("status")

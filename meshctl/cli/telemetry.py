@@ -8,11 +8,12 @@ import typer
 
 from meshctl.config import changes
 from meshctl.config.kinds import find_kind
-from meshctl.config.resources import Resource, check_document, key
+from meshctl.config.resources import Resource, check_document, key, namespace_of, qualified_name
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot.observability import DEFAULT_SAMPLING
+from meshctl.pilot.security import ROOT_NAMESPACES
 
 app = typer.Typer(help="Tracing settings (Istio's Telemetry API).", no_args_is_help=True)
 
@@ -93,13 +94,23 @@ def get(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
 
 
 @app.command("delete")
-def delete(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The Telemetry resource's name.")]) -> None:
+def delete(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The Telemetry resource's name.")],
+           project: Annotated[str | None, typer.Option("--project", "-p", help="The one in this compose project "
+                                                       "(default: the mesh-wide one, or the only one of that "
+                                                       "name).")] = None) -> None:
     """Remove a Telemetry resource (the defaults apply again)."""
     c: Context = ctx.obj
     kind = find_kind("Telemetry")
     assert kind is not None
-    changes.delete(c, kind, name)
-    c.err.print(f"telemetry/{name} deleted", highlight=False)
+    found = changes.listing(c, kind, None, project or changes.ANY_NAMESPACE)
+    named = [r for r in found if r["metadata"]["name"] == name]
+    if project is None:  # as `telemetry set` without -p: the mesh-wide one first
+        named = [r for r in named if namespace_of(r) in ROOT_NAMESPACES] or named
+    if len(named) > 1:
+        spaces = ", ".join(namespace_of(r) or "(none)" for r in named)
+        raise InvalidInput(f"telemetry {name!r} exists in several projects: {spaces}", "pick one with -p PROJECT")
+    _, _, gone = changes.delete(c, kind, name, namespace_of(named[0]) if named else project or changes.ANY_NAMESPACE)
+    c.err.print(f"telemetry/{qualified_name(gone)} deleted", highlight=False)
 
 
 def register(root: typer.Typer) -> None:

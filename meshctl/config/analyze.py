@@ -9,8 +9,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshctl.config.hosts import canonical, same_service
+from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
-from meshctl.config.resources import Resource, semantic_problems
+from meshctl.config.resources import Resource, namespace_of, qualified_name, semantic_problems
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Message:
 class Inventory:
     """What the live mesh has: meshed services by app, running subsets, modes, outsiders, certificates."""
     versions: dict[str, set[str]] = field(default_factory=dict)  # app -> subsets that exist (injected)
+    projects: dict[str, set[str]] = field(default_factory=dict)  # project -> its meshed apps
     running: dict[str, set[str]] = field(default_factory=dict)  # app -> subsets with a running proxy
     strict: dict[str, list[str]] = field(default_factory=dict)  # project -> STRICT services
     uninjected: dict[str, list[str]] = field(default_factory=dict)  # project -> running non-meshed services
@@ -39,7 +42,26 @@ class Inventory:
 
 
 def _name(r: Resource) -> str:
-    return f"{r['kind']} {r['metadata']['name']}"
+    return f"{r['kind']} {qualified_name(r)}"
+
+
+def _host_findings(r: Resource, hosts: list[str], inventory: Inventory) -> list[Message]:
+    """MSH0104 for a host that names no meshed service; MSH0112 for a resource with no namespace whose hosts
+    name services in several projects (it applies to each of them)."""
+    out, ns, everywhere = [], namespace_of(r), set()
+    for host in hosts:
+        projects = {p for p, apps in inventory.projects.items() if app_of(host, ns, p, apps) is not None}
+        everywhere |= projects
+        if not projects:
+            where = f" in project {ns!r}" if ns and "." not in host else ""
+            out.append(Message("MSH0104", "Warning", _name(r), f"host {host!r} matches no meshed service{where}",
+                               "check the `app` label of the services you meant (and the resource's namespace, "
+                               "its compose project), or delete this resource"))
+    if ns is None and len(everywhere) > 1:
+        out.append(Message("MSH0112", "Warning", _name(r), f"has no namespace, so it applies to "
+                           f"{len(everywhere)} projects: {', '.join(sorted(everywhere))}",
+                           "set metadata.namespace (or apply -n PROJECT) so it applies to one project"))
+    return out
 
 
 def _destinations(vs: Resource) -> list[dict[str, Any]]:
@@ -48,27 +70,30 @@ def _destinations(vs: Resource) -> list[dict[str, Any]]:
 
 def analyze_resources(resources: list[Resource], inventory: Inventory | None) -> list[Message]:
     out: list[Message] = []
-    rules = {r["spec"]["host"]: r for r in resources if r["kind"] == "DestinationRule"}
-    seen_hosts: dict[str, str] = {}
+    rules = [(canonical(r["spec"]["host"], namespace_of(r)), r) for r in resources if r["kind"] == "DestinationRule"]
+    seen_hosts: dict[tuple[str | None, str], str] = {}
     for r in resources:
         kind = find_kind(r["kind"])
         if kind is not None:
             out += [Message("MSH0103", "Error", _name(r), problem.split(": ", 2)[-1],
                             "make the weights of each rule add up to 100")
                     for problem in semantic_problems(kind, r["spec"], _name(r)) if "weights add up" in problem]
-        hosts = r["spec"].get("hosts", []) if r["kind"] == "VirtualService" else [r["spec"].get("host")]
-        for host in hosts:
-            if inventory is not None and host not in inventory.versions:
-                out.append(Message("MSH0104", "Warning", _name(r), f"host {host!r} matches no meshed service",
-                                   "check the `app` label of the services you meant, or delete this resource"))
+        if r["kind"] not in ("VirtualService", "DestinationRule"):
+            continue
+        ns = namespace_of(r)
+        hosts = [str(h) for h in (r["spec"].get("hosts", []) if r["kind"] == "VirtualService"
+                                  else [r["spec"].get("host")])]
+        if inventory is not None:
+            out += _host_findings(r, hosts, inventory)
         if r["kind"] != "VirtualService":
             continue
         for host in hosts:
-            if host in seen_hosts:
+            service = canonical(host, ns)  # the same service however it is written, and per project
+            if service in seen_hosts:
                 out.append(Message("MSH0109", "Error", _name(r), f"host {host!r} is also routed by "
-                                   f"{seen_hosts[host]}; only one VirtualService per host takes effect",
+                                   f"{seen_hosts[service]}; only one VirtualService per host takes effect",
                                    "merge the rules into one VirtualService"))
-            seen_hosts.setdefault(host, _name(r))
+            seen_hosts.setdefault(service, _name(r))
         for i, rule in enumerate(r["spec"].get("http", [])):
             if not rule.get("match") and i < len(r["spec"]["http"]) - 1:
                 out.append(Message("MSH0108", "Warning", _name(r), f"rule {i} matches every request, so the "
@@ -79,14 +104,16 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
             subset = dest.get("subset")
             if not subset:
                 continue
-            rule_for = rules.get(dest["host"])
+            service = canonical(dest["host"], ns)
+            rule_for = next((rule for host, rule in rules if host == service), None) or \
+                next((rule for host, rule in rules if same_service(host, service)), None)
             defined = {s["name"]: s.get("labels", {}).get("version", s["name"])
                        for s in (rule_for or {}).get("spec", {}).get("subsets", [])}
             if subset not in defined:
                 out.append(Message("MSH0101", "Error", _name(r), f"routes to subset {subset!r} of {dest['host']!r}, "
                                    "which no DestinationRule defines",
                                    f"add subset {subset!r} to the DestinationRule for {dest['host']!r}"))
-            elif inventory is not None and defined[subset] not in inventory.running.get(dest["host"], set()):
+            elif inventory is not None and defined[subset] not in inventory.running.get(service[1], set()):
                 out.append(Message("MSH0102", "Warning", _name(r), f"subset {subset!r} of {dest['host']!r} "
                                    f"(version {defined[subset]}) has no running instance",
                                    "start a service with that `version` label, or route elsewhere"))

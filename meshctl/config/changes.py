@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from meshctl.config.hosts import canonical, same_service
 from meshctl.config.kinds import Kind
-from meshctl.config.resources import Resource, key
+from meshctl.config.resources import Key, Resource, key, namespace_of, qualified_name
 from meshctl.config.store import Revision, Store
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, UsageError
 from meshctl.pilot.push import Pushed, push
+
+ANY_NAMESPACE = "*"  # get/delete without -n: whichever namespace holds the name, if only one does
 
 
 def _store(ctx: Context) -> Store:
@@ -39,15 +42,16 @@ def apply(ctx: Context, resources: list[Resource]) -> tuple[Revision, list[tuple
                                "together); nothing was applied", details=problems)
         return current
 
-    names = ", ".join(f"{r['kind']}/{r['metadata']['name']}" for r in resources)
+    names = ", ".join(f"{r['kind']}/{qualified_name(r)}" for r in resources)
     revision = _store(ctx).commit(change, f"apply {names}", ctx.clock())
     return revision, outcome, push(ctx.home)
 
 
-def undefined_subsets(resources: list[Resource], changed: set[tuple[str, str]]) -> list[str]:
-    """Subsets that the changed VirtualServices route or mirror to but no DestinationRule defines."""
-    defined = {(r["spec"]["host"], s["name"]) for r in resources if r["kind"] == "DestinationRule"
-               for s in r["spec"].get("subsets", [])}
+def undefined_subsets(resources: list[Resource], changed: set[Key]) -> list[str]:
+    """Subsets that the changed VirtualServices route or mirror to but no DestinationRule of that service
+    defines (hosts compared as the services they name: `reviews` in namespace alpha is `reviews.alpha`)."""
+    defined = [(canonical(r["spec"]["host"], namespace_of(r)), s["name"]) for r in resources
+               if r["kind"] == "DestinationRule" for s in r["spec"].get("subsets", [])]
     problems = []
     for r in resources:
         if r["kind"] != "VirtualService" or key(r) not in changed:
@@ -56,8 +60,10 @@ def undefined_subsets(resources: list[Resource], changed: set[tuple[str, str]]) 
             refs = [(f"route[{j}].destination", d["destination"]) for j, d in enumerate(rule.get("route", []))]
             refs += [("mirror", rule["mirror"])] if rule.get("mirror") else []
             for where, dest in refs:
-                if dest.get("subset") and (dest["host"], dest["subset"]) not in defined:
-                    problems.append(f"VirtualService {r['metadata']['name']}: spec.http[{i}].{where}.subset: "
+                service = canonical(dest["host"], namespace_of(r))
+                if dest.get("subset") and not any(same_service(service, host) and subset == dest["subset"]
+                                                  for host, subset in defined):
+                    problems.append(f"VirtualService {qualified_name(r)}: spec.http[{i}].{where}.subset: "
                                     f"{dest['subset']!r} is not a subset of {dest['host']!r} in any DestinationRule")
     return problems
 
@@ -72,15 +78,23 @@ def current(ctx: Context) -> list[Resource]:
     return _store(ctx).read().resources
 
 
-def delete(ctx: Context, kind: Kind, name: str) -> tuple[Revision, Pushed]:
-    def change(current: list[Resource]) -> list[Resource]:
-        kept = [r for r in current if key(r) != (kind.name, name)]
-        if len(kept) == len(current):
-            raise InvalidInput(f"{kind.name.lower()} {name!r} not found", f"see `meshctl get {kind.name.lower()}`")
-        return kept
+def delete(ctx: Context, kind: Kind, name: str,
+           namespace: str | None = ANY_NAMESPACE) -> tuple[Revision, Pushed, Resource]:
+    """Delete one resource (returned too); without a namespace, the one of that name if only one namespace
+    has one."""
+    gone: list[Resource] = []
 
-    revision = _store(ctx).commit(change, f"delete {kind.name}/{name}", ctx.clock())
-    return revision, push(ctx.home)
+    def change(current: list[Resource]) -> list[Resource]:
+        gone[:] = _named(current, kind, name, namespace)
+        return [r for r in current if key(r) != key(gone[0])]
+
+    store = _store(ctx)
+    seen = [r for r in store.read().resources if r["kind"] == kind.name and r["metadata"]["name"] == name
+            and _in(r, namespace)]  # for the message only: the change decides, under the lock
+    label = qualified_name(seen[0]) if len(seen) == 1 else name if namespace in (None, ANY_NAMESPACE) else \
+        f"{namespace}/{name}"
+    revision = store.commit(change, f"delete {kind.name}/{label}", ctx.clock())
+    return revision, push(ctx.home), gone[0]
 
 
 def rollback(ctx: Context, to: int) -> tuple[Revision, Pushed]:
@@ -90,9 +104,27 @@ def rollback(ctx: Context, to: int) -> tuple[Revision, Pushed]:
     return revision, push(ctx.home)
 
 
-def listing(ctx: Context, kind: Kind, name: str | None) -> list[Resource]:
-    found = [r for r in _store(ctx).read().resources if r["kind"] == kind.name
-             and (name is None or r["metadata"]["name"] == name)]
-    if name is not None and not found:
-        raise InvalidInput(f"{kind.name.lower()} {name!r} not found", f"see `meshctl get {kind.name.lower()}`")
+def _in(r: Resource, namespace: str | None) -> bool:
+    return namespace == ANY_NAMESPACE or namespace_of(r) == namespace
+
+
+def _named(resources: list[Resource], kind: Kind, name: str, namespace: str | None) -> list[Resource]:
+    """The one resource KIND NAME (in `namespace`); an error naming the namespaces when there are several."""
+    found = [r for r in resources if r["kind"] == kind.name and r["metadata"]["name"] == name and _in(r, namespace)]
+    where = "" if namespace == ANY_NAMESPACE else f" in namespace {namespace!r}" if namespace else \
+        " without a namespace"
+    if not found:
+        raise InvalidInput(f"{kind.name.lower()} {name!r} not found{where}", f"see `meshctl get {kind.name.lower()}`")
+    if len(found) > 1:
+        spaces = ", ".join(namespace_of(r) or "(none)" for r in found)
+        raise UsageError(f"{kind.name.lower()} {name!r} exists in several namespaces: {spaces}",
+                           "pick one with -n NAMESPACE (-n '' for the one without a namespace)")
     return found
+
+
+def listing(ctx: Context, kind: Kind, name: str | None, namespace: str | None = ANY_NAMESPACE) -> list[Resource]:
+    """Resources of a kind (in `namespace`), or the one called `name`."""
+    resources = _store(ctx).read().resources
+    if name is not None:
+        return _named(resources, kind, name, namespace)
+    return [r for r in resources if r["kind"] == kind.name and _in(r, namespace)]

@@ -48,7 +48,8 @@ SELECTOR: Schema = {"matchLabels": {"app": "name", "version": "name"}}
 MTLS_MODE = "enum:STRICT|PERMISSIVE|DISABLE|UNSET"
 STRINGS: list[str] = ["string"]
 SOURCE: Schema = {k: STRINGS for k in ("principals", "notPrincipals", "namespaces", "notNamespaces",
-                                        "requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks")}
+                                        "requestPrincipals", "notRequestPrincipals")}
+SOURCE |= {k: ["cidr"] for k in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")}
 OPERATION: Schema = {k: STRINGS for k in ("methods", "notMethods", "paths", "notPaths", "ports", "notPorts",
                                            "hosts", "notHosts")}
 AUTHZ_RULE: Schema = {"from": [{"source": SOURCE}], "to": [{"operation": OPERATION}],

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from addons.jwt import jwks_problems, jwks_uri_problem
 from meshctl.config import safeyaml
 from meshctl.config.kinds import KINDS, Kind, find_kind
 from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
@@ -24,8 +25,34 @@ WHEN_KEY = re.compile(r"^(request\.headers\[[^\]]+\]|source\.principal|source\.n
 METADATA: dict[str, Any] = {"namespace": "string", "labels": {"*": "string"}, "annotations": {"*": "string"}}
 
 
-def key(resource: Resource) -> tuple[str, str]:
-    return resource["kind"], resource["metadata"]["name"]
+NAMESPACE_RE = re.compile(r"^[a-z0-9_-]+$")  # a compose project name, as inject derives it
+Key = tuple[str, str | None, str]
+
+
+def namespace_of(resource: Resource) -> str | None:
+    """The resource's namespace (compose project); None: none (an empty one, stored by older versions, too)."""
+    return resource["metadata"].get("namespace") or None
+
+
+def key(resource: Resource) -> Key:
+    """What identifies a stored resource: kind, namespace (None: none) and name, as in Kubernetes."""
+    return resource["kind"], namespace_of(resource), resource["metadata"]["name"]
+
+
+def qualified_name(resource: Resource) -> str:
+    """NAMESPACE/NAME, or NAME for a resource with no namespace."""
+    ns = namespace_of(resource)
+    return f"{ns}/{resource['metadata']['name']}" if ns else str(resource["metadata"]["name"])
+
+
+def with_namespace(resource: Resource, namespace: str, where: str) -> Resource:
+    """`kubectl -n`: set the namespace of a resource that has none; one that has another is an error."""
+    own = namespace_of(resource)
+    if own is not None and own != namespace:
+        raise InvalidInput(f"{where}: {resource['kind']} {resource['metadata']['name']}: the namespace from the "
+                           f"provided object ({own!r}) does not match the namespace sent on the request "
+                           f"({namespace!r})", f"drop -n, or pass -n {own}")
+    return {**resource, "metadata": {**resource["metadata"], "namespace": namespace}}
 
 
 def _sources(target: str) -> list[tuple[str, str]]:
@@ -121,12 +148,10 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                 problems.append(f"{where}.spec.jwtRules[{i}].issuer: required")
             if bool(rule.get("jwks")) == bool(rule.get("jwksUri")):
                 problems.append(f"{where}.spec.jwtRules[{i}]: give exactly one of jwks and jwksUri")
+            if rule.get("jwksUri") and (problem := jwks_uri_problem(rule["jwksUri"])):
+                problems.append(f"{where}.spec.jwtRules[{i}].jwksUri: {problem}")
             if rule.get("jwks"):
-                try:
-                    keys = json.loads(rule["jwks"]).get("keys")
-                    assert isinstance(keys, list) and keys
-                except (ValueError, AttributeError, AssertionError, RecursionError):
-                    problems.append(f"{where}.spec.jwtRules[{i}].jwks: not a JWKS (JSON with a non-empty keys list)")
+                problems += [f"{where}.spec.jwtRules[{i}].jwks: {p}" for p in jwks_problems(rule["jwks"])]
     if kind.name == "Telemetry":
         for i, entry in enumerate(spec.get("tracing") or []):
             problems += [f"{where}.spec.tracing[{i}].providers[{j}].endpoint: required (meshctl has no MeshConfig "
@@ -162,6 +187,10 @@ def check_document(doc: Any, where: str, semantic: bool = True) -> tuple[Resourc
         problems += [f"{label}: metadata.{k} is not supported (only name, namespace, labels, annotations)"
                      for k in sorted(set(metadata) - {"name", "namespace", "labels", "annotations"}, key=str)]
         problems += validate({k: v for k, v in metadata.items() if k in METADATA}, METADATA, f"{label}: metadata")
+        ns = metadata.get("namespace")
+        if isinstance(ns, str) and ns and not NAMESPACE_RE.fullmatch(ns):
+            problems.append(f"{label}: metadata.namespace {ns!r} is not a compose project name (lower-case "
+                            "letters, digits, '-' and '_')")
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         problems.append(f"{label}: spec must be a mapping")
@@ -172,6 +201,8 @@ def check_document(doc: Any, where: str, semantic: bool = True) -> tuple[Resourc
     if problems:
         return None, problems
     meta = {k: v for k, v in (metadata or {}).items() if k in ("name", "namespace", "labels", "annotations")}
+    if not meta.get("namespace"):  # an empty namespace is no namespace, so both have one key in the store
+        meta.pop("namespace", None)
     resource = {"apiVersion": doc["apiVersion"], "kind": kind.name, "metadata": meta, "spec": spec}
     try:  # the store and the snapshots are JSON: map keys become strings there, so they do here
         return json.loads(json.dumps(resource, allow_nan=False)), []
@@ -179,12 +210,15 @@ def check_document(doc: Any, where: str, semantic: bool = True) -> tuple[Resourc
         return None, [f"{label}: holds a value JSON cannot carry ({exc}); quote it"]
 
 
-def load(targets: list[str], semantic: bool = True) -> list[Resource]:
+def load(targets: list[str], semantic: bool = True, namespace: str | None = None) -> list[Resource]:
     """All resources in `targets`, validated; raises InvalidInput naming every problem's place.
 
     `semantic=False` lets through what parses but does not make sense (weights not adding up), for
-    `analyze` to report rather than refuse.
+    `analyze` to report rather than refuse. `namespace` is `apply -n`: the namespace of those without one.
     """
+    if namespace is not None and not NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidInput(f"-n {namespace!r} is not a compose project name",
+                           "use lower-case letters, digits, '-' and '_'")
     resources: list[Resource] = []
     problems: list[str] = []
     for source, text in (s for t in targets for s in _sources(t)):
@@ -195,14 +229,21 @@ def load(targets: list[str], semantic: bool = True) -> list[Resource]:
             problems.append(f"{source}: invalid YAML{at}: {exc.problem}")
             continue
         for i, doc in enumerate(docs):
-            resource, found = check_document(doc, source if len(docs) == 1 else f"{source}[{i}]", semantic)
+            where = source if len(docs) == 1 else f"{source}[{i}]"
+            resource, found = check_document(doc, where, semantic)
             problems += found
+            if resource and namespace is not None:
+                try:
+                    resource = with_namespace(resource, namespace, where)
+                except InvalidInput as exc:
+                    problems.append(exc.one_line())
+                    continue
             if resource:
                 resources.append(resource)
-    seen: set[tuple[str, str]] = set()
+    seen: set[Key] = set()
     for r in resources:
         if key(r) in seen:
-            problems.append(f"{r['kind']} {r['metadata']['name']} is given twice")
+            problems.append(f"{r['kind']} {qualified_name(r)} is given twice")
         seen.add(key(r))
     if problems:
         more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""

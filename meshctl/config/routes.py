@@ -4,7 +4,8 @@ A service's VirtualService is the one whose hosts name it (created as SERVICE wh
 is identified by its match: `route set` without `--match` edits the catch-all rule, which is kept last;
 with `--match` it edits the rule with exactly those conditions, or inserts one before the catch-all.
 Flags given change the rule, flags left out keep what it had (`--reset` starts it afresh). Every subset
-routed to gets a DestinationRule subset selecting the version of the same name.
+routed to gets a DestinationRule subset selecting the version of the same name. With a namespace (`-p`),
+only that compose project's resources are read and written; without one, those with no namespace.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshctl.config.hosts import canonical
 from meshctl.config.kinds import find_kind
-from meshctl.config.resources import Resource, semantic_problems
+from meshctl.config.resources import Resource, namespace_of, qualified_name, semantic_problems
 from meshctl.config.schema import header_name_problem, header_value_problem, parse_duration, regex_problem
 from meshctl.errors import InvalidInput
 
@@ -225,26 +227,33 @@ def edit_rule(rule: dict[str, Any], service: str, edit: RouteEdit, versions: set
     return rule
 
 
-def find_virtual_service(resources: list[Resource], service: str) -> Resource | None:
-    return next((r for r in resources if r["kind"] == "VirtualService" and service in r["spec"].get("hosts", [])),
-                None)
+def _names(r: Resource, service: str, namespace: str | None) -> bool:
+    """Whether `r` is in `namespace` and one of its hosts names `service` there."""
+    hosts = r["spec"].get("hosts", []) if r["kind"] == "VirtualService" else [r["spec"].get("host")]
+    return namespace_of(r) == namespace and any(canonical(str(h), namespace) == (namespace, service.lower())
+                                                for h in hosts)
 
 
-def find_destination_rule(resources: list[Resource], service: str) -> Resource | None:
-    return next((r for r in resources if r["kind"] == "DestinationRule" and r["spec"].get("host") == service), None)
+def find_virtual_service(resources: list[Resource], service: str, namespace: str | None = None) -> Resource | None:
+    return next((r for r in resources if r["kind"] == "VirtualService" and _names(r, service, namespace)), None)
 
 
-def _new(kind: str, name: str, spec: dict[str, Any]) -> Resource:
-    return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
+def find_destination_rule(resources: list[Resource], service: str, namespace: str | None = None) -> Resource | None:
+    return next((r for r in resources if r["kind"] == "DestinationRule" and _names(r, service, namespace)), None)
 
 
-def ensure_subsets(resources: list[Resource], service: str, subsets: set[str]) -> None:
+def _new(kind: str, name: str, spec: dict[str, Any], namespace: str | None) -> Resource:
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def ensure_subsets(resources: list[Resource], service: str, subsets: set[str], namespace: str | None = None) -> None:
     """Every subset routed to is defined, selecting the version of its name (Istio needs the DestinationRule)."""
     if not subsets:
         return
-    dr = find_destination_rule(resources, service)
+    dr = find_destination_rule(resources, service, namespace)
     if dr is None:
-        dr = _new("DestinationRule", service, {"host": service, "subsets": []})
+        dr = _new("DestinationRule", service, {"host": service, "subsets": []}, namespace)
         resources.append(dr)
     defined = {s["name"] for s in dr["spec"].setdefault("subsets", [])}
     for name in sorted(subsets - defined):
@@ -258,15 +267,18 @@ def routed_subsets(spec: dict[str, Any]) -> set[str]:
     return found | mirrored
 
 
-def set_route(resources: list[Resource], service: str, edit: RouteEdit, versions: set[str]) -> list[Resource]:
-    """`resources` with the edit made (a new list; the input is left alone)."""
+def set_route(resources: list[Resource], service: str, edit: RouteEdit, versions: set[str],
+              namespace: str | None = None) -> list[Resource]:
+    """`resources` with the edit made (a new list; the input is left alone). `versions`: those of the service
+    (in project `namespace`, when given)."""
     if not versions:
-        raise InvalidInput(f"no meshed service is called {service!r}",
+        where = f" in project {namespace!r}" if namespace else ""
+        raise InvalidInput(f"no meshed service is called {service!r}{where}",
                            "route a service by its `app` label; see `meshctl proxy-status`")
     out = copy.deepcopy(resources)
-    vs = find_virtual_service(out, service)
+    vs = find_virtual_service(out, service, namespace)
     if vs is None:
-        vs = _new("VirtualService", service, {"hosts": [service], "http": []})
+        vs = _new("VirtualService", service, {"hosts": [service], "http": []}, namespace)
         out.append(vs)
     rules: list[dict[str, Any]] = vs["spec"].setdefault("http", [])
     match = parse_match(edit.match)
@@ -279,17 +291,19 @@ def set_route(resources: list[Resource], service: str, edit: RouteEdit, versions
         rules.insert(catch_all, new)  # matched rules go before the catch-all, or they would never be reached
     else:
         rules.append(new)
-    ensure_subsets(out, service, routed_subsets(vs["spec"]))
+    ensure_subsets(out, service, routed_subsets(vs["spec"]), namespace)
     _check(out)
     return out
 
 
-def delete_route(resources: list[Resource], service: str, match_exprs: list[str]) -> list[Resource]:
+def delete_route(resources: list[Resource], service: str, match_exprs: list[str],
+                 namespace: str | None = None) -> list[Resource]:
     """Without a match: the service's VirtualService goes. With one: only that rule (and the VS if it empties)."""
     out = copy.deepcopy(resources)
-    vs = find_virtual_service(out, service)
+    vs = find_virtual_service(out, service, namespace)
     if vs is None:
-        raise InvalidInput(f"{service} has no route", "see `meshctl route list`")
+        where = f" in project {namespace!r}" if namespace else " without a project (try -p PROJECT)"
+        raise InvalidInput(f"{service} has no route{where}", "see `meshctl route list`")
     if not match_exprs:
         return [r for r in out if r is not vs]
     match = parse_match(match_exprs)
@@ -308,7 +322,7 @@ def _check(resources: list[Resource]) -> None:
     for r in resources:
         kind = find_kind(r["kind"])
         assert kind is not None
-        problems = semantic_problems(kind, r["spec"], f"{r['kind']} {r['metadata']['name']}")
+        problems = semantic_problems(kind, r["spec"], f"{r['kind']} {qualified_name(r)}")
         if problems:
             raise InvalidInput(problems[0], "nothing was changed", details=problems)
 

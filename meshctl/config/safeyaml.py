@@ -39,8 +39,11 @@ class _Loader(yaml.SafeLoader):
             self._depth -= 1
 
 
-def _check(doc: Any) -> None:
-    """Depth, cycles and expanded size in one pass that shares work between aliases (no recursion)."""
+def check_tree(doc: Any) -> None:
+    """Depth, cycles and expanded size in one pass that shares work between aliases (no recursion).
+
+    Public for the injector's YAML 1.2 round-trip loader (meshctl.inject.yamlrt), whose trees are dicts
+    and lists too."""
     size: dict[int, int] = {}  # id -> nodes under it, aliases expanded
     depth: dict[int, int] = {}
     open_: set[int] = set()  # on the current path: meeting one again is a cycle
@@ -85,7 +88,7 @@ def _parse(text: str, all_documents: bool) -> list[Any]:
     except ValueError as exc:  # an integer longer than Python converts (sys.int_info.default_max_str_digits)
         raise YAMLProblem(str(exc).split(";")[0]) from None
     for doc in docs:
-        _check(doc)
+        check_tree(doc)
     return docs
 
 

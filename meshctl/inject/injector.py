@@ -10,8 +10,8 @@ from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.fsutil import locked
-from meshctl.inject import load, paths, rewrite
-from meshctl.output import to_yaml
+from meshctl.inject import load, paths, rewrite, yamlrt
+from meshctl.inject.risks import capture_risk
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot, describe
 from meshctl.pki import agent, citadel, workload
@@ -26,6 +26,7 @@ class Result:
     pods: list[rewrite.Pod]
     skipped: list[str]
     unchanged: bool = False
+    warnings: tuple[str, ...] = ()  # already printed on the context's stderr console
 
 
 def _fail(source: str, problems: list[str]) -> InvalidInput:
@@ -66,14 +67,18 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
                            settings.trust_domain, settings.network, _image_id(ctx, settings.proxy_image))
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
-    text = to_yaml(data)
+    text = yamlrt.dump(data, like=compose.text)
     # Everything is validated: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
     with locked(ctx.home.ca_dir / ".lock"):  # as every issuance: the agent never sees a pair half-written
         for pod in pods:
             info = describe(pod, pods, project, settings.trust_domain)
-            snap = compile_snapshot(info, revision.resources, revision.revision)
+            snap = compile_snapshot(info, revision.resources, revision.revision, settings)
             cert = workload.issue(root, snap["proxy"]["identity"], now, citadel.cert_ttl(ctx.home))
             write_proxy_files(dirs[pod.service], cert, citadel.trust_bundle(ctx.home), info, snap)
     agent.ensure_running(ctx.home)  # renews these certificates at half their life from now on
-    return Result(text, project, pods, skipped)
+    services = compose.data["services"]
+    warnings = tuple(w for name in dict.fromkeys(p.host for p in pods) if (w := capture_risk(name, services[name])))
+    for warning in warnings:
+        ctx.err.print(f"warning: {warning}", highlight=False, markup=False)
+    return Result(text, project, pods, skipped, warnings=warnings)

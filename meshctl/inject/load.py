@@ -1,5 +1,6 @@
-"""Read a compose file the way docker-compose's config pipeline does: safe YAML, wrapped errors,
-a structural check that collects every problem at once, each naming the service and field."""
+"""Read a compose file the way docker compose's config pipeline does: YAML 1.2 (round trip, so the file can
+be written back unchanged), wrapped errors, then a check that collects every problem at once, each naming
+the service and field: keys compose does not know first (with a "did you mean"), then the structure."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshctl.config import safeyaml
+from meshctl.config.safeyaml import YAMLProblem
 from meshctl.config.schema import is_port
 from meshctl.errors import InvalidInput
 from meshctl.fsutil import read_stdin, read_text
+from meshctl.inject import yamlrt
+from meshctl.inject.keys import unknown_keys
 
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 MAX_REPLICAS = 100  # each replica becomes a pod of two compose services
@@ -23,7 +26,7 @@ class ComposeFile:
     source: str  # the path as the user gave it, or "<stdin>"
     directory: Path  # compose resolves relative paths and the default project name from here
     text: str
-    data: dict[str, Any]
+    data: dict[str, Any]  # ruamel's round-trip tree: scalars keep their text, comments their place
 
 
 def load(path: str) -> ComposeFile:
@@ -35,8 +38,8 @@ def load(path: str) -> ComposeFile:
             raise InvalidInput(f"{path}: no such file", "give the path of a compose file, or - for stdin")
         text, source, directory = read_text(file), path, file.resolve().parent
     try:
-        data = safeyaml.load(text)
-    except safeyaml.YAMLProblem as exc:
+        data = yamlrt.load(text)
+    except YAMLProblem as exc:
         where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
         raise InvalidInput(f"{source}: invalid YAML{where}: {exc.problem}", "fix the YAML syntax") from exc
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
@@ -112,7 +115,7 @@ def _network_problems(nets: Any, where: str) -> list[str]:
 def check(compose: ComposeFile) -> list[str]:
     """Every structural problem that would stop injection, each naming the service and the field."""
     services: dict[str, Any] = compose.data["services"]
-    problems = []
+    problems = unknown_keys(compose.data)
     top_nets = compose.data.get("networks")
     if top_nets is not None and not isinstance(top_nets, dict):
         problems.append("`networks` must be a mapping of network names")

@@ -7,25 +7,32 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ruamel.yaml.scalarstring import ScalarString
+
 
 def _abs(value: str, base: Path) -> str:
     if value.startswith(("/", "~", "$")) or "://" in value or value.startswith("git@"):
         return value
-    return os.path.normpath(base / value)
+    path = os.path.normpath(base / value)
+    return type(value)(path) if isinstance(value, ScalarString) else path  # keep the user's quoting
 
 
 def _volume(entry: Any, base: Path) -> Any:
     if isinstance(entry, dict):
         if entry.get("type", "bind") == "bind" and isinstance(entry.get("source"), str):
-            return {**entry, "source": _abs(entry["source"], base)}
+            entry["source"] = _abs(entry["source"], base)
         return entry
-    source, sep, rest = str(entry).partition(":")
+    if not isinstance(entry, str):
+        return entry
+    source, sep, rest = entry.partition(":")
     if sep and source.startswith("."):  # "./data:/data"; a bare name is a named volume
-        return f"{_abs(source, base)}:{rest}"
+        path = f"{_abs(source, base)}:{rest}"
+        return type(entry)(path) if isinstance(entry, ScalarString) else path
     return entry
 
 
 def relocate(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Edits `data` in place (it is the injector's own copy), so comments and styles around the paths stay."""
     for svc in data.get("services", {}).values():
         if not isinstance(svc, dict):
             continue
@@ -33,12 +40,18 @@ def relocate(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(build, str):
             svc["build"] = _abs(build, base)
         elif isinstance(build, dict) and isinstance(build.get("context", "."), str):
-            svc["build"] = {**build, "context": _abs(build.get("context", "."), base)}
+            build["context"] = _abs(build.get("context", "."), base)
         env_file = svc.get("env_file")
         if isinstance(env_file, str):
             svc["env_file"] = _abs(env_file, base)
         elif isinstance(env_file, list):
-            svc["env_file"] = [_abs(e, base) if isinstance(e, str) else e for e in env_file]
-        if isinstance(svc.get("volumes"), list):
-            svc["volumes"] = [_volume(v, base) for v in svc["volumes"]]
+            for i, entry in enumerate(env_file):
+                if isinstance(entry, str):
+                    env_file[i] = _abs(entry, base)
+                elif isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    entry["path"] = _abs(entry["path"], base)
+        volumes = svc.get("volumes")
+        if isinstance(volumes, list):
+            for i, entry in enumerate(volumes):
+                volumes[i] = _volume(entry, base)
     return data

@@ -15,8 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ruamel.yaml.comments import Comment, CommentedMap, Format, merge_attrib
+
 from meshctl import __version__, const
 from meshctl.config.schema import is_port
+from meshctl.inject import comments, yamlrt
 from meshctl.inject.load import ComposeFile, depends_on_names, labels_of, replicas_of
 
 # Istio's label and annotation habits, shortened for compose labels.
@@ -156,7 +159,7 @@ def _networks_with_aliases(svc: dict[str, Any], aliases: list[str]) -> dict[str,
         nets = {n: None for n in nets}
     out: dict[str, Any] = {}
     for net_name, conf in nets.items():
-        conf = dict(conf or {})
+        conf = _fresh(conf) if isinstance(conf, dict) else {}  # the user's own settings, comments kept
         conf["aliases"] = list(dict.fromkeys([*(conf.get("aliases") or []), *aliases]))
         out[net_name] = conf
     return out
@@ -174,18 +177,20 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
         "volumes": [f"{proxy_dir}:/etc/meshctl:ro"],
         "restart": "unless-stopped",
         "stop_grace_period": "15s",
+        # The service-level key: compose v1 (1.27+) and v2 both apply it; deploy.resources needs swarm or v2.
+        "mem_limit": const.PROXY_MEM_LIMIT,
         "healthcheck": {"test": ["CMD", "curl", "-fsS", "-o", "/dev/null",
                                  f"http://127.0.0.1:{const.PORT_HEALTH}/healthz/ready"],
                         "interval": "1s", "timeout": "2s", "retries": 60, "start_period": "60s"},
     }
-    for key in NAMESPACE_KEYS:
+    for key in NAMESPACE_KEYS:  # copies: a node the file shares through an alias must not be written twice
         if key in svc:
-            sidecar[key] = svc[key]
+            sidecar[key] = _fresh(svc[key])
     networks = _networks_with_aliases(svc, list(dict.fromkeys([pod.app, pod.host])))
     networks[mesh_network] = None  # the mesh's own network: observability and bench tools reach proxies here
     sidecar["networks"] = networks
     if "profiles" in svc:
-        sidecar["profiles"] = svc["profiles"]
+        sidecar["profiles"] = _fresh(svc["profiles"])
     return sidecar
 
 
@@ -196,45 +201,132 @@ def _canonical(value: Any) -> Any:
     return [_canonical(v) for v in value] if isinstance(value, list) else value
 
 
+def _with_labels(labels: Any, ours: dict[str, str]) -> Any:
+    """The app's labels exactly as written (values keep their YAML text), plus meshctl's."""
+    if isinstance(labels, list):
+        out = _fresh(labels)  # a copy: the list may be shared with another service through an alias
+        for i in reversed(range(len(out))):
+            if str(out[i]).split("=", 1)[0] in ours:
+                del out[i]
+        out += [f"{k}={v}" for k, v in ours.items()]
+        return out
+    if isinstance(labels, dict):
+        mapping = _fresh(labels)
+        mapping.update(ours)
+        return mapping
+    return dict(ours)
+
+
 def _app(svc: dict[str, Any], pod: Pod, sidecar: dict[str, Any], image_id: str = "") -> dict[str, Any]:
-    app = {k: v for k, v in svc.items() if k not in (*NAMESPACE_KEYS, "networks", "network_mode", "scale")}
-    if pod.workload and isinstance(app.get("deploy"), dict):  # one pod per replica: each a single container
-        app["deploy"] = {k: v for k, v in app["deploy"].items() if k != "replicas"}
-    app["network_mode"] = f"service:{pod.sidecar}"
+    """The app's own service, edited in place: only the keys the pod owns change."""
+    for key in MOVED_KEYS:
+        svc.pop(key, None)
+    if pod.workload and isinstance(svc.get("deploy"), dict):  # one pod per replica: each a single container
+        deploy = _fresh(svc["deploy"])
+        deploy.pop("replicas", None)
+        svc["deploy"] = deploy
+    svc["network_mode"] = f"service:{pod.sidecar}"
     deps = svc.get("depends_on")
-    depends: dict[str, Any] = dict(deps) if isinstance(deps, dict) else \
+    depends: dict[str, Any] = _fresh(deps) if isinstance(deps, dict) else \
         {d: {"condition": "service_started"} for d in depends_on_names(svc)}
     depends[pod.sidecar] = {"condition": "service_healthy"}
-    app["depends_on"] = depends
-    labels = labels_of(svc)
-    labels[f"{const.LABEL_PREFIX}.injected"] = "true"
+    svc["depends_on"] = depends
     # An app joined to a recreated sidecar would keep the old, dead namespace. Compose recreates a
     # container when its config or its image changes (a rebuilt proxy image keeps its tag), so the app
     # carries a hash of both.
-    labels[f"{const.LABEL_PREFIX}.sidecar-hash"] = hashlib.sha256(
+    sidecar_hash = hashlib.sha256(
         json.dumps(_canonical([sidecar, image_id]), sort_keys=True, default=str).encode()).hexdigest()[:16]
-    app["labels"] = labels
-    return app
+    svc["labels"] = _with_labels(svc.get("labels"), {f"{const.LABEL_PREFIX}.injected": "true",
+                                                     f"{const.LABEL_PREFIX}.sidecar-hash": sidecar_hash})
+    return svc
+
+
+# What the app's service loses to the sidecar: it cannot keep a key a `<<:` merge would bring back.
+MOVED_KEYS = (*NAMESPACE_KEYS, "networks", "network_mode", "scale")
+
+
+def _own(node: dict[Any, Any], flatten: bool = False) -> CommentedMap:
+    """A new round-trip mapping with `node`'s entries, comments and style, so editing it edits nothing the
+    file shares through an alias. A `<<:` merge stays, unless it brings a key inject must remove (or
+    `flatten`): then the merged keys are written out as the mapping's own."""
+    merges = list(getattr(node, merge_attrib, None) or [])
+    if flatten or any(key in source for _, source in merges for key in MOVED_KEYS):
+        merges = []
+    out = CommentedMap()
+    for key, value in (node.non_merged_items() if merges and isinstance(node, CommentedMap) else node.items()):
+        out[key] = value
+    if merges:
+        out.add_yaml_merge(merges)
+    if isinstance(node, CommentedMap):
+        setattr(out, Comment.attrib, node.ca)  # ruamel keeps comments by key: they still fit
+        setattr(out, Format.attrib, node.fa)  # block or flow, as written
+    return out
+
+
+def _fresh(node: Any) -> Any:
+    """A deep copy without the user's anchor names (a second `&name` would change what a later alias means)
+    and with any `<<:` merge written out."""
+    out = copy.deepcopy(node)
+    comments.pop_tail(out)  # comment lines after the original belong to what followed it, not to the copy
+    stack, seen = [out], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if getattr(item, "anchor", None) is not None and getattr(item.anchor, "value", None):
+            item.yaml_set_anchor(None)
+        if getattr(item, merge_attrib, None):  # deepcopy already made the merged keys the copy's own
+            setattr(item, merge_attrib, [])
+        if isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return out
+
+
+def _after(mapping: dict[Any, Any], key: str) -> Any:
+    keys = list(mapping)
+    return keys[keys.index(key) + 1] if keys.index(key) + 1 < len(keys) else None
 
 
 def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dict[str, str], image: str,
             trust_domain: str, mesh_network: str, image_id: str = "") -> dict[str, Any]:
-    data = copy.deepcopy(compose.data)
-    services: dict[str, Any] = {}
+    """The meshed document: the user's tree (ruamel round trip) with each meshed service turned into a pod."""
+    # A fresh parse, not a deep copy: ruamel's deepcopy turns keys a `<<:` merge brings into the mapping's own.
+    data = _own(yamlrt.load(compose.text)) if compose.text else _own(copy.deepcopy(compose.data))
+    services = data["services"] = _own(data["services"])
     by_workload: dict[str, list[Pod]] = {}
     for pod in pods:
         by_workload.setdefault(pod.host, []).append(pod)
-    for name, svc in data["services"].items():
-        if name not in by_workload:
-            services[name] = svc
-            continue
-        for pod in by_workload[name]:
-            sidecar = _sidecar(svc, pod, project, proxy_dirs[pod.service], image, mesh_network)
-            services[pod.sidecar] = sidecar
-            services[pod.service] = _app(svc, pod, sidecar, image_id)
-    data["services"] = services
-    networks = dict(data.get("networks") or {})
+    tail: list[Any] = []  # the comment lines that followed the last meshed service, for whatever follows it
+    for name in [n for n in services if n in by_workload]:
+        group = by_workload[name]
+        ending = comments.pop_tail(services[name])
+        svc = _own(services[name], flatten=len(group) > 1)
+        instances = [svc] + [_fresh(svc) for _ in group[1:]]  # copied before any edit
+        at = list(services).index(name)
+        for i, (pod, instance) in enumerate(zip(group, instances, strict=True)):
+            sidecar = _sidecar(instance, pod, project, proxy_dirs[pod.service], image, mesh_network)
+            app = _app(instance, pod, sidecar, image_id)
+            if i == 0:  # the app keeps its place; its sidecar goes in front of it
+                services[name] = app
+                services.insert(at, pod.sidecar, sidecar)
+            else:
+                services.insert(at + 2 * i, pod.sidecar, sidecar)
+                services.insert(at + 2 * i + 1, pod.service, app)
+        comments.put_before(services, group[0].sidecar, comments.take_before(services, name))
+        following = _after(services, group[-1].service)
+        if following is not None:
+            comments.put_before(services, following, ending)
+        else:
+            tail = ending
+    networks = data.get("networks")
+    networks = _own(networks) if isinstance(networks, dict) else CommentedMap()
     networks[mesh_network] = {"external": True, "name": mesh_network}
     data["networks"] = networks
     data[MARKER] = {"version": __version__, "project": project, "trust_domain": trust_domain}
+    following = _after(data, "services")
+    if following is not None:
+        comments.put_before(data, following, tail)
     return data

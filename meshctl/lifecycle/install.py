@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from addons.snapshot import PATH_MODES
 from meshctl import const
 from meshctl.addons import prometheus
 from meshctl.config.schema import parse_duration
@@ -25,6 +26,7 @@ from meshctl.context import Context
 from meshctl.errors import Conflict, PermissionProblem, UsageError
 from meshctl.fsutil import ensure_dir
 from meshctl.home import MeshSettings
+from meshctl.pilot.push import push
 from meshctl.pki import ca as pki
 from meshctl.resources import source_dir
 from meshctl.runtime import images, network
@@ -97,6 +99,8 @@ class HomeStep:
         ensure_dir(self.ctx.home.root, 0o700)
         ensure_dir(self.ctx.home.proxies_dir, 0o700)
         self.ctx.home.save_settings(self.settings)
+        if Store(self.ctx.home.config_dir).exists():
+            push(self.ctx.home)  # mesh-wide settings (path normalisation, trusted hops) reach running proxies
         return f"{self.ctx.home.root} (trust domain {self.settings.trust_domain})"
 
 
@@ -274,7 +278,8 @@ def validate_cert_ttl(value: str) -> str:
 
 def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
                      base_image: str | None, cert_ttl: str | None = None, addons: list[str] | None = None,
-                     prometheus_port: int | None = None) -> MeshSettings:
+                     prometheus_port: int | None = None, path_normalization: str | None = None,
+                     num_trusted_proxies: int | None = None) -> MeshSettings:
     """Settings for this install: the flags over what an earlier install chose; a change that would
     orphan existing state (a new trust domain under an existing CA) is refused before anything is touched.
     `addons` None keeps the earlier choice; [] selects none."""
@@ -296,10 +301,31 @@ def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
             settings.addons = list(addons)
         if prometheus_port is not None:
             settings.prometheus_port = prometheus_port
-        return settings
-    return MeshSettings(trust_domain=trust_domain or const.DEFAULT_TRUST_DOMAIN, network_subnet=subnet,
-                        base_image=base_image or const.BASE_IMAGE, cert_ttl=cert_ttl or "24h",
-                        addons=list(addons or []), prometheus_port=prometheus_port or const.PROMETHEUS_PORT)
+    else:
+        settings = MeshSettings(trust_domain=trust_domain or const.DEFAULT_TRUST_DOMAIN, network_subnet=subnet,
+                                base_image=base_image or const.BASE_IMAGE, cert_ttl=cert_ttl or "24h",
+                                addons=list(addons or []), prometheus_port=prometheus_port or const.PROMETHEUS_PORT)
+    if path_normalization is not None:  # proxies get it with their next snapshot (install pushes)
+        settings.path_normalization = path_normalization
+    if num_trusted_proxies is not None:
+        settings.num_trusted_proxies = num_trusted_proxies
+    return settings
+
+
+def validate_path_normalization(value: str | None) -> str | None:
+    if value is None:
+        return None
+    mode = value.strip().upper().replace("-", "_")
+    if mode not in PATH_MODES:
+        raise UsageError(f"invalid --path-normalization {value!r}", f"use one of {', '.join(PATH_MODES)} "
+                         "(Istio's meshConfig.pathNormalization; meshctl's default is MERGE_SLASHES)")
+    return mode
+
+
+def validate_trusted_proxies(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= 64:
+        raise UsageError(f"invalid --num-trusted-proxies {value}", "give 0 to 64 (0: the peer is the client)")
+    return value
 
 
 def plan(ctx: Context, settings: MeshSettings) -> list[Step]:

@@ -21,6 +21,7 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
         pod = info["pod"]
         # Every project's services exist for the resources that route to them; -p only narrows the findings.
         inv.versions.setdefault(pod["app"], set()).add(pod["version"])
+        inv.projects.setdefault(info["project"], set()).add(pod["app"])
         if project and info["project"] != project:
             continue
         projects.add(info["project"])

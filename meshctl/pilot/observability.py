@@ -16,7 +16,8 @@ ENDPOINT_KEYS = {"zipkin": "zipkin", "opentelemetry": "otlp"}
 
 
 def _specificity(r: Resource) -> int:
-    return (0 if r["metadata"].get("namespace") in ROOT_NAMESPACES else 1) + (2 if r["spec"].get("selector") else 0)
+    ns = r["metadata"].get("namespace") or None  # older versions could store an empty one: no namespace
+    return (0 if ns in ROOT_NAMESPACES else 1) + (2 if r["spec"].get("selector") else 0)
 
 
 def tracing(resources: list[Resource], project: str, pod: Pod) -> dict[str, Any]:

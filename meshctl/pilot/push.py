@@ -58,11 +58,12 @@ def write_snapshot(directory: Path, snapshot: dict[str, Any]) -> None:
 
 def push(home: MeshHome) -> Pushed:
     revision = Store(home.config_dir).read()
+    settings = home.settings()
     dirs = proxy_dirs(home)
     written = 0
     for directory in dirs:
         info = proxy_info(directory)
-        snapshot = compile_snapshot(info, revision.resources, revision.revision)
+        snapshot = compile_snapshot(info, revision.resources, revision.revision, settings)
         current = desired(directory)
         if current is None or current.get("hash") != snapshot["hash"]:
             write_snapshot(directory, snapshot)

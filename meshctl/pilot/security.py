@@ -7,11 +7,9 @@ to the workloads whose `app`/`version` labels match.
 
 from __future__ import annotations
 
-import json
-import urllib.parse
-from pathlib import Path
 from typing import Any
 
+from addons.jwt import JwtError, jwks_uri_problem, parse_jwks
 from meshctl.inject.rewrite import Pod
 
 ROOT_NAMESPACES = (None, "istio-system")
@@ -20,7 +18,7 @@ Resource = dict[str, Any]
 
 def _scope(r: Resource, project: str) -> int | None:
     """How specifically `r` applies to this project: 0 mesh-wide, 1 namespace; None: not at all."""
-    ns = r["metadata"].get("namespace")
+    ns = r["metadata"].get("namespace") or None  # older versions could store an empty one: no namespace
     if ns in ROOT_NAMESPACES:
         return 0
     return 1 if ns == project else None
@@ -50,23 +48,13 @@ def peer_modes(resources: list[Resource], project: str, pod: Pod) -> tuple[str, 
 
 
 def policy_name(r: Resource) -> str:
-    ns = r["metadata"].get("namespace")
+    ns = r["metadata"].get("namespace") or None
     return f"{ns}/{r['metadata']['name']}" if ns else r["metadata"]["name"]
 
 
 def authorization(resources: list[Resource], project: str, pod: Pod) -> list[dict[str, Any]]:
     return [{"name": policy_name(r), "action": r["spec"].get("action", "ALLOW"), "rules": r["spec"].get("rules", [])}
             for r in resources if r["kind"] == "AuthorizationPolicy" and selects(r, project, pod)]
-
-
-def _local_jwks(uri: str) -> str | None:
-    """A file the control plane reads and inlines (file:///path or /path); None for http(s), which the sidecar
-    fetches itself."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        return None
-    path = Path(parsed.path if parsed.scheme == "file" else uri)
-    return path.read_text()
 
 
 def request_authentication(resources: list[Resource], project: str, pod: Pod) -> list[dict[str, Any]]:
@@ -76,22 +64,18 @@ def request_authentication(resources: list[Resource], project: str, pod: Pod) ->
             continue
         for rule in r["spec"].get("jwtRules", []):
             compiled = {"policy": policy_name(r), **rule}
-            if rule.get("jwksUri"):
-                try:
-                    local = _local_jwks(rule["jwksUri"])
-                except OSError as exc:  # tokens of this issuer will be refused: fail closed, and say why
-                    compiled["jwks_error"] = f"cannot read {rule['jwksUri']}: {exc.strerror}"
-                    local = None
-                except UnicodeDecodeError:
-                    compiled["jwks_error"] = f"{rule['jwksUri']} is not a text file"
-                    local = None
-                if local is not None:
-                    compiled["jwks"] = local
-                    del compiled["jwksUri"]
+            uri = rule.get("jwksUri")
+            if uri and jwks_uri_problem(str(uri)):
+                # stored before jwksUri was http(s) only: never read it, nor show its path to the pod; without
+                # inline keys, tokens of this issuer are refused
+                del compiled["jwksUri"]
+                if not rule.get("jwks"):
+                    compiled["jwks_error"] = ("the policy's jwksUri is not an http(s) URL (meshctl reads no files; "
+                                              "re-apply it with the keys inline in jwks)")
             if "jwks" in compiled:
                 try:
-                    json.loads(compiled["jwks"])
-                except (ValueError, RecursionError):
-                    compiled["jwks_error"] = "the JWKS is not valid JSON"
+                    parse_jwks(str(compiled["jwks"]))
+                except JwtError as exc:
+                    compiled["jwks_error"] = f"the inline JWKS is not usable: {exc}"
             rules.append(compiled)
     return rules

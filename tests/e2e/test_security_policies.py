@@ -162,12 +162,15 @@ def web(testbed: App, mesh_home: Path) -> Iterator[App]:
     synced(mesh_home, "e2etestbed.web")
 
 
-def test_jwt_with_an_inline_jwks_and_from_a_file(web: App, mesh_home: Path, tmp_path: Path) -> None:
+def test_jwt_with_an_inline_jwks_and_a_file_uri_refused(web: App, mesh_home: Path, tmp_path: Path) -> None:
     apply(mesh_home, jwt_policies(f"jwks: '{JWKS}'"), "e2etestbed.web")
     check_jwt_rules(web)
+    # jwksUri is http(s) only, as in Istio: the control plane never reads a host file into a snapshot
     (tmp_path / "jwks.json").write_text(JWKS)
-    apply(mesh_home, jwt_policies(f"jwksUri: 'file://{tmp_path / 'jwks.json'}'"), "e2etestbed.web")
-    check_jwt_rules(web)
+    done = meshctl("apply", "-f", "-", home=mesh_home,
+                   stdin=jwt_policies(f"jwksUri: 'file://{tmp_path / 'jwks.json'}'"))
+    assert done.code == 3 and "jwksUri: must be an http:// or https:// URL" in done.err, done.err
+    check_jwt_rules(web)  # the inline rules stay in force
 
 
 def test_jwt_with_a_jwks_fetched_from_a_url(web: App, mesh_home: Path) -> None:

@@ -57,7 +57,7 @@ BAD = {
                                                                       "(did you mean 'timeout'?)"),
     "bad_duration": (VS.replace("timeout: 1.5s", "timeout: soon"), "spec.http[1].timeout: 'soon' is not a duration"),
     "weights": (VS.replace("weight: 10", "weight: 20"), "spec.http[1].route: weights add up to 110, not 100"),
-    "regex": (VS.replace("exact: jason", "regex: '(jason'"), "is not a valid regular expression"),
+    "regex": (VS.replace("exact: jason", "regex: '(jason'"), "is not an RE2 regular expression"),
     "header_name": (VS.replace("end-user: {exact: jason}", "'end user': {exact: jason}"),
                     "spec.http[0].match[0].headers.end user: 'end user' is not an HTTP header name"),
     "header_value": (VS.replace("    timeout: 1.5s",

@@ -191,7 +191,7 @@ def test_route_set_writes_valid_resources_or_refuses(edit: routes.RouteEdit, fir
 
 
 def test_route_set_bugs_stay_fixed() -> None:
-    for bad in (["path~=a{99999999999}"], ["path~=" + "(" * 2000 + ")" * 2000], ["path=/a\n"]):
+    for bad in (["path~=(?:a{1000}){1000}"], ["path~=" + "(" * 2000 + ")" * 2000], ["path=/a\n"]):
         with pytest.raises(InvalidInput):
             routes.parse_match(bad)
     with pytest.raises(InvalidInput, match="more than 100"):  # the open subset would have weight -1

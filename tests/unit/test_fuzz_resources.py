@@ -157,7 +157,7 @@ def data_plane_takes(accepted: list[dict[str, Any]]) -> None:
                                        host="reviews", port=9080, headers={"x-user": "a"}))
     decide(snap.authorization, Subject(principal=None, port=9080))  # a TCP connection
     with contextlib.suppress(JwtError):
-        authenticate(snap.jwt, Jwks(), {"authorization": "Bearer e30.e30.AA"}, {"token": "x.y.z"}, time.time())
+        authenticate(snap.jwt, Jwks(), [("authorization", "Bearer e30.e30.AA")], [("token", "x.y.z")], time.time())
     for r in accepted:
         if r["kind"] == "ServiceLevelObjective":
             slo.evaluate(r, lambda *_: Golden(), 1.0)
@@ -217,7 +217,7 @@ def test_valid_resources_are_accepted_and_taken_by_the_data_plane() -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     (("spec", "http", 0, "route", 0, "destination"), {"subset": "v1"}, "destination.host: required"),
     (("spec", "http", 0, "fault", "abort"), {"percentage": {"value": 5}}, "abort.httpStatus: required"),
-    (("spec", "http", 0, "match", 0, "uri"), {"regex": "a{99999999999}"}, "not a valid regular expression"),
+    (("spec", "http", 0, "match", 0, "uri"), {"regex": "(?:a{1000}){1000}"}, "not an RE2 regular expression"),
     (("spec", "http", 0, "timeout"), "9" * 400 + "s", "longer than a duration can be"),
     (("metadata", "name"), "reviews\n", "metadata.name must be"),
     (("metadata", "labels"), {"date": __import__("datetime").date(2001, 12, 14)}, "metadata.labels.date: must be"),

@@ -102,5 +102,5 @@ def test_route_cli_set_get_dry_run_and_errors(installed_home: Path, tmp_path: Pa
     assert bad.code == ExitCode.INVALID_INPUT
     assert "reviews has no version 'v4' (its versions: v1, v2, v3)" in one_error_line(bad.err)
     listed = json.loads(meshctl("route", "list", "-o", "json", home=installed_home).out)
-    assert listed == [{"service": "reviews", "virtualservice": "reviews", "rules": 1,
+    assert listed == [{"service": "reviews", "project": None, "virtualservice": "reviews", "rules": 1,
                        "default_route": "v1 80%, v2 20%"}]

@@ -138,7 +138,7 @@ def replay(op: dict[str, Any], before: list[Resource], history: list[Revision]) 
     if op["kind"] == "apply":
         return upsert(before, op["resources"])
     if op["kind"] == "delete":
-        kept = [r for r in before if key(r) != ("VirtualService", op["name"])]
+        kept = [r for r in before if key(r) != ("VirtualService", None, op["name"])]
         if len(kept) == len(before):
             raise InvalidInput("not found")
         return kept

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 from concurrent import futures
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import h2.config
 import h2.connection
@@ -33,6 +33,8 @@ def nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]] | None:
+    """A deliberately lenient parser, like many apps': a bare CR also ends a header line (so a smuggled
+    `X-A: a\\rTransfer-Encoding: chunked` becomes two headers here) and the last Host header wins."""
     line = await reader.readline()
     if not line:
         return None
@@ -42,9 +44,25 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, s
         raw = await reader.readline()
         if raw in (b"\r\n", b"\n", b""):
             break
-        key, _, value = raw.decode("latin-1").partition(":")
-        headers[key.strip().lower()] = value.strip()
+        for part in raw.rstrip(b"\r\n").split(b"\r"):
+            key, _, value = part.decode("latin-1").partition(":")
+            headers[key.strip().lower()] = value.strip()
     return method, target, headers
+
+
+def resolve(path: str) -> str:
+    """How a lenient app finds a resource: decode every escape, `\\` as `/`, merge slashes, resolve dots."""
+    path = unquote(path).replace("\\", "/")
+    out: list[str] = []
+    for seg in path.split("/"):
+        if seg == "..":
+            out = out[:-1]
+        elif seg not in ("", "."):
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+SECRET = b"TOP-SECRET-ADMIN-CONTENT"
 
 
 async def drain_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> int:
@@ -111,7 +129,11 @@ async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 await websocket(reader, writer, raw.encode())
                 return
             received = await drain_body(reader, headers)
-            if url.path == "/echo":
+            resolved = resolve(url.path)
+            if resolved == "/admin" or resolved.startswith("/admin/") or headers.get("host", "").lower() == "admin.x":
+                # the protected resource of the attack tests: it must never reach a caller the policy denied
+                writer.write(response(200, SECRET + f" {method} {target}".encode(), "text/plain"))
+            elif url.path == "/echo":
                 body = json.dumps({"name": NAME, "method": method, "path": url.path, "headers": headers,
                                    "received": received, "peer": writer.get_extra_info("peername")[0]}).encode()
                 writer.write(response(200, body))
@@ -140,6 +162,8 @@ async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif url.path == "/slow":
                 await asyncio.sleep(int(query.get("ms", ["1000"])[0]) / 1000)
                 writer.write(response(200, b'{"slow": "done"}'))
+            elif resolved.startswith("/public/"):
+                writer.write(response(200, json.dumps({"public": resolved}).encode()))
             elif url.path.startswith("/status/"):
                 code = int(url.path.rsplit("/", 1)[-1])
                 writer.write(response(code, json.dumps({"status": code}).encode()))

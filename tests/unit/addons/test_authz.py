@@ -98,7 +98,7 @@ def test_jwt_validation() -> None:
     cache = Jwks()
 
     def auth(tok: str | None) -> tuple[str | None, dict]:
-        return authenticate(rules, cache, {"authorization": f"Bearer {tok}"} if tok else {}, {}, now)
+        return authenticate(rules, cache, [("authorization", f"Bearer {tok}")] if tok else [], [], now)
 
     assert auth(None) == (None, {})  # no token: unauthenticated, not refused
     assert auth(token(rsa_key, good))[0] == "https://auth.example/alice"
