@@ -21,7 +21,7 @@ from mitmproxy import options
 from mitmproxy.addons import proxyserver
 from mitmproxy.master import Master
 
-from addons import capture, snapshot
+from addons import capture, framing, snapshot
 from addons.admin import Admin
 from addons.authz import Authorization
 from addons.endpoints import Endpoints
@@ -182,6 +182,7 @@ async def main() -> None:
     endpoints = Endpoints(live.current.services)
     live.on_apply.append(endpoints.replace_services)
     telemetry = Telemetry(live, endpoints)
+    framing.install(telemetry.refused_head)  # request-head limits while reading, before mitmproxy buffers more
     tracing = Tracing(live, telemetry)
     connections = Connections()
     state = ProxyState(live, mtls, endpoints, telemetry, connections, tracing)

@@ -80,7 +80,7 @@ def signed(claims: dict, key: rsa.RSAPrivateKey = KEY) -> str:
 def armed(testbed: App, mesh_home: Path) -> Iterator[App]:
     """The testbed with the attack tests' policies: web denies /admin, host admin.x and three address rules;
     slow allows /public/* to all and /echo to alice's JWT only."""
-    outsider, client = ip_of(testbed, "outsider"), ip_of(testbed, "client")
+    outsider, client = ip_of(testbed, "outsider"), ip_of(testbed, "client-proxy")  # a pod's address is its sidecar's
     text = f"""apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: attack-web-deny, namespace: {PROJECT}}}
@@ -279,3 +279,64 @@ def test_jwks_uri_cannot_read_a_host_file_into_a_pod(armed: App, mesh_home: Path
     # what any pod's app can read from its sidecar's admin endpoint holds no key material
     code, dump = armed.exec("slow", "curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/config_dump")
     assert code == 0 and "attack-slow-jwt" in dump and "PRIVATE KEY" not in dump, dump[:300]
+
+
+# --- 4/8. memory stays bounded under the reported attacks ---------------------------------------------------
+
+MEMORY_ATTACKS = r"""
+import socket, sys
+host, port, which = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def send(chunks):
+    s = socket.create_connection((host, port), timeout=10)
+    try:
+        for chunk in chunks:
+            s.sendall(chunk)
+    except OSError:
+        pass
+    try:
+        got = s.recv(100)
+    except OSError:
+        got = b''
+    s.close()
+    return got[:12].decode(errors='replace')
+def endless():
+    yield b'GET /echo HTTP/1.1\r\nHost: web\r\nx-big: '
+    for _ in range(2048):  # 128 MiB, never terminated
+        yield b'a' * 65536
+attacks = {
+    'long-paths': lambda: [send([b'GET /' + b'a' * (1 << 20) + b' HTTP/1.1\r\nHost: web\r\n\r\n']) for _ in range(100)],
+    'endless-header': lambda: [send(endless())],
+    'header-flood': lambda: [send([b'GET /echo HTTP/1.1\r\nHost: web\r\n' + b'x-h: v\r\n' * 5000 + b'\r\n'])
+                             for _ in range(50)],
+}
+print(sorted(set(attacks[which]())))
+"""
+
+
+def test_memory_stays_bounded_under_attack(armed: App) -> None:
+    t = armed
+    import threading
+
+    from tests.e2e.test_dataplane import rss_mb, watch_rss
+
+    limit = t.container("web-proxy").attrs["HostConfig"]["Memory"]
+    assert limit == 256 * 1024 * 1024, limit  # inject gives every sidecar a memory limit
+    sidecars = ("web-proxy", "client-proxy")
+    stop, samples = threading.Event(), {s: [] for s in sidecars}  # type: ignore[var-annotated]
+    watchers = [threading.Thread(target=watch_rss, args=(t, s, stop, samples[s])) for s in sidecars]
+    for w in watchers:
+        w.start()
+    try:
+        for caller in ("outsider", "client"):
+            for attack, want in (("long-paths", "414"), ("endless-header", "431"), ("header-flood", "431")):
+                code, out = t.exec(caller, "python3", "-c", MEMORY_ATTACKS, "web", "8080", attack)
+                assert code == 0 and f"HTTP/1.1 {want}" in out, (caller, attack, out[-300:])
+    finally:
+        stop.set()
+        for w in watchers:
+            w.join()
+    for sidecar in sidecars:
+        peak = max(samples[sidecar])
+        print(f"{sidecar}: peak RSS {peak:.0f} MB under the attacks, {rss_mb(t, sidecar):.0f} MB after")
+        assert peak < 100 and rss_mb(t, sidecar) < 100, (sidecar, peak)
+    assert curl(t, "client", "http://web:8080/echo")[0] == 200  # still serving
