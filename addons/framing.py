@@ -36,6 +36,7 @@ def head_problem(buffered: bytes) -> tuple[int, str] | None:
 
 def install(on_refusal: Refusal) -> None:
     """Wrap mitmproxy's Http1Server.read_headers (idempotent)."""
+    from h11._receivebuffer import ReceiveBuffer  # what mitmproxy's HTTP/1 layer buffers in
     from mitmproxy.proxy import commands, events
     from mitmproxy.proxy.layers.http import _http1
 
@@ -48,7 +49,7 @@ def install(on_refusal: Refusal) -> None:
             problem = head_problem(bytes(self.buf))
             if problem is not None:
                 status, reason = problem
-                self.buf = _http1.ReceiveBuffer()  # drop what was held: memory stays bounded
+                self.buf = ReceiveBuffer()  # drop what was held: memory stays bounded
                 self.state = self.done
                 on_refusal(self.context.client, status, reason)
                 yield commands.SendData(self.conn, _http1.make_error_response(status, reason))
