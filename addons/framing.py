@@ -8,6 +8,11 @@ version is pinned) so that, while the head is incomplete, the buffer may never g
 The connection is closed with the answer, and the refusal is reported to `on_refusal` (the access log).
 Heads within the limits go on to mitmproxy's own parser and the per-field checks of addons.guard and
 addons.listeners (at most 100 header fields).
+
+mitmproxy reads without backpressure and keeps unparsed bytes in the same buffer in other states too: blank
+lines ahead of a request line (it drops one per read), bytes pipelined while a response is pending, an
+endless chunk-size line or trailer. So after every read, whatever the state, the bytes held unparsed may not
+exceed MAX_HEAD: past it the connection is closed (431 while reading a head, 400 inside a body).
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ def head_problem(buffered: bytes) -> tuple[int, str] | None:
 
 
 def install(on_refusal: Refusal) -> None:
-    """Wrap mitmproxy's Http1Server.read_headers (idempotent)."""
+    """Wrap mitmproxy's Http1Server.read_headers and its event handler (idempotent)."""
     from h11._receivebuffer import ReceiveBuffer  # what mitmproxy's HTTP/1 layer buffers in
     from mitmproxy.proxy import commands, events
     from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http._base import ReceiveHttp
+    from mitmproxy.proxy.layers.http._events import RequestProtocolError
 
     server = _http1.Http1Server
     original = getattr(server.read_headers, "__wrapped__", server.read_headers)
+    original_event = getattr(server._handle_event, "__wrapped__", server._handle_event)
 
     def read_headers(self: Any, event: Any) -> Generator[Any, Any, None]:
         # Nothing can be over a limit while the buffer is within the shortest one: the common case costs a len().
@@ -57,5 +65,27 @@ def install(on_refusal: Refusal) -> None:
                 return
         yield from original(self, event)
 
+    def handle_event(self: Any, event: Any) -> Generator[Any, Any, None]:
+        yield from original_event(self, event)
+        if self.state == self.done:  # closing: what still arrives is never read, so never kept
+            self.buf = ReceiveBuffer()
+        if not isinstance(event, events.DataReceived) or len(self.buf) <= MAX_HEAD or self.state == self.passthrough:
+            return
+        in_head = self.state == self.read_headers
+        in_body = self.state == self.read_body
+        status = 431 if in_head else 400
+        reason = (f"more than {MAX_HEAD // 1024} KiB held unparsed "
+                  f"({'before a request head' if in_head else 'in a body' if in_body else 'pipelined'})")
+        self.buf = ReceiveBuffer()
+        self.state = self.done
+        on_refusal(self.context.client, status, reason)
+        if in_head:
+            yield commands.SendData(self.conn, _http1.make_error_response(status, reason))
+        yield commands.CloseConnection(self.conn)
+        if in_body:  # the request was passed on: its stream answers 400 if no response has started
+            yield ReceiveHttp(RequestProtocolError(self.stream_id, reason, status))
+
     read_headers.__wrapped__ = original  # type: ignore[attr-defined]
     server.read_headers = read_headers  # type: ignore[method-assign]
+    handle_event.__wrapped__ = original_event  # type: ignore[attr-defined]
+    server._handle_event = handle_event  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -240,23 +241,36 @@ class Found:
     rules: tuple[int, ...]  # the rules that look for a token there
 
 
+def header_key(name: str) -> str:
+    """Header names as frameworks fold them: CGI, WSGI and Rack read `x-jwt` and `x_jwt` as one."""
+    return name.lower().replace("_", "-")
+
+
+def param_key(name: str) -> str:
+    """Query names as frameworks fold them: PHP reads `access.token`, `access token` and `access[token`
+    as `access_token`; so a look-alike beside the real name is a second token, not an unchecked one."""
+    return re.sub(r"[. \[]", "_", name)
+
+
 def find_tokens(rules: Sequence[Mapping[str, Any]], headers: Sequence[tuple[str, str]],
                 query: Sequence[tuple[str, str]]) -> list[Found]:
-    """Every token in the places any rule looks, one per header field or query parameter."""
+    """Every token in the places any rule looks (names compared as apps fold them), one per header field or
+    query parameter."""
     found = []
     for name, value in headers:
         matches = []  # (prefix length, token, rule): the longest prefix that matches wins
         for i, rule in enumerate(rules):
             for loc in _locations(rule)[0]:
                 prefix = str(loc.get("prefix", ""))
-                if str(loc["name"]).lower() == name.lower() and (token := _after_prefix(value, prefix)) is not None:
+                if header_key(str(loc["name"])) == header_key(name) and \
+                        (token := _after_prefix(value, prefix)) is not None:
                     matches.append((len(prefix.strip(" \t")), token, i))
         if matches:
             best = max(m[0] for m in matches)
             token = next(m[1] for m in matches if m[0] == best)
             found.append(Found(f"header {name}", token, tuple(sorted({m[2] for m in matches if m[0] == best}))))
     for name, value in query:
-        at = tuple(i for i, rule in enumerate(rules) if name in _locations(rule)[1])
+        at = tuple(i for i, rule in enumerate(rules) if param_key(name) in map(param_key, _locations(rule)[1]))
         if at:
             found.append(Found(f"query parameter {name}", value, at))
     return found

@@ -9,10 +9,13 @@ Path (Istio's `meshConfig.pathNormalization`, with a safer default than Istio's 
 - DECODE_AND_MERGE_SLASHES: `%2F` and `%5C` are decoded to `/` first, then as MERGE_SLASHES.
 In every mode but NONE and DECODE_AND_MERGE_SLASHES an escaped slash or backslash (`%2F`, `%5C`) is refused
 with 400: apps disagree on whether it separates segments, so no decision about it could be trusted.
-A fragment (`#…`) never belongs in a request target and is dropped in every mode. A malformed escape, a
-byte outside printable ASCII, or a target that is not a path gets 400.
+A fragment (`#…`) never belongs in a request target and is dropped in every mode. A malformed escape, an
+escaped control character (`%00`-`%1F`, `%7F`), a byte outside printable ASCII, or a target that is not a
+path gets 400. Path parameters (`/admin;x/y`, which Tomcat reads as `/admin/y`) are left alone, as in Istio.
 
-Host: compared case-insensitively, without its port and without a trailing dot.
+Host: compared case-insensitively, without its port and without a trailing dot. A Host (or absolute-form
+authority) that is not a plain `name[:port]` or `[IPv6][:port]` gets 400: `a@admin.x`, `admin.x:`,
+`admin.x:80:80` or `admin.x,b` would match no host rule here, yet many apps read them as `admin.x`.
 
 Header fields: a name that is not an RFC 9110 token, or a value holding a control character (CR, LF, NUL,
 …; HTAB is allowed), gets 400, since a parser behind us could split the message there.
@@ -32,6 +35,7 @@ HEX = frozenset(b"0123456789abcdefABCDEF")
 TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 SLASHES_RE = re.compile(r"/{2,}")
+HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?")  # `_`: compose service names
 
 
 class Refused(ValueError):
@@ -56,6 +60,8 @@ def _decode(path: str, decode_slashes: bool) -> str:
         if len(pair) != 2 or not all(b in HEX for b in pair):
             raise Refused(400, "malformed percent-encoding in the path")
         byte = int(pair, 16)
+        if byte < 0x20 or byte == 0x7F:  # `/admin%00.png`: C-string apps stop at the NUL
+            raise Refused(400, "an escaped control character in the path")
         if byte in UNRESERVED:
             out.append(chr(byte))
         elif byte in (0x2F, 0x5C):
@@ -132,9 +138,12 @@ def check_fields(fields: Iterable[tuple[bytes, bytes]]) -> None:
 def request_host(fields: Iterable[tuple[bytes, bytes]], authority: str) -> str | None:
     """The one host the request is for: the absolute-form authority wins; two Host headers, or a Host that
     names another host than the authority, are refused (request smuggling's favourite ambiguities)."""
-    hosts = [v.decode("latin-1") for k, v in fields if k.lower() == b"host"]
+    hosts = [v.decode("latin-1").strip(" \t") for k, v in fields if k.lower() == b"host"]
     if len(hosts) > 1:
         raise Refused(400, "more than one Host header")
+    for value in [*hosts, authority] if authority else hosts:
+        if value and not HOST_RE.fullmatch(value):
+            raise Refused(400, "the Host is not a host name or address with an optional port")
     if authority:
         if hosts and canonical_host(hosts[0]) != canonical_host(authority):
             raise Refused(400, "the Host header names another host than the request line")

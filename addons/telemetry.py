@@ -220,8 +220,8 @@ class Telemetry:
         """A request head refused while it was read (addons.framing): no flow exists, so log it here."""
         inbound = client.proxy_mode.custom_listen_port == INBOUND_PORT
         peer = peer_identity(client.certificate_list) if inbound and client.tls_established else None
-        self._log({"time": time.time(), "direction": "inbound" if inbound else "outbound", "method": None,
-                   "path": None, "protocol": "HTTP/1.1", "status": status, "flags": "DPE", "reason": reason,
+        self._log({"time": time.time(), "direction": "inbound" if inbound else "outbound", "method": "",
+                   "path": "", "protocol": "HTTP/1.1", "status": status, "flags": "DPE", "reason": reason,
                    "source": peer or "unknown", "peer_address": client.peername[0] if client.peername else None,
                    "mtls": peer is not None})
 

@@ -227,9 +227,15 @@ def test_stopping_sidecar_drains_in_flight_requests(testbed: App) -> None:
     caller = threading.Thread(target=slow_call)
     caller.start()
     time.sleep(0.8)
-    testbed.container("slow-proxy").stop(timeout=15)
-    caller.join(30)
-    assert result.get("out") == "200"
+    try:
+        testbed.container("slow-proxy").stop(timeout=15)
+        caller.join(30)
+        assert result.get("out") == "200"
+    finally:  # the testbed is shared: bring the pod back for the tests after this one
+        testbed.compose("up", "-d")
+        testbed.wait_healthy()
+        testbed.wait_for(lambda: testbed.exec("client", "curl", "-sf", "-o", "/dev/null",
+                                              "http://slow:8080/echo")[0] == 0, "slow answers again")
 
 
 def test_traffic_aimed_at_the_proxy_port_is_refused_not_looped(testbed: App) -> None:

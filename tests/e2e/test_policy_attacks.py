@@ -340,3 +340,23 @@ def test_memory_stays_bounded_under_attack(armed: App) -> None:
         print(f"{sidecar}: peak RSS {peak:.0f} MB under the attacks, {rss_mb(t, sidecar):.0f} MB after")
         assert peak < 100 and rss_mb(t, sidecar) < 100, (sidecar, peak)
     assert curl(t, "client", "http://web:8080/echo")[0] == 200  # still serving
+
+
+def test_the_mesh_wide_path_normalization_reaches_running_sidecars(armed: App, mesh_home: Path) -> None:
+    t = armed
+
+    def install(mode: str) -> None:
+        done = meshctl("install", "--path-normalization", mode, home=mesh_home)
+        assert done.code == 0, done.err
+        synced(mesh_home, PROJECT)
+
+    assert status_of(raw(t, "outsider", "web", get("/admin%2Fx"))) == 400  # the default refuses escaped slashes
+    try:
+        install("DECODE_AND_MERGE_SLASHES")
+        answer = raw(t, "outsider", "web", get("/admin%2Fx"))
+        assert status_of(answer) == 403 and SECRET not in answer, answer[:300]  # decoded, then denied
+        install("NONE")  # the user's choice: nothing normalised, so the lenient app is reached (Istio's NONE)
+        assert SECRET in raw(t, "outsider", "web", get("//admin/x"))
+    finally:
+        install("MERGE_SLASHES")
+    assert status_of(raw(t, "outsider", "web", get("//admin/x"))) == 403

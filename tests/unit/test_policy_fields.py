@@ -116,6 +116,9 @@ def test_tcp_judges_ip_blocks_with_the_peer() -> None:
     ("10.0.0.2", ["6.6.6.6", "203.0.113.9"], 1, "203.0.113.9"),  # two header lines are one list
     ("10.0.0.2", ["203.0.113.9"], 5, "203.0.113.9"),  # fewer entries than hops: the leftmost
     ("10.0.0.2", [" , "], 1, "10.0.0.2"),
+    ("10.0.0.2", ["10.1.2.3:80"], 1, "10.0.0.2"),  # not an address: Envoy falls back to the peer
+    ("10.0.0.2", ["010.001.002.003"], 1, "10.0.0.2"),
+    ("10.0.0.2", ["garbage"], 1, "10.0.0.2"),
 ])
 def test_remote_address(peer: str, xff: list[str], hops: int, want: str) -> None:
     assert remote_address(peer, xff, hops) == want
@@ -194,3 +197,11 @@ def _forwarded(rule: dict[str, Any], token: str) -> bool:
     drop_verified_token(flow.request, [rule], fields)
     assert flow.request.query.get("keep") == "1"
     return "authorization" in flow.request.headers
+
+
+@pytest.mark.parametrize("spelling", ["10.1.2.3", "::ffff:10.1.2.3", "::FFFF:10.1.2.3", " 10.1.2.3 "])
+def test_an_address_denied_in_any_spelling(spelling: str) -> None:
+    deny = {"name": "d", "action": "DENY", "rules": [{"from": [{"source": {"remoteIpBlocks": ["10.0.0.0/8"]}}]}]}
+    assert not decide([deny], http(remote_ip=spelling)).allowed
+    deny_peer = {"name": "d", "action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}
+    assert not decide([deny_peer], http(peer_ip=spelling)).allowed

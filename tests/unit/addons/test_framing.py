@@ -20,11 +20,11 @@ REFUSED: list[tuple[int, str]] = []
 
 @pytest.fixture(autouse=True)
 def installed() -> Iterator[None]:
-    before = _http1.Http1Server.read_headers
+    before = _http1.Http1Server.read_headers, _http1.Http1Server._handle_event
     framing.install(lambda client, status, reason: REFUSED.append((status, reason)))
     REFUSED.clear()
     yield
-    _http1.Http1Server.read_headers = before  # type: ignore[method-assign]
+    _http1.Http1Server.read_headers, _http1.Http1Server._handle_event = before  # type: ignore[method-assign]
 
 
 def server() -> tuple[_http1.Http1Server, connection.Client]:
@@ -92,3 +92,37 @@ def test_the_buffer_never_outgrows_the_limit(chunks: list[bytes]) -> None:
 def test_head_problem(head: bytes, want: int | None) -> None:
     problem = framing.head_problem(head)
     assert (problem[0] if problem else None) == want
+
+
+# --- bytes held unparsed outside a head: mitmproxy reads without backpressure ---------------------------------
+
+GET = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+CHUNKED = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("first, chunk, status", [
+    (b"", b"\r\n" * 32768, 431),  # blank lines ahead of a request line: mitmproxy drops one per read
+    (b"", b"\n" * 65535, 431),
+    (b"\r\n", b"\r\n\n" * 20000, 431),
+    (GET, b"A" * 65535, 400),  # pipelined while the response is pending (mitmproxy's wait state)
+    (GET, GET * 1000, 400),
+    (CHUNKED + b"5;ext=", b"a" * 65535, 400),  # an endless chunk-size line
+    (CHUNKED + b"0\r\n", b"x-t: " + b"a" * 65000 + b"\r\n", 400),  # endless trailers
+])
+def test_bytes_held_unparsed_in_any_state_are_bounded(first: bytes, chunk: bytes, status: int) -> None:
+    srv, out, peak = feed([first] + [chunk] * 2000)  # ~130 MB if nothing stopped it
+    assert peak <= framing.MAX_HEAD + len(chunk) and len(srv.buf) == 0
+    list(srv.handle_event(events.DataReceived(srv.conn, chunk)))  # what arrives before the close lands
+    assert len(srv.buf) == 0
+    assert any(isinstance(c, commands.CloseConnection) for c in out)
+    assert REFUSED and REFUSED[0][0] == status
+    if status == 431:
+        assert answer(out).startswith(b"HTTP/1.1 431")
+    else:  # the request went on already: no second answer is written into the stream
+        assert not answer(out)
+
+
+def test_a_little_pipelining_and_a_chunked_body_still_pass() -> None:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in [b"a" * 60000] * 20) + b"0\r\n\r\n"
+    _, out, _ = feed([CHUNKED] + [body[i:i + 65535] for i in range(0, len(body), 65535)] + [GET * 10])
+    assert not REFUSED and not any(isinstance(c, commands.CloseConnection) for c in out)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from addons.jwt import Jwks, JwtError, authenticate, check_claims, jwks_problems, jwks_uri_problem, parse_jwks
+from tests.unit import jwtkit
 from tests.unit.jwtkit import (
     AUDIENCE,
     FORGED,
@@ -376,3 +377,33 @@ def test_the_authz_addon_sees_every_header_field_and_query_pair(tmp_path: Any, p
     addon.requestheaders(flow)
     got = flow.response.status_code if flow.response else None
     assert got == status, flow.response.content if flow.response else None
+
+
+# --- names that apps fold together are one location (a look-alike is a second token) ------------------------
+
+@pytest.mark.parametrize("query", ["access.token", "access token", "access[token"])
+def test_a_look_alike_parameter_is_a_second_token(query: str) -> None:
+    good = jwtkit.GOOD["RS256"]
+    with pytest.raises(JwtError, match="tokens"):
+        authenticate(jwtkit.RULES, Jwks(), [("authorization", f"Bearer {good}")], [(query, "forged")], jwtkit.NOW)
+
+
+def test_a_look_alike_header_is_a_second_token() -> None:
+    good = jwtkit.GOOD["RS256"]
+    rules = [{**jwtkit.RULE, "fromHeaders": [{"name": "x-jwt"}]}]
+    with pytest.raises(JwtError, match="tokens"):
+        authenticate(rules, Jwks(), [("x-jwt", good), ("x_jwt", "forged")], [], jwtkit.NOW)
+
+
+def test_a_token_behind_a_semicolon_is_seen() -> None:
+    from mitmproxy.test import tflow
+
+    from addons.authz import drop_verified_token, query_pairs
+
+    flow = tflow.tflow()
+    flow.request.headers.clear()
+    flow.request.path = "/a?x=1;access_token=forged&access_token=valid&y=%2F"
+    assert [k for k, _ in query_pairs(flow.request)].count("access_token") == 2
+    flow.request.path = "/a?x=1;access_token=valid&y=%2F"
+    drop_verified_token(flow.request, jwtkit.RULES, [])
+    assert flow.request.path == "/a?x=1&y=%2F"  # the token is gone, the rest stays byte for byte

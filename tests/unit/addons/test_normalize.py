@@ -3,7 +3,9 @@ path an RFC 3986 resolver (or an app that also merges slashes) maps into a denie
 
 from __future__ import annotations
 
+import contextlib
 import re
+import urllib.parse
 
 import pytest
 from hypothesis import given
@@ -52,7 +54,8 @@ def test_allow_prefix_cannot_be_climbed_out_of(target: str) -> None:
     assert allowed(ALLOW_PUBLIC, "/public/./x/../y")
 
 
-@pytest.mark.parametrize("target", ["/%zz", "/%4", "/a%", "/caf\u00e9", "/a\x00b", "/a\tb", "relative", "/a b"])
+@pytest.mark.parametrize("target", ["/%zz", "/%4", "/a%", "/caf\u00e9", "/a\x00b", "/a\tb", "relative", "/a b",
+                                    "/admin%00.png", "/a%0d%0aX-Injected:%201", "/a%7f", "/a%1F"])
 def test_malformed_targets_are_refused(target: str) -> None:
     with pytest.raises(Refused):
         normalize_target(target, "MERGE_SLASHES")
@@ -180,6 +183,37 @@ def test_request_host_rules() -> None:
                               ([(b"Host", b"a.x"), (b"HOST", b"a.x")], ""), ([(b"Host", b"public.x")], "admin.x")):
         with pytest.raises(Refused):
             request_host(fields, authority)
+
+
+@pytest.mark.parametrize("value", ["a@admin.x", "admin.x:", "admin.x:80:80", "admin.x:123456", "admin.x, b.x",
+                                   "admin.x b", "admin.x:+80", "[::1]admin.x", "adm%69n.x", "admin.x/p", "admin.x\\p"])
+def test_hosts_apps_would_read_as_another_host_are_refused(value: str) -> None:
+    for fields, authority in (([(b"Host", value.encode())], ""), ([], value)):
+        with pytest.raises(Refused) as exc:
+            request_host(fields, authority)
+        assert exc.value.status == 400
+
+
+def app_hosts(value: str) -> set[str]:
+    """How apps pick the host out of a Host value: Express (up to the first colon after an IPv6 literal's
+    `]`), Go's SplitHostPort when it succeeds, urllib's netloc parsing; lower-cased, trailing dot dropped."""
+    views = {value.split(":", 1)[0] if not value.startswith("[") else value[:value.find("]") + 1]}
+    if value.count(":") == 1 or value.startswith("["):
+        views.add(value.rsplit(":", 1)[0] if value.rsplit(":", 1)[-1].isdigit() or value.endswith(":") else value)
+    with contextlib.suppress(ValueError):
+        views.add(urllib.parse.urlsplit("//" + value).hostname or "")
+    return {v.lower().strip("[]").rstrip(".") for v in views}
+
+
+@given(st.text(alphabet="admin.x:@,;%[]1_ -8", max_size=16))
+@examples(400)
+def test_an_accepted_host_is_the_host_apps_read(value: str) -> None:
+    try:
+        host = request_host([(b"Host", value.encode())], "")
+    except Refused:
+        return
+    assert host is not None
+    assert app_hosts(host) <= {(canonical_host(host) or "").strip("[]")}
 
 
 @pytest.mark.parametrize("field", [(b"X-A", b"a\rTransfer-Encoding: chunked"), (b"X-A", b"a\nb"), (b"X-A", b"a\x00"),
