@@ -6,9 +6,10 @@ container itself stays up, so the network namespace the app shares with it is ne
 
 While the proxy runs, this loop also:
 - re-applies the capture rules when a new snapshot changes the excluded ports;
-- re-reads them every CAPTURE_CHECK_S and puts them back when another container with NET_ADMIN changed
-  them, logging what changed; until a check finds them intact again, a marker file makes the proxy
-  report not ready (the proxy runs as 1337 and cannot read the nat table itself);
+- re-reads them every CAPTURE_CHECK_S (iptables-save, nft's ruleset and the legacy backend) and puts
+  them back when another container with NET_ADMIN changed them, logging what changed; until a check
+  finds them intact again, a marker file makes the proxy report not ready (the proxy runs as 1337 and
+  cannot read the rules itself);
 - when the mounted files are not owned by 1337 (meshctl run by a non-root user), keeps a 1337-owned
   copy in /run/meshctl, so the proxy can read its key without running as the user's uid (which the app
   may share, and which would then bypass capture).
@@ -36,7 +37,7 @@ FILES = ("cert.pem", "key.pem", "bundle.pem", "snapshot.json")
 TICK_S = 0.1
 RESTART_DELAY_S = 0.2
 # How often the nat rules are re-read: a changed rule lets traffic past the proxy for at most this long
-# (plus one restore), and an iptables-save every 2 s costs a few ms of CPU.
+# (plus one restore); reading the three views every 2 s costs a few ms of CPU.
 CAPTURE_CHECK_S = 2.0
 MAX_LOGGED_PROBLEMS = 5
 
@@ -85,20 +86,24 @@ class CaptureGuard:
         self.ports: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self.broken = False
         self.last: tuple[list[str], str] = ([], "")
+        self.docker_dns: list[str] = []  # Docker's DNS rules, put back if the nat table has to be rebuilt
+        self.announced = False
 
     def install(self, ports: tuple[frozenset[int], frozenset[int]]) -> None:
         """Install (at start, or for new excluded ports); raises CalledProcessError when iptables refuses."""
-        capture.install(PROXY_UID, *ports, run=self.run)
+        self._remember(capture.install(PROXY_UID, *ports, run=self.run, keep=self.docker_dns))
         self.ports = ports
 
     def check(self) -> bool:
         """True when the rules are intact. Otherwise mark not ready, log what changed, and restore them: the
         marker stays until the next check finds them intact, so a flapping attacker keeps the pod unready."""
         try:
-            problems = capture.verify(capture.dump(self.run), capture.rules(PROXY_UID, *self.ports))
+            live = capture.dump(self.run)
+            problems = capture.check(live, capture.rules(PROXY_UID, *self.ports))
         except (OSError, subprocess.CalledProcessError) as exc:  # fail closed: unreadable is not intact
-            problems = [f"cannot read the nat table: {capture.why(exc)}"]
+            problems = [f"cannot read the capture rules: {capture.why(exc)}"]
         if not problems:
+            self._remember(live)
             if self.broken:
                 self.broken = False
                 self.marker.unlink(missing_ok=True)
@@ -109,7 +114,7 @@ class CaptureGuard:
         except OSError as exc:  # still restore below; PID 1 must not die (the pod's namespace would go with it)
             self.log(f"cannot mark the proxy not ready: {exc}")
         try:
-            capture.install(PROXY_UID, *self.ports, run=self.run)
+            capture.install(PROXY_UID, *self.ports, run=self.run, keep=self.docker_dns)
             outcome = "restored them; not ready until the next check finds them intact"
         except (OSError, subprocess.CalledProcessError) as exc:
             outcome = f"cannot restore them: {capture.why(exc)}"
@@ -124,6 +129,12 @@ class CaptureGuard:
         """A fresh start: rules just installed, so no marker left from a previous run of this container."""
         self.broken = False
         self.marker.unlink(missing_ok=True)
+
+    def _remember(self, live: capture.Live) -> None:
+        if not self.announced:  # once: which views are read (a missing nft or iptables-legacy is not watched)
+            self.log(capture.watched(live))
+            self.announced = True
+        self.docker_dns = capture.docker_dns(live.iptables) or self.docker_dns
 
     def _mark(self) -> None:
         # root-owned 0755 directory and 0644 file: the proxy (1337) can read them, not remove them

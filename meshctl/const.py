@@ -30,14 +30,15 @@ PROMETHEUS_IMAGE: Final = f"{PROMETHEUS_IMAGE_REPO}:{__version__}"
 PROMETHEUS_CONTAINER: Final = "meshctl-prometheus"
 PROMETHEUS_PORT: Final = 9090  # published on 127.0.0.1 only
 
-# Packages in the offline-built base image: enough for the sidecar (python3, iptables) and samples (curl).
-BASE_PACKAGES: Final = ("python3", "python3-venv", "ca-certificates", "iptables", "curl")
+# Packages in the offline-built base image: enough for the sidecar (python3, iptables, and nftables for `nft`,
+# which its capture self-check reads) and samples (curl).
+BASE_PACKAGES: Final = ("python3", "python3-venv", "ca-certificates", "iptables", "nftables", "curl")
 DEBIAN_SUITE: Final = "bookworm"
 DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
 
 # What the sidecar image installs from the host-built wheelhouse.
 PROXY_PYTHON_PACKAGES: Final = ("mitmproxy==11.0.2", "prometheus_client>=0.20", "pyyaml>=6", "uvloop>=0.21",
-                                 "google-re2>=1.1", "pyjwt[crypto]>=2.9")
+                                 "google-re2>=1.1", "pyjwt[crypto]>=2.9", "httptools>=0.6")
 
 # Istio's data-plane numbers.
 PORT_ADMIN: Final = 15000

@@ -160,7 +160,10 @@ class BaseImageStep:
     title: str = "base image"
 
     def pending(self) -> str | None:
-        if images.find_image(self.ctx.docker(), self.settings.base_image):
+        current = images.find_image(self.ctx.docker(), self.settings.base_image)
+        # our own base image is rebuilt when its package list (the build hash) changed
+        if current and (self.settings.base_image != const.BASE_IMAGE
+                        or images.image_label(current, const.LABEL_BUILD_HASH) == images.base_build_hash()):
             return None
         if self.settings.base_image != const.BASE_IMAGE:
             return f"pull {self.settings.base_image}, or build {const.BASE_IMAGE} from Debian packages if it cannot"

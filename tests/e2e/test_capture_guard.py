@@ -1,4 +1,5 @@
-"""[9 Trust] item 9: a container with NET_ADMIN in a pod removes or bypasses the capture rules; the sidecar
+"""[9 Trust] item 9: a container with NET_ADMIN in a pod removes or bypasses the capture rules (iptables,
+native nftables, the legacy iptables backend); the sidecar
 notices within seconds, restores them, logs it, and plaintext to its STRICT app is refused again.
 
 The tamperer is a real container sharing web-strict's network namespace (`--network container:SIDECAR`)
@@ -23,6 +24,12 @@ TAMPERING = {  # what the tamperer runs, and a rule text that must be gone once 
                                            "15021", "-j", "REDIRECT", "--to-ports", "8080"], "--to-ports 8080"),
     "raw NOTRACK": (["iptables", "-t", "raw", "-I", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "CT",
                      "--notrack"], "--notrack"),
+    # a native nftables nat chain ahead of iptables' (priority -101): the kernel NATs a connection once
+    "nft chain ahead of capture": (["sh", "-c", "nft add table ip evil && nft 'add chain ip evil pre { type nat "
+                                    "hook prerouting priority -101 ; }' && nft add rule ip evil pre tcp dport 8080 "
+                                    "dnat to {ip}"], "table ip evil"),
+    "legacy iptables backend": (["iptables-legacy", "-t", "nat", "-I", "PREROUTING", "-p", "tcp", "--dport", "8080",
+                                 "-j", "ACCEPT"], "--dport 8080 -j ACCEPT"),
 }
 
 
@@ -33,7 +40,8 @@ def plaintext_status(app: App) -> str:
 
 
 def restored(sidecar: Any, leftover: str | None) -> bool:
-    code, rules = sidecar.exec_run(["iptables-save"])
+    """Our rules in place and the tampering gone, in every place the kernel keeps rules."""
+    code, rules = sidecar.exec_run(["sh", "-c", "iptables-save && nft list ruleset && iptables-legacy-save"])
     text = rules.decode()
     return code == 0 and "-A PREROUTING -p tcp -j MESH_INBOUND" in text and "-A MESH_INBOUND -p tcp -j REDIRECT" in \
         text and (leftover is None or leftover not in text)
@@ -45,6 +53,8 @@ def test_tampered_capture_rules_are_restored(testbed: App, how: str) -> None:
     sidecar = t.container("web-strict-proxy")
     assert plaintext_status(t) == "403"  # STRICT: plaintext is refused by the sidecar
     command, leftover = TAMPERING[how]
+    ip = next(n["IPAddress"] for n in sidecar.attrs["NetworkSettings"]["Networks"].values() if n["IPAddress"])
+    command = [part.replace("{ip}", ip) for part in command]
     since = time.time()
     t.engine.containers.run(t.container("outsider").image.id, command, remove=True,
                             network_mode=f"container:{sidecar.id}", cap_add=["NET_ADMIN"], entrypoint=[], user="0")
