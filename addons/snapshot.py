@@ -17,6 +17,7 @@ FORMAT_VERSION = 1
 # stdlib-only module, so the supervisor process does not load TLS and mitmproxy just to know a path.
 PROXY_DIR = Path(os.environ.get("MESHCTL_PROXY_DIR", "/etc/meshctl"))
 MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+PROTOCOLS = ("tcp", "http")  # a port's declared protocol: tcp connects upstream at once (server-first protocols)
 
 
 class SnapshotError(ValueError):
@@ -29,9 +30,14 @@ class Workload:
     version: str  # its subset
     mode: str = "PERMISSIVE"  # its inbound mTLS mode: DISABLE means callers send plaintext
     port_modes: tuple[tuple[int, str], ...] = ()
+    port_protocols: tuple[tuple[int, str], ...] = ()  # declared per port (compose app_protocol, a label)
 
     def accepts_mtls(self, port: int) -> bool:
         return dict(self.port_modes).get(port, self.mode) != "DISABLE"
+
+    def protocol(self, port: int) -> str | None:
+        """The protocol declared for `port` (one of PROTOCOLS), or None when it is left to detection."""
+        return dict(self.port_protocols).get(port)
 
 
 @dataclass(frozen=True)
@@ -96,11 +102,11 @@ def _ports(values: Any, where: str) -> frozenset[int]:
     return frozenset(values)
 
 
-def _port_modes(values: Any) -> bool:
+def _port_modes(values: Any, allowed: tuple[str, ...] = MODES) -> bool:
     """{"8080": "DISABLE"}: JSON keys are strings, of ASCII digits only ('²'.isdigit() is True)."""
     return isinstance(values, dict) and all(
-        isinstance(k, str) and len(k) <= 5 and k.isascii() and k.isdigit() and 0 < int(k) < 65536 and v in MODES
-        for k, v in values.items())
+        isinstance(k, str) and len(k) <= 5 and k.isascii() and k.isdigit() and 0 < int(k) < 65536 and
+        isinstance(v, str) and v in allowed for k, v in values.items())
 
 
 def parse(data: Any) -> Snapshot:
@@ -127,8 +133,12 @@ def parse(data: Any) -> Snapshot:
             wl_ports = wl.get("port_modes", {})
             if wl_mode not in MODES or not _port_modes(wl_ports):
                 raise SnapshotError(f"{where}mode and port_modes must be one of {', '.join(MODES)}")
+            wl_protocols = wl.get("port_protocols", {})
+            if not _port_modes(wl_protocols, PROTOCOLS):
+                raise SnapshotError(f"{where}port_protocols must map port numbers to {' or '.join(PROTOCOLS)}")
             workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where), wl_mode,
-                                      tuple(sorted((int(k), v) for k, v in wl_ports.items()))))
+                                      tuple(sorted((int(k), v) for k, v in wl_ports.items())),
+                                      tuple(sorted((int(k), v) for k, v in wl_protocols.items()))))
         services.append(Service(_get(svc, "name", str, f"services[{i}]."),
                                 _get(svc, "identity", str, f"services[{i}]."), tuple(workloads)))
     routes = data.get("routes", [])

@@ -17,6 +17,16 @@ What each module owns
 - tls.py     ssl.SSLContexts for both sides from cert/key/bundle (addons.mtls's policy without pyOpenSSL).
 - relay.py   A byte relay between two transports with backpressure (write-buffer water marks ->
              pause_reading on the other side) and half-close; for TCP and WebSocket after a 101.
+- plan.py    What a captured connection becomes, pure: decide(ConnectionInfo) -> L7Http | L4Tcp | Passthrough |
+             TerminateTls | Refuse, with addons.listeners' rules (STRICT/PERMISSIVE/DISABLE per port, the edge,
+             the app's own TLS, the proxy's own ports) and server-first protocols: a port declared "tcp" (snapshot
+             workloads[].port_protocols) or well known (3306, 25, 587, 21, 110, 143, 22; 5432, 6379, 11211,
+             27017) is decided without waiting; any other waits SNIFF_TIMEOUT_S (200 ms) for the client, then TCP.
+- listeners.py  The capture listeners (15001/15006): accept, SO_ORIGINAL_DST, peek the first bytes (MSG_PEEK,
+             so our TLS server still reads the ClientHello), decide, carry out (L7 -> proxy.Downstream with a
+             per-connection decide; L4 -> l4.py; inbound TLS terminated, then decided again inside).
+- l4.py      The L4 path: one mTLS connection per app connection offering only ALPN "meshctl-l4" (the far
+             side relays at once), the identity checked before a byte is written, relay.py between.
 - proxy.py   The forward path: Listener (cap per listener -> 503 and close; mallopt at start), Downstream
              (a client connection: pipelined requests in turn, per-read write coalescing, a head timeout
              against slowloris), Exchange (one request upstream over a pooled connection, the response
@@ -24,14 +34,10 @@ What each module owns
              found dead, 101 -> relay). `decide(head) -> Route | Response` is the one hook, pure.
 
 What the lead still has to do to wire it in
-- Listeners on 15001 (outbound) and 15006 (inbound): read SO_ORIGINAL_DST per accepted socket (getsockopt
-  SOL_IP 80 on transport.get_extra_info("socket")) and put it on the typed context (the Route's default);
-  the proxy uid stays exempt from capture as today. Sniff TLS / HTTP / other per port (server-first ports
-  connect upstream at once and use relay.py: note that uvloop undoes a pause_reading() made inside
-  connection_made; pause from loop.call_soon instead).
-- Inbound mTLS per port (STRICT / PERMISSIVE / DISABLE): server_context on the listener, and the caller's
-  SPIFFE ID (tls.peer_uris of the ssl_object) on the request context for authz; decide() today gets only the
-  RequestHead, so widen it to a context object (head + peer identity + original destination + listener).
+- Run listeners.CaptureListener on 15001 and 15006 from the sidecar (Sidecar: the live snapshot, Endpoints.owner
+  as lookup, local_networks(/proc/net/route), l4.contexts(PROXY_DIR) reloaded with the certificate, the L7
+  Listener, addons.authz as tcp_gate). L7: Sidecar.l7_decide(plan, info) builds the per-connection decide;
+  widen decide() from the RequestHead to a context (head + info.tls_peer + info.destination + listener).
 - The addons as hooks on that context (routing, resilience, authz, JWT, telemetry, tracing), compiled
   once from the snapshot; Route gets the header operations, timeouts and retries they need (the Exchange
   has the seams: _fail/_broken for flags UF/UC/UO, flush points for timing); DestinationRule

@@ -109,8 +109,9 @@ class Listener:
 class Downstream(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, decide: Decide | None = None) -> None:
         self.listener = listener
+        self.decide = decide or listener.decide  # a capture listener passes one bound to this connection
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, listener.path_mode)
         self.exchange: Exchange | None = None
@@ -214,7 +215,7 @@ class Downstream(asyncio.Protocol):
             self.refuse(405, "CONNECT is not proxied")
             return
         try:
-            decision = self.listener.decide(head)
+            decision = self.decide(head)
         except Exception:
             log.exception("decide failed for %s %s", head.method, head.target)
             self.refuse(500, "internal error while deciding")

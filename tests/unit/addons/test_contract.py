@@ -84,3 +84,21 @@ def test_local_networks_from_the_route_table() -> None:
 ])
 def test_http1_detection(data: bytes, http: bool) -> None:
     assert looks_like_http1(data) is http
+
+
+def test_port_protocols_are_optional_and_parsed_per_workload() -> None:
+    assert snapshot.parse(GOOD).services[0].workloads[0].port_protocols == ()  # older snapshots: none
+    data = copy.deepcopy(GOOD)
+    data["services"][0]["workloads"][0]["port_protocols"] = {"3306": "tcp", "8080": "http"}
+    workload = snapshot.parse(data).services[0].workloads[0]
+    assert workload.port_protocols == ((3306, "tcp"), (8080, "http"))
+    assert workload.protocol(3306) == "tcp" and workload.protocol(8080) == "http" and workload.protocol(9) is None
+
+
+@pytest.mark.parametrize("value", [{"3306": "mysql"}, {"3306": "TCP"}, {"0": "tcp"}, {"65536": "tcp"}, {"²": "tcp"},
+                                   {"3306": ["tcp"]}, {"3306": None}, ["3306"], "3306=tcp", {"": "tcp"}])
+def test_bad_port_protocols_are_refused_naming_the_field(value: Any) -> None:
+    data = copy.deepcopy(GOOD)
+    data["services"][0]["workloads"][0]["port_protocols"] = value
+    with pytest.raises(snapshot.SnapshotError, match=r"services\[0\]\.workloads\[0\]\.port_protocols must map"):
+        snapshot.parse(data)
