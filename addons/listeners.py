@@ -150,8 +150,8 @@ class Listeners:
         assert ctx.server.address is not None
         mode = self.snap.port_modes.get(ctx.server.address[1], self.snap.mode)  # PeerAuthentication per port
         if starts_like_tls_record(data):
-            if mode == "DISABLE":
-                return layers.TCPLayer(ctx, ignore=True)  # the caller's own TLS, end to end
+            if mode == "DISABLE":  # the caller's own TLS, end to end: judged as TCP when it opens
+                return self._tcp_gate(ctx) or layers.TCPLayer(ctx, ignore=True)
             return layers.ClientTLSLayer(ctx)
         peer_ip, _ = ctx.client.peername
         if mode == "STRICT" and not self._from_edge(peer_ip, ctx.server.address[1]):
@@ -166,14 +166,20 @@ class Listeners:
 
     def _inbound_app(self, ctx: context.Context, data: bytes) -> layer.Layer:
         """HTTP is authorized per request (addons.authz); other TCP here, once, when the connection opens."""
-        if not looks_like_http1(data) and self.authz is not None:
-            assert ctx.server.address is not None
-            decision = self.authz.connection_allowed(ctx.client, ctx.server.address[1])
-            if not decision.allowed:
-                log.warning("refused a TCP connection from %s to port %d: %s", ctx.client.peername[0],
-                            ctx.server.address[1], decision.reason)
-                return Refuse(ctx)
-        return self._app_protocol(ctx, data)
+        refused = None if looks_like_http1(data) else self._tcp_gate(ctx)
+        return refused or self._app_protocol(ctx, data)
+
+    def _tcp_gate(self, ctx: context.Context) -> layer.Layer | None:
+        """A Refuse layer when AuthorizationPolicy denies this TCP connection, else None."""
+        if self.authz is None:
+            return None
+        assert ctx.server.address is not None
+        decision = self.authz.connection_allowed(ctx.client, ctx.server.address[1])
+        if decision.allowed:
+            return None
+        log.warning("refused a TCP connection from %s to port %d: %s", ctx.client.peername[0],
+                    ctx.server.address[1], decision.reason)
+        return Refuse(ctx)
 
     def _app_protocol(self, ctx: context.Context, data: bytes) -> layer.Layer:
         if looks_like_http1(data):
