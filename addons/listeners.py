@@ -23,6 +23,7 @@ from mitmproxy.proxy import commands, context, events, layer, layers
 from mitmproxy.proxy.layers.http import HTTPMode
 
 from addons.endpoints import Endpoints
+from addons.engine import plan
 from addons.live import LiveSnapshot
 from addons.mtls import MutualTLS
 from addons.snapshot import Snapshot
@@ -58,21 +59,9 @@ def looks_like_http1(data: bytes) -> bool:
 
 
 def local_networks(route_table: str) -> tuple[list[ipaddress.IPv4Network], set[str]]:
-    """The pod's own subnets and their gateways, from /proc/net/route (hex, little-endian)."""
-    nets, gateways = [], set()
-    for line in route_table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 8:
-            continue
-        dest, gateway, mask = (ipaddress.IPv4Address(bytes.fromhex(f)[::-1]) for f in (fields[1], fields[2],
-                                                                                          fields[7]))
-        if int(dest) == 0 and int(gateway) != 0:
-            gateways.add(str(gateway))
-        elif int(dest) != 0:
-            net = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
-            nets.append(net)
-            gateways.add(str(net.network_address + 1))  # Docker's default gateway for a bridge network
-    return nets, gateways
+    """The pod's own subnets and their gateways (one parser, the engine's)."""
+    found = plan.local_networks(route_table)
+    return list(found.nets), set(found.gateways)
 
 
 class TcpGate(Protocol):
