@@ -1,5 +1,6 @@
-"""One bench run: every mode under the same loads, sidecar cost from the engine's stats, config
-propagation to a fleet of proxies, and mesh start-up; all in one run so the ratios compare like with like."""
+"""One bench run: every mode under the same loads (the C reference, an nginx mTLS pair, among them), each
+proxy's cost from the engine's stats, config propagation to a fleet of proxies, and mesh start-up; all in one
+run so the ratios compare like with like."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from docker.models.containers import Container
@@ -16,12 +18,28 @@ from meshctl.bench import workload
 from meshctl.bench.workload import Load
 from meshctl.config import changes
 from meshctl.context import Context
+from meshctl.errors import MeshError, UsageError
 from meshctl.pilot.status import proxy_statuses
 from meshctl.runtime.engine import engine_errors
 
 Progress = Callable[[str], None]
 IDLE_CORES = 0.02  # below this a sidecar carried none of a load (its own polling costs about 0.005)
-MODES = ("direct", "mesh-plaintext", "mesh-mtls", "mesh-mtls-l7")
+NGINX = "nginx-mtls"
+MODES = ("direct", NGINX, "mesh-plaintext", "mesh-mtls", "mesh-mtls-l7")
+MESH_MODES = MODES[2:]
+LOADS = (*(Load(size, c, new) for new in (False, True) for size in ("1k", "64k") for c in (1, 16)),
+         *(Load("64k", c, False, "tcp") for c in (1, 16)))
+QUICK_LOADS = ("keep-alive 1k c1", "keep-alive 1k c16", "new-conn 1k c16", "tcp-echo 64k c1")
+
+
+def pick(text: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """A comma-separated subset of `valid`, in `valid`'s order; an unknown name is a usage error naming them all."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        what = f"unknown name {unknown[0]!r}" if unknown else "no name"
+        raise UsageError(f"{option}: {what}; valid: {', '.join(valid)}", f"e.g. {option} '{valid[0]},{valid[-1]}'")
+    return tuple(v for v in valid if v in names)
 
 
 @dataclass(frozen=True)
@@ -29,15 +47,23 @@ class Plan:
     seconds: float
     loads: tuple[Load, ...]
     fleets: tuple[int, ...]  # proxies to measure config propagation at
+    modes: tuple[str, ...] = MODES
 
     @classmethod
     def full(cls, seconds: float = 5.0) -> Plan:
-        loads = tuple(Load(size, c, new) for new in (False, True) for size in ("1k", "64k") for c in (1, 16))
-        return cls(seconds, loads, (10, 50))
+        return cls(seconds, LOADS, (10, 50))
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(1.0, (Load("1k", 1, False), Load("1k", 16, False), Load("1k", 16, True)), (3,))
+        return cls(1.0, tuple(ld for ld in LOADS if ld.name in QUICK_LOADS), (3,))
+
+    def only(self, modes: str | None = None, loads: str | None = None) -> Plan:
+        """The plan for `--modes`/`--loads` (names as in the JSON); a mesh-free plan measures no fleet."""
+        chosen = pick(modes, MODES, "--modes") if modes is not None else self.modes
+        names = pick(loads, tuple(ld.name for ld in LOADS), "--loads") if loads is not None else None
+        picked = tuple(ld for ld in LOADS if ld.name in names) if names is not None else self.loads
+        fleets = self.fleets if any(m in MESH_MODES for m in chosen) else ()
+        return Plan(self.seconds, picked, fleets, chosen)
 
 
 # --- sidecar cost from the engine -----------------------------------------------------------------------
@@ -53,7 +79,7 @@ def _stats(c: Container) -> tuple[float, float]:
 
 
 class Sampler:
-    """CPU used by each sidecar over a load, and the largest RSS seen while it ran."""
+    """CPU used by each proxy over a load, and the largest RSS seen while it ran."""
 
     def __init__(self, sidecars: list[Container]) -> None:
         self.sidecars = sidecars
@@ -90,10 +116,14 @@ class Report:
     sidecars: list[dict[str, Any]] = field(default_factory=list)
     propagation: list[dict[str, Any]] = field(default_factory=list)
     startup_s: float | None = None
+    cleanup_error: MeshError | None = None  # the figures stand; the CLI prints them, then fails with this
 
     def as_dict(self) -> dict[str, Any]:
-        return {"started": self.started, "machine": self.machine, "plan": self.plan, "results": self.results,
-                "sidecars": self.sidecars, "propagation": self.propagation, "startup_s": self.startup_s}
+        out = {"started": self.started, "machine": self.machine, "plan": self.plan, "results": self.results,
+               "sidecars": self.sidecars, "propagation": self.propagation, "startup_s": self.startup_s}
+        if self.cleanup_error is not None:
+            out["cleanup_error"] = self.cleanup_error.one_line()
+        return out
 
 
 def machine(ctx: Context) -> dict[str, Any]:
@@ -104,7 +134,8 @@ def machine(ctx: Context) -> dict[str, Any]:
 
 
 def compare(results: list[dict[str, Any]]) -> None:
-    """Each meshed figure next to direct's for the same load: throughput ratio and added latency."""
+    """Each proxied figure next to direct's for the same load (throughput ratio, added latency), and each
+    mesh figure next to nginx-mtls's: throughput ratio, added p50 as a ratio and as a difference."""
     direct = {r["load"]: r for r in results if r["mode"] == "direct"}
     for r in results:
         base = direct.get(r["load"])
@@ -114,6 +145,17 @@ def compare(results: list[dict[str, Any]]) -> None:
         for p in ("p50_ms", "p90_ms", "p99_ms"):
             if p in r and p in base:
                 r[f"added_{p}"] = round(r[p] - base[p], 3)
+    reference = {r["load"]: r for r in results if r["mode"] == NGINX}
+    for r in results:
+        ref = reference.get(r["load"])
+        if ref is None or r["mode"] in ("direct", NGINX):
+            continue
+        r["throughput_ratio_nginx"] = round(r["rps"] / ref["rps"], 4) if ref["rps"] else None
+        if "p50_ms" in r and "p50_ms" in ref:
+            r["added_p50_over_nginx_ms"] = round(r["p50_ms"] - ref["p50_ms"], 3)
+        added, ref_added = r.get("added_p50_ms"), ref.get("added_p50_ms")
+        if added is not None and ref_added is not None:  # a ratio only over an added latency nginx really has
+            r["added_p50_ratio_nginx"] = round(added / ref_added, 2) if ref_added > 0 else None
 
 
 def _mode_config(ctx: Context, mode: str) -> None:
@@ -177,59 +219,115 @@ def propagation(ctx: Context, size: int, progress: Progress) -> dict[str, Any]:
             "propagation_runs_s": [round(t, 3) for t in timings]}
 
 
-def run(ctx: Context, plan: Plan, progress: Progress) -> Report:
-    report = Report(time.time(), machine(ctx), {"seconds": plan.seconds, "loads": [ld.name for ld in plan.loads],
-                                                   "fleets": list(plan.fleets)})
-    progress("building the bench image (wrk and a one-send HTTP server)")
-    workload.ensure_image(ctx, progress)
-    try:
-        progress("direct: client and server with no mesh")
-        caller, _ = workload.start_direct(ctx)
+class Costs:
+    """Per proxy container: RSS idle, the largest RSS under load, and cores per 1000 req/s of each load it carried."""
+
+    def __init__(self) -> None:
+        self.proxies: list[Container] = []
+        self.idle: dict[str, float] = {}
+        self.peak: dict[str, float] = {}
+        self.cost: dict[str, list[float]] = {}
+
+    def watch(self, proxies: list[Container]) -> None:
+        for c in proxies:
+            self.proxies.append(c)
+            self.idle[c.name], self.cost[c.name] = _stats(c)[1], []
+
+    def measure(self, proxies: list[Container], run_load: Callable[[], dict[str, float]]) -> dict[str, Any]:
+        with Sampler(proxies) as sampler:
+            result = run_load()
+        for name, cores in sampler.cores.items():
+            self.peak[name] = max(self.peak.get(name, 0.0), sampler.peak.get(name, 0.0))
+            if result["rps"] > 0 and cores > IDLE_CORES:  # a proxy this load did not pass through
+                self.cost[name].append(cores / (result["rps"] / 1000))
+        return {**result, "sidecar_cores": {k: round(v, 3) for k, v in sampler.cores.items()}}
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"sidecar": c.name, "rss_idle_mb": round(self.idle[c.name], 1),
+                 "rss_load_mb": round(self.peak.get(c.name, 0.0), 1),
+                 "cores_per_1000_rps": round(min(self.cost[c.name]), 3) if self.cost[c.name] else None,
+                 "cores_per_1000_rps_worst": round(max(self.cost[c.name]), 3) if self.cost[c.name] else None}
+                for c in self.proxies]
+
+
+def _unmeshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: Progress) -> None:
+    """direct and nginx-mtls: the same client and server containers on one network, no sidecars."""
+    progress("direct: client and server with no mesh")
+    caller, _ = workload.start_direct(ctx)
+    if "direct" in plan.modes:
         for load in plan.loads:
             progress(f"direct: {load.name}")
             report.results.append({"mode": "direct", "load": load.name,
-                                   **workload.run_wrk(caller, f"{workload.DIRECT_NETWORK}-server", load, plan.seconds)})
-        workload.stop_direct(ctx)
-        progress("meshing client -> server (inject, up, until every sidecar is ready)")
-        meshed = workload.up_meshed(ctx, workload.PROJECT, workload.compose_text())
-        report.startup_s = round(meshed.started_s, 2)
-        caller = workload.container(ctx, workload.PROJECT, "client")
-        # both server pods: a passthrough connection goes to whichever one Docker's DNS answered
-        sidecars = [workload.container(ctx, workload.PROJECT, s)
-                    for s in ("client-proxy", "server-v1-proxy", "server-v2-proxy")]
-        idle = {c.name: _stats(c)[1] for c in sidecars}
-        peak: dict[str, float] = {}
-        cost: dict[str, list[float]] = {c.name: [] for c in sidecars}
-        for mode in MODES[1:]:
-            progress(f"{mode}: configuring")
-            _mode_config(ctx, mode)
-            workload.wait_serving(caller, "server")
-            for load in plan.loads:
-                progress(f"{mode}: {load.name}")
-                with Sampler(sidecars) as sampler:
-                    result = workload.run_wrk(caller, "server", load, plan.seconds)
-                for name, cores in sampler.cores.items():
-                    peak[name] = max(peak.get(name, 0.0), sampler.peak.get(name, 0.0))
-                    if result["rps"] > 0 and cores > IDLE_CORES:  # a sidecar this load did not pass through
-                        cost[name].append(cores / (result["rps"] / 1000))
-                report.results.append({"mode": mode, "load": load.name, **result,
-                                       "sidecar_cores": {k: round(v, 3) for k, v in sampler.cores.items()}})
-        _mode_config(ctx, "mesh-mtls")  # leave no bench policy behind
-        report.sidecars = [{"sidecar": c.name, "rss_idle_mb": round(idle[c.name], 1),
-                            "rss_load_mb": round(peak.get(c.name, 0.0), 1),
-                            "cores_per_1000_rps": round(min(cost[c.name]), 3) if cost[c.name] else None,
-                            "cores_per_1000_rps_worst": round(max(cost[c.name]), 3) if cost[c.name] else None}
-                           for c in sidecars]
-        workload.down_meshed(ctx, workload.PROJECT)
+                                   **workload.run_load(caller, workload.DIRECT_SERVER, load, plan.seconds)})
+    if NGINX in plan.modes:
+        progress(f"{NGINX}: starting the nginx pair (mutual TLS between them)")
+        proxies = workload.start_nginx(ctx, caller)
+        costs.watch(proxies)
+        for load in plan.loads:
+            progress(f"{NGINX}: {load.name}")
+            result = costs.measure(proxies, partial(workload.run_load, caller, workload.NGINX_CLIENT, load,
+                                                    plan.seconds))
+            report.results.append({"mode": NGINX, "load": load.name, **result})
+    workload.stop_direct(ctx)
+
+
+def _meshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: Progress) -> None:
+    progress("meshing client -> server (inject, up, until every sidecar is ready)")
+    meshed = workload.up_meshed(ctx, workload.PROJECT, workload.compose_text())
+    report.startup_s = round(meshed.started_s, 2)
+    caller = workload.container(ctx, workload.PROJECT, "client")
+    # both server pods: a passthrough connection goes to whichever one Docker's DNS answered
+    sidecars = [workload.container(ctx, workload.PROJECT, s)
+                for s in ("client-proxy", "server-v1-proxy", "server-v2-proxy")]
+    costs.watch(sidecars)
+    for mode in (m for m in MESH_MODES if m in plan.modes):
+        progress(f"{mode}: configuring")
+        _mode_config(ctx, mode)
+        workload.wait_serving(caller, "server")
+        for load in plan.loads:
+            progress(f"{mode}: {load.name}")
+            result = costs.measure(sidecars, partial(workload.run_load, caller, "server", load, plan.seconds))
+            report.results.append({"mode": mode, "load": load.name, **result})
+    _mode_config(ctx, "mesh-mtls")  # leave no bench policy behind
+    workload.down_meshed(ctx, workload.PROJECT)
+
+
+def run(ctx: Context, plan: Plan, progress: Progress) -> Report:
+    report = Report(time.time(), machine(ctx), {"seconds": plan.seconds, "modes": list(plan.modes),
+                                                   "loads": [ld.name for ld in plan.loads],
+                                                   "fleets": list(plan.fleets)})
+    progress("building the bench image (wrk, nginx, a one-send HTTP server and a TCP echo)")
+    workload.ensure_image(ctx, progress)
+    costs = Costs()
+    try:
+        if "direct" in plan.modes or NGINX in plan.modes:
+            _unmeshed(ctx, plan, report, costs, progress)
+        if any(m in MESH_MODES for m in plan.modes):
+            _meshed(ctx, plan, report, costs, progress)
+        report.sidecars = costs.rows()
         for size in plan.fleets:
             report.propagation.append(propagation(ctx, size, progress))
-    finally:
-        progress("cleaning up the bench's containers")
-        workload.stop_direct(ctx)
-        for project in (workload.PROJECT, f"{workload.PROJECT}-fleet"):
-            workload.down_meshed(ctx, project)
-        changes.edit(ctx, lambda current: [r for r in current
-                                           if r["metadata"]["name"] not in ("bench-server", "bench-fleet")],
-                     "bench: clean up")
+    except BaseException:
+        clean_up(ctx, progress)  # the measurement's own error is the one to show
+        raise
+    report.cleanup_error = clean_up(ctx, progress)  # minutes of figures are not lost to a failed `down`
     compare(report.results)
     return report
+
+
+def clean_up(ctx: Context, progress: Progress) -> MeshError | None:
+    """Every step is tried, whatever the others did; the first failure is returned."""
+    progress("cleaning up the bench's containers")
+    steps: list[Callable[[], object]] = [
+        partial(workload.stop_direct, ctx),
+        *(partial(workload.down_meshed, ctx, project) for project in (workload.PROJECT, f"{workload.PROJECT}-fleet")),
+        partial(changes.edit, ctx, lambda current: [r for r in current
+                                                    if r["metadata"]["name"] not in ("bench-server", "bench-fleet")],
+                "bench: clean up")]
+    first: MeshError | None = None
+    for step in steps:
+        try:
+            step()
+        except MeshError as exc:
+            first = first or exc
+    return first

@@ -1,4 +1,5 @@
-"""The bench's upstream: HTTP/1.1 keep-alive, GET only, each response written in one send (no Nagle stall)."""
+"""The bench's upstream: HTTP/1.1 keep-alive, GET only, each response written in one send (no Nagle stall) on
+port 8080, and a raw TCP echo on port 9000 (every byte read is written back) for the TCP load."""
 
 import asyncio
 import socket
@@ -31,9 +32,30 @@ class Http(asyncio.Protocol):
                 return
 
 
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    # bounded: a peer that does not read its echo stops being read from
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
 async def main() -> None:
-    server = await asyncio.get_running_loop().create_server(Http, "0.0.0.0", 8080, backlog=1024, reuse_address=True)
-    await server.serve_forever()
+    loop = asyncio.get_running_loop()
+    http = await loop.create_server(Http, "0.0.0.0", 8080, backlog=1024, reuse_address=True)
+    echo = await loop.create_server(Echo, "0.0.0.0", 9000, backlog=1024, reuse_address=True)
+    await asyncio.gather(http.serve_forever(), echo.serve_forever())
 
 
 asyncio.run(main())

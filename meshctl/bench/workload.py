@@ -1,4 +1,5 @@
-"""The bench's parts on the engine: its image, the direct pair, the meshed project, and wrk runs.
+"""The bench's parts on the engine: its image, the direct pair, the nginx pair, the meshed project, and the
+load runs (wrk for HTTP, the bench's own echo client for TCP).
 
 Everything it starts carries meshctl's labels and the `meshbench` names, and talks only to its own
 containers; every load is bounded by wrk's duration.
@@ -6,6 +7,8 @@ containers; every load is bounded by wrk's duration.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 import shutil
 import tempfile
@@ -19,6 +22,7 @@ from docker.models.containers import Container
 
 from meshctl import __version__, const
 from meshctl.addons.prometheus import engine_arch
+from meshctl.bench import nginx
 from meshctl.context import Context
 from meshctl.errors import MeshError, Timeout
 from meshctl.runtime import images
@@ -29,12 +33,23 @@ from meshctl.runtime.proxies import list_proxies
 IMAGE = f"meshctl/bench:{__version__}"
 COMPONENT = "bench"
 HERE = Path(__file__).parent
-PACKAGES = ("wrk", "libluajit-5.1-2", "libluajit-5.1-common")
+# nginx's other libraries (libssl3, libpcre2, zlib, libcrypt) are in the base image already; its config is
+# the bench's own, so nginx-common (Debian's default site, mime.types) is not needed.
+PACKAGES = ("wrk", "libluajit-5.1-2", "libluajit-5.1-common", "nginx", "libnginx-mod-stream")
 MEMBERS = {"wrk": {"usr/bin/wrk": "usr/bin/wrk"}, "libluajit-5.1-2": {"usr/lib": "usr/lib"},
-           "libluajit-5.1-common": {"usr/share/luajit-2.1": "usr/share/luajit-2.1"}}
+           "libluajit-5.1-common": {"usr/share/luajit-2.1": "usr/share/luajit-2.1"},
+           "nginx": {"usr/sbin/nginx": "usr/sbin/nginx"},
+           "libnginx-mod-stream": {nginx.MODULE.lstrip("/"): nginx.MODULE.lstrip("/")}}
+CONTEXT = ("Dockerfile", "server.py", "echo_client.py")  # the build context's files besides the unpacked .debs
 PROJECT = "meshbench"
 DIRECT_NETWORK = "meshbench-direct"
-PORT = 8080
+DIRECT_SERVER = f"{DIRECT_NETWORK}-server"
+NGINX_CLIENT = f"{DIRECT_NETWORK}-nginx-client"  # the caller's side of the nginx pair: the target of its loads
+NGINX_SERVER = f"{DIRECT_NETWORK}-nginx-server"
+PORT = nginx.HTTP_PORT
+ECHO_PORT = nginx.ECHO_PORT
+SIZES = {"1k": 1024, "64k": 65536}
+ECHO_ROUNDS = 1_000_000  # per connection: the time cap ends a load first, the count bounds it anyway
 
 
 def ensure_image(ctx: Context, progress: images.Progress) -> None:
@@ -44,7 +59,7 @@ def ensure_image(ctx: Context, progress: images.Progress) -> None:
     if base is None:
         raise MeshError(f"the base image {settings.base_image} is missing", "run `meshctl install`")
     debs = images.ensure_debs(ctx.cache_dir, list(PACKAGES), engine_arch(client), progress)
-    build_hash = images.tree_hash([HERE / "Dockerfile", HERE / "server.py"], extra=[base.id, *(d.name for d in debs)])
+    build_hash = images.tree_hash([HERE / name for name in CONTEXT], extra=[base.id, *(d.name for d in debs)])
     current = images.find_image(client, IMAGE)
     if current and images.image_label(current, const.LABEL_BUILD_HASH) == build_hash:
         return
@@ -52,7 +67,7 @@ def ensure_image(ctx: Context, progress: images.Progress) -> None:
         build = Path(tmp)
         for name, deb in zip(PACKAGES, debs, strict=True):
             images.extract_deb(deb, MEMBERS[name], build, required=name != "libluajit-5.1-common")
-        for name in ("Dockerfile", "server.py"):
+        for name in CONTEXT:
             shutil.copy(HERE / name, build / name)
         images.build_image(client, IMAGE, build, COMPONENT, build_hash, {"BASE": settings.base_image}, progress)
 
@@ -65,12 +80,42 @@ def start_direct(ctx: Context) -> tuple[Container, Container]:
     labels = images.labels(COMPONENT)
     with engine_errors("start the bench's direct pair"):
         client.networks.create(DIRECT_NETWORK, driver="bridge", labels=labels)
-        server = client.containers.run(IMAGE, ["python3", "/opt/bench/server.py"], name=f"{DIRECT_NETWORK}-server",
+        server = client.containers.run(IMAGE, ["python3", "/opt/bench/server.py"], name=DIRECT_SERVER,
                                        network=DIRECT_NETWORK, labels=labels, detach=True)
         caller = client.containers.run(IMAGE, name=f"{DIRECT_NETWORK}-client", network=DIRECT_NETWORK,
                                        labels=labels, detach=True)
-    wait_serving(caller, f"{DIRECT_NETWORK}-server")
+    wait_serving(caller, DIRECT_SERVER)
     return caller, server
+
+
+def start_nginx(ctx: Context, caller: Container) -> list[Container]:
+    """The nginx pair on the direct network, in front of the direct server; [client side, server side].
+
+    Each container gets its config, the run's CA and its own key pair through the engine (put_archive), so no
+    key is written to the host's disk."""
+    client = ctx.docker()
+    certs = nginx.make_certs(NGINX_SERVER, dt.datetime.fromtimestamp(ctx.clock(), dt.UTC))
+    labels = images.labels(COMPONENT)
+    sides = ((NGINX_SERVER, nginx.server_conf(DIRECT_SERVER), certs.server),  # first: the client side resolves it
+             (NGINX_CLIENT, nginx.client_conf(NGINX_SERVER, certs.server_name), certs.client))
+    started: list[Container] = []
+    with engine_errors("start the bench's nginx pair"):
+        for name, conf, leaf in sides:
+            proxy = client.containers.create(IMAGE, nginx.argv(), name=name, network=DIRECT_NETWORK, labels=labels)
+            proxy.put_archive("/", nginx.archive(nginx.files(conf, certs.ca_pem, leaf)))
+            proxy.start()
+            started.append(proxy)
+    try:
+        wait_serving(caller, NGINX_CLIENT)
+    except Timeout as exc:
+        for proxy in started:
+            proxy.reload()
+            lines = proxy.logs(tail=3).decode(errors="replace").strip().splitlines()
+            if proxy.status != "running" and lines:  # nginx refused its config or a certificate
+                raise MeshError(f"the bench's nginx pair does not serve: {proxy.name} says {lines[-1][:300]}",
+                                f"see `docker logs {proxy.name}`") from exc
+        raise
+    return started[::-1]
 
 
 def stop_direct(ctx: Context) -> None:
@@ -147,13 +192,19 @@ def container(ctx: Context, project: str, service: str) -> Container:
 
 
 def wait_serving(caller: Container, host: str, timeout: float = 30) -> None:
+    """Until `host` answers on both ports: an HTTP GET, and one TCP echo round trip."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code, _ = caller.exec_run(["curl", "-sf", "-o", "/dev/null", f"http://{host}:{PORT}/1k"])
+    checks = [["curl", "-sf", "-o", "/dev/null", f"http://{host}:{PORT}/1k"],
+              echo_argv(host, Load("1k", 1, False, "tcp"), rounds=1, seconds=2)]
+    while checks and time.monotonic() < deadline:
+        code, _ = caller.exec_run(checks[0])
         if code == 0:
-            return
-        time.sleep(0.2)
-    raise Timeout(f"the bench server {host} did not answer within {timeout:.0f}s")
+            checks.pop(0)
+        else:
+            time.sleep(0.2)
+    if checks:
+        port = PORT if len(checks) == 2 else ECHO_PORT
+        raise Timeout(f"the bench server {host} did not answer on port {port} within {timeout:.0f}s")
 
 
 # --- wrk ----------------------------------------------------------------------------------------------------
@@ -163,10 +214,17 @@ class Load:
     size: str  # 1k or 64k
     concurrency: int
     new_connections: bool
+    protocol: str = "http"  # or "tcp": a raw TCP echo of `size` bytes per round trip, on ECHO_PORT
 
     @property
     def name(self) -> str:
+        if self.protocol == "tcp":
+            return f"tcp-echo {self.size} c{self.concurrency}"
         return f"{'new-conn' if self.new_connections else 'keep-alive'} {self.size} c{self.concurrency}"
+
+
+def run_load(caller: Container, host: str, load: Load, seconds: float) -> dict[str, float]:
+    return (run_echo if load.protocol == "tcp" else run_wrk)(caller, host, load, seconds)
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -200,3 +258,31 @@ def run_wrk(caller: Container, host: str, load: Load, seconds: float) -> dict[st
     if code != 0:
         raise MeshError(f"wrk failed (exit {code})", text.strip().splitlines()[-1] if text.strip() else "")
     return parse_wrk(text)
+
+
+# --- the TCP echo client ----------------------------------------------------------------------------------
+
+def echo_argv(host: str, load: Load, seconds: float, rounds: int = ECHO_ROUNDS) -> list[str]:
+    return ["python3", "/opt/bench/echo_client.py", host, str(ECHO_PORT), "--connections", str(load.concurrency),
+            "--rounds", str(rounds), "--seconds", f"{seconds:g}", "--size", str(SIZES[load.size])]
+
+
+def parse_echo(text: str) -> dict[str, float]:
+    """The echo client's one JSON line, held to the keys and types the report needs."""
+    lines = text.strip().splitlines()
+    try:
+        raw = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        raw = None
+    keys = ("rps", "requests", "errors", "socket_errors")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), (int, float)) for k in keys):
+        raise MeshError("the TCP echo client printed no result", lines[-1][:300] if lines else "no output")
+    if not raw["requests"]:
+        raise MeshError(f"the TCP echo client completed no round trip ({raw['socket_errors']:g} socket errors)",
+                        "the echo port did not answer through this mode's proxies")
+    return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run_echo(caller: Container, host: str, load: Load, seconds: float) -> dict[str, float]:
+    _, out = caller.exec_run(echo_argv(host, load, seconds))
+    return parse_echo(out.decode(errors="replace"))
