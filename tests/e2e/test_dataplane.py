@@ -234,6 +234,7 @@ def test_stopping_sidecar_drains_in_flight_requests(testbed: App) -> None:
     finally:  # the testbed is shared: bring the pod back for the tests after this one
         testbed.compose("up", "-d")
         testbed.wait_healthy()
+        testbed.container("slow").restart(timeout=5)  # into the new namespace of its restarted sidecar (MSH0111)
         testbed.wait_for(lambda: testbed.exec("client", "curl", "-sf", "-o", "/dev/null",
                                               "http://slow:8080/echo")[0] == 0, "slow answers again")
 
