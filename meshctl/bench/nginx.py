@@ -17,13 +17,8 @@ import io
 import tarfile
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from meshctl.pki.ca import RootCA, create_root
-from meshctl.pki.workload import spiffe_id
+from meshctl.pki.workload import issue, spiffe_id
 
 CONF_DIR = "/etc/meshbench"
 HTTP_PORT = 8080  # what the caller dials on the client-side proxy, as on the server itself
@@ -60,30 +55,9 @@ class Certs:
 
 
 def _leaf(root: RootCA, identity: str, dns: list[str], now: dt.datetime) -> Leaf:
-    """A workload certificate as the mesh issues them (pki.workload.issue), plus DNS names for nginx to check."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity), *(x509.DNSName(d) for d in dns)]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(root.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + dt.timedelta(days=1), root.not_after))
-        .add_extension(x509.SubjectAlternativeName(names), critical=True)  # critical: the subject is empty
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
-                                     data_encipherment=False, key_agreement=True, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root.key.public_key()), critical=False)
-        .sign(root.key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return Leaf(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+    """A workload certificate as the mesh issues them, plus DNS names for nginx to check."""
+    issued = issue(root, identity, now, dt.timedelta(days=1), dns_names=dns)
+    return Leaf(issued.cert_pem(), issued.key_pem())
 
 
 def make_certs(server_name: str, now: dt.datetime) -> Certs:

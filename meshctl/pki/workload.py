@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -32,8 +33,11 @@ class WorkloadCert:
                                       serialization.NoEncryption())
 
 
-def issue(root: RootCA, identity: str, now: dt.datetime, ttl: dt.timedelta = DEFAULT_TTL) -> WorkloadCert:
+def issue(root: RootCA, identity: str, now: dt.datetime, ttl: dt.timedelta = DEFAULT_TTL,
+          dns_names: Sequence[str] = ()) -> WorkloadCert:
+    """`dns_names`: extra SANs for peers that cannot check a URI SAN (the bench's nginx reference)."""
     key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity), *(x509.DNSName(d) for d in dns_names)]
     not_after = min(now + ttl, root.not_after)  # never outlive the issuer
     cert = (
         x509.CertificateBuilder()
@@ -43,7 +47,7 @@ def issue(root: RootCA, identity: str, now: dt.datetime, ttl: dt.timedelta = DEF
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
                                      data_encipherment=False, key_agreement=True, key_cert_sign=False,
