@@ -1,0 +1,85 @@
+"""The sidecar's metrics and access log, independent of the proxy engine: Istio's metric names and labels
+in a private Prometheus registry (served on :15090), and one JSON line per request or connection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+
+# Istio's standard labels (namespace = compose project), less the Kubernetes-only ones.
+PARTY_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
+                "source_principal", "destination_service", "destination_service_namespace", "destination_app",
+                "destination_workload", "destination_version", "destination_principal", "connection_security_policy")
+LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags")
+TCP_LABELS = PARTY_LABELS
+# Istio's proxies export no *_created series; they would only double the scrape.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+SERIES_LIMIT = 4096  # resolved label sets kept; past it the cache starts over (the metrics are untouched)
+DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+# Envoy's max_path_tag_length: a path or error text longer than this is cut in spans and access logs, so
+# every span and log line has a fixed maximum size and the span buffers' count bounds their bytes.
+MAX_ATTRIBUTE = 256
+
+
+def clip(text: str | None, limit: int = MAX_ATTRIBUTE) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "…"
+
+
+def app_of(identity: str | None) -> str:
+    """spiffe://td/ns/project/sa/app -> app (the caller's logical service)."""
+    return identity.rsplit("/sa/", 1)[-1] if identity and "/sa/" in identity else "unknown"
+
+
+def namespace_of(identity: str | None) -> str:
+    """spiffe://td/ns/project/sa/app -> project."""
+    match = re.search(r"/ns/([^/]+)/sa/", identity or "")
+    return match.group(1) if match else "unknown"
+
+
+class Meters:
+    """The metrics (resolved label sets cached) and the access-log stream."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.registry = CollectorRegistry()
+        self.requests = Counter("istio_requests", "Requests handled by this proxy.", LABELS, registry=self.registry)
+        self.duration = Histogram("istio_request_duration_milliseconds", "Request duration in milliseconds.",
+                                  LABELS, buckets=DURATION_BUCKETS_MS, registry=self.registry)
+        self.request_bytes = Histogram("istio_request_bytes", "Request body sizes.", LABELS,
+                                       buckets=(100, 1000, 10_000, 100_000, 1_000_000, 10_000_000),
+                                       registry=self.registry)
+        self.response_bytes = Histogram("istio_response_bytes", "Response body sizes.", LABELS,
+                                        buckets=(100, 1000, 10_000, 100_000, 1_000_000, 10_000_000),
+                                        registry=self.registry)
+        self.tcp_opened = Counter("istio_tcp_connections_opened", "TCP connections opened.", TCP_LABELS,
+                                  registry=self.registry)
+        self.tcp_closed = Counter("istio_tcp_connections_closed", "TCP connections closed.", TCP_LABELS,
+                                  registry=self.registry)
+        self.tcp_sent = Counter("istio_tcp_sent_bytes", "Bytes sent to the client of a TCP connection.",
+                                TCP_LABELS, registry=self.registry)
+        self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP "
+                                    "connection.", TCP_LABELS, registry=self.registry)
+        self._series: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+
+    def http_series(self, values: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
+        """The four metrics' children for one label set (in LABELS order). Resolved once: labels() checks
+        its arguments and takes a lock on every call, a cost paid per request otherwise."""
+        series = self._series.get(values)
+        if series is None:
+            if len(self._series) >= SERIES_LIMIT:
+                self._series.clear()
+            series = self._series[values] = (self.requests.labels(*values), self.duration.labels(*values),
+                                              self.request_bytes.labels(*values),
+                                              self.response_bytes.labels(*values))
+        return series
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self.out.flush()
