@@ -1,5 +1,8 @@
 """The proxy process's entry point (`python -O -m addons.main`, started by addons.sidecar).
 
+It runs the engine (addons.engine.main: uvloop, llhttp, pooled mTLS). MESHCTL_PROXY_ENGINE=mitmproxy runs
+the previous proxy, on mitmproxy (addons.proxy), instead: kept while the engine is new, as a way back.
+
 Before mitmproxy is imported, `mitmproxy.addons` is registered as a bare package, so importing one of
 its modules (Proxyserver, TermLog) no longer runs its `__init__`, which imports all ~30 default addons:
 a Flask app, LDAP, and more. That was over half of the proxy's start-up and several MB of memory that
@@ -9,6 +12,7 @@ a sidecar never uses. Only this process does it; the tests import mitmproxy as u
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -25,7 +29,12 @@ def skip_default_addons() -> None:
 
 
 if __name__ == "__main__":
-    skip_default_addons()
-    from addons import proxy
+    if os.environ.get("MESHCTL_PROXY_ENGINE", "engine") == "mitmproxy":
+        skip_default_addons()
+        from addons import proxy
 
-    proxy.run()
+        proxy.run()
+    else:
+        from addons.engine import main
+
+        main.run()

@@ -131,7 +131,7 @@ class SpanStore:
     def recent(self) -> list[dict[str, Any]]:
         return list(self.buffer)
 
-    async def _export_forever(self) -> None:
+    async def export_forever(self) -> None:
         while True:
             await asyncio.sleep(EXPORT_EVERY_S)
             if not self.outbox:

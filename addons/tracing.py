@@ -50,7 +50,7 @@ class Tracing(SpanStore):
         self.telemetry = telemetry
 
     def running(self) -> None:
-        asyncio.get_running_loop().create_task(self._export_forever())
+        asyncio.get_running_loop().create_task(self.export_forever())
 
     # --- per request ------------------------------------------------------------------------------------
 

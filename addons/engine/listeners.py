@@ -24,7 +24,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, Protocol, cast
 
 from addons.endpoints import Endpoint
 from addons.engine import l4
@@ -69,6 +69,12 @@ async def no_endpoint(ip: str) -> Endpoint | None:
     return None
 
 
+class TcpEvents(Protocol):
+    def tcp_opened(self, info: ConnectionInfo, upstream: tuple[str, int], identity: str) -> Any: ...
+
+    def tcp_closed(self, conn: Any, received: int, sent: int, error: str | None = None) -> None: ...
+
+
 @dataclass
 class Sidecar:
     """What the capture listeners read. Callables, so a reload reaches new connections at once."""
@@ -83,6 +89,7 @@ class Sidecar:
     l7_decide: Callable[[L7Http, ConnectionInfo], Decide] | None = None
     # AuthorizationPolicy for inbound TCP: the reason to refuse, or None. L7 is authorized per request.
     tcp_gate: Callable[[ConnectionInfo], str | None] | None = None
+    tcp: TcpEvents | None = None  # telemetry of relayed connections
     original_destination: Callable[[socket.socket], tuple[str, int]] = original_destination
 
 
@@ -260,18 +267,24 @@ class CaptureListener:
                 return False
             assert self.sidecar.l7 is not None
             l7 = self.sidecar.l7
-            await loop.connect_accepted_socket(lambda: Downstream(l7, decide_), sock)
+            await loop.connect_accepted_socket(lambda: Downstream(l7, decide_, info), sock)
             self.open -= 1  # the L7 listener counts it from here
             return True
         down, held = await loop.connect_accepted_socket(l4.Held, sock)
         return await self._relay(down, held, plan, info)
 
     def _refuse(self, sock: socket.socket, plan: Refuse, info: ConnectionInfo | None) -> None:
-        where = f"{info.peer[0]} to port {info.destination[1]}" if info else "?"
-        log.warning("refused a connection from %s: %s", where, plan.reason)
+        if plan.reason.startswith("to "):
+            log.warning("refused a connection %s, from %s", plan.reason, info.peer[0] if info else "?")
+        else:
+            where = f"{info.peer[0]} to port {info.destination[1]}" if info else "?"
+            log.warning("refused a connection from %s: %s", where, plan.reason)
+        with contextlib.suppress(OSError):
+            for _ in range(16):  # what was sent so far: closing with unread bytes would be a reset, not an answer
+                if not sock.recv(65536):
+                    break
         if plan.message:
             with contextlib.suppress(OSError):
-                sock.recv(PEEK_BYTES)  # what was peeked: closing with unread bytes would reset the answer
                 sock.send(plan.message)
 
     def _l7_decide(self, plan: L7Http, info: ConnectionInfo) -> Decide | None:
@@ -280,7 +293,7 @@ class CaptureListener:
         if self.sidecar.l7_decide is not None:
             return self.sidecar.l7_decide(plan, info)
         route = Route(plan.address, plan.identity)
-        return lambda head: route
+        return lambda call: route
 
     async def _relay(self, down: asyncio.Transport, held: l4.Held, plan: Plan, info: ConnectionInfo) -> bool:
         assert isinstance(plan, (L4Tcp, Passthrough))
@@ -299,11 +312,25 @@ class CaptureListener:
         identity = plan.identity if isinstance(plan, L4Tcp) else ""
         context = self.sidecar.l4_tls() if identity else None
         box: list[Relay] = []
+        events = self.sidecar.tcp
+        opened = None
+        if events is not None:
+            try:
+                opened = events.tcp_opened(info, plan.address, identity)
+            except Exception:  # telemetry is never a reason to fail a connection
+                log.exception("recording an opened connection failed")
 
         def done() -> None:
             self.open -= 1
             if box:
                 self.relays.discard(box[0])
+            if events is not None and opened is not None:
+                relay = box[0] if box else None
+                try:
+                    events.tcp_closed(opened, relay.a.received if relay else 0, relay.b.received if relay else 0,
+                                      None if relay else "no upstream connection")
+                except Exception:
+                    log.exception("recording a closed connection failed")
 
         relay = await l4.relay_to(down, held, plan.address, identity, context, on_done=done)
         if relay is not None and not relay.done:
@@ -343,7 +370,7 @@ class CaptureListener:
             if decide_ is not None and not sniffer.lost:
                 assert self.sidecar.l7 is not None
                 self.open -= 1
-                downstream = Downstream(self.sidecar.l7, decide_)
+                downstream = Downstream(self.sidecar.l7, decide_, inner)
                 down.set_protocol(downstream)
                 downstream.connection_made(down)
                 if data := sniffer.take():

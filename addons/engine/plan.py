@@ -223,7 +223,7 @@ def decide(info: ConnectionInfo) -> Plan:
     """The plan for one connection. Anything it cannot place is refused."""
     port = info.destination[1]
     if _proxy_port(port):
-        return Refuse(f"aimed at the proxy's own port {port}")
+        return Refuse(f"to the proxy's own port {port} (it would dial itself)")
     if info.listener == INBOUND_PORT:
         return _inbound(info) if info.tls_peer is None else _inbound_app(info)
     if info.listener == OUTBOUND_PORT:

@@ -21,10 +21,11 @@ import ctypes.util
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from addons.engine.call import Call
 from addons.engine.http1 import (
     LAST_CHUNK,
     Framing,
@@ -38,6 +39,7 @@ from addons.engine.http1 import (
     encode_response,
     simple_response,
 )
+from addons.engine.plan import ConnectionInfo
 from addons.engine.pool import Pool, PoolError, Upstream
 from addons.engine.relay import HIGH_WATER, LOW_WATER, Relay
 from addons.normalize import DEFAULT_MODE
@@ -49,10 +51,12 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Forward to `address`; `identity` is the SPIFFE ID the upstream must present ("" = plaintext)."""
+    """Forward to `address`, streaming; `identity` is the SPIFFE ID the upstream must present ("" = plaintext).
+    `pool`: a cluster's own connections (DestinationRule connectionPool); by default the listener's."""
 
     address: tuple[str, int]
     identity: str = ""
+    pool: Pool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +67,19 @@ class Response:
     body: bytes = b""
     headers: tuple[tuple[bytes, bytes], ...] = ()
     close: bool = False
+    reason: bytes = b""  # the status line's; Istio's default phrase when empty
+    length_from_headers: bool = False  # a HEAD's answer: the Content-Length among `headers` is the body's
 
 
-Decide = Callable[[RequestHead], Route | Response]
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Read the (small) request body whole, then let `serve` make the exchange: it may repeat it (retries),
+    bound it in time, copy it (mirroring), or answer itself; what it returns is the response."""
+
+    serve: Callable[[Call, bytes], Awaitable[Response]]
+
+
+Decide = Callable[[Call], Route | Response | Routed]
 
 
 def tune_malloc(threshold: int = 1 << 20) -> bool:
@@ -85,12 +99,14 @@ class Listener:
     """One listening port: its decision, its upstream pool, its connection cap."""
 
     def __init__(self, decide: Decide, pool: Pool, *, max_connections: int = 1024, head_timeout: float = 60.0,
-                 path_mode: str = DEFAULT_MODE, high_water: int = HIGH_WATER, low_water: int = LOW_WATER) -> None:
+                 path_mode: str | Callable[[], str] = DEFAULT_MODE, high_water: int = HIGH_WATER,
+                 low_water: int = LOW_WATER, on_done: Callable[[Call], None] | None = None) -> None:
         self.decide = decide
         self.pool = pool
+        self.on_done = on_done  # every request once it is over: telemetry, the span
         self.max_connections = max_connections
         self.head_timeout = head_timeout  # a request head must be whole this long after the previous response
-        self.path_mode = path_mode
+        self._path_mode = path_mode  # a callable: the live snapshot's mode, read per connection
         self.high_water = high_water
         self.low_water = low_water
         self.open = 0
@@ -98,6 +114,17 @@ class Listener:
         self.relays: set[Relay] = set()
         self.pauses = 0  # times a full write buffer paused reading from the other side
         self.peak_buffered = 0  # the largest write buffer seen right after a write, either side
+
+    @property
+    def path_mode(self) -> str:
+        return self._path_mode() if callable(self._path_mode) else self._path_mode
+
+    def done(self, call: Call) -> None:
+        if self.on_done is not None:
+            try:
+                self.on_done(call)
+            except Exception:  # telemetry is never a reason to fail a connection
+                log.exception("recording a finished request failed")
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                     **kwargs: Any) -> asyncio.Server:
@@ -109,12 +136,13 @@ class Listener:
 class Downstream(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, listener: Listener, decide: Decide | None = None) -> None:
+    def __init__(self, listener: Listener, decide: Decide | None = None, info: ConnectionInfo | None = None) -> None:
         self.listener = listener
         self.decide = decide or listener.decide  # a capture listener passes one bound to this connection
+        self.info = info  # the capture listener's view of the connection (None when listening directly)
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, listener.path_mode)
-        self.exchange: Exchange | None = None
+        self.exchange: Exchange | Buffered | None = None
         self.queue: deque[tuple[str, Any]] = deque()  # events of pipelined requests, waiting their turn
         self.out: list[bytes] = []  # to the client, written at the end of the current read
         self.admitted = False
@@ -211,28 +239,36 @@ class Downstream(asyncio.Protocol):
 
     def _start(self, head: RequestHead) -> None:
         self._disarm_timer()
+        call = Call(self.info, head)
         if head.method == b"CONNECT":
-            self.refuse(405, "CONNECT is not proxied")
+            call.reason = "CONNECT is not proxied"
+            self.refuse(405, call.reason, call)
             return
         try:
-            decision = self.decide(head)
+            decision = self.decide(call)
         except Exception:
             log.exception("decide failed for %s %s", head.method, head.target)
-            self.refuse(500, "internal error while deciding")
+            call.flags = "RBAC" if call.inbound else "NR"  # fail closed, and say where
+            self.refuse(500, "internal error while deciding", call)
             return
         if isinstance(decision, Response):
             # A body still on its way, or an upgrade, cannot be skipped reliably: answer and close.
             close = decision.close or not head.keep_alive or head.framing != "none" or head.upgrade
             self.send(simple_response(decision.status, decision.body, list(decision.headers), close=close,
                                       version=head.version))
+            call.finish(decision.status)
+            self.listener.done(call)
             if close:
                 self.close_after_flush()
             else:
                 self._arm_timer()
             return
-        self.exchange = Exchange(self, head, decision)
+        if isinstance(decision, Routed):
+            self.exchange = Buffered(self, call, decision)
+            return
+        self.exchange = Exchange(self, head, decision, call)
 
-    def finished(self, exchange: Exchange, close: bool) -> None:
+    def finished(self, exchange: Exchange | Buffered, close: bool) -> None:
         """The exchange is over: the next request, or the end of the connection."""
         if self.exchange is exchange:
             self.exchange = None
@@ -280,9 +316,14 @@ class Downstream(asyncio.Protocol):
                 if size > self.listener.peak_buffered:
                     self.listener.peak_buffered = size
 
-    def refuse(self, status: int, reason: str) -> None:
+    def refuse(self, status: int, reason: str, call: Call | None = None) -> None:
         """Answer `status` and close: what follows on this connection cannot be trusted."""
         log.info("refused %d: %s", status, reason)
+        if call is None:  # refused while reading: no request was whole, log what we know
+            call = Call(self.info, RequestHead(b"", b"", b"1.1", [], False, "none", None, None))
+            call.flags, call.reason = "DPE", reason
+        call.finish(status)
+        self.listener.done(call)
         self.queue.clear()
         exchange, self.exchange = self.exchange, None
         if exchange is not None:  # its request body went bad: nothing more of it may reach the upstream
@@ -334,6 +375,8 @@ class Downstream(asyncio.Protocol):
             self.close_after_flush()  # an idle keep-alive connection
 
     def upgrade(self, exchange: Exchange, upstream: Upstream, to_client: bytes) -> None:
+        exchange.call.finish(101)
+        self.listener.done(exchange.call)
         """After a 101: the client and the upstream connections become a byte relay."""
         assert self.transport is not None and upstream.transport is not None
         self.exchange = None
@@ -357,11 +400,13 @@ class Downstream(asyncio.Protocol):
 class Exchange:
     """One request forwarded upstream and its response streamed back; the user of one pooled connection."""
 
-    def __init__(self, down: Downstream, head: RequestHead, route: Route) -> None:
+    def __init__(self, down: Downstream, head: RequestHead, route: Route, call: Call | None = None) -> None:
         self.down = down
         self.head = head
+        self.call = call or Call(down.info, head)
+        self.call.upstream, self.call.upstream_identity = route.address, route.identity
         self.key = (route.address, route.identity)
-        self.pool = down.listener.pool
+        self.pool = route.pool or down.listener.pool
         self.up: Upstream | None = None
         self.reused = False
         self.reader = ResponseReader(self)
@@ -394,7 +439,8 @@ class Exchange:
         except PoolError as exc:
             self._connecting = None
             log.info("no upstream for %s: %s", self.key[0], exc)
-            self._fail(503, f"no healthy upstream: {exc}")
+            self.call.error = str(exc)
+            self._fail(503, f"no healthy upstream: {exc}", "UO" if exc.kind == "overflow" else "UF")
             return
         self._connecting = None
         if self.over:  # the client went away while we connected: the connection is fresh, keep it
@@ -423,6 +469,7 @@ class Exchange:
     # --- the request, from the client ----------------------------------------------------------------------
 
     def request_body(self, data: bytes) -> None:
+        self.call.request_bytes += len(data)
         self.to_up.append(encode_chunk(data) if self.head.framing == "chunked" else data)
 
     def request_end(self) -> None:
@@ -465,7 +512,7 @@ class Exchange:
                 self.to_up = [self.request_head]
                 self._connect()
                 return
-            self._fail(502, "upstream connection closed before a response")
+            self._fail(502, "upstream connection closed before a response", "UC")
             return
         if not self.response_done:
             self._broken("upstream connection closed mid-response")
@@ -488,6 +535,9 @@ class Exchange:
                 self.down.send(encode_response(head, framing="none"))
             return
         self.response = head
+        self.call.status = head.status
+        if self.call.edit_response is not None:
+            self.call.edit_response(head)
         if head.upgrade and not self.head.upgrade:
             self._broken("upstream switched protocols unasked")
             return
@@ -507,6 +557,7 @@ class Exchange:
 
     def on_body(self, data: bytes) -> None:
         if not self.over:
+            self.call.response_bytes += len(data)
             self.down.send(encode_chunk(data) if self.out_framing == "chunked" else data)
 
     def on_end(self) -> None:
@@ -531,13 +582,17 @@ class Exchange:
             self.pool.release(self.up, self.reader.reusable and self.request_done)
             self.up = None
         self.down.flush()
+        self.call.finish(self.call.status)
+        self.down.listener.done(self.call)
         self.down.finished(self, self.client_close)
 
-    def _fail(self, status: int, reason: str) -> None:
+    def _fail(self, status: int, reason: str, flags: str = "UC") -> None:
         """No response came: answer the client ourselves."""
         if self.over:
             return
         self.over = True
+        self.call.finish(status, flags)
+        self.down.listener.done(self.call)
         self.down.resume("connecting")
         close = self.client_close or not self.request_done
         self.down.send(simple_response(status, f"{reason}\n".encode(), close=close, version=self.head.version))
@@ -549,6 +604,7 @@ class Exchange:
         if self.over:
             return
         log.info("exchange broken: %s", reason)
+        self.call.error = reason
         if self.response is None:
             if self.up is not None:
                 self.up.abort()
@@ -556,6 +612,8 @@ class Exchange:
             self._fail(502, reason)
             return
         self.over = True
+        self.call.finish(self.call.status, "UC")
+        self.down.listener.done(self.call)
         if self.up is not None:
             self.up.abort()
             self.up = None
@@ -568,6 +626,9 @@ class Exchange:
         if self.over:
             return
         self.over = True
+        self.call.error = "the client closed the connection"
+        self.call.finish(self.call.status, "DC")
+        self.down.listener.done(self.call)
         if self._connecting is not None:
             self._connecting.cancel()
         if self.up is not None:
@@ -576,6 +637,77 @@ class Exchange:
             else:
                 self.up.abort()
             self.up = None
+
+
+class Buffered:
+    """A request the router repeats, bounds or copies: its body read whole (the router chose this only for
+    small ones), then `Routed.serve` makes the exchange(s), and its answer goes out in one write."""
+
+    up: Upstream | None = None  # never a connection of the client's own: nothing to pause
+    response: ResponseHead | None = None
+
+    def __init__(self, down: Downstream, call: Call, routed: Routed) -> None:
+        self.down = down
+        self.call = call
+        self.routed = routed
+        self.parts: list[bytes] = []
+        self.request_done = False
+        self.client_close = not call.head.keep_alive
+        self.over = False
+        self.task: asyncio.Task[None] | None = None
+
+    def flush_up(self) -> None:
+        pass
+
+    def request_body(self, data: bytes) -> None:
+        self.call.request_bytes += len(data)
+        self.parts.append(data)
+
+    def request_end(self) -> None:
+        self.request_done = True
+        self.task = asyncio.get_running_loop().create_task(self._serve(b"".join(self.parts)))
+        self.parts = []
+
+    async def _serve(self, body: bytes) -> None:
+        call = self.call
+        try:
+            reply = await self.routed.serve(call, body)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("routing failed for %s %s", call.method, call.target)
+            reply, call.flags = Response(503, b"meshctl: routing failed; see the sidecar's log\n"), "NR"
+        if self.over:
+            return
+        self.over = True
+        head = call.head
+        close = self.client_close or reply.close
+        if reply.length_from_headers or head.method == b"HEAD" or reply.status in (204, 304):
+            framing: Framing = "none"
+            body_out = b""
+        else:
+            framing, body_out = "length", reply.body
+        response = ResponseHead(reply.status, reply.reason, b"1.1", list(reply.headers), not close, framing,
+                                len(body_out))
+        call.status = reply.status
+        if call.edit_response is not None:
+            call.edit_response(response)
+        call.response_bytes = len(body_out)
+        self.down.send(encode_response(response, body_out, close=close, version=head.version))
+        self.down.flush()
+        call.finish(reply.status)
+        self.down.listener.done(call)
+        self.down.finished(self, close)
+
+    def client_gone(self) -> None:
+        if self.over:
+            return
+        self.over = True
+        if self.task is not None:
+            self.task.cancel()
+        self.call.error = "the client closed the connection"
+        self.call.finish(self.call.status, "DC")
+        self.down.listener.done(self.call)
 
 
 def run(coro: Any) -> Any:

@@ -29,12 +29,14 @@ class _Side(asyncio.Protocol):
         self.eof = False
         self.closed = False
         self.paused = False  # our reading is paused because the peer's buffer is full
+        self.received = 0  # bytes read from this side (and written to the other)
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer.transport
         if peer.is_closing():
             return
         peer.write(data)
+        self.received += len(data)
         self.relay.bytes += len(data)
         size = peer.get_write_buffer_size()
         if size > self.relay.peak_buffered:

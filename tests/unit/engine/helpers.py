@@ -100,12 +100,12 @@ class Origin:
     def connections(self) -> int:
         return len(self.raw)
 
-    async def start(self, ssl_context: ssl.SSLContext | None = None, port: int = 0) -> Origin:
+    async def start(self, ssl_context: ssl.SSLContext | None = None, port: int = 0, host: str = "127.0.0.1") -> Origin:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        sock.bind(("127.0.0.1", port))
+        sock.bind((host, port))
         self.server = await asyncio.start_server(self._serve, sock=sock, ssl=ssl_context)
         return self
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from addons.engine.http1 import RequestHead
+from addons.engine.call import Call
 from addons.engine.pool import Pool
 from addons.engine.proxy import Decide, Listener, Response, Route
 from tests.unit.engine.helpers import (
@@ -47,7 +47,8 @@ class Mesh:
 
 
 def to_origin(port: int, identity: str = REVIEWS) -> Decide:
-    def decide(head: RequestHead) -> Route | Response:
+    def decide(call: Call) -> Route | Response:
+        head = call.head
         if head.target == b"/deny":
             return Response(403, b"denied\n")
         if head.target == b"/boom":

@@ -1,0 +1,134 @@
+"""Telemetry on the engine: Istio's metrics and one JSON access-log line per request and per TCP connection,
+with the same names, labels and fields as before the engine (addons.meters holds them).
+
+The sidecar reports as `destination` for inbound traffic and as `source` for outbound, like Istio's proxies.
+Both ends of a request are worked out once (`parties`), and the span reads them too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from addons.endpoints import Endpoints
+from addons.engine.call import Call
+from addons.engine.plan import INBOUND_PORT, ConnectionInfo
+from addons.live import LiveSnapshot
+from addons.meters import PARTY_LABELS, TCP_LABELS, Meters, app_of, clip, namespace_of
+
+
+@dataclass(slots=True)
+class TcpConnection:
+    """One relayed TCP connection, from when it opened."""
+
+    info: ConnectionInfo
+    upstream: tuple[str, int]
+    identity: str  # the upstream's SPIFFE ID ("" = plaintext)
+    parties: dict[str, str]
+    start: float = field(default_factory=time.time)
+
+
+class Observer:
+    def __init__(self, live: LiveSnapshot, endpoints: Endpoints, meters: Meters) -> None:
+        self.live = live
+        self.endpoints = endpoints
+        self.meters = meters
+
+    # --- who talked to whom ------------------------------------------------------------------------------
+
+    def parties(self, call: Call) -> dict[str, str]:
+        if call.parties is None:
+            call.parties = self._parties(call.conn, call.upstream, call.upstream_identity)
+        return call.parties
+
+    def _parties(self, info: ConnectionInfo | None, upstream: tuple[str, int] | None,
+                 upstream_identity: str) -> dict[str, str]:
+        snap = self.live.current
+        project = snap.name.split(".", 1)[0]
+        if info is not None and info.listener == INBOUND_PORT:
+            peer = info.tls_peer or None
+            # The caller's workload and version: its pod address, when the certificate says it is one of ours.
+            caller = self.endpoints.by_ip.get(info.peer[0]) if peer else None
+            caller = caller if caller and caller.service.identity == peer else None
+            return {"reporter": "destination", "source_app": app_of(peer), "source_principal": peer or "unknown",
+                    "source_workload": caller.workload.host if caller else app_of(peer),
+                    "source_version": caller.workload.version if caller else "unknown",
+                    "source_workload_namespace": namespace_of(peer),
+                    "destination_service": snap.app, "destination_service_namespace": project,
+                    "destination_app": snap.app, "destination_workload": snap.service,
+                    "destination_version": snap.version, "destination_principal": snap.identity,
+                    "connection_security_policy": "mutual_tls" if peer else "none"}
+        endpoint = self.endpoints.by_ip.get(upstream[0]) if upstream else None
+        if endpoint is None and upstream is not None:
+            endpoint = self.endpoints.departed_endpoint(upstream[0])
+        mtls = endpoint is not None and bool(upstream_identity)
+        return {"reporter": "source", "source_workload": snap.service, "source_workload_namespace": project,
+                "source_app": snap.app, "source_version": snap.version, "source_principal": snap.identity,
+                # Istio's name for traffic leaving the mesh: a fixed label, so outside addresses cannot grow
+                # the metric series without bound.
+                "destination_service": endpoint.service.name if endpoint else "PassthroughCluster",
+                "destination_service_namespace": project if endpoint else "unknown",
+                "destination_app": endpoint.service.name if endpoint else "unknown",
+                "destination_workload": endpoint.workload.host if endpoint else "unknown",
+                "destination_version": endpoint.workload.version if endpoint else "unknown",
+                "destination_principal": endpoint.service.identity if endpoint else "unknown",
+                "connection_security_policy": "mutual_tls" if mtls else "none"}
+
+    # --- HTTP ----------------------------------------------------------------------------------------------
+
+    def request_done(self, call: Call) -> None:
+        parties = self.parties(call)
+        end = call.end or time.time()
+        status, flags = call.status, outcome_flags(call)
+        duration_ms = (end - call.start) * 1000
+        requests, duration, request_bytes, response_bytes = self.meters.http_series(
+            (*(parties[k] for k in PARTY_LABELS), "http", str(status), flags))
+        requests.inc()
+        duration.observe(duration_ms)
+        request_bytes.observe(call.request_bytes)
+        response_bytes.observe(call.response_bytes)
+        head = call.head
+        entry = {
+            "time": call.start, "direction": "inbound" if parties["reporter"] == "destination" else "outbound",
+            "method": clip(call.method, 32), "authority": clip(call.authority), "path": clip(call.target),
+            "protocol": "HTTP/" + head.version.decode(), "status": status, "duration_ms": round(duration_ms, 3),
+            "bytes_received": call.request_bytes, "bytes_sent": call.response_bytes,
+            "source": parties["source_principal"], "destination": parties["destination_principal"],
+            "source_workload": parties["source_workload"], "source_version": parties["source_version"],
+            "destination_service": parties["destination_service"],
+            "destination_workload": parties["destination_workload"],
+            "destination_version": parties["destination_version"],
+            "upstream": "{}:{}".format(*call.upstream) if call.upstream else None,
+            "route": call.route, "audit": call.audit,
+            "mtls": parties["connection_security_policy"] == "mutual_tls", "flags": flags,
+            "trace_id": getattr(call.span, "trace_id", None),
+            "request_id": clip(call.headers.get("x-request-id")) if head.method else None,
+            "error": clip(call.error), "reason": call.reason,
+        }
+        if not head.method and call.conn is not None:  # refused before a request was whole: who sent it
+            entry["peer_address"] = call.conn.peer[0]
+        self.meters.log(entry)
+
+    # --- TCP -----------------------------------------------------------------------------------------------
+
+    def tcp_opened(self, info: ConnectionInfo, upstream: tuple[str, int], identity: str) -> TcpConnection:
+        conn = TcpConnection(info, upstream, identity, self._parties(info, upstream, identity))
+        self.meters.tcp_opened.labels(**{k: conn.parties[k] for k in TCP_LABELS}).inc()
+        return conn
+
+    def tcp_closed(self, conn: TcpConnection, received: int, sent: int, error: str | None = None) -> None:
+        """`received` from the client, `sent` to it."""
+        parties = conn.parties
+        labels = {k: parties[k] for k in TCP_LABELS}
+        self.meters.tcp_closed.labels(**labels).inc()
+        self.meters.tcp_sent.labels(**labels).inc(sent)
+        self.meters.tcp_received.labels(**labels).inc(received)
+        self.meters.log({"time": conn.start, "direction": "inbound" if parties["reporter"] == "destination"
+                         else "outbound", "protocol": "tcp", "bytes_received": received, "bytes_sent": sent,
+                         "source": parties["source_principal"], "destination": parties.get("destination_workload"),
+                         "mtls": parties["connection_security_policy"] == "mutual_tls", "error": error})
+
+
+def outcome_flags(call: Call) -> str:
+    """Envoy-style flags: what a hook or the engine set, else "-" with a response and UF without one."""
+    return call.flags if call.flags != "-" or call.status else "UF"

@@ -1,0 +1,400 @@
+"""L7 routing on the engine: for each outbound request to a service with a VirtualService or DestinationRule,
+everything Envoy's router decides, per request (one keep-alive connection is split by weight): the rule (first
+match wins), faults, header operations, the subset, mirroring, the endpoint (load balancing minus ejected
+outliers), and the exchange with the route's timeout and retries.
+
+The decisions are addons.routes' and addons.policy's pure functions. A service with neither resource keeps the
+connection's own destination (streamed, no buffering), unless its pod has gone: then its requests go to the
+service's other pods. A request whose body is large or chunked, or that upgrades the connection, is routed to a
+chosen endpoint and streamed: it gets no timeout, retries, faults or mirroring (as before the engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+import ssl
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from addons.endpoints import Endpoint, Endpoints
+from addons.engine.call import Call, Headers
+from addons.engine.client import Answer, UpstreamError, fetch
+from addons.engine.http1 import HOP_BY_HOP, RequestHead, ResponseHead
+from addons.engine.plan import L7Http
+from addons.engine.pool import Pool
+from addons.engine.proxy import Response, Route, Routed
+from addons.live import LiveSnapshot
+from addons.policy import UNLIMITED, Balancer, ClusterPolicy, Outliers, RetryPolicy, backoff, merged_policy, seconds
+from addons.routes import (
+    FAILURES,
+    MIRROR_LIMIT,
+    MIRROR_TIMEOUT_S,
+    apply_header_ops,
+    percent_hit,
+    pick_route,
+    select_rule,
+    subset_version,
+)
+from addons.snapshot import Snapshot
+
+log = logging.getLogger("meshctl.routing")
+ROUTED_BODY_MAX = 128 * 1024  # larger (or chunked) request bodies stream: no retries, timeouts or mirroring
+MAX_PER_ENDPOINT = 1024  # connections to one endpoint when the DestinationRule sets no limit
+
+
+def text(status: int, message: str) -> Response:
+    return Response(status, f"meshctl: {message}\n".encode(), ((b"content-type", b"text/plain"),))
+
+
+class Cluster:
+    """One service subset as the router sees it: its policy, balancer, outlier state and connections.
+
+    With HTTP/1.1 a connection carries one request at a time, so connectionPool.tcp.maxConnections bounds the
+    requests in flight; up to http1MaxPendingRequests more wait for one to finish; any more overflow (UO)."""
+
+    def __init__(self, policy: ClusterPolicy, context: Callable[[], ssl.SSLContext | None]) -> None:
+        self.policy = policy
+        self.balancer = Balancer(policy)
+        self.outliers = Outliers(policy)
+        limited = policy.max_connections < UNLIMITED
+        self.pool = Pool(context, max_per_key=policy.max_connections if limited else MAX_PER_ENDPOINT,
+                         max_total=policy.max_connections if limited else 1 << 20,
+                         idle_timeout=policy.idle_timeout, connect_timeout=policy.connect_timeout)
+        self.active = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.retrying = 0
+
+    async def slot(self) -> None:
+        if self.active < self.policy.max_connections:
+            self.active += 1
+            return
+        if len(self.waiters) >= self.policy.max_pending:
+            raise UpstreamError("overflow", "upstream connection limit reached (DestinationRule connectionPool)")
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter  # free() hands its slot over
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.free()  # it was handed a slot just as it was cancelled: pass it on
+            else:
+                self.waiters.remove(waiter)
+            raise
+
+    def free(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.active -= 1
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def peer_identity(endpoint: Endpoint, port: int) -> str:
+    """The SPIFFE ID the endpoint must present; empty for a DISABLE workload or port (plaintext)."""
+    return endpoint.service.identity if endpoint.workload.accepts_mtls(port) else ""
+
+
+def upstream_request(head: RequestHead, body: bytes, host: str | None = None) -> bytes:
+    """The whole request for our own upstream connection: end-to-end fields, the length of the body we hold,
+    `host` replacing the Host header (a mirror's)."""
+    drop = HOP_BY_HOP | ({b"host"} if host else set())
+    named = {t.strip().lower() for k, v in head.headers if k.lower() == b"connection" for t in v.split(b",")}
+    fields = [(k, v) for k, v in head.headers if (lk := k.lower()) not in drop and lk not in named]
+    if host:
+        fields.insert(0, (b"host", host.encode("latin-1")))
+    if body or head.method in (b"POST", b"PUT", b"PATCH"):
+        fields.append((b"content-length", b"%d" % len(body)))
+    return (head.method + b" " + head.target + b" HTTP/1.1\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in fields)
+            + b"\r\n" + body)
+
+
+def cookie(headers: Headers, name: str) -> str | None:
+    for value in headers.get_all("cookie"):
+        for part in value.split(";"):
+            key, _, val = part.strip().partition("=")
+            if key == name:
+                return val
+    return None
+
+
+class Router:
+    def __init__(self, live: LiveSnapshot, endpoints: Endpoints, context: Callable[[], ssl.SSLContext | None]) -> None:
+        self.live = live
+        self.endpoints = endpoints
+        self.context = context
+        self.clusters: dict[tuple[str, str | None], tuple[str, Cluster]] = {}  # (host, subset) -> (policy, cluster)
+        self._checked: dict[tuple[str, str | None], str] = {}  # (host, subset) -> snapshot hash it was checked at
+        self.mirrors: set[asyncio.Task[None]] = set()
+
+    # --- the decision --------------------------------------------------------------------------------------
+
+    def decide(self, call: Call, plan: L7Http) -> Route | Response | Routed:
+        """Outbound: where this request goes, and how."""
+        route = Route(plan.address, plan.identity)
+        if not plan.identity:
+            return route  # outside the mesh or a DISABLE peer: as the connection was going
+        snap = self.live.current
+        ip = plan.address[0]
+        endpoint, gone = self.endpoints.by_ip.get(ip), False
+        if endpoint is None:
+            endpoint = self.endpoints.departed_endpoint(ip)
+            gone = endpoint is not None
+        # A pod that has gone is routed even without a policy: its service's other pods answer, as behind a
+        # Kubernetes service address.
+        if endpoint is None or not (gone or self._has_policy(snap, endpoint.service.name)):
+            return route
+        service = endpoint.service.name
+        head = call.head
+        if head.upgrade or head.framing == "chunked" or (head.length or 0) > ROUTED_BODY_MAX:
+            return self._stream(call, snap, service, plan.address[1])
+        port = plan.address[1]
+        return Routed(lambda c, body: self._serve(c, body, snap, service, port))
+
+    @staticmethod
+    def _has_policy(snap: Snapshot, service: str) -> bool:
+        return (any(service in r.get("hosts", []) for r in snap.routes)
+                or any(d.get("host") == service for d in snap.destinations))
+
+    def _cluster(self, snap: Snapshot, host: str, subset: str | None) -> Cluster:
+        """The cluster for a subset; rebuilt only when a new snapshot changed its policy (not per request)."""
+        known = self.clusters.get((host, subset))
+        if known is not None and self._checked.get((host, subset)) == snap.hash:
+            return known[1]
+        self._checked[(host, subset)] = snap.hash
+        rule = next((d for d in snap.destinations if d.get("host") == host), None)
+        spec = merged_policy(rule, subset)
+        key = json.dumps(spec, sort_keys=True)
+        if known is not None and known[0] == key:
+            return known[1]
+        if known is not None:
+            known[1].close()  # a changed policy: in-flight requests finish on their connections
+        cluster = Cluster(ClusterPolicy.from_spec(spec), self.context)
+        self.clusters[(host, subset)] = (key, cluster)
+        return cluster
+
+    def _candidates(self, snap: Snapshot, host: str, subset: str | None) -> list[tuple[str, Endpoint]]:
+        version = subset_version(list(snap.destinations), host, subset)
+        return [(ip, e) for ip, e in self.endpoints.by_ip.items()
+                if e.service.name == host and (version is None or e.workload.version == version)]
+
+    @staticmethod
+    def _hash_key(call: Call, policy: ClusterPolicy) -> str | None:
+        headers = call.headers
+        if policy.hash_header:
+            return headers.get(policy.hash_header)
+        if policy.hash_cookie:
+            value = cookie(headers, policy.hash_cookie)
+            if value is None and policy.hash_cookie_ttl:  # Envoy's: mint one, and tell the client to keep it
+                value = uuid.uuid4().hex
+                minted = (f"{policy.hash_cookie}={value}; Max-Age={int(policy.hash_cookie_ttl)}; "
+                          f"Path={policy.hash_cookie_path}")
+                _then_edit(call, lambda h: h.add("set-cookie", minted))
+            return value
+        if policy.hash_source_ip and call.conn is not None:
+            return call.conn.peer[0]
+        return None
+
+    @staticmethod
+    def _rule(snap: Snapshot, service: str, call: Call) -> tuple[Mapping[str, Any] | None, str]:
+        """The service's rule for this request and its VirtualService's name; without a VirtualService, a rule
+        sending everything to the service. None: the VirtualService has no rule for it (404)."""
+        vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
+        if vs is None:
+            return {"route": [{"destination": {"host": service}}]}, ""
+        return select_rule(vs, call.method, call.target, call.headers.lower_dict(), query(call.target)), vs["name"]
+
+    @staticmethod
+    def _no_rule(call: Call, vs_name: str) -> Response:
+        call.flags = "NR"
+        return text(404, f"no route of VirtualService {vs_name} matches {call.method} {call.target}")
+
+    # --- the routed exchange -------------------------------------------------------------------------------
+
+    async def _serve(self, call: Call, body: bytes, snap: Snapshot, service: str, port: int) -> Response:
+        rule, vs_name = self._rule(snap, service, call)
+        if rule is None:
+            return self._no_rule(call, vs_name)
+        fault = rule.get("fault") or {}
+        if "delay" in fault and percent_hit(fault["delay"].get("percentage"), random.uniform(0, 100)):
+            await asyncio.sleep(seconds(fault["delay"].get("fixedDelay"), 0.0) or 0.0)
+            call.flags = "DI"
+        if "abort" in fault and percent_hit(fault["abort"].get("percentage"), random.uniform(0, 100)):
+            call.flags = "FI"
+            return Response(int(fault["abort"]["httpStatus"]), b"fault filter abort",
+                            ((b"content-type", b"text/plain"),))
+        route = pick_route(rule, random.uniform(0, 100))
+        if route is None:
+            call.flags = "NR"
+            return text(503, f"no destination of VirtualService {vs_name} was picked")
+        dest = route["destination"]
+        host, subset = dest.get("host", service), dest.get("subset")
+        headers = call.headers
+        apply_header_ops(headers, (rule.get("headers") or {}).get("request"))
+        apply_header_ops(headers, (route.get("headers") or {}).get("request"))
+        if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
+            self._mirror(call, body, snap, rule["mirror"], service, port)
+        response_ops = [(rule.get("headers") or {}).get("response"), (route.get("headers") or {}).get("response")]
+        if any(response_ops):
+            def edit(h: Headers) -> None:
+                for ops in response_ops:
+                    apply_header_ops(h, ops)
+
+            _then_edit(call, edit)
+        return await self._forward(call, body, snap, host, subset, (dest.get("port") or {}).get("number") or port,
+                                   RetryPolicy.from_spec(rule.get("retries")), seconds(rule.get("timeout")))
+
+    async def _forward(self, call: Call, body: bytes, snap: Snapshot, host: str, subset: str | None, port: int,
+                       retry: RetryPolicy, timeout: float | None) -> Response:
+        """Try the exchange up to 1 + attempts times: the answer, or the error response to give."""
+        cluster = self._cluster(snap, host, subset)
+        deadline = time.monotonic() + timeout if timeout else None
+        hash_key = self._hash_key(call, cluster.policy)
+        request = upstream_request(call.head, body)
+        is_head = call.head.method == b"HEAD"
+        tried: list[str] = []
+        last: tuple[int | None, str | None] = (None, "connect-failure")
+        for attempt in range(retry.attempts + 1):
+            candidates = self._candidates(snap, host, subset)
+            if not candidates:
+                await self.endpoints.refresh()  # a pod that just started may not be known yet
+                candidates = self._candidates(snap, host, subset)
+            if not candidates:
+                call.flags = "UH"
+                return text(503, f"no running instance of {host} subset {subset or '(any)'}")
+            by_ip = dict(candidates)
+            healthy = cluster.outliers.healthy(list(by_ip))
+            ip = cluster.balancer.pick([c for c in healthy if c not in tried] or healthy, hash_key)
+            tried.append(ip)
+            limits = [t for t in (retry.per_try_timeout, deadline and deadline - time.monotonic()) if t]
+            identity = peer_identity(by_ip[ip], port)
+            call.upstream, call.upstream_identity = (ip, port), identity
+            call.route = {"host": host, "subset": subset, "attempts": attempt + 1}
+            answer: Answer | None = None
+            cluster.balancer.active[ip] = cluster.balancer.active.get(ip, 0) + 1
+            try:
+                await cluster.slot()
+                try:
+                    exchange = fetch(cluster.pool, ((ip, port), identity), request, is_head,
+                                     cluster.policy.max_requests_per_connection)
+                    answer = await asyncio.wait_for(exchange, min(limits)) if limits else await exchange
+                finally:
+                    cluster.free()
+                last = (answer.status, None)
+            except TimeoutError:
+                last = (None, "timeout")
+            except UpstreamError as exc:
+                if exc.kind == "overflow":
+                    call.flags = "UO"
+                    return text(503, str(exc))
+                call.error = str(exc)
+                last = (None, exc.kind)
+            finally:
+                cluster.balancer.active[ip] -= 1
+            if cluster.outliers.record(ip, last[0], last[1], population=len(by_ip)):
+                log.warning("ejected %s (%s) from %s: consecutive errors", ip, by_ip[ip].workload.host, host)
+            if deadline is not None and time.monotonic() >= deadline:
+                call.flags = "UT"
+                return text(*FAILURES["timeout"][::2])
+            retriable = retry.retriable(*last) and attempt < retry.attempts
+            if retriable and cluster.retrying >= cluster.policy.max_retries:
+                retriable = False  # the cluster's retry budget (connectionPool.http.maxRetries) is spent
+            if not retriable:
+                if answer is not None:
+                    if attempt and retry.retriable(*last):
+                        call.flags = "URX"
+                    return Response(answer.status, answer.body, tuple(answer.headers), reason=answer.reason,
+                                    length_from_headers=is_head)
+                status, flag, message = FAILURES[last[1] or "reset"]
+                call.flags = "URX" if attempt else flag
+                return text(status, message)
+            pause = backoff(attempt)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - time.monotonic()))
+            cluster.retrying += 1
+            try:
+                await asyncio.sleep(pause)
+            finally:
+                cluster.retrying -= 1
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _mirror(self, call: Call, body: bytes, snap: Snapshot, dest: Mapping[str, Any], service: str,
+                port: int) -> None:
+        """Fire and forget a copy: Istio's shadow traffic, Host suffixed -shadow, the answer dropped."""
+        if len(self.mirrors) >= MIRROR_LIMIT:
+            return
+        host, subset = dest.get("host", service), dest.get("subset")
+        port = int((dest.get("port") or {}).get("number") or port)
+        authority = (call.authority or host).split(":", 1)
+        shadow = f"{authority[0]}-shadow" + (f":{authority[1]}" if len(authority) > 1 else "")
+        candidates = self._candidates(snap, host, subset)
+        if not candidates:
+            return
+        request = upstream_request(call.head, body, host=shadow)
+        cluster = self._cluster(snap, host, subset)
+        ip, endpoint = random.choice(candidates)
+
+        async def send() -> None:
+            try:
+                await asyncio.wait_for(fetch(cluster.pool, ((ip, port), peer_identity(endpoint, port)), request,
+                                             call.head.method == b"HEAD"), MIRROR_TIMEOUT_S)
+            except Exception as exc:  # shadow traffic never affects the caller
+                log.debug("mirror to %s failed: %s", host, exc)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+    # --- streamed and upgraded requests: pick the endpoint, stream through it -------------------------------
+
+    def _stream(self, call: Call, snap: Snapshot, service: str, port: int) -> Route | Response:
+        rule, vs_name = self._rule(snap, service, call)
+        if rule is None:
+            return self._no_rule(call, vs_name)
+        route = pick_route(rule, random.uniform(0, 100))
+        if route is None:
+            call.flags = "NR"
+            return text(503, f"no destination of VirtualService {vs_name} was picked")
+        dest = route["destination"]
+        host, subset = dest.get("host", service), dest.get("subset")
+        apply_header_ops(call.headers, (rule.get("headers") or {}).get("request"))
+        candidates = self._candidates(snap, host, subset)
+        if not candidates:
+            call.flags = "UH"
+            return text(503, f"no running instance of {host} subset {subset or '(any)'}")
+        cluster = self._cluster(snap, host, subset)
+        by_ip = dict(candidates)
+        ip = cluster.balancer.pick(cluster.outliers.healthy(list(by_ip)), self._hash_key(call, cluster.policy))
+        port = int((dest.get("port") or {}).get("number") or port)
+        call.route = {"host": host, "subset": subset, "attempts": 1}
+        return Route((ip, port), peer_identity(by_ip[ip], port), cluster.pool)
+
+
+def query(target: str) -> dict[str, str]:
+    """The query parameters as a match reads them: the first value of a repeated name."""
+    out: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(target.partition("?")[2], keep_blank_values=True):
+        out.setdefault(name, value)
+    return out
+
+
+def _then_edit(call: Call, edit: Callable[[Headers], Any]) -> None:
+    """Queue a change to the response's headers (applied when its head arrives)."""
+    previous = call.edit_response
+
+    def apply(head: ResponseHead) -> None:
+        if previous is not None:
+            previous(head)
+        edit(Headers(head.headers))
+
+    call.edit_response = apply

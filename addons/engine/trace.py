@@ -1,0 +1,89 @@
+"""Tracing on the engine: a span per request and hop, its context passed on in the headers.
+
+A request with no trace context starts a trace (sampled at the configured rate); one with W3C `traceparent`
+or B3 headers continues it. This hop's span becomes the parent of the next: the headers are rewritten before
+the request moves on. Inbound hops are SERVER spans, outbound ones CLIENT spans (Zipkin v2).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from typing import Any
+
+from addons.engine.call import Call
+from addons.engine.observe import Observer, outcome_flags
+from addons.live import LiveSnapshot
+from addons.meters import clip
+from addons.spans import OpenSpan, SpanStore, extract, inject
+
+log = logging.getLogger("meshctl.tracing")
+
+
+class Tracer:
+    def __init__(self, live: LiveSnapshot, observer: Observer, store: SpanStore) -> None:
+        self.live = live
+        self.observer = observer
+        self.store = store
+
+    def request(self, call: Call) -> None:
+        try:
+            self._open(call)
+        except Exception:  # tracing is never a reason to fail a request
+            log.exception("could not start a span")
+
+    def _open(self, call: Call) -> None:
+        headers = call.headers
+        caller = extract(headers)
+        if caller is not None and caller.sampled is not None:
+            sampled = caller.sampled
+        else:
+            sampled = random.random() * 100 < self.live.current.tracing.sampling
+        trace_id = caller.trace_id if caller else secrets.token_hex(16)
+        span = OpenSpan(trace_id, secrets.token_hex(8), caller.span_id if caller else None, sampled,
+                        "SERVER" if call.inbound else "CLIENT", call.start)
+        inject(headers, span.trace_id, span.span_id, span.parent_id, sampled)
+        if "x-request-id" not in headers:
+            headers["x-request-id"] = secrets.token_hex(16)
+        call.span = span
+
+    def done(self, call: Call) -> None:
+        span = call.span
+        if not isinstance(span, OpenSpan) or not span.sampled:
+            return
+        try:
+            self.store.add(self._record(call, span))
+        except Exception:
+            log.exception("could not finish a span")
+
+    def _record(self, call: Call, span: OpenSpan) -> dict[str, Any]:
+        snap = self.live.current
+        parties = self.observer.parties(call)
+        inbound = span.kind == "SERVER"
+        status, flags = call.status, outcome_flags(call)
+        project = snap.name.split(".", 1)[0]
+        peer = parties["source_principal"] if inbound else parties["destination_principal"]
+        tags = {"http.method": clip(call.method, 32), "http.path": clip(call.path),
+                "http.status_code": str(status), "peer.identity": peer, "node_id": snap.name,
+                "upstream_cluster": f"{parties['destination_service']}|{parties['destination_version']}",
+                "mtls": str(parties["connection_security_policy"] == "mutual_tls").lower(),
+                "response_flags": flags}
+        if call.route is not None:  # the router's decision
+            tags["route"] = f"{call.route.get('host')}|{call.route.get('subset') or '-'}"
+            tags["attempts"] = str(call.route.get("attempts", 1))
+        if call.error or status >= 500 or status == 0:
+            tags["error"] = clip(call.error) if call.error else str(status)
+        end = call.end or span.start
+        record: dict[str, Any] = {
+            "traceId": span.trace_id, "id": span.span_id, "name": f"{call.method} {tags['http.path']}",
+            "kind": span.kind,
+            "timestamp": int(span.start * 1_000_000), "duration": max(1, int((end - span.start) * 1_000_000)),
+            "localEndpoint": {"serviceName": f"{snap.app}.{project}"},
+            "remoteEndpoint": {"serviceName": parties["source_workload"] if inbound
+                               else parties["destination_service"]},
+            "tags": tags,
+        }
+        if span.parent_id:
+            record["parentId"] = span.parent_id
+        return record
