@@ -90,6 +90,14 @@ class Sink(Protocol):
     def on_end(self) -> None: ...
 
 
+def describe(exc: Exception) -> str:
+    """llhttp's refusal in the words of the checks it stands in for (addons.normalize's), its own after."""
+    text = str(exc)
+    if any(word in text for word in ("LF", "CR", "char", "whitespace")):
+        return f"a control character, bare CR or LF in the message head (llhttp: {text})"
+    return f"bad message: {text}"
+
+
 class _Reader:
     """What requests and responses share: the feeding discipline that bounds the head, and the body callbacks."""
 
@@ -159,7 +167,7 @@ class _Reader:
                     raise exc.__context__ from None
                 raise ProtocolError(400, f"bad message: {exc}") from None
             except httptools.HttpParserError as exc:
-                raise ProtocolError(400, f"bad message: {exc}") from None
+                raise ProtocolError(400, describe(exc)) from None
             pos += len(piece)
             self._account(piece)
 

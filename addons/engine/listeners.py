@@ -226,7 +226,7 @@ class CaptureListener:
                 plan: Plan = decide(info)
             except Exception as exc:
                 log.exception("refusing a connection: could not decide how to handle it")
-                info, plan = None, Refuse(f"could not decide: {exc}")
+                info, plan = None, Refuse(f"a connection from {peer[0]}: could not decide how to handle it ({exc})")
             handed = await self._carry_out(sock, plan, info)
         except Exception:
             log.exception("connection from %s:%d failed", *peer)
@@ -263,7 +263,7 @@ class CaptureListener:
         if isinstance(plan, L7Http):
             decide_ = self._l7_decide(plan, info)
             if decide_ is None:
-                self._refuse(sock, Refuse("no L7 path configured"), info)
+                self._refuse(sock, Refuse(f"HTTP from {info.peer[0]}: no L7 path configured"), info)
                 return False
             assert self.sidecar.l7 is not None
             l7 = self.sidecar.l7
@@ -274,11 +274,7 @@ class CaptureListener:
         return await self._relay(down, held, plan, info)
 
     def _refuse(self, sock: socket.socket, plan: Refuse, info: ConnectionInfo | None) -> None:
-        if plan.reason.startswith("to "):
-            log.warning("refused a connection %s, from %s", plan.reason, info.peer[0] if info else "?")
-        else:
-            where = f"{info.peer[0]} to port {info.destination[1]}" if info else "?"
-            log.warning("refused a connection from %s: %s", where, plan.reason)
+        log.warning("refused %s", plan.reason)
         with contextlib.suppress(OSError):
             for _ in range(16):  # what was sent so far: closing with unread bytes would be a reset, not an answer
                 if not sock.recv(65536):
@@ -341,7 +337,7 @@ class CaptureListener:
     async def _terminate_tls(self, sock: socket.socket, info: ConnectionInfo) -> bool:
         context = self.sidecar.server_tls()
         if context is None:
-            self._refuse(sock, Refuse("no workload certificate loaded"), info)
+            self._refuse(sock, Refuse(f"mutual TLS from {info.peer[0]}: no workload certificate loaded"), info)
             return False
         loop = asyncio.get_running_loop()
         sniffer = Sniffer()
@@ -363,7 +359,8 @@ class CaptureListener:
             plan = decide(inner)
         except Exception as exc:
             log.exception("refusing a connection: could not decide how to handle it")
-            plan = Refuse(f"could not decide: {exc}")
+            plan = Refuse(f"a connection from {info.peer[0]} inside mutual TLS: could not decide how to handle it "
+                          f"({exc})")
         self._note(plan)
         if isinstance(plan, L7Http):
             decide_ = self._l7_decide(plan, inner)
@@ -378,11 +375,10 @@ class CaptureListener:
                 if sniffer.eof:
                     downstream.eof_received()
                 return True
-            plan = Refuse("no L7 path configured")
+            plan = Refuse(f"HTTP from {info.peer[0]}: no L7 path configured")
         if isinstance(plan, (L4Tcp, Passthrough)):
             return await self._relay(down, sniffer, plan, inner)
-        log.warning("refused a connection from %s inside mutual TLS: %s", info.peer[0],
-                    plan.reason if isinstance(plan, Refuse) else plan)
+        log.warning("refused %s (inside mutual TLS)", plan.reason if isinstance(plan, Refuse) else plan)
         down.abort()
         self.open -= 1
         return True

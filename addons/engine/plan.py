@@ -111,7 +111,7 @@ class TerminateTls:
 
 @dataclass(frozen=True)
 class Refuse:
-    reason: str
+    reason: str  # what was refused and why, logged after "refused "
     message: bytes = b""  # sent before closing (a 403 to plaintext HTTP in STRICT)
 
 
@@ -223,12 +223,12 @@ def decide(info: ConnectionInfo) -> Plan:
     """The plan for one connection. Anything it cannot place is refused."""
     port = info.destination[1]
     if _proxy_port(port):
-        return Refuse(f"to the proxy's own port {port} (it would dial itself)")
+        return Refuse(f"a connection to the proxy's own port {port} from {info.peer[0]} (it would dial itself)")
     if info.listener == INBOUND_PORT:
         return _inbound(info) if info.tls_peer is None else _inbound_app(info)
     if info.listener == OUTBOUND_PORT:
         return _outbound(info)
-    return Refuse(f"arrived on port {info.listener}, which is no capture listener")
+    return Refuse(f"a connection from {info.peer[0]} on port {info.listener}, which is no capture listener")
 
 
 def _inbound(info: ConnectionInfo) -> Plan:
@@ -242,7 +242,8 @@ def _inbound(info: ConnectionInfo) -> Plan:
                 f"plaintext from {info.peer[0]} refused\n").encode()
         message = (b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n"
                    + f"content-length: {len(body)}\r\n\r\n".encode() + body) if kind == "http" else b""
-        return Refuse(f"plaintext to port {info.destination[1]}: {snap.app} requires mutual TLS (STRICT)", message)
+        return Refuse(f"plaintext from {info.peer[0]} to port {info.destination[1]}: {snap.app} requires mutual TLS "
+                      "(STRICT)", message)
     return _app_protocol(info, kind)
 
 
