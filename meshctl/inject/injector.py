@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.fsutil import locked
-from meshctl.inject import load, paths, rewrite, yamlrt
+from meshctl.inject import load, paths, protocols, rewrite, yamlrt
 from meshctl.inject.risks import capture_risk
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot, describe
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
 from meshctl.runtime import images
+from meshctl.runtime.compose import find_compose
 
 
 @dataclass
@@ -32,6 +34,20 @@ class Result:
 def _fail(source: str, problems: list[str]) -> InvalidInput:
     more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
     return InvalidInput(f"{source}: {problems[0]}{more}", details=[f"{source}: {p}" for p in problems])
+
+
+def compose_v1_note(source: str, names: list[str], services: dict[str, Any]) -> tuple[str, ...]:
+    """A line when the file declares `app_protocol` and this machine has only docker-compose 1.x, which refuses
+    that key (the user's file as much as the meshed one, which keeps it as written): the label says the same."""
+    using = [n for n in dict.fromkeys(names) if protocols.uses_app_protocol(services[n])]
+    tool = find_compose() if using else None
+    if tool is None or tool.generation != 1:
+        return ()
+    who = f"service {using[0]!r} declares" if len(using) == 1 else \
+        f"services {', '.join(repr(n) for n in using)} declare"
+    return (f"{source}: {who} `ports[].app_protocol`, which docker-compose "
+            f"{tool.version} refuses (compose v2 accepts it); the label `{protocols.LABEL_PORT_PROTOCOLS}: "
+            '"PORT=PROTOCOL,…"` declares the same for both',)
 
 
 def _image_id(ctx: Context, ref: str) -> str:
@@ -79,6 +95,7 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
     agent.ensure_running(ctx.home)  # renews these certificates at half their life from now on
     services = compose.data["services"]
     warnings = tuple(w for name in dict.fromkeys(p.host for p in pods) if (w := capture_risk(name, services[name])))
+    warnings += compose_v1_note(compose.source, [p.host for p in pods], services)
     for warning in warnings:
         ctx.err.print(f"warning: {warning}", highlight=False, markup=False)
     return Result(text, project, pods, skipped, warnings=warnings)

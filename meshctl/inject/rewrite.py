@@ -19,7 +19,7 @@ from ruamel.yaml.comments import Comment, CommentedMap, Format, merge_attrib
 
 from meshctl import __version__, const
 from meshctl.config.schema import is_port
-from meshctl.inject import comments, yamlrt
+from meshctl.inject import comments, protocols, yamlrt
 from meshctl.inject.load import ComposeFile, depends_on_names, labels_of, replicas_of
 
 # Istio's label and annotation habits, shortened for compose labels.
@@ -51,6 +51,7 @@ class Pod:
     published: tuple[int, ...]
     workload: str = ""  # the compose service it is an instance of (its DNS name); "" means `service` itself
     instance: int = 1
+    port_protocols: tuple[tuple[int, str], ...] = ()  # declared: (port, "tcp" | "http"), see inject.protocols
 
     @property
     def host(self) -> str:
@@ -139,6 +140,7 @@ def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[
                             problems)
         exclude_out = _ports(labels.get(LABEL_EXCLUDE_OUTBOUND, ""), f"{where}: label `{LABEL_EXCLUDE_OUTBOUND}`",
                              problems)
+        declared = protocols.declared(svc, labels, where, problems)
         for i, instance in enumerate(instance_names(name, replicas), start=1):
             sidecar = f"{instance}{SIDECAR_SUFFIX}"
             if sidecar in services or (i > 1 and instance in services):
@@ -147,7 +149,8 @@ def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[
                                 "service; rename one")
             pods.append(Pod(service=instance, sidecar=sidecar, app=app, version=version, mode=pod_mode,
                             exclude_inbound=exclude_in, exclude_outbound=exclude_out,
-                            published=published_ports(svc), workload=name if replicas > 1 else "", instance=i))
+                            published=published_ports(svc), workload=name if replicas > 1 else "", instance=i,
+                            port_protocols=declared))
     return pods, skipped, problems
 
 

@@ -104,10 +104,13 @@ def networking(resources: list[dict[str, Any]], project: str, apps: Collection[s
 
 
 def workload_entry(resources: list[dict[str, Any]], project: str, member: dict[str, Any]) -> dict[str, Any]:
-    """How to call one workload: its DNS name, subset, and its mTLS modes (a DISABLE port takes plaintext)."""
+    """How to call one workload: its DNS name, subset, its mTLS modes (a DISABLE port takes plaintext) and the
+    protocols its ports declare ("tcp" connects upstream at once: a server that speaks first is not kept waiting).
+    Callers read the entry to call it, and its own sidecar reads it for inbound connections."""
     mode, ports = security.peer_modes(resources, project, Pod(**member))
     return {"host": member.get("workload") or member["service"], "version": member["version"], "mode": mode,
-            "port_modes": ports}
+            "port_modes": ports,
+            "port_protocols": {str(port): protocol for port, protocol in member.get("port_protocols") or ()}}
 
 
 def content_hash(body: dict[str, Any]) -> str:
