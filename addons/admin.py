@@ -56,7 +56,7 @@ async def serve(host: str, port: int, routes: dict[str, Handler], host_peers: fr
 
 class Admin:
     def __init__(self, state: Any, gateways: set[str] | None = None) -> None:
-        self.state = state  # addons.proxy.ProxyState
+        self.state = state  # addons.engine.main.Mesh
         self.gateways = frozenset(gateways or ())  # the host, as seen from the pod
         self.servers: list[asyncio.Server] = []
 

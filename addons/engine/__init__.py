@@ -1,12 +1,12 @@
 """The sidecar's new engine for HTTP/1.1 and TCP (issue 15): asyncio Protocols on uvloop, llhttp via httptools.
 
-Not wired into addons.proxy yet; it imports neither meshctl nor mitmproxy, and stays that way.
+It is the sidecar's proxy (addons.main runs it); it imports neither meshctl nor mitmproxy, and stays that way.
 
 What each module owns
 - http1.py   Reading and writing HTTP/1.1. RequestReader/ResponseReader are fed bytes and call a sink with a
              typed head (RequestHead/ResponseHead: method, normalised target, version, headers as (bytes,
              bytes), keep_alive as llhttp said inside its callback, body framing), then body pieces, then the
-             end. Limits while reading (addons.framing's: 8 KiB line -> 414, 68 KiB head or 100 fields -> 431,
+             end. Limits while reading (8 KiB line -> 414, 68 KiB head or 100 fields -> 431,
              counted on bytes fed to llhttp, which is what bounds its field buffer); the checks of
              addons.normalize (fields, Host, path); smuggling defences (CL+TE, odd transfer codings, bad chunk
              sizes, bare CR/LF: 400). ProtocolError is its only error. encode_* build a message in one bytes.
@@ -14,12 +14,12 @@ What each module owns
              (closing, or anything arrived while idle -> discarded), one idle-eviction timer, per-key and
              total caps (overflow is immediate, Envoy's UO). The identity is checked right after the handshake,
              before a request byte is written (tls.identity_problem: exactly one URI SAN, equal to it).
-- tls.py     ssl.SSLContexts for both sides from cert/key/bundle (addons.mtls's policy without pyOpenSSL).
+- tls.py     ssl.SSLContexts for both sides from cert/key/bundle, and the SPIFFE identity check.
 - relay.py   A byte relay between two transports with backpressure (write-buffer water marks ->
              pause_reading on the other side) and half-close; for TCP and WebSocket after a 101.
 - plan.py    What a captured connection becomes, pure: decide(ConnectionInfo) -> L7Http | L4Tcp | Passthrough |
-             TerminateTls | Refuse, with addons.listeners' rules (STRICT/PERMISSIVE/DISABLE per port, the edge,
-             the app's own TLS, the proxy's own ports) and server-first protocols: a port declared "tcp" (snapshot
+             TerminateTls | Refuse (STRICT/PERMISSIVE/DISABLE per port, the edge, the app's own TLS, the
+             proxy's own ports) and server-first protocols: a port declared "tcp" (snapshot
              workloads[].port_protocols) or well known (3306, 25, 587, 21, 110, 143, 22; 5432, 6379, 11211,
              27017) is decided without waiting; any other waits SNIFF_TIMEOUT_S (200 ms) for the client, then TCP.
 - listeners.py  The capture listeners (15001/15006): accept, SO_ORIGINAL_DST, peek the first bytes (MSG_PEEK,
@@ -31,20 +31,16 @@ What each module owns
              (a client connection: pipelined requests in turn, per-read write coalescing, a head timeout
              against slowloris), Exchange (one request upstream over a pooled connection, the response
              streamed back, backpressure both ways, one retry of a body-less request on a pooled connection
-             found dead, 101 -> relay). `decide(head) -> Route | Response` is the one hook, pure.
-
-What the lead still has to do to wire it in
-- Run listeners.CaptureListener on 15001 and 15006 from the sidecar (Sidecar: the live snapshot, Endpoints.owner
-  as lookup, local_networks(/proc/net/route), l4.contexts(PROXY_DIR) reloaded with the certificate, the L7
-  Listener, addons.authz as tcp_gate). L7: Sidecar.l7_decide(plan, info) builds the per-connection decide;
-  widen decide() from the RequestHead to a context (head + info.tls_peer + info.destination + listener).
-- The addons as hooks on that context (routing, resilience, authz, JWT, telemetry, tracing), compiled
-  once from the snapshot; Route gets the header operations, timeouts and retries they need (the Exchange
-  has the seams: _fail/_broken for flags UF/UC/UO, flush points for timing); DestinationRule
-  connectionPool -> Pool caps; outlier detection -> a per-endpoint state the decision reads.
-- Telemetry (access log with Envoy's flags, metrics, traces), the admin endpoints, certificate reload
-  (Pool takes a callable for its SSLContext: new connections get the new certificate), live snapshot
-  reload, drain. Trailers are dropped (HTTP/1.1 apps rarely send them); h2c/gRPC stays L4 as today.
+             found dead, 101 -> relay), Buffered (a small request read whole for the router's Routed
+             decision). `decide(call) -> Route | Response | Routed` is bound per connection by main.py.
+- call.py    The typed request context the hooks read and write (Call; Headers, a view over the head's fields).
+- authorize.py, route.py, trace.py, observe.py   The hooks: AuthorizationPolicy and JWT (inbound), routing
+             (outbound: rules, faults, retries, timeouts, mirroring, balancing, outliers, connection pools),
+             the span, and metrics and access logs. Their decisions are addons.rbac, addons.routes,
+             addons.policy, addons.jwt and addons.spans/meters: pure code, shared, tested without sockets.
+- client.py  One buffered exchange over a pooled connection: what the router repeats, bounds and copies.
+- certs.py   The workload certificate as TLS contexts, reloaded when its files change (new connections only).
+- main.py    The proxy process: listeners, hooks, admin endpoints, reloads, drain.
 
 Measured (tests/unit/engine/bench_loopback.py, 3 s per cell, 1 KB keep-alive, a process per hop on uvloop,
 2 cores, taken with a load average of ~10 from other sessions on the machine, so low and noisy):

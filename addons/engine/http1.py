@@ -4,7 +4,7 @@ A reader is fed bytes as they arrive and calls its sink: one typed head, the bod
 (never the whole body held), then the end. What it refuses raises ProtocolError (status + reason), and
 from then on the reader is dead. It refuses, while reading and before buffering past a limit:
 - a request line longer than MAX_REQUEST_LINE (414) and a head longer than MAX_HEAD or with more than
-  MAX_FIELDS fields (431): the limits of addons.framing, counted on the bytes fed to llhttp, which holds a
+  MAX_FIELDS fields (431), counted on the bytes fed to llhttp, which holds a
   field being read (httptools concatenates it), so feeding no further is what bounds memory;
 - what a parser behind us could read differently (400): control characters in fields, two Host headers
   or a Host that contradicts an absolute-form target (addons.normalize), Transfer-Encoding together with
@@ -27,10 +27,11 @@ from typing import Literal, Protocol
 
 import httptools
 
-from addons.framing import MAX_HEAD, MAX_REQUEST_LINE
 from addons.normalize import DEFAULT_MODE, Refused, check_fields, normalize_target, request_host
 
-MAX_FIELDS = 100  # as addons.listeners.MAX_HEADERS (Envoy's headers_count)
+MAX_REQUEST_LINE = 8 * 1024  # nginx's large_client_header_buffers: longer gets 414
+MAX_HEAD = MAX_REQUEST_LINE + 60 * 1024  # Envoy's 60 KiB of headers, plus the request line: longer gets 431
+MAX_FIELDS = 100  # Envoy's headers_count
 CHUNK_SLICE = 16 * 1024  # a chunked body is fed in slices this size, so trailers and chunk lines stay bounded
 Framing = Literal["none", "length", "chunked", "close"]
 

@@ -1,6 +1,6 @@
 """What a captured connection becomes: a pure decision over a typed ConnectionInfo. Fails closed.
 
-The same rules as addons.listeners (the mitmproxy path), plus server-first protocols (issue 15, item 4):
+The rules, with server-first protocols (issue 15, item 4):
 Inbound (15006), from peers:
   TLS         -> DISABLE: passed through to the app (the caller's own TLS); else our mutual TLS is terminated
                  (TerminateTls) and the decision is made again on what is inside: the L4 ALPN marker, or a
@@ -32,7 +32,7 @@ from addons.snapshot import Snapshot, Workload
 INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
 PROXY_PORTS = (15000, 15099)
-L4_ALPN = "meshctl-l4"  # offered by a sidecar's L4 tunnel (as addons.listeners does): the far side relays at once
+L4_ALPN = "meshctl-l4"  # offered by a sidecar's L4 tunnel: the far side relays at once
 H2_PREFACE = b"PRI * HTTP/2.0"
 
 # How long a client that has said nothing may stay silent before its connection is taken as TCP. Clients of

@@ -1,6 +1,6 @@
 """TLS contexts for the engine's mutual TLS, and the SPIFFE identity check (stdlib `ssl` only, no mitmproxy).
 
-The same policy as addons.mtls, on the `ssl` module that asyncio's transports take:
+Mutual TLS on the `ssl` module that asyncio's transports take:
 - both sides present the workload certificate and require the peer's, verified against the trust bundle;
 - the peer is named by its SPIFFE ID, its one URI SAN, not by a hostname: a client checks it right after
   the handshake (`ssl` has no verify callback) and closes before a request byte is sent if it is not the
@@ -16,7 +16,7 @@ from typing import Any
 
 def _base(purpose: int, cert: Path, key: Path, bundle: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # as addons.mtls; two engines negotiate 1.3
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # two engines negotiate 1.3
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_cert_chain(str(cert), str(key))
     ctx.load_verify_locations(str(bundle))

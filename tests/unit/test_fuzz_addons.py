@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from addons import snapshot
 from addons.jwt import Jwks, JwtError, authenticate, check_claims, decode, parse_jwks
 from addons.live import LiveSnapshot
-from addons.tracing import extract
+from addons.spans import extract
 from tests.unit.fuzzing import FUZZ, JUNK_BYTES, ODD_TEXT, TEXT, json_values, mutants
 
 # --- the snapshot -----------------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from addons import snapshot as contract
-from addons.authz import Subject, decide
 from addons.jwt import Jwks, JwtError, authenticate
 from addons.policy import ClusterPolicy, RetryPolicy, merged_policy, seconds
-from addons.routing import request_matches
+from addons.rbac import Subject, decide
+from addons.routes import request_matches
 from meshctl.config import resources
 from meshctl.config.analyze import analyze_resources
 from meshctl.config.changes import apply

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from addons import regex
-from addons.routing import string_matches
+from addons.routes import string_matches
 from meshctl.config import routes
 from meshctl.config.resources import check_document
 from meshctl.config.schema import regex_problem

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from addons.authz import Subject, decide, string_match
 from addons.jwt import Jwks, JwtError, authenticate
+from addons.rbac import Subject, decide, string_match
 
 PP = "cluster.local/ns/shop/sa/productpage"
 EVIL = "cluster.local/ns/other/sa/evil"
@@ -118,37 +118,23 @@ def test_jwt_validation() -> None:
         auth(none_alg)
 
 
-def test_the_addon_fails_closed_and_answers_403_naming_the_policy(tmp_path: object) -> None:
-    from pathlib import Path
-
-    from mitmproxy.connection import Client
-    from mitmproxy.proxy.mode_specs import ProxyMode
-    from mitmproxy.test import tflow
-
-    from addons import snapshot
-    from addons.authz import Authorization
-    from addons.live import LiveSnapshot
+def test_the_hook_fails_closed_and_answers_403_naming_the_policy() -> None:
+    from addons.engine.authorize import Authorizer
     from tests.unit.addons.test_contract import GOOD
+    from tests.unit.engine.calls import Live, call_on
 
-    def inbound_flow(path: str) -> object:
-        flow = tflow.tflow()
-        flow.client_conn = Client(peername=("10.0.0.9", 4000), sockname=("10.0.0.2", 15006), timestamp_start=0,
-                                  proxy_mode=ProxyMode.parse("transparent@15006"))
-        flow.request.path = path
-        return flow
+    def hook(policies: list[dict[str, object]]) -> tuple[Authorizer, Live]:
+        live = Live({**GOOD, "authorization": policies})
+        return Authorizer(live), live  # type: ignore[arg-type]
 
-    def addon(policies: list) -> Authorization:
-        snap = snapshot.parse({**GOOD, "authorization": policies})
-        return Authorization(LiveSnapshot(Path(str(tmp_path)) / "none.json", snap))
+    deny, live = hook([{"name": "no-admin", "action": "DENY",
+                        "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}])
+    refusal = deny.request(call_on(live.current, "/admin/x"))
+    assert refusal is not None and refusal.status == 403 and b"no-admin (DENY rule 0)" in refusal.body
+    assert deny.request(call_on(live.current, "/books")) is None
+    broken, live = hook([{"name": "broken", "action": "ALLOW", "rules": [{"when": [{"values": ["x"]}]}]}])  # no key
+    call = call_on(live.current, "/books")
+    refusal = broken.request(call)
+    assert refusal is not None and refusal.status == 403 and b"could not be evaluated" in refusal.body
+    assert call.flags == "RBAC"
 
-    deny = addon([{"name": "no-admin", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}])
-    flow = inbound_flow("/admin/x")
-    deny.requestheaders(flow)  # type: ignore[arg-type]
-    assert flow.response.status_code == 403 and b"no-admin (DENY rule 0)" in flow.response.content  # type: ignore[attr-defined]
-    ok = inbound_flow("/books")
-    deny.requestheaders(ok)  # type: ignore[arg-type]
-    assert ok.response is None  # type: ignore[attr-defined]
-    broken = addon([{"name": "broken", "action": "ALLOW", "rules": [{"when": [{"values": ["x"]}]}]}])  # no key
-    flow = inbound_flow("/books")
-    broken.requestheaders(flow)  # type: ignore[arg-type]
-    assert flow.response.status_code == 403 and b"could not be evaluated" in flow.response.content  # type: ignore[attr-defined]

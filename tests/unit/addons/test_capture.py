@@ -19,7 +19,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from addons import capture
-from addons.proxy import ProxyState
 from addons.sidecar import CaptureGuard
 from tests.unit.fuzzing import FUZZ, json_values
 
@@ -670,9 +669,22 @@ def test_an_nft_that_cannot_be_read_fails_closed(guard: tuple[CaptureGuard, Fake
 # --- the proxy reads the marker for its readiness -----------------------------------------------------------
 
 def test_readiness_is_false_while_the_marker_exists(tmp_path: Path) -> None:
-    state = ProxyState(SimpleNamespace(), SimpleNamespace(contexts=object()), SimpleNamespace(),  # type: ignore[arg-type]
-                       SimpleNamespace(), SimpleNamespace())  # type: ignore[arg-type]
+    from addons.endpoints import Endpoints
+    from addons.engine.main import Mesh
+    from addons.engine.plan import LocalNetworks
+    from tests.unit.addons.test_contract import GOOD
+    from tests.unit.engine.calls import Live
+
+    def mesh(contexts: object) -> Mesh:
+        live = Live(GOOD)
+        certs = SimpleNamespace(contexts=contexts, l7_client=lambda: None, l4_client=lambda: None,
+                                server=lambda: None, cert_info={})
+        return Mesh(live, certs, Endpoints(live.current.services), LocalNetworks())  # type: ignore[arg-type]
+
+    state = mesh(object())
+    assert state.capture_marker == capture.BROKEN_MARKER
     state.capture_marker = tmp_path / "broken"
+    assert state.readiness() == (False, "starting")
     state.listening = True
     assert state.readiness() == (True, "ready")
     state.capture_marker.write_text("x")
@@ -682,5 +694,6 @@ def test_readiness_is_false_while_the_marker_exists(tmp_path: Path) -> None:
     state.draining = False
     state.capture_marker.unlink()
     assert state.readiness() == (True, "ready")
-    assert ProxyState(SimpleNamespace(), SimpleNamespace(contexts=None), SimpleNamespace(),  # type: ignore[arg-type]
-                      SimpleNamespace(), SimpleNamespace()).capture_marker == capture.BROKEN_MARKER  # type: ignore[arg-type]
+    no_cert = mesh(None)
+    no_cert.listening, no_cert.capture_marker = True, tmp_path / "absent"
+    assert no_cert.readiness() == (False, "no workload certificate")

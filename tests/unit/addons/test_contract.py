@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from addons import capture, snapshot
-from addons.listeners import local_networks, looks_like_http1
+from addons.engine.plan import classify, local_networks
 
 GOOD: dict[str, Any] = {
     "format": 1, "revision": 3, "hash": "abc", "trust_domain": "cluster.local",
@@ -73,9 +73,9 @@ eth1\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
 
 
 def test_local_networks_from_the_route_table() -> None:
-    nets, gateways = local_networks(ROUTES)
-    assert nets == [ipaddress.IPv4Network("172.20.0.0/16"), ipaddress.IPv4Network("172.18.0.0/16")]
-    assert gateways == {"172.20.0.1", "172.18.0.1"}
+    found = local_networks(ROUTES)
+    assert list(found.nets) == [ipaddress.IPv4Network("172.20.0.0/16"), ipaddress.IPv4Network("172.18.0.0/16")]
+    assert found.gateways == {"172.20.0.1", "172.18.0.1"}
 
 
 @pytest.mark.parametrize(("data", "http"), [
@@ -83,7 +83,7 @@ def test_local_networks_from_the_route_table() -> None:
     (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", False), (b"*1\r\n$4\r\nPING\r\n", False), (b"\x16\x03\x01", False),
 ])
 def test_http1_detection(data: bytes, http: bool) -> None:
-    assert looks_like_http1(data) is http
+    assert (classify(data) == "http") is http
 
 
 def test_port_protocols_are_optional_and_parsed_per_workload() -> None:

@@ -332,30 +332,16 @@ def test_a_stored_jwks_error_refuses_tokens_of_that_issuer() -> None:
         auth(bearer(VALID), rules=[{"issuer": ISSUER, "jwks_error": "the policy's jwksUri is not an http(s) URL"}])
 
 
-# --- through the authz addon: mitmproxy's repeated header fields and query pairs reach authenticate -------------------
+# --- through the authorization hook: repeated header fields and query pairs reach authenticate -------------------
 
-def _addon_flow(tmp_path: Any, path: str, headers: Fields) -> tuple[Any, Any]:
-    from pathlib import Path
-
-    from mitmproxy.connection import Client
-    from mitmproxy.proxy.mode_specs import ProxyMode
-    from mitmproxy.test import tflow
-
-    from addons import snapshot
-    from addons.authz import Authorization
-    from addons.live import LiveSnapshot
+def _hook_call(path: str, headers: Fields) -> tuple[Any, Any]:
+    from addons.engine.authorize import Authorizer
     from tests.unit.addons.test_contract import GOOD as SNAPSHOT
+    from tests.unit.engine.calls import Live, call_on
 
-    snap = snapshot.parse({**SNAPSHOT, "jwt": [{"policy": "ra", **RULES[0]}], "authorization": [
+    live = Live({**SNAPSHOT, "jwt": [{"policy": "ra", **RULES[0]}], "authorization": [
         {"name": "need-jwt", "action": "ALLOW", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]})
-    addon = Authorization(LiveSnapshot(Path(str(tmp_path)) / "none.json", snap))
-    flow = tflow.tflow()
-    flow.client_conn = Client(peername=("10.0.0.9", 4000), sockname=("10.0.0.2", 15006), timestamp_start=0,
-                              proxy_mode=ProxyMode.parse("transparent@15006"))
-    flow.request.path = path
-    for name, value in headers:
-        flow.request.headers.add(name, value)
-    return addon, flow
+    return Authorizer(live), call_on(live.current, path, list(headers))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("path", "headers", "status"), [
@@ -371,12 +357,11 @@ def _addon_flow(tmp_path: Any, path: str, headers: Fields) -> tuple[Any, Any]:
     ("/books", [("Authorization", f"BEARER {FORGED['exp as a string']}")], 401),
     ("/books", [], 403),  # no token: unauthenticated, and the ALLOW policy wants a principal
 ])
-def test_the_authz_addon_sees_every_header_field_and_query_pair(tmp_path: Any, path: str, headers: Fields,
-                                                                 status: int | None) -> None:
-    addon, flow = _addon_flow(tmp_path, path, headers)
-    addon.requestheaders(flow)
-    got = flow.response.status_code if flow.response else None
-    assert got == status, flow.response.content if flow.response else None
+def test_the_authz_hook_sees_every_header_field_and_query_pair(path: str, headers: Fields, status: int | None) -> None:
+    hook, call = _hook_call(path, headers)
+    refusal = hook.request(call)
+    got = refusal.status if refusal else None
+    assert got == status, refusal.body if refusal else None
 
 
 # --- names that apps fold together are one location (a look-alike is a second token) ------------------------
@@ -396,14 +381,9 @@ def test_a_look_alike_header_is_a_second_token() -> None:
 
 
 def test_a_token_behind_a_semicolon_is_seen() -> None:
-    from mitmproxy.test import tflow
+    from addons.jwt import query_pairs_of, token_to_strip
 
-    from addons.authz import drop_verified_token, query_pairs
-
-    flow = tflow.tflow()
-    flow.request.headers.clear()
-    flow.request.path = "/a?x=1;access_token=forged&access_token=valid&y=%2F"
-    assert [k for k, _ in query_pairs(flow.request)].count("access_token") == 2
-    flow.request.path = "/a?x=1;access_token=valid&y=%2F"
-    drop_verified_token(flow.request, jwtkit.RULES, [])
-    assert flow.request.path == "/a?x=1&y=%2F"  # the token is gone, the rest stays byte for byte
+    assert [k for k, _ in query_pairs_of("/a?x=1;access_token=forged&access_token=valid&y=%2F")].count(
+        "access_token") == 2
+    header, target = token_to_strip(jwtkit.RULES, [], "/a?x=1;access_token=valid&y=%2F")
+    assert header is None and target == "/a?x=1&y=%2F"  # the token is gone, the rest stays byte for byte

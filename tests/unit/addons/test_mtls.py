@@ -1,13 +1,15 @@
-"""Mutual TLS between two real pyOpenSSL endpoints built by the sidecar's own contexts, in memory."""
+"""Mutual TLS between two real endpoints built by the sidecar's own contexts (addons.engine.certs), in memory."""
 
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from pathlib import Path
 
-from OpenSSL import SSL
+import pytest
 
-from addons.mtls import build_contexts
+from addons.engine.certs import Certificates
+from addons.engine.tls import identity_problem
 from meshctl.pki import ca, workload
 
 NOW = dt.datetime.now(dt.UTC)
@@ -23,40 +25,51 @@ def proxy_dir(tmp: Path, name: str, root: ca.RootCA, identity: str, trust: list[
     return d
 
 
-def handshake(client: SSL.Connection, server: SSL.Connection) -> bool:
-    client.set_connect_state()
-    server.set_accept_state()
+def handshake(client: ssl.SSLObject, server: ssl.SSLObject, bios: tuple[ssl.MemoryBIO, ...]) -> bool:
+    """Drive both ends in memory until both are done; False on any TLS error."""
+    c_in, c_out, s_in, s_out = bios
+    done = {id(client): False, id(server): False}
     for _ in range(20):
-        for a, b in ((client, server), (server, client)):
-            try:
-                a.do_handshake()
-            except SSL.WantReadError:
-                pass
-            except SSL.Error:
-                return False
-            while True:
-                try:
-                    data = a.bio_read(65536)
-                except SSL.WantReadError:
-                    break
-                b.bio_write(data)
-        if client.get_peer_certificate() and server.get_peer_certificate():
-            try:
-                client.do_handshake()
-                server.do_handshake()
-                return True
-            except SSL.WantReadError:
+        for end in (client, server):
+            if done[id(end)]:
                 continue
-            except SSL.Error:
+            try:
+                end.do_handshake()
+                done[id(end)] = True
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
                 return False
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return True
     return False
 
 
 def pair(client_dir: Path, server_dir: Path, expected: str) -> bool:
-    client = SSL.Connection(build_contexts(client_dir).client)
-    client.set_app_data(expected)
-    server = SSL.Connection(build_contexts(server_dir).server)
-    return handshake(client, server)
+    """The engine's contexts (addons.engine.certs) on both ends, and the caller's identity check after."""
+    client_certs, server_certs = Certificates(client_dir), Certificates(server_dir)
+    assert client_certs.reload() and server_certs.reload()
+    bios = tuple(ssl.MemoryBIO() for _ in range(4))
+    client_context, server_context = client_certs.l7_client(), server_certs.server()
+    assert client_context is not None and server_context is not None
+    client = client_context.wrap_bio(bios[0], bios[1], server_side=False)
+    server = server_context.wrap_bio(bios[2], bios[3], server_side=True)
+    return handshake(client, server, bios) and identity_problem(client, expected) is None
+
+
+def test_certificates_reload_only_when_the_files_change_and_keep_the_old_on_a_broken_pair(tmp_path: Path) -> None:
+    root = ca.create_root("cluster.local", NOW)
+    a = proxy_dir(tmp_path, "a", root, "spiffe://cluster.local/ns/p/sa/a", [root])
+    certs = Certificates(a)
+    assert certs.reload() and not certs.reload()
+    first = certs.contexts
+    assert certs.cert_info["cert_serial"] and certs.cert_info["trust_bundle"][0]["subject"]
+    (a / "key.pem").write_bytes(b"half a key")  # a rotation caught half-written
+    with pytest.raises(ssl.SSLError):
+        certs.reload()
+    assert certs.contexts is first  # the certificate in force stays
 
 
 def test_mesh_peers_with_the_expected_identity_connect(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.authz import Subject, decide
 from addons.normalize import MODES, Refused, canonical_host, check_fields, normalize_target, request_host, split_host
+from addons.rbac import Subject, decide
 from tests.unit.fuzzing import examples
 
 DENY_ADMIN = {"name": "deny-admin", "action": "DENY",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from addons import regex
-from addons.routing import request_matches, string_matches
+from addons.routes import request_matches, string_matches
 
 LONG = 10_000  # far past the ~30 characters at which a backtracking engine stalls on these patterns
 

@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.routing import pick_destination, request_matches, select_rule, subset_version
+from addons.routes import pick_destination, request_matches, select_rule, subset_version
 
 VS = {"name": "reviews", "hosts": ["reviews"], "http": [
     {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "route": [{"destination": {"host": "reviews",

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from addons.snapshot import SnapshotError, _tracing
-from addons.tracing import extract, inject, otlp_body
+from addons.spans import extract, inject, otlp_body
 
 TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 

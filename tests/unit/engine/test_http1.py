@@ -11,6 +11,8 @@ from addons.engine.http1 import (
     CHUNK_SLICE,
     LAST_CHUNK,
     MAX_FIELDS,
+    MAX_HEAD,
+    MAX_REQUEST_LINE,
     ProtocolError,
     RequestHead,
     RequestReader,
@@ -21,7 +23,6 @@ from addons.engine.http1 import (
     encode_response,
     simple_response,
 )
-from addons.framing import MAX_HEAD, MAX_REQUEST_LINE
 
 
 @dataclass
