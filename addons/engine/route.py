@@ -215,6 +215,18 @@ class Router:
         return select_rule(vs, call.method, call.target, call.headers.lower_dict(), query(call.target)), vs["name"]
 
     @staticmethod
+    def _pick(call: Call, rule: Mapping[str, Any], vs_name: str) -> Mapping[str, Any] | Response:
+        """A destination of the rule by weight, with the rule's and the destination's request header operations
+        applied; a 503 (NR) when the weights pick none."""
+        route = pick_route(rule, random.uniform(0, 100))
+        if route is None:
+            call.flags = "NR"
+            return text(503, f"no destination of VirtualService {vs_name} was picked")
+        apply_header_ops(call.headers, (rule.get("headers") or {}).get("request"))
+        apply_header_ops(call.headers, (route.get("headers") or {}).get("request"))
+        return route
+
+    @staticmethod
     def _no_rule(call: Call, vs_name: str) -> Response:
         call.flags = "NR"
         return text(404, f"no route of VirtualService {vs_name} matches {call.method} {call.target}")
@@ -233,15 +245,11 @@ class Router:
             call.flags = "FI"
             return Response(int(fault["abort"]["httpStatus"]), b"fault filter abort",
                             ((b"content-type", b"text/plain"),))
-        route = pick_route(rule, random.uniform(0, 100))
-        if route is None:
-            call.flags = "NR"
-            return text(503, f"no destination of VirtualService {vs_name} was picked")
+        route = self._pick(call, rule, vs_name)
+        if isinstance(route, Response):
+            return route
         dest = route["destination"]
         host, subset = dest.get("host", service), dest.get("subset")
-        headers = call.headers
-        apply_header_ops(headers, (rule.get("headers") or {}).get("request"))
-        apply_header_ops(headers, (route.get("headers") or {}).get("request"))
         if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
             self._mirror(call, body, snap, rule["mirror"], service, port)
         response_ops = [(rule.get("headers") or {}).get("response"), (route.get("headers") or {}).get("response")]
@@ -361,13 +369,11 @@ class Router:
         rule, vs_name = self._rule(snap, service, call)
         if rule is None:
             return self._no_rule(call, vs_name)
-        route = pick_route(rule, random.uniform(0, 100))
-        if route is None:
-            call.flags = "NR"
-            return text(503, f"no destination of VirtualService {vs_name} was picked")
+        route = self._pick(call, rule, vs_name)
+        if isinstance(route, Response):
+            return route
         dest = route["destination"]
         host, subset = dest.get("host", service), dest.get("subset")
-        apply_header_ops(call.headers, (rule.get("headers") or {}).get("request"))
         candidates = self._candidates(snap, host, subset)
         if not candidates:
             call.flags = "UH"
