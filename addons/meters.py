@@ -4,6 +4,7 @@ in a private Prometheus registry (served on :15090), and one JSON line per reque
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -19,6 +20,7 @@ LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags")
 TCP_LABELS = PARTY_LABELS
 # Istio's proxies export no *_created series; they would only double the scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+LOG_BATCH = 256
 SERIES_LIMIT = 4096  # resolved label sets kept; past it the cache starts over (the metrics are untouched)
 DURATION_BUCKETS_MS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
@@ -48,6 +50,8 @@ class Meters:
 
     def __init__(self, out: TextIO = sys.stdout) -> None:
         self.out = out
+        self._pending: list[str] = []
+        self._flusher: asyncio.Handle | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter("istio_requests", "Requests handled by this proxy.", LABELS, registry=self.registry)
         self.duration = Histogram("istio_request_duration_milliseconds", "Request duration in milliseconds.",
@@ -81,5 +85,24 @@ class Meters:
         return series
 
     def log(self, entry: dict[str, Any]) -> None:
-        self.out.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self.out.flush()
+        """One access-log line. The lines of one turn of the event loop are written together, on the next
+        turn (one write per batch instead of one per request: a write and a flush per line were ~10% of a
+        busy sidecar's CPU), or at once when LOG_BATCH lines wait. Without a running event loop (tests, the
+        CLI) each line is written at once."""
+        self._pending.append(json.dumps(entry, separators=(",", ":")))
+        if len(self._pending) >= LOG_BATCH:
+            self.flush_log()
+        elif self._flusher is None:
+            try:
+                self._flusher = asyncio.get_running_loop().call_soon(self.flush_log)
+            except RuntimeError:
+                self.flush_log()
+
+    def flush_log(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self._pending:
+            self.out.write("\n".join(self._pending) + "\n")
+            self._pending.clear()
+            self.out.flush()

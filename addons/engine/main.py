@@ -229,6 +229,7 @@ async def main() -> None:
                  live.current.mode, ENGINE)
     await stop.wait()
     await drain(mesh)
+    mesh.meters.flush_log()
     for task in tasks:
         task.cancel()
     admin.close()

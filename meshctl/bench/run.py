@@ -190,7 +190,7 @@ def wait_synced(ctx: Context, project: str, timeout: float = 60) -> float:
     """Seconds until every proxy of the project acknowledged the current config."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        rows = [r for r in proxy_statuses(ctx) if r.name.startswith(f"{project}.")]
+        rows = proxy_statuses(ctx, project=project)
         if rows and all(r.synced for r in rows):
             return time.monotonic() - started
         time.sleep(0.02)

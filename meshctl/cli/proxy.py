@@ -44,7 +44,7 @@ def proxy_status(
     c: Context = ctx.obj
     deadline = time.monotonic() + timeout
     while True:
-        rows = [r for r in proxy_statuses(c, proxy) if project is None or r.name.split(".", 1)[0] == project]
+        rows = proxy_statuses(c, proxy, project)
         if (proxy or project) and not rows:
             what = f"named {proxy!r}" if proxy else f"in project {project!r}"
             raise InvalidInput(f"no proxy {what} in this mesh", "see `meshctl proxy-status`")

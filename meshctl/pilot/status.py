@@ -61,17 +61,19 @@ def _cert_expiry(ctx: Context, proxy: Proxy) -> float | None:
 def status_of(ctx: Context, proxy: Proxy, network: str) -> ProxyStatus:
     want = desired(proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service)) or {}
     row = ProxyStatus(proxy.name, proxy.app, proxy.version, "NOT RUNNING", False, None, want.get("revision"), None,
-                      _cert_expiry(ctx, proxy), "")
+                      None, "")
     address = proxy.address_on(network)
     if proxy.state != "running" or address is None:
+        row.cert_expires = _cert_expiry(ctx, proxy)  # what it would present: the file (only read when no ack)
         return row
     ack = fetch_status(address)
     if ack is None:
         row.status = "UNREACHABLE (no answer on :15021/status)"
+        row.cert_expires = _cert_expiry(ctx, proxy)
         return row
     row.revision, row.last_ack, row.proxy_version = ack.get("revision"), ack.get("applied_at"), \
         ack.get("proxy_version", "")
-    row.cert_expires = ack.get("cert_not_after") or row.cert_expires
+    row.cert_expires = ack.get("cert_not_after") or _cert_expiry(ctx, proxy)
     row.cert_serial = ack.get("cert_serial")
     row.trusted_roots = tuple(r.get("serial", "") for r in ack.get("trust_bundle", []))
     rejected = ack.get("rejected")
@@ -84,12 +86,14 @@ def status_of(ctx: Context, proxy: Proxy, network: str) -> ProxyStatus:
     return row
 
 
-def proxy_statuses(ctx: Context, only: str | None = None) -> list[ProxyStatus]:
+def proxy_statuses(ctx: Context, only: str | None = None, project: str | None = None) -> list[ProxyStatus]:
+    """Every meshed proxy's status (or `only` the one named, or one project's), acks read in parallel."""
     network = ctx.home.settings().network
-    mine = [p for p in list_proxies(ctx.docker())
-            if (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / "snapshot.json").is_file()
-            and (only is None or only in (p.name, p.service, p.container))]
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    mine = [p for p in list_proxies(ctx.docker(), project)
+            if (project is None or p.project == project)
+            and (only is None or only in (p.name, p.service, p.container))
+            and (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / "snapshot.json").is_file()]
+    with ThreadPoolExecutor(max_workers=32) as pool:
         return list(pool.map(lambda p: status_of(ctx, p, network), mine))
 
 

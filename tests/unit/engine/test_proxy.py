@@ -302,6 +302,15 @@ def test_slowloris_head_times_out_and_idle_keep_alive_closes(pki: Pki) -> None:
             assert (await read_response(reader)).status == 200
             assert await closed(reader, timeout=3)  # idle afterwards: closed quietly
             await wait_for(lambda: m.listener.open == 0)
+            # the deadline moves with each request: requests 0.2 s apart outlive the first deadline
+            reader, writer = await connect(m.port)
+            for _ in range(3):
+                writer.write(request())
+                assert (await read_response(reader)).status == 200
+                await asyncio.sleep(0.2)
+            started = asyncio.get_running_loop().time()
+            assert await closed(reader, timeout=3)
+            assert asyncio.get_running_loop().time() - started < 0.3  # 0.3 s after the last answer, not later
 
     run(go())
 
