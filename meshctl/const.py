@@ -36,7 +36,8 @@ BASE_PACKAGES: Final = ("python3", "python3-venv", "ca-certificates", "iptables"
 DEBIAN_SUITE: Final = "bookworm"
 DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
 
-# What the sidecar image installs from the host-built wheelhouse.
+# What the sidecar image installs from the host-built wheelhouse. The proxy runs on uvloop and httptools;
+# mitmproxy stays in the image for HTTP/2 at L7 and live traffic capture (issue [11]), not in the hot path.
 PROXY_PYTHON_PACKAGES: Final = ("mitmproxy==11.0.2", "prometheus_client>=0.20", "pyyaml>=6", "uvloop>=0.21",
                                  "google-re2>=1.1", "pyjwt[crypto]>=2.9", "httptools>=0.6")
 

@@ -208,7 +208,7 @@ class ProxyImageStep:
         if wanted and current and images.image_label(current, const.LABEL_BUILD_HASH) == wanted:
             return None
         what = "rebuild" if current else "build"
-        return f"{what} {self.settings.proxy_image} (mitmproxy 11.0.2 and addons, from a host-built wheelhouse)"
+        return f"{what} {self.settings.proxy_image} (the engine and addons, from a host-built wheelhouse)"
 
     def apply(self, progress: Progress) -> str:
         wheelhouse = images.ensure_wheelhouse(self.ctx.cache_dir, progress)
