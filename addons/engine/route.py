@@ -46,6 +46,7 @@ from addons.snapshot import Snapshot
 
 log = logging.getLogger("meshctl.routing")
 ROUTED_BODY_MAX = 128 * 1024  # larger (or chunked) request bodies stream: no retries, timeouts or mirroring
+DEFAULT_RETRY = RetryPolicy()
 MAX_PER_ENDPOINT = 1024  # connections to one endpoint when the DestinationRule sets no limit
 
 
@@ -136,6 +137,8 @@ class Router:
         self.clusters: dict[tuple[str, str | None], tuple[str, Cluster]] = {}  # (host, subset) -> (policy, cluster)
         self._checked: dict[tuple[str, str | None], str] = {}  # (host, subset) -> snapshot hash it was checked at
         self.mirrors: set[asyncio.Task[None]] = set()
+        self._compiled: dict[int, tuple[Mapping[str, Any], RetryPolicy, float | None]] = {}
+        self._compiled_for = ""
 
     # --- the decision --------------------------------------------------------------------------------------
 
@@ -259,8 +262,22 @@ class Router:
                     apply_header_ops(h, ops)
 
             _then_edit(call, edit)
+        retry, timeout = self._rule_policy(snap, rule)
         return await self._forward(call, body, snap, host, subset, (dest.get("port") or {}).get("number") or port,
-                                   RetryPolicy.from_spec(rule.get("retries")), seconds(rule.get("timeout")))
+                                   retry, timeout)
+
+    def _rule_policy(self, snap: Snapshot, rule: Mapping[str, Any]) -> tuple[RetryPolicy, float | None]:
+        """A rule's retries and timeout, read once per snapshot (rules are the snapshot's own objects)."""
+        if "retries" not in rule and "timeout" not in rule:  # Istio's defaults (and the implied rule's)
+            return DEFAULT_RETRY, None
+        if self._compiled_for != snap.hash:
+            self._compiled.clear()
+            self._compiled_for = snap.hash
+        found = self._compiled.get(id(rule))
+        if found is None or found[0] is not rule:
+            found = self._compiled[id(rule)] = (rule, RetryPolicy.from_spec(rule.get("retries")),
+                                                seconds(rule.get("timeout")))
+        return found[1], found[2]
 
     async def _forward(self, call: Call, body: bytes, snap: Snapshot, host: str, subset: str | None, port: int,
                        retry: RetryPolicy, timeout: float | None) -> Response:
