@@ -596,8 +596,8 @@ class Exchange:
         if self.up is not None:
             self.pool.release(self.up, self.reader.reusable and self.request_done)
             self.up = None
+        self.call.finish(self.call.status)  # before the last bytes leave: a caller's span may end right after
         self.down.flush()
-        self.call.finish(self.call.status)
         self.down.listener.done(self.call)
         self.down.finished(self, self.client_close)
 
@@ -708,9 +708,9 @@ class Buffered:
         if call.edit_response is not None:
             call.edit_response(response)
         call.response_bytes = len(body_out)
+        call.finish(reply.status)  # before the bytes leave: the caller's span may end right after them
         self.down.send(encode_response(response, body_out, close=close, version=head.version))
         self.down.flush()
-        call.finish(reply.status)
         self.down.listener.done(call)
         self.down.finished(self, close)
 

@@ -302,6 +302,9 @@ class Router:
             ip = cluster.balancer.pick([c for c in healthy if c not in tried] or healthy, hash_key)
             tried.append(ip)
             limits = [t for t in (retry.per_try_timeout, deadline and deadline - time.monotonic()) if t]
+            # Whether this attempt's time limit is the route's own timeout: its expiry ends the request (UT), even
+            # if the loop's clock (uvloop's is cached per turn) fires it a hair before time.monotonic() agrees.
+            overall = deadline is not None and bool(limits) and min(limits) != retry.per_try_timeout
             identity = peer_identity(by_ip[ip], port)
             call.upstream, call.upstream_identity = (ip, port), identity
             call.route = {"host": host, "subset": subset, "attempts": attempt + 1}
@@ -328,7 +331,7 @@ class Router:
                 cluster.balancer.active[ip] -= 1
             if cluster.outliers.record(ip, last[0], last[1], population=len(by_ip)):
                 log.warning("ejected %s (%s) from %s: consecutive errors", ip, by_ip[ip].workload.host, host)
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and (time.monotonic() >= deadline or (overall and last[1] == "timeout")):
                 call.flags = "UT"
                 return text(*FAILURES["timeout"][::2])
             retriable = retry.retriable(*last) and attempt < retry.attempts
