@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from addons.engine.http1 import ProtocolError, RequestHead, ResponseHead, ResponseReader
-from addons.engine.pool import Key, Pool, PoolError, Upstream
+from addons.engine.pool import Key, Pool, PoolError
 
 MAX_BODY = 64 * 1024 * 1024  # a routed response is held whole; beyond this it is refused, not buffered
 
@@ -118,11 +118,7 @@ async def fetch(pool: Pool, key: Key, request: bytes, is_head: bool = False,
             conn.user = None
             conn.abort()
             raise
-        _release(pool, conn, exchange.reader.reusable and not (
+        pool.release(conn, exchange.reader.reusable and not (
             max_requests_per_connection and conn.uses >= max_requests_per_connection))
         return answer
     raise UpstreamError("reset", "upstream reset the connection twice")
-
-
-def _release(pool: Pool, conn: Upstream, reusable: bool) -> None:
-    pool.release(conn, reusable)

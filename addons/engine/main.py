@@ -96,7 +96,6 @@ class Mesh:
                 refusal = self.authorizer.request(call)
                 if refusal is not None:
                     return refusal
-                call.upstream = plan.address
                 return target
 
             return inbound

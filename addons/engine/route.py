@@ -26,7 +26,7 @@ from typing import Any
 from addons.endpoints import Endpoint, Endpoints
 from addons.engine.call import Call, Headers
 from addons.engine.client import Answer, UpstreamError, fetch
-from addons.engine.http1 import HOP_BY_HOP, RequestHead, ResponseHead
+from addons.engine.http1 import RequestHead, ResponseHead, forwardable
 from addons.engine.plan import L7Http
 from addons.engine.pool import Pool
 from addons.engine.proxy import Response, Route, Routed
@@ -109,9 +109,7 @@ def peer_identity(endpoint: Endpoint, port: int) -> str:
 def upstream_request(head: RequestHead, body: bytes, host: str | None = None) -> bytes:
     """The whole request for our own upstream connection: end-to-end fields, the length of the body we hold,
     `host` replacing the Host header (a mirror's)."""
-    drop = HOP_BY_HOP | ({b"host"} if host else set())
-    named = {t.strip().lower() for k, v in head.headers if k.lower() == b"connection" for t in v.split(b",")}
-    fields = [(k, v) for k, v in head.headers if (lk := k.lower()) not in drop and lk not in named]
+    fields = [(k, v) for k, v in forwardable(head.headers) if not host or k.lower() != b"host"]
     if host:
         fields.insert(0, (b"host", host.encode("latin-1")))
     if body or head.method in (b"POST", b"PUT", b"PATCH"):
