@@ -54,39 +54,41 @@ def _image_status(engine: DockerClient, base: str) -> bytes:
         container.remove(force=True)
 
 
-def download_closure(status: bytes) -> list[Path]:
-    """The .debs of PACKAGES and of every dependency the base image lacks: the host's apt, told that the image's
+def download_closure(status: bytes, packages: tuple[str, ...] = PACKAGES, name: str = "serverfirst") -> list[Path]:
+    """The .debs of `packages` and of every dependency the base image lacks: the host's apt, told that the image's
     dpkg status is what is installed, downloads exactly those. Cached by that status and the package list."""
-    key = hashlib.sha256(status + "\n".join(PACKAGES).encode()).hexdigest()[:12]
-    cache = default_cache() / f"serverfirst-debs-{key}"
+    key = hashlib.sha256(status + "\n".join(packages).encode()).hexdigest()[:12]
+    cache = default_cache() / f"{name}-debs-{key}"
     done = cache / "complete"
     if not done.is_file():
-        for old in default_cache().glob("serverfirst-debs-*"):
+        for old in default_cache().glob(f"{name}-debs-*"):
             shutil.rmtree(old, ignore_errors=True)
         (cache / "partial").mkdir(parents=True, exist_ok=True)
         (cache / "status").write_bytes(status)
         argv = ["apt-get", "-q", "-o", f"Dir::State::status={cache / 'status'}", "-o", f"Dir::Cache::archives={cache}",
-                "-o", "Debug::NoLocking=1", "install", "--download-only", "-y", "--no-install-recommends", *PACKAGES]
+                "-o", "Debug::NoLocking=1", "install", "--download-only", "-y", "--no-install-recommends", *packages]
         if os.geteuid() == 0:
             argv[2:2] = ["-o", "APT::Sandbox::User=root"]  # else apt warns that _apt cannot write to the cache
         failure = images._apt(argv, cache)  # None, or apt's last error line
         if failure:  # stale package lists: refresh once
             images._apt(["apt-get", "update", "-qq"], cache)
             failure = images._apt(argv, cache)
-        assert failure is None, f"apt-get could not download {' '.join(PACKAGES)}: {failure}"
+        assert failure is None, f"apt-get could not download {' '.join(packages)}: {failure}"
         done.write_text("\n".join(sorted(p.name for p in cache.glob("*.deb"))) + "\n")
-    return [cache / name for name in done.read_text().split()]
+    return [cache / deb for deb in done.read_text().split()]
 
 
-@pytest.fixture(scope="module")
-def serverfirst_image(engine: DockerClient, mesh_home: Path) -> str:
+def deb_image(engine: DockerClient, mesh_home: Path, image: str, here: Path, context: tuple[str, ...],
+              packages: tuple[str, ...], name: str) -> str:
+    """`image` built from `here`'s `context` files on the mesh's base image with `packages` (and what they need)
+    as .debs in debs/; rebuilt only when a file, the base image or the .debs changed."""
     base = MeshHome(mesh_home).settings().base_image
     base_id = engine.images.get(base).id
-    debs = download_closure(_image_status(engine, base))
-    build_hash = images.tree_hash([HERE / name for name in CONTEXT], extra=[base_id, *(d.name for d in debs)])
-    current = images.find_image(engine, IMAGE)
+    debs = download_closure(_image_status(engine, base), packages, name)
+    build_hash = images.tree_hash([here / file for file in context], extra=[base_id, *(d.name for d in debs)])
+    current = images.find_image(engine, image)
     if current is None or images.image_label(current, "io.meshctl.build-hash") != build_hash:
-        with tempfile.TemporaryDirectory(prefix="meshctl-serverfirst-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"meshctl-{name}-") as tmp:
             ctx = Path(tmp)
             (ctx / "debs").mkdir()
             for deb in debs:
@@ -94,10 +96,15 @@ def serverfirst_image(engine: DockerClient, mesh_home: Path) -> str:
                     os.link(deb, ctx / "debs" / deb.name)
                 except OSError:  # another file system
                     shutil.copy(deb, ctx / "debs" / deb.name)
-            for name in CONTEXT:
-                shutil.copy(HERE / name, ctx / name)
-            images.build_image(engine, IMAGE, ctx, "test-image", build_hash, {"BASE": base}, lambda _: None)
-    return IMAGE
+            for file in context:
+                shutil.copy(here / file, ctx / file)
+            images.build_image(engine, image, ctx, "test-image", build_hash, {"BASE": base}, lambda _: None)
+    return image
+
+
+@pytest.fixture(scope="module")
+def serverfirst_image(engine: DockerClient, mesh_home: Path) -> str:
+    return deb_image(engine, mesh_home, IMAGE, HERE, CONTEXT, PACKAGES, "serverfirst")
 
 
 # --- the project: servers and clients, meshed ----------------------------------------------------------------
