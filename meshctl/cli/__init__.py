@@ -67,12 +67,13 @@ def _register() -> None:
         route,
         security,
         slo,
+        tap,
         telemetry,
         version,
     )
 
-    for module in (install, inject, demo, config, route, rollout, certs, security, proxy, observe, telemetry, slo,
-                   dashboard, bench, analyze, check, version):
+    for module in (install, inject, demo, config, route, rollout, certs, security, proxy, observe, tap, telemetry,
+                   slo, dashboard, bench, analyze, check, version):
         module.register(app)
 
 
