@@ -1,7 +1,8 @@
 """The bench's C reference: a pair of Debian's nginx proxies doing what a pair of sidecars does.
 
 client -> nginx (client side) ==mutual TLS 1.3, pooled keep-alive==> nginx (server side) -> server, for HTTP on
-port 8080, and the same for raw TCP on port 9000 through nginx's stream module (one TLS connection per client
+port 8080; the same for gRPC on port 50051 (h2c in, `grpc_pass grpcs://` between the two, `grpc_pass grpc://` to
+the gRPC server), and for raw TCP on port 9000 through nginx's stream module (one TLS connection per client
 connection, as the mesh's L4 path has). Each proxy runs one worker, as a sidecar runs one process.
 
 The certificates are throwaway ones shaped like the mesh's (ECDSA P-256, a SPIFFE URI SAN), issued by a CA made
@@ -17,6 +18,7 @@ import io
 import tarfile
 from dataclasses import dataclass
 
+from meshctl.bench.grpc_server import PORT as GRPC_PORT
 from meshctl.pki.ca import RootCA, create_root
 from meshctl.pki.workload import issue, spiffe_id
 
@@ -25,8 +27,12 @@ HTTP_PORT = 8080  # what the caller dials on the client-side proxy, as on the se
 ECHO_PORT = 9000
 TLS_HTTP_PORT = 8443  # between the two proxies
 TLS_ECHO_PORT = 9443
+TLS_GRPC_PORT = 50443
 MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian builds the stream module as a dynamic module
 KEEPALIVE = 32  # idle upstream connections kept per worker: more than the bench's highest concurrency
+# nginx's gRPC proxy carries one call per upstream connection (no multiplexing): keep more idle connections than
+# the bench's concurrent calls (16 connections x 16 streams), so none is set up again during a load
+GRPC_KEEPALIVE = 512
 TRUST_DOMAIN = "meshbench.local"
 NAMESPACE = "meshbench"
 PUBLIC = 0o644
@@ -81,7 +87,7 @@ user nobody nogroup;
 worker_processes 1;
 pid /tmp/nginx.pid;
 error_log stderr warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 2048; }}  # gRPC: a connection per call, both ways
 http {{
   access_log off;
 {TEMP}  default_type application/octet-stream;
@@ -118,6 +124,17 @@ def client_conf(server_proxy: str, server_name: str) -> str:
       proxy_pass https://mtls_http;
 {_lines(tls, "      ", "proxy_")}    }}
   }}
+  upstream mtls_grpc {{
+    server {server_proxy}:{TLS_GRPC_PORT};
+    keepalive {GRPC_KEEPALIVE};
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen {GRPC_PORT} http2 backlog=1024;  # h2c: HTTP/2 with prior knowledge, as gRPC clients speak it
+    location / {{
+      grpc_pass grpcs://mtls_grpc;
+{_lines(tls, "      ", "grpc_")}    }}
+  }}
 """
     stream = f"""  server {{
     listen {ECHO_PORT} backlog=1024;
@@ -128,8 +145,9 @@ def client_conf(server_proxy: str, server_name: str) -> str:
     return _main(http, stream)
 
 
-def server_conf(app: str) -> str:
-    """The server's side: mutual TLS in (a client certificate from the CA is required), plaintext to `app`."""
+def server_conf(app: str, grpc_app: str) -> str:
+    """The server's side: mutual TLS in (a client certificate from the CA is required), plaintext to `app` (HTTP,
+    TCP) and `grpc_app` (h2c)."""
     tls = _lines([("ssl_certificate", f"{CONF_DIR}/cert.pem"), ("ssl_certificate_key", f"{CONF_DIR}/key.pem"),
                   ("ssl_client_certificate", f"{CONF_DIR}/ca.pem"), ("ssl_verify_client", "on"),
                   ("ssl_verify_depth", "1"), ("ssl_protocols", "TLSv1.3")], "    ")
@@ -142,6 +160,17 @@ def server_conf(app: str) -> str:
     listen {TLS_HTTP_PORT} ssl backlog=1024;
 {tls}    location / {{
       proxy_pass http://app_http;
+    }}
+  }}
+  upstream app_grpc {{
+    server {grpc_app}:{GRPC_PORT};
+    keepalive {GRPC_KEEPALIVE};
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen {TLS_GRPC_PORT} ssl http2 backlog=1024;
+{tls}    location / {{
+      grpc_pass grpc://app_grpc;
     }}
   }}
 """

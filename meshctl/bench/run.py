@@ -14,7 +14,7 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from meshctl.bench import workload
+from meshctl.bench import grpc_server, workload
 from meshctl.bench.workload import Load
 from meshctl.config import changes
 from meshctl.context import Context
@@ -27,9 +27,11 @@ IDLE_CORES = 0.02  # below this a sidecar carried none of a load (its own pollin
 NGINX = "nginx-mtls"
 MODES = ("direct", NGINX, "mesh-plaintext", "mesh-mtls", "mesh-mtls-l7")
 MESH_MODES = MODES[2:]
+GRPC_LOAD = Load("1k", 16, False, "grpc", streams=16)  # unary calls, h2c, 16 connections x 16 streams
 LOADS = (*(Load(size, c, new) for new in (False, True) for size in ("1k", "64k") for c in (1, 16)),
-         *(Load("64k", c, False, "tcp") for c in (1, 16)))
-QUICK_LOADS = ("keep-alive 1k c1", "keep-alive 1k c16", "new-conn 1k c16", "tcp-echo 64k c1")
+         *(Load("64k", c, False, "tcp") for c in (1, 16)), GRPC_LOAD)
+QUICK_LOADS = ("keep-alive 1k c1", "keep-alive 1k c16", "new-conn 1k c16", "tcp-echo 64k c1", GRPC_LOAD.name)
+BENCH_RESOURCES = ("bench-server", "bench-grpc", "bench-fleet")  # the config the bench applies, and removes
 
 
 def pick(text: str, valid: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -56,6 +58,10 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(1.0, tuple(ld for ld in LOADS if ld.name in QUICK_LOADS), (3,))
+
+    @property
+    def grpc(self) -> bool:
+        return any(ld.protocol == "grpc" for ld in self.loads)
 
     def only(self, modes: str | None = None, loads: str | None = None) -> Plan:
         """The plan for `--modes`/`--loads` (names as in the JSON); a mesh-free plan measures no fleet."""
@@ -116,11 +122,13 @@ class Report:
     sidecars: list[dict[str, Any]] = field(default_factory=list)
     propagation: list[dict[str, Any]] = field(default_factory=list)
     startup_s: float | None = None
+    startup_pods: int | None = None
     cleanup_error: MeshError | None = None  # the figures stand; the CLI prints them, then fails with this
 
     def as_dict(self) -> dict[str, Any]:
         out = {"started": self.started, "machine": self.machine, "plan": self.plan, "results": self.results,
-               "sidecars": self.sidecars, "propagation": self.propagation, "startup_s": self.startup_s}
+               "sidecars": self.sidecars, "propagation": self.propagation, "startup_s": self.startup_s,
+               "startup_pods": self.startup_pods}
         if self.cleanup_error is not None:
             out["cleanup_error"] = self.cleanup_error.one_line()
         return out
@@ -159,13 +167,15 @@ def compare(results: list[dict[str, Any]]) -> None:
 
 
 def _mode_config(ctx: Context, mode: str) -> None:
-    """The mesh's config for a mode: nothing, peer mTLS off, or a 90/10 route plus an ALLOW policy."""
+    """The mesh's config for a mode: nothing, peer mTLS off, or a 90/10 route plus an ALLOW policy (and a route
+    for the gRPC service's method prefix)."""
     ns, domain = workload.PROJECT, ctx.home.settings().trust_domain
     wanted: list[dict[str, Any]] = []
     if mode == "mesh-plaintext":
-        wanted.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-                       "metadata": {"name": "bench-server", "namespace": ns},
-                       "spec": {"selector": {"matchLabels": {"app": "server"}}, "mtls": {"mode": "DISABLE"}}})
+        wanted += [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                    "metadata": {"name": f"bench-{app}", "namespace": ns},
+                    "spec": {"selector": {"matchLabels": {"app": app}}, "mtls": {"mode": "DISABLE"}}}
+                   for app in ("server", workload.GRPC)]
     if mode == "mesh-mtls-l7":
         dest = [{"destination": {"host": "server", "subset": s}, "weight": w} for s, w in (("v1", 90), ("v2", 10))]
         wanted += [
@@ -177,10 +187,14 @@ def _mode_config(ctx: Context, mode: str) -> None:
              "metadata": {"name": "bench-server", "namespace": ns},
              "spec": {"selector": {"matchLabels": {"app": "server"}}, "action": "ALLOW",
                       "rules": [{"from": [{"source": {"principals": [f"{domain}/ns/{ns}/sa/client"]}}]}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench-grpc"},
+             "spec": {"hosts": [workload.GRPC], "http": [{
+                 "match": [{"uri": {"prefix": f"/{grpc_server.SERVICE}/"}}],
+                 "route": [{"destination": {"host": workload.GRPC}}]}]}},
         ]
 
     def change(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in current if r["metadata"]["name"] != "bench-server"] + wanted
+        return [r for r in current if r["metadata"]["name"] not in BENCH_RESOURCES[:2]] + wanted
 
     changes.edit(ctx, change, f"bench: {mode}")
     wait_synced(ctx, ns)
@@ -257,8 +271,9 @@ def _unmeshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: 
     if "direct" in plan.modes:
         for load in plan.loads:
             progress(f"direct: {load.name}")
+            host = workload.DIRECT_GRPC if load.protocol == "grpc" else workload.DIRECT_SERVER
             report.results.append({"mode": "direct", "load": load.name,
-                                   **workload.run_load(caller, workload.DIRECT_SERVER, load, plan.seconds)})
+                                   **workload.run_load(caller, host, load, plan.seconds)})
     if NGINX in plan.modes:
         progress(f"{NGINX}: starting the nginx pair (mutual TLS between them)")
         proxies = workload.start_nginx(ctx, caller)
@@ -273,20 +288,24 @@ def _unmeshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: 
 
 def _meshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: Progress) -> None:
     progress("meshing client -> server (inject, up, until every sidecar is ready)")
-    meshed = workload.up_meshed(ctx, workload.PROJECT, workload.compose_text())
+    meshed = workload.up_meshed(ctx, workload.PROJECT, workload.compose_text(grpc=plan.grpc))
     report.startup_s = round(meshed.started_s, 2)
+    report.startup_pods = 4 if plan.grpc else 3
     caller = workload.container(ctx, workload.PROJECT, "client")
     # both server pods: a passthrough connection goes to whichever one Docker's DNS answered
-    sidecars = [workload.container(ctx, workload.PROJECT, s)
-                for s in ("client-proxy", "server-v1-proxy", "server-v2-proxy")]
+    pods = ("client", "server-v1", "server-v2", *((workload.GRPC,) if plan.grpc else ()))
+    sidecars = [workload.container(ctx, workload.PROJECT, f"{pod}-proxy") for pod in pods]
     costs.watch(sidecars)
     for mode in (m for m in MESH_MODES if m in plan.modes):
         progress(f"{mode}: configuring")
         _mode_config(ctx, mode)
         workload.wait_serving(caller, "server")
+        if plan.grpc:
+            workload.wait_grpc(caller, workload.GRPC)
         for load in plan.loads:
             progress(f"{mode}: {load.name}")
-            result = costs.measure(sidecars, partial(workload.run_load, caller, "server", load, plan.seconds))
+            host = workload.GRPC if load.protocol == "grpc" else "server"
+            result = costs.measure(sidecars, partial(workload.run_load, caller, host, load, plan.seconds))
             report.results.append({"mode": mode, "load": load.name, **result})
     _mode_config(ctx, "mesh-mtls")  # leave no bench policy behind
     workload.down_meshed(ctx, workload.PROJECT)
@@ -296,7 +315,7 @@ def run(ctx: Context, plan: Plan, progress: Progress) -> Report:
     report = Report(time.time(), machine(ctx), {"seconds": plan.seconds, "modes": list(plan.modes),
                                                    "loads": [ld.name for ld in plan.loads],
                                                    "fleets": list(plan.fleets)})
-    progress("building the bench image (wrk, nginx, a one-send HTTP server and a TCP echo)")
+    progress("building the bench image (wrk, h2load, nginx, a one-send HTTP server, a TCP echo, a gRPC server)")
     workload.ensure_image(ctx, progress)
     costs = Costs()
     try:
@@ -322,7 +341,7 @@ def clean_up(ctx: Context, progress: Progress) -> MeshError | None:
         partial(workload.stop_direct, ctx),
         *(partial(workload.down_meshed, ctx, project) for project in (workload.PROJECT, f"{workload.PROJECT}-fleet")),
         partial(changes.edit, ctx, lambda current: [r for r in current
-                                                    if r["metadata"]["name"] not in ("bench-server", "bench-fleet")],
+                                                    if r["metadata"]["name"] not in BENCH_RESOURCES],
                 "bench: clean up")]
     first: MeshError | None = None
     for step in steps:

@@ -1,8 +1,8 @@
 """The bench's parts on the engine: its image, the direct pair, the nginx pair, the meshed project, and the
-load runs (wrk for HTTP, the bench's own echo client for TCP).
+load runs (wrk for HTTP, the bench's own echo client for TCP, h2load for gRPC).
 
 Everything it starts carries meshctl's labels and the `meshbench` names, and talks only to its own
-containers; every load is bounded by wrk's duration.
+containers; every load is bounded by its duration.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from docker.models.containers import Container
 
 from meshctl import __version__, const
 from meshctl.addons.prometheus import engine_arch
-from meshctl.bench import nginx
+from meshctl.bench import grpc_server, h2load, nginx
 from meshctl.context import Context
 from meshctl.errors import MeshError, Timeout
 from meshctl.runtime import images
@@ -34,20 +34,29 @@ IMAGE = f"meshctl/bench:{__version__}"
 COMPONENT = "bench"
 HERE = Path(__file__).parent
 # nginx's other libraries (libssl3, libpcre2, zlib, libcrypt) are in the base image already; its config is
-# the bench's own, so nginx-common (Debian's default site, mime.types) is not needed.
-PACKAGES = ("wrk", "libluajit-5.1-2", "libluajit-5.1-common", "nginx", "libnginx-mod-stream")
+# the bench's own, so nginx-common (Debian's default site, mime.types) is not needed. h2load's libnghttp2,
+# libssl3 and libstdc++ are there too (curl, apt): it needs only libev and jemalloc besides.
+PACKAGES = ("wrk", "libluajit-5.1-2", "libluajit-5.1-common", "nginx", "libnginx-mod-stream", "nghttp2-client",
+            "libev4", "libjemalloc2")
 MEMBERS = {"wrk": {"usr/bin/wrk": "usr/bin/wrk"}, "libluajit-5.1-2": {"usr/lib": "usr/lib"},
            "libluajit-5.1-common": {"usr/share/luajit-2.1": "usr/share/luajit-2.1"},
            "nginx": {"usr/sbin/nginx": "usr/sbin/nginx"},
-           "libnginx-mod-stream": {nginx.MODULE.lstrip("/"): nginx.MODULE.lstrip("/")}}
-CONTEXT = ("Dockerfile", "server.py", "echo_client.py")  # the build context's files besides the unpacked .debs
+           "libnginx-mod-stream": {nginx.MODULE.lstrip("/"): nginx.MODULE.lstrip("/")},
+           "nghttp2-client": {"usr/bin/h2load": "usr/bin/h2load"}, "libev4": {"usr/lib": "usr/lib"},
+           "libjemalloc2": {"usr/lib": "usr/lib"}}
+# the build context's files besides the unpacked .debs
+CONTEXT = ("Dockerfile", "server.py", "echo_client.py", "grpc_server.py")
 PROJECT = "meshbench"
 DIRECT_NETWORK = "meshbench-direct"
 DIRECT_SERVER = f"{DIRECT_NETWORK}-server"
+DIRECT_GRPC = f"{DIRECT_NETWORK}-grpc"  # the gRPC server (nginx speaking h2c)
+GRPC = "grpc"  # the meshed gRPC service
 NGINX_CLIENT = f"{DIRECT_NETWORK}-nginx-client"  # the caller's side of the nginx pair: the target of its loads
 NGINX_SERVER = f"{DIRECT_NETWORK}-nginx-server"
 PORT = nginx.HTTP_PORT
 ECHO_PORT = nginx.ECHO_PORT
+GRPC_PORT = grpc_server.PORT
+SERVE_GRPC = ["python3", "/opt/bench/grpc_server.py"]
 SIZES = {"1k": 1024, "64k": 65536}
 ECHO_ROUNDS = 1_000_000  # per connection: the time cap ends a load first, the count bounds it anyway
 
@@ -82,9 +91,12 @@ def start_direct(ctx: Context) -> tuple[Container, Container]:
         client.networks.create(DIRECT_NETWORK, driver="bridge", labels=labels)
         server = client.containers.run(IMAGE, ["python3", "/opt/bench/server.py"], name=DIRECT_SERVER,
                                        network=DIRECT_NETWORK, labels=labels, detach=True)
+        client.containers.run(IMAGE, SERVE_GRPC, name=DIRECT_GRPC, network=DIRECT_NETWORK, labels=labels,
+                              detach=True)
         caller = client.containers.run(IMAGE, name=f"{DIRECT_NETWORK}-client", network=DIRECT_NETWORK,
                                        labels=labels, detach=True)
     wait_serving(caller, DIRECT_SERVER)
+    wait_grpc(caller, DIRECT_GRPC)
     return caller, server
 
 
@@ -96,7 +108,8 @@ def start_nginx(ctx: Context, caller: Container) -> list[Container]:
     client = ctx.docker()
     certs = nginx.make_certs(NGINX_SERVER, dt.datetime.fromtimestamp(ctx.clock(), dt.UTC))
     labels = images.labels(COMPONENT)
-    sides = ((NGINX_SERVER, nginx.server_conf(DIRECT_SERVER), certs.server),  # first: the client side resolves it
+    # the server side first: the client side resolves its name at start
+    sides = ((NGINX_SERVER, nginx.server_conf(DIRECT_SERVER, DIRECT_GRPC), certs.server),
              (NGINX_CLIENT, nginx.client_conf(NGINX_SERVER, certs.server_name), certs.client))
     started: list[Container] = []
     with engine_errors("start the bench's nginx pair"):
@@ -107,6 +120,7 @@ def start_nginx(ctx: Context, caller: Container) -> list[Container]:
             started.append(proxy)
     try:
         wait_serving(caller, NGINX_CLIENT)
+        wait_grpc(caller, NGINX_CLIENT)
     except Timeout as exc:
         for proxy in started:
             proxy.reload()
@@ -129,8 +143,9 @@ def stop_direct(ctx: Context) -> None:
 
 # --- meshed: the same pair as a compose project, injected -------------------------------------------------
 
-def compose_text(fleet: int = 0) -> str:
-    """client -> server (v1 and v2, for the routed mode); with `fleet`, that many idle pods instead."""
+def compose_text(fleet: int = 0, grpc: bool = False) -> str:
+    """client -> server (v1 and v2, for the routed mode), and with `grpc` a gRPC server; with `fleet`, that many
+    idle pods instead."""
     def svc(app: str, version: str, command: list[str], replicas: int = 1) -> dict[str, Any]:
         out: dict[str, Any] = {"image": IMAGE, "command": command, "labels": {"app": app, "version": version}}
         if replicas > 1:
@@ -143,6 +158,8 @@ def compose_text(fleet: int = 0) -> str:
         serve = ["python3", "/opt/bench/server.py"]
         services = {"client": svc("client", "v1", ["sleep", "infinity"]), "server-v1": svc("server", "v1", serve),
                     "server-v2": svc("server", "v2", serve)}
+        if grpc:
+            services[GRPC] = svc(GRPC, "v1", SERVE_GRPC)
     return yaml.safe_dump({"services": services}, sort_keys=False)
 
 
@@ -207,6 +224,18 @@ def wait_serving(caller: Container, host: str, timeout: float = 30) -> None:
         raise Timeout(f"the bench server {host} did not answer on port {port} within {timeout:.0f}s")
 
 
+def wait_grpc(caller: Container, host: str, timeout: float = 30) -> None:
+    """Until `host` answers one gRPC call over h2c with the bench's message."""
+    deadline = time.monotonic() + timeout
+    check = ["curl", "-sf", "--http2-prior-knowledge", "-m", "2", "-H", "content-type: application/grpc",
+             "-H", "te: trailers", "--data-binary", f"@{h2load.REQUEST_FILE}", "-o", "/dev/null",
+             f"http://{host}:{GRPC_PORT}{grpc_server.METHOD}"]
+    while caller.exec_run(check)[0] != 0:
+        if time.monotonic() > deadline:
+            raise Timeout(f"the bench's gRPC server {host} did not answer on port {GRPC_PORT} within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 # --- wrk ----------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -214,16 +243,21 @@ class Load:
     size: str  # 1k or 64k
     concurrency: int
     new_connections: bool
-    protocol: str = "http"  # or "tcp": a raw TCP echo of `size` bytes per round trip, on ECHO_PORT
+    protocol: str = "http"  # "tcp": a raw TCP echo of `size` bytes per round trip, on ECHO_PORT; "grpc": h2load
+    streams: int = 1  # gRPC: concurrent calls per connection
 
     @property
     def name(self) -> str:
         if self.protocol == "tcp":
             return f"tcp-echo {self.size} c{self.concurrency}"
+        if self.protocol == "grpc":
+            return f"grpc {self.size} c{self.concurrency} m{self.streams}"
         return f"{'new-conn' if self.new_connections else 'keep-alive'} {self.size} c{self.concurrency}"
 
 
 def run_load(caller: Container, host: str, load: Load, seconds: float) -> dict[str, float]:
+    if load.protocol == "grpc":
+        return h2load.run(caller, host, load.concurrency, load.streams, seconds)
     return (run_echo if load.protocol == "tcp" else run_wrk)(caller, host, load, seconds)
 
 

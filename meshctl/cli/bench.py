@@ -44,14 +44,15 @@ def render(report: dict[str, Any]) -> Group:
               f"{_f(p['propagation_s'], 3, ' s')}, {_f(p['propagation_max_s'], 3, ' s')}"]
              for p in report["propagation"]])]
     if report["startup_s"] is not None:
-        parts.append(Text(f"\nmesh start-up, client -> server (3 pods): {_f(report['startup_s'], 1)} s"))
+        pods = report.get("startup_pods") or 3
+        parts.append(Text(f"\nmesh start-up, client -> server ({pods} pods): {_f(report['startup_s'], 1)} s"))
     return Group(*parts)
 
 
 def bench(
     ctx: typer.Context,
-    quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (1 s loads: 3 HTTP, 1 TCP; 3 proxies); it "
-                                        "asserts nothing about speed.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (1 s loads: 3 HTTP, 1 TCP, 1 gRPC; 3 "
+                                        "proxies); it asserts nothing about speed.")] = False,
     duration: Annotated[float, typer.Option("--duration", "-d", min=1, max=60, help="Seconds per load (full run).")]
     = 5.0,
     modes: Annotated[str | None, typer.Option("--modes", help=f"Only these modes, comma-separated: "
@@ -63,8 +64,8 @@ def bench(
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Direct, an nginx mutual-TLS pair (the C reference), meshed plaintext, meshed mTLS and mTLS with an L7 route
-    and policy, over HTTP and a raw TCP echo: throughput, latency, proxy CPU and memory, config propagation and
-    start-up. Every load is bounded and goes to the bench's own containers."""
+    and policy, over HTTP, gRPC (h2c, h2load) and a raw TCP echo: throughput, latency, proxy CPU and memory, config
+    propagation and start-up. Every load is bounded and goes to the bench's own containers."""
     c: Context = ctx.obj
     plan = (Plan.quick() if quick else Plan.full(duration)).only(modes, loads)  # bad names fail before any work
     c.home.settings()

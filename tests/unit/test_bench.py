@@ -85,10 +85,10 @@ def test_full_and_quick_plans_hold_every_mode_and_the_tcp_loads() -> None:
     full, quick = Plan.full(), Plan.quick()
     assert full.modes == quick.modes == ("direct", "nginx-mtls", "mesh-plaintext", "mesh-mtls", "mesh-mtls-l7")
     names = [ld.name for ld in full.loads]
-    assert len(names) == len(set(names)) == 10
-    assert {"tcp-echo 64k c1", "tcp-echo 64k c16"} <= set(names)
+    assert len(names) == len(set(names)) == 11
+    assert {"tcp-echo 64k c1", "tcp-echo 64k c16", "grpc 1k c16 m16"} <= set(names)
     assert [ld.name for ld in quick.loads] == ["keep-alive 1k c1", "keep-alive 1k c16", "new-conn 1k c16",
-                                               "tcp-echo 64k c1"]
+                                               "tcp-echo 64k c1", "grpc 1k c16 m16"]
     assert quick.seconds == 1.0 and quick.fleets == (3,)
 
 
@@ -257,6 +257,18 @@ def block(nodes: list[Node], *path: str) -> list[Node]:
     return nodes
 
 
+def named(nodes: list[Node], name: str, first: str) -> list[Node]:
+    """The children of the one block `name` whose first argument is `first` (an upstream's name, a port)."""
+    [children] = [c for n, a, c in nodes if n == name and c is not None and a[:1] == [first]]
+    return children
+
+
+def server(http: list[Node], port: str) -> list[Node]:
+    """The one `server` block listening on `port`."""
+    [children] = [c for n, _, c in http if n == "server" and c is not None and one(c, "listen")[0] == port]
+    return children
+
+
 def args(nodes: list[Node], name: str) -> list[list[str]]:
     return [a for n, a, children in nodes if n == name and children is None]
 
@@ -270,13 +282,13 @@ def test_the_client_side_talks_plaintext_in_and_verified_mutual_tls_out_over_poo
     conf = parse_conf(nginx.client_conf("srv-proxy", "srv.test"))
     http, stream = block(conf, "http"), block(conf, "stream")
     assert one(http, "proxy_http_version") == ["1.1"] and one(http, "proxy_set_header") == ["Connection", '""']
-    [name] = [a for n, a, _ in http if n == "upstream"]
-    upstream = block(http, "upstream")
-    assert name == ["mtls_http"] and one(upstream, "server") == ["srv-proxy:8443"]
+    assert [a for n, a, _ in http if n == "upstream"] == [["mtls_http"], ["mtls_grpc"]]
+    upstream = named(http, "upstream", "mtls_http")
+    assert one(upstream, "server") == ["srv-proxy:8443"]
     assert int(one(upstream, "keepalive")[0]) >= 16  # at least the bench's concurrency stays pooled
-    server = block(http, "server")
-    assert one(server, "listen")[0] == "8080" and "ssl" not in one(server, "listen")  # wrk speaks plaintext to it
-    location = block(server, "location")
+    web = server(http, "8080")
+    assert "ssl" not in one(web, "listen")  # wrk speaks plaintext to it
+    location = block(web, "location")
     assert one(location, "proxy_pass") == ["https://mtls_http"]
     tcp = block(stream, "server")
     assert one(tcp, "listen")[0] == "9000" and "ssl" not in one(tcp, "listen")
@@ -290,24 +302,24 @@ def test_the_client_side_talks_plaintext_in_and_verified_mutual_tls_out_over_poo
 
 
 def test_the_server_side_requires_a_certificate_from_the_ca_on_both_ports() -> None:
-    conf = parse_conf(nginx.server_conf("app"))
+    conf = parse_conf(nginx.server_conf("app", "grpc-app"))
     http, stream = block(conf, "http"), block(conf, "stream")
-    upstream = block(http, "upstream")
+    upstream = named(http, "upstream", "app_http")
     assert one(upstream, "server") == ["app:8080"] and int(one(upstream, "keepalive")[0]) >= 16
-    server = block(http, "server")
-    assert one(server, "listen")[:2] == ["8443", "ssl"] and one(block(server, "location"), "proxy_pass") == [
+    web = server(http, "8443")
+    assert one(web, "listen")[:2] == ["8443", "ssl"] and one(block(web, "location"), "proxy_pass") == [
         "http://app_http"]
     tcp = block(stream, "server")
     assert one(tcp, "listen")[:2] == ["9443", "ssl"] and one(tcp, "proxy_pass") == ["app:9000"]
-    for side in (server, tcp):
+    for side in (web, tcp):
         assert one(side, "ssl_verify_client") == ["on"]  # not optional, not optional_no_ca
         assert one(side, "ssl_client_certificate") == ["/etc/meshbench/ca.pem"]
         assert one(side, "ssl_protocols") == ["TLSv1.3"]
         assert one(side, "ssl_certificate_key") == ["/etc/meshbench/key.pem"]
-    assert "optional" not in nginx.server_conf("app")
+    assert "optional" not in nginx.server_conf("app", "grpc-app")
 
 
-@pytest.mark.parametrize("conf", [nginx.client_conf("s", "n"), nginx.server_conf("a")])
+@pytest.mark.parametrize("conf", [nginx.client_conf("s", "n"), nginx.server_conf("a", "g")])
 def test_each_proxy_is_one_worker_with_the_stream_module_and_nothing_from_debians_defaults(conf: str) -> None:
     tree = parse_conf(conf)
     assert tree[0] == ("load_module", [nginx.MODULE], None)  # must come before the stream block
