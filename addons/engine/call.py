@@ -106,6 +106,11 @@ class Call:
     request_bytes: int = 0
     response_bytes: int = 0
     error: str | None = None
+    # --- tap (filled only while a tap session asks) ---
+    response_fields: list[tuple[bytes, bytes]] | None = None  # the response head's headers as sent downstream
+    capture: int = 0  # body bytes to keep, each way (0: none); set at request start by addons.engine.tap
+    request_body: bytearray | None = None
+    response_body: bytearray | None = None
 
     @property
     def inbound(self) -> bool:

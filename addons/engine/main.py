@@ -33,6 +33,7 @@ from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L7Ht
 from addons.engine.pool import Pool
 from addons.engine.proxy import Decide, Listener, Response, Route, Routed, tune_malloc
 from addons.engine.route import Router
+from addons.engine.tap import TapHub
 from addons.engine.trace import Tracer
 from addons.live import LiveSnapshot
 from addons.meters import Meters
@@ -62,6 +63,7 @@ class Mesh:
         self.tracer = Tracer(live, self.observer, self.spans)
         self.authorizer = Authorizer(live)
         self.router = Router(live, endpoints, certs.l7_client)
+        self.tap = TapHub(lambda: (live.current.name, live.current.identity))  # `meshctl tap` sessions
         self.l7 = Listener(self._unbound, Pool(certs.l7_client), max_connections=MAX_L7_CONNECTIONS,
                            path_mode=lambda: live.current.mesh.path_normalization, on_done=self.done)
         sidecar = Sidecar(snapshot=lambda: live.current, lookup=self.owner, networks=networks,
@@ -92,6 +94,8 @@ class Mesh:
             target = Route(plan.address)
 
             def inbound(call: Call) -> Route | Response | Routed:
+                if self.tap.sessions:
+                    self.tap.begin(call)
                 self.tracer.request(call)
                 refusal = self.authorizer.request(call)
                 if refusal is not None:
@@ -101,6 +105,8 @@ class Mesh:
             return inbound
 
         def outbound(call: Call) -> Route | Response | Routed:
+            if self.tap.sessions:
+                self.tap.begin(call)
             self.tracer.request(call)
             return self.router.decide(call, plan)
 
@@ -109,6 +115,8 @@ class Mesh:
     def done(self, call: Call) -> None:
         self.observer.request_done(call)
         self.tracer.done(call)
+        if self.tap.sessions or call.capture:
+            self.tap.offer(call)
 
     # --- what the admin endpoints read ---------------------------------------------------------------------
 

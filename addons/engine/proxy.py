@@ -42,6 +42,7 @@ from addons.engine.http1 import (
 from addons.engine.plan import ConnectionInfo
 from addons.engine.pool import Pool, PoolError, Upstream
 from addons.engine.relay import HIGH_WATER, LOW_WATER, Relay
+from addons.engine.tap import keep
 from addons.normalize import DEFAULT_MODE
 
 log = logging.getLogger("meshctl.engine.proxy")
@@ -257,6 +258,9 @@ class Downstream(asyncio.Protocol):
             close = decision.close or not head.keep_alive or head.framing != "none" or head.upgrade
             self.send(simple_response(decision.status, decision.body, list(decision.headers), close=close,
                                       version=head.version))
+            call.response_fields = list(decision.headers)
+            if call.capture:
+                call.response_body = keep(None, decision.body, call.capture)
             call.finish(decision.status)
             self.listener.done(call)
             if close:
@@ -484,7 +488,10 @@ class Exchange:
     # --- the request, from the client ----------------------------------------------------------------------
 
     def request_body(self, data: bytes) -> None:
-        self.call.request_bytes += len(data)
+        call = self.call
+        call.request_bytes += len(data)
+        if call.capture:
+            call.request_body = keep(call.request_body, data, call.capture)
         self.to_up.append(encode_chunk(data) if self.head.framing == "chunked" else data)
 
     def request_end(self) -> None:
@@ -553,6 +560,7 @@ class Exchange:
         self.call.status = head.status
         if self.call.edit_response is not None:
             self.call.edit_response(head)
+        self.call.response_fields = head.headers
         if head.upgrade and not self.head.upgrade:
             self._broken("upstream switched protocols unasked")
             return
@@ -572,7 +580,10 @@ class Exchange:
 
     def on_body(self, data: bytes) -> None:
         if not self.over:
-            self.call.response_bytes += len(data)
+            call = self.call
+            call.response_bytes += len(data)
+            if call.capture:
+                call.response_body = keep(call.response_body, data, call.capture)
             self.down.send(encode_chunk(data) if self.out_framing == "chunked" else data)
 
     def on_end(self) -> None:
@@ -675,7 +686,10 @@ class Buffered:
         pass
 
     def request_body(self, data: bytes) -> None:
-        self.call.request_bytes += len(data)
+        call = self.call
+        call.request_bytes += len(data)
+        if call.capture:
+            call.request_body = keep(call.request_body, data, call.capture)
         self.parts.append(data)
 
     def request_end(self) -> None:
@@ -707,6 +721,9 @@ class Buffered:
         call.status = reply.status
         if call.edit_response is not None:
             call.edit_response(response)
+        call.response_fields = response.headers
+        if call.capture:
+            call.response_body = keep(None, body_out, call.capture)
         call.response_bytes = len(body_out)
         call.finish(reply.status)  # before the bytes leave: the caller's span may end right after them
         self.down.send(encode_response(response, body_out, close=close, version=head.version))
