@@ -292,10 +292,13 @@ def _meshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: Pr
     report.startup_s = round(meshed.started_s, 2)
     report.startup_pods = 4 if plan.grpc else 3
     caller = workload.container(ctx, workload.PROJECT, "client")
-    # both server pods: a passthrough connection goes to whichever one Docker's DNS answered
     pods = ("client", "server-v1", "server-v2", *((workload.GRPC,) if plan.grpc else ()))
-    sidecars = [workload.container(ctx, workload.PROJECT, f"{pod}-proxy") for pod in pods]
-    costs.watch(sidecars)
+    sidecars = {pod: workload.container(ctx, workload.PROJECT, f"{pod}-proxy") for pod in pods}
+    costs.watch(list(sidecars.values()))
+    # the sidecars a load passes, the only ones sampled during it (each engine stats read takes about a second):
+    # both server pods, as a passthrough connection goes to whichever one Docker's DNS answered
+    http = [sidecars[pod] for pod in ("client", "server-v1", "server-v2")]
+    grpc = [sidecars[pod] for pod in ("client", workload.GRPC) if pod in sidecars]
     for mode in (m for m in MESH_MODES if m in plan.modes):
         progress(f"{mode}: configuring")
         _mode_config(ctx, mode)
@@ -304,8 +307,8 @@ def _meshed(ctx: Context, plan: Plan, report: Report, costs: Costs, progress: Pr
             workload.wait_grpc(caller, workload.GRPC)
         for load in plan.loads:
             progress(f"{mode}: {load.name}")
-            host = workload.GRPC if load.protocol == "grpc" else "server"
-            result = costs.measure(sidecars, partial(workload.run_load, caller, host, load, plan.seconds))
+            host, through = (workload.GRPC, grpc) if load.protocol == "grpc" else ("server", http)
+            result = costs.measure(through, partial(workload.run_load, caller, host, load, plan.seconds))
             report.results.append({"mode": mode, "load": load.name, **result})
     _mode_config(ctx, "mesh-mtls")  # leave no bench policy behind
     workload.down_meshed(ctx, workload.PROJECT)
