@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 PARTY_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
                 "source_principal", "destination_service", "destination_service_namespace", "destination_app",
                 "destination_workload", "destination_version", "destination_principal", "connection_security_policy")
-LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags")
+LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags", "grpc_response_status")
 TCP_LABELS = PARTY_LABELS
 # Istio's proxies export no *_created series; they would only double the scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]

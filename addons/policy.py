@@ -19,11 +19,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from addons.grpc import RETRY_ON as GRPC_RETRY_ON
+
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 STATUS_RE = re.compile(r"[1-5][0-9][0-9]")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 UNLIMITED = 2**32 - 1  # Istio's default for every connection-pool limit
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+# Every retryOn condition the sidecar acts on (Envoy's HTTP ones and Istio's gRPC ones); config refuses others.
+RETRY_CONDITIONS = frozenset({"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream",
+                              "retriable-status-codes", *GRPC_RETRY_ON})
 
 
 def seconds(text: Any, default: float | None = None) -> float | None:
@@ -121,9 +126,14 @@ class RetryPolicy:
         return cls(attempts=int(spec.get("attempts", 2)), per_try_timeout=seconds(spec.get("perTryTimeout")),
                    conditions=conditions, statuses=statuses)
 
-    def retriable(self, status: int | None, failure: str | None) -> bool:
-        """`status` is the upstream's answer; `failure` is 'connect-failure', 'reset' or 'timeout' without one."""
+    def retriable(self, status: int | None, failure: str | None, grpc_status: int | None = None) -> bool:
+        """`status` is the upstream's answer; `failure` is 'connect-failure', 'reset', 'refused-stream' or
+        'timeout' without one; `grpc_status` a gRPC answer's status, when its headers carried it."""
         c = self.conditions
+        if grpc_status is not None and any(GRPC_RETRY_ON.get(t) == grpc_status for t in c):
+            return True
+        if failure == "refused-stream":  # HTTP/2 REFUSED_STREAM: the upstream never processed it
+            return bool(c & {"refused-stream", "reset", "5xx"})
         if failure == "connect-failure":
             return bool(c & {"connect-failure", "5xx", "gateway-error"})
         if failure == "reset":

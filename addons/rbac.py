@@ -142,6 +142,11 @@ def _needs_http(rule: Mapping[str, Any]) -> bool:
             or any(str(c.get("key", "")).startswith(("request.", )) for c in rule.get("when") or []))
 
 
+def needs_request_fields(policies: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any rule reads a field only a request has (method, path, headers, request.* conditions)."""
+    return any(_needs_http(rule) for policy in policies for rule in policy.get("rules") or [])
+
+
 def rule_matches(rule: Mapping[str, Any], s: Subject, relaxed: bool = False) -> bool:
     """`relaxed`: judge a TCP connection by the rule minus its HTTP-only parts (for DENY)."""
     tcp = s.method is None

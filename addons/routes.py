@@ -103,4 +103,5 @@ MIRROR_TIMEOUT_S = 5.0
 FAILURES = {"timeout": (504, "UT", "upstream request timeout"),
             "connect-failure": (503, "UF", "upstream connect error"),
             "reset": (503, "UC", "upstream connection reset before the response"),
+            "refused-stream": (503, "UC", "upstream refused the stream before the response"),
             "overflow": (503, "UO", "upstream overflow: connection pool limits reached")}

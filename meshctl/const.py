@@ -36,9 +36,10 @@ BASE_PACKAGES: Final = ("python3", "python3-venv", "ca-certificates", "iptables"
 DEBIAN_SUITE: Final = "bookworm"
 DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
 
-# What the sidecar image installs from the host-built wheelhouse. The proxy runs on uvloop and httptools;
-# mitmproxy stays in the image for HTTP/2 at L7 and live traffic capture (issue [11]), not in the hot path.
-PROXY_PYTHON_PACKAGES: Final = ("mitmproxy==11.0.2", "prometheus_client>=0.20", "pyyaml>=6", "uvloop>=0.21",
+# What the sidecar image installs from the host-built wheelhouse. The proxy runs on uvloop and httptools, and
+# HTTP/2 on h2 (the state machine under mitmproxy's HTTP/2). mitmproxy itself is on the host only: `meshctl tap`
+# writes its flow files there; no sidecar imports it any more.
+PROXY_PYTHON_PACKAGES: Final = ("h2>=4.1,<5", "prometheus_client>=0.20", "pyyaml>=6", "uvloop>=0.21",
                                  "google-re2>=1.1", "pyjwt[crypto]>=2.9", "httptools>=0.6")
 
 # Istio's data-plane numbers.

@@ -106,6 +106,9 @@ class Call:
     request_bytes: int = 0
     response_bytes: int = 0
     error: str | None = None
+    protocol: str = "http"  # Istio's request_protocol: "http", or "grpc" (content-type application/grpc)
+    grpc_status: int | None = None  # a gRPC call's status (trailers, or a trailers-only answer)
+    deadline: float | None = None  # HTTP/2: when the whole exchange must be over (the loop's clock)
     # --- tap (filled only while a tap session asks) ---
     response_fields: list[tuple[bytes, bytes]] | None = None  # the response head's headers as sent downstream
     capture: int = 0  # body bytes to keep, each way (0: none); set at request start by addons.engine.tap

@@ -16,6 +16,7 @@ from typing import Any
 from cryptography import x509
 
 from addons.engine.l4 import inbound_server_context, l4_client_context
+from addons.engine.plan import H2_ALPN
 from addons.engine.tls import client_context
 
 log = logging.getLogger("meshctl.mtls")
@@ -26,6 +27,7 @@ FILES = ("cert.pem", "key.pem", "bundle.pem")
 class Contexts:
     l7_client: ssl.SSLContext  # pooled HTTP/1.1 connections to peer sidecars
     l4_client: ssl.SSLContext  # one connection per relayed TCP connection (the L4 ALPN marker)
+    h2_client: ssl.SSLContext  # HTTP/2 to peer sidecars (ALPN h2): multiplexed L7, or h2c relayed at L4
     server: ssl.SSLContext  # inbound: mutual TLS, either of the two
     stamp: tuple[float, ...]  # file mtimes these were built from
     cert_info: dict[str, Any]  # serial and expiry of the certificate in force, for the ack
@@ -57,6 +59,7 @@ class Certificates:
             return False
         cert, key, bundle = paths
         self.contexts = Contexts(client_context(cert, key, bundle), l4_client_context(cert, key, bundle),
+                                 client_context(cert, key, bundle, alpn=(H2_ALPN,)),
                                  inbound_server_context(cert, key, bundle), stamp, certificate_info(cert, bundle))
         log.info("loaded workload certificate from %s", self.directory)
         return True
@@ -67,6 +70,9 @@ class Certificates:
 
     def l4_client(self) -> ssl.SSLContext | None:
         return self.contexts.l4_client if self.contexts else None
+
+    def h2_client(self) -> ssl.SSLContext | None:
+        return self.contexts.h2_client if self.contexts else None
 
     def server(self) -> ssl.SSLContext | None:
         return self.contexts.server if self.contexts else None

@@ -32,6 +32,10 @@ class Answer:
     reason: bytes
     headers: list[tuple[bytes, bytes]]  # as received (the writer drops hop-by-hop fields)
     body: bytes
+    grpc_status: int | None = None  # gRPC needs HTTP/2: an HTTP/1.1 answer never has one
+
+    def discard(self) -> None:
+        """Buffered whole: nothing to stop when a retry replaces it."""
 
 
 class _Fetch:

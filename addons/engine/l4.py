@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from addons.engine.plan import L4_ALPN
+from addons.engine.plan import H2_ALPN, L4_ALPN
+from addons.engine.pool import PoolError, dial
 from addons.engine.relay import HIGH_WATER, Relay
 from addons.engine.tls import client_context, identity_problem, server_context
 
@@ -41,8 +42,9 @@ def l4_client_context(cert: Path, key: Path, bundle: Path) -> ssl.SSLContext:
 
 
 def inbound_server_context(cert: Path, key: Path, bundle: Path) -> ssl.SSLContext:
-    """The inbound listener's mTLS: HTTP/1.1 for pooled L7 connections, or the L4 marker (relay at once)."""
-    return server_context(cert, key, bundle, alpn=("http/1.1", L4_ALPN))
+    """The inbound listener's mTLS: HTTP/1.1 for pooled L7 connections, the L4 marker (relay at once), or
+    HTTP/2 (multiplexed L7 connections, or h2c relayed at L4)."""
+    return server_context(cert, key, bundle, alpn=("http/1.1", L4_ALPN, H2_ALPN))
 
 
 def contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -88,17 +90,11 @@ async def connect(address: tuple[str, int], identity: str, context: ssl.SSLConte
     """A connection to `address`: mTLS to a peer of `identity` (with `context`), or plaintext when it is ""."""
     if identity and context is None:
         raise L4Error("connect-failure", "no workload certificate loaded")
-    loop = asyncio.get_running_loop()
     held = Held()
     try:
-        async with asyncio.timeout(timeout):
-            if identity:
-                transport, _ = await loop.create_connection(lambda: held, address[0], address[1], ssl=context,
-                                                            server_hostname="", ssl_handshake_timeout=timeout)
-            else:
-                transport, _ = await loop.create_connection(lambda: held, address[0], address[1])
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
-        raise L4Error("connect-failure", f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
+        transport = await dial(held, address, context if identity else None, timeout)
+    except PoolError as exc:
+        raise L4Error(exc.kind, str(exc)) from exc
     if identity:
         problem = identity_problem(transport.get_extra_info("ssl_object"), identity)
         if problem is not None:

@@ -29,6 +29,8 @@ from typing import Any, Protocol, cast
 from addons.endpoints import Endpoint
 from addons.engine import l4
 from addons.engine.plan import (
+    H2_ALPN,
+    L7H2,
     OUTBOUND_PORT,
     ConnectionInfo,
     L4Tcp,
@@ -84,12 +86,15 @@ class Sidecar:
     networks: LocalNetworks = field(default_factory=LocalNetworks)
     server_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # inbound: ALPN ("http/1.1", L4_ALPN)
     l4_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # outbound L4: l4.l4_client_context
+    h2_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # outbound HTTP/2 relayed at L4 (ALPN h2)
     l7: Listener | None = None  # the HTTP/1.1 path; without it L7 plans are refused
     # The per-connection decision of the L7 path; by default every request goes to the plan's destination.
     l7_decide: Callable[[L7Http, ConnectionInfo], Decide] | None = None
     # AuthorizationPolicy for inbound TCP: the reason to refuse, or None. L7 is authorized per request.
     tcp_gate: Callable[[ConnectionInfo], str | None] | None = None
     tcp: TcpEvents | None = None  # telemetry of relayed connections
+    # The HTTP/2 path: the protocol serving a connection's streams; without it L7H2 plans are refused.
+    h2: Callable[[L7H2, ConnectionInfo], asyncio.Protocol] | None = None
     original_destination: Callable[[socket.socket], tuple[str, int]] = original_destination
 
 
@@ -164,6 +169,7 @@ class CaptureListener:
         self.open = 0
         self.refused = 0
         self.relays: set[Relay] = set()
+        self.h2_relays: dict[Relay, ConnectionInfo] = {}  # HTTP/2 relayed at L4: replanned when config changes
         self.plans: list[type] = []  # the kinds of plan carried out, most recent last (bounded; for tests)
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -270,6 +276,14 @@ class CaptureListener:
             await loop.connect_accepted_socket(lambda: Downstream(l7, decide_, info), sock)
             self.open -= 1  # the L7 listener counts it from here
             return True
+        if isinstance(plan, L7H2):
+            if self.sidecar.h2 is None:
+                self._refuse(sock, Refuse(f"HTTP/2 from {info.peer[0]}: no HTTP/2 path configured"), info)
+                return False
+            protocol = self.sidecar.h2(plan, info)
+            await loop.connect_accepted_socket(lambda: protocol, sock)
+            self.open -= 1  # the HTTP/2 path counts it from here
+            return True
         down, held = await loop.connect_accepted_socket(l4.Held, sock)
         return await self._relay(down, held, plan, info)
 
@@ -306,7 +320,8 @@ class CaptureListener:
                 self.open -= 1
                 return True
         identity = plan.identity if isinstance(plan, L4Tcp) else ""
-        context = self.sidecar.l4_tls() if identity else None
+        h2 = isinstance(plan, L4Tcp) and plan.h2
+        context = (self.sidecar.h2_tls() if h2 else self.sidecar.l4_tls()) if identity else None
         box: list[Relay] = []
         events = self.sidecar.tcp
         opened = None
@@ -320,6 +335,7 @@ class CaptureListener:
             self.open -= 1
             if box:
                 self.relays.discard(box[0])
+                self.h2_relays.pop(box[0], None)
             if events is not None and opened is not None:
                 relay = box[0] if box else None
                 try:
@@ -332,7 +348,29 @@ class CaptureListener:
         if relay is not None and not relay.done:
             box.append(relay)
             self.relays.add(relay)
+            if h2 or info.alpn == H2_ALPN or (info.first_bytes is not None and classify(info.first_bytes) == "h2"):
+                self.h2_relays[relay] = info
         return True
+
+    def close_h2_relays(self, now_l7: Callable[[ConnectionInfo], bool]) -> int:
+        """Close the HTTP/2 connections relayed at L4 that config now wants at L7 (a VirtualService routes
+        their service, a policy reads request fields): a gRPC client reconnects at once, and its new connection
+        gets the routing and per-call policy. Left open, a long-lived channel would never see them."""
+        closing = [relay for relay, info in self.h2_relays.items() if now_l7(info)]
+        for relay in closing:
+            self.h2_relays.pop(relay, None)
+            relay.close()
+        return len(closing)
+
+    def _hand_over(self, down: asyncio.Transport, sniffer: Sniffer, protocol: asyncio.Protocol) -> None:
+        """Inside our TLS: the L7 path takes the connection, and the bytes read while deciding."""
+        self.open -= 1  # the L7 path counts it from here
+        down.set_protocol(protocol)
+        protocol.connection_made(down)
+        if data := sniffer.take():
+            protocol.data_received(data)
+        if sniffer.eof:
+            protocol.eof_received()
 
     async def _terminate_tls(self, sock: socket.socket, info: ConnectionInfo) -> bool:
         context = self.sidecar.server_tls()
@@ -366,16 +404,14 @@ class CaptureListener:
             decide_ = self._l7_decide(plan, inner)
             if decide_ is not None and not sniffer.lost:
                 assert self.sidecar.l7 is not None
-                self.open -= 1
-                downstream = Downstream(self.sidecar.l7, decide_, inner)
-                down.set_protocol(downstream)
-                downstream.connection_made(down)
-                if data := sniffer.take():
-                    downstream.data_received(data)
-                if sniffer.eof:
-                    downstream.eof_received()
+                self._hand_over(down, sniffer, Downstream(self.sidecar.l7, decide_, inner))
                 return True
             plan = Refuse(f"HTTP from {info.peer[0]}: no L7 path configured")
+        if isinstance(plan, L7H2) and self.sidecar.h2 is not None and not sniffer.lost:
+            self._hand_over(down, sniffer, self.sidecar.h2(plan, inner))
+            return True
+        if isinstance(plan, L7H2):
+            plan = Refuse(f"HTTP/2 from {info.peer[0]}: no HTTP/2 path configured")
         if isinstance(plan, (L4Tcp, Passthrough)):
             return await self._relay(down, sniffer, plan, inner)
         log.warning("refused %s (inside mutual TLS)", plan.reason if isinstance(plan, Refuse) else plan)

@@ -27,9 +27,21 @@ from addons.endpoints import Endpoint, Endpoints
 from addons.engine.authorize import Authorizer
 from addons.engine.call import Call
 from addons.engine.certs import Certificates
+from addons.engine.h2pool import H2Pool
+from addons.engine.h2proxy import H2Decide, H2Downstream, H2Proxy
 from addons.engine.listeners import CaptureListener, Sidecar
 from addons.engine.observe import Observer
-from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L7Http, LocalNetworks, local_networks
+from addons.engine.plan import (
+    INBOUND_PORT,
+    L7H2,
+    OUTBOUND_PORT,
+    ConnectionInfo,
+    L7Http,
+    LocalNetworks,
+    inbound_wants_l7,
+    local_networks,
+    routed,
+)
 from addons.engine.pool import Pool
 from addons.engine.proxy import Decide, Listener, Response, Route, Routed, tune_malloc
 from addons.engine.route import Router
@@ -66,11 +78,15 @@ class Mesh:
         self.tap = TapHub(lambda: (live.current.name, live.current.identity))  # `meshctl tap` sessions
         self.l7 = Listener(self._unbound, Pool(certs.l7_client), max_connections=MAX_L7_CONNECTIONS,
                            path_mode=lambda: live.current.mesh.path_normalization, on_done=self.done)
+        self.h2 = H2Proxy(H2Pool(certs.h2_client), path_mode=lambda: live.current.mesh.path_normalization,
+                          on_done=self.done, on_start=self._h2_started)
         sidecar = Sidecar(snapshot=lambda: live.current, lookup=self.owner, networks=networks,
-                          server_tls=certs.server, l4_tls=certs.l4_client, l7=self.l7, l7_decide=self.decide_for,
-                          tcp_gate=self.authorizer.tcp_gate, tcp=self.observer)
+                          server_tls=certs.server, l4_tls=certs.l4_client, h2_tls=certs.h2_client, l7=self.l7,
+                          l7_decide=self.decide_for, tcp_gate=self.authorizer.tcp_gate, tcp=self.observer,
+                          h2=self.h2_for)
         self.listeners = [CaptureListener(OUTBOUND_PORT, sidecar, max_connections=MAX_CAPTURED),
                           CaptureListener(INBOUND_PORT, sidecar, max_connections=MAX_CAPTURED)]
+        live.on_apply.append(self.replan_h2)
         self.listening = False
         self.draining = False
         self.started = time.time()
@@ -112,6 +128,43 @@ class Mesh:
 
         return outbound
 
+    def _h2_started(self, call: Call) -> None:
+        if self.tap.sessions:
+            self.tap.begin(call)  # before the body is read: a --bodies session asks for a copy of it
+
+    def h2_for(self, plan: L7H2, info: ConnectionInfo) -> H2Downstream:
+        """An HTTP/2 connection's streams: the same hooks as decide_for, per stream."""
+        self.connections_total += 1
+        decide: H2Decide
+        if info.listener == INBOUND_PORT:
+            target = Route(plan.address)
+
+            def inbound(call: Call) -> Route | Response:
+                self.tracer.request(call)
+                return self.authorizer.request(call) or target
+
+            decide = inbound
+        else:
+            def outbound(call: Call) -> Any:
+                self.tracer.request(call)
+                return self.router.decide_h2(call, plan)
+
+            decide = outbound
+        return self.h2.connection(decide, info)
+
+    def replan_h2(self, snap: snapshot.Snapshot) -> None:
+        """A new snapshot: HTTP/2 connections relayed at L4 that it wants at L7 are closed (clients reconnect)."""
+        wants = inbound_wants_l7(snap)
+        for listener in self.listeners:
+            if listener.port == INBOUND_PORT:
+                closed = listener.close_h2_relays(lambda info: wants)
+            else:
+                closed = listener.close_h2_relays(
+                    lambda info: info.endpoint is not None and routed(snap, info.endpoint.service.name))
+            if closed:
+                log.info("closed %d HTTP/2 connection(s) relayed at L4 on %d: config now asks for L7; their clients "
+                         "reconnect", closed, listener.port)
+
     def done(self, call: Call) -> None:
         self.observer.request_done(call)
         self.tracer.done(call)
@@ -134,7 +187,7 @@ class Mesh:
 
     @property
     def open_connections(self) -> int:
-        return self.l7.open + sum(listener.open for listener in self.listeners)
+        return self.l7.open + self.h2.open + sum(listener.open for listener in self.listeners)
 
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
@@ -193,6 +246,7 @@ async def watch(what: str, every: float, step: Any) -> None:
 async def drain(mesh: Mesh) -> None:
     """Stop being ready, let in-flight connections finish (bounded)."""
     mesh.draining = True
+    mesh.h2.drain()
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while mesh.open_connections > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)

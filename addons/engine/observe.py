@@ -38,7 +38,9 @@ class Observer:
 
     def parties(self, call: Call) -> dict[str, str]:
         if call.parties is None:
-            call.parties = self._parties(call.conn, call.upstream, call.upstream_identity)
+            # Answered before an upstream was chosen (a fault, no route): the service the app was calling
+            upstream = call.upstream or (call.conn.destination if call.conn is not None else None)
+            call.parties = self._parties(call.conn, upstream, call.upstream_identity)
         return call.parties
 
     def _parties(self, info: ConnectionInfo | None, upstream: tuple[str, int] | None,
@@ -82,7 +84,8 @@ class Observer:
         status, flags = call.status, outcome_flags(call)
         duration_ms = (end - call.start) * 1000
         requests, duration, request_bytes, response_bytes = self.meters.http_series(
-            (*(parties[k] for k in PARTY_LABELS), "http", str(status), flags))
+            (*(parties[k] for k in PARTY_LABELS), call.protocol, str(status), flags,
+             "" if call.grpc_status is None else str(call.grpc_status)))
         requests.inc()
         duration.observe(duration_ms)
         request_bytes.observe(call.request_bytes)
@@ -105,6 +108,8 @@ class Observer:
             "request_id": clip(call.headers.get("x-request-id")) if head.method else None,
             "error": clip(call.error), "reason": call.reason,
         }
+        if call.grpc_status is not None:
+            entry["grpc_status"] = call.grpc_status
         if not head.method and call.conn is not None:  # refused before a request was whole: who sent it
             entry["peer_address"] = call.conn.peer[0]
         self.meters.log(entry)

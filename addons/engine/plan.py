@@ -10,6 +10,11 @@ Inbound (15006), from peers:
 Outbound (15001), from our app:
   the app's own TLS    -> passed through untouched
   a meshed destination -> HTTP/1 -> L7 over pooled mTLS; anything else -> L4 over mTLS (one connection each)
+                          HTTP/2 (h2c) -> L7 over multiplexed mTLS (ALPN h2) when a VirtualService routes the
+                          service, else L4 over mTLS with ALPN h2, so the far side knows what is inside
+Inside our mTLS, ALPN h2 (or plaintext h2c where a mode allows it) -> L7 when a VirtualService routes this
+service, an AuthorizationPolicy needs request fields or a RequestAuthentication applies, else L4 to the app:
+HTTP/2 pays for L7 only when config asks for it.
   anything else        -> HTTP/1 -> L7 in plaintext; anything else passed through
 Any listener: a destination among the proxy's own ports (15000-15099) is refused (it would dial itself).
 
@@ -27,12 +32,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from addons.endpoints import Endpoint
+from addons.rbac import needs_request_fields
 from addons.snapshot import Snapshot, Workload
 
 INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
 PROXY_PORTS = (15000, 15099)
 L4_ALPN = "meshctl-l4"  # offered by a sidecar's L4 tunnel: the far side relays at once
+H2_ALPN = "h2"  # offered by a sidecar carrying HTTP/2 (L7 or L4): the far side knows without looking
 H2_PREFACE = b"PRI * HTTP/2.0"
 
 # How long a client that has said nothing may stay silent before its connection is taken as TCP. Clients of
@@ -57,7 +64,7 @@ WELL_KNOWN_TCP = frozenset(SERVER_FIRST_PORTS) | frozenset(NON_HTTP_PORTS)
 
 METHOD_MAX = 20  # longer than any registered HTTP method: more letters than this and no space is not HTTP
 
-Kind = Literal["tls", "http", "other", "undecided"]
+Kind = Literal["tls", "http", "h2", "other", "undecided"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,15 @@ class L4Tcp:
 
     address: tuple[str, int]
     identity: str = ""
+    h2: bool = False  # HTTP/2 inside: offer ALPN h2 instead of the L4 marker
+
+
+@dataclass(frozen=True)
+class L7H2:
+    """Serve HTTP/2 (h2c or gRPC) per stream and forward to `address` (`identity` as in L7Http)."""
+
+    address: tuple[str, int]
+    identity: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +131,7 @@ class Refuse:
     message: bytes = b""  # sent before closing (a 403 to plaintext HTTP in STRICT)
 
 
-Plan = L7Http | L4Tcp | Passthrough | TerminateTls | Refuse
+Plan = L7Http | L7H2 | L4Tcp | Passthrough | TerminateTls | Refuse
 
 
 def classify(data: bytes) -> Kind:
@@ -127,7 +143,7 @@ def classify(data: bytes) -> Kind:
             return "undecided" if data[1:] in (b"", b"\x03") else "other"
         return "tls" if data[1] == 0x03 and data[2] <= 0x03 else "other"
     if data.startswith(H2_PREFACE) or H2_PREFACE.startswith(data):
-        return "other" if len(data) >= len(H2_PREFACE) else "undecided"  # h2c stays L4, as today
+        return "h2" if len(data) >= len(H2_PREFACE) else "undecided"
     method, space, _ = data.partition(b" ")
     if not space:
         return "undecided" if method.isalpha() and len(method) <= METHOD_MAX else "other"
@@ -194,7 +210,7 @@ def sniff_timeout(info: ConnectionInfo) -> float:
         if protocol == "tcp" and _inbound_mode(info) == "DISABLE":
             return 0.0  # no TLS of ours to find: relay at once
         return HTTP_FIRST_BYTES_S if protocol == "http" else SNIFF_TIMEOUT_S  # TLS or not must be seen
-    if protocol == "tcp" or info.alpn == L4_ALPN:
+    if protocol == "tcp" or info.alpn in (L4_ALPN, H2_ALPN):
         return 0.0
     return HTTP_FIRST_BYTES_S if protocol == "http" else SNIFF_TIMEOUT_S
 
@@ -251,10 +267,23 @@ def _inbound_app(info: ConnectionInfo) -> Plan:
     """Inside our verified mTLS (or plaintext a mode allows): the peer's app protocol, to the app."""
     if info.alpn == L4_ALPN:
         return L4Tcp(info.destination)
-    return _app_protocol(info, _kind(info))
+    return _app_protocol(info, "h2" if info.alpn == H2_ALPN else _kind(info))
+
+
+def inbound_wants_l7(snap: Snapshot) -> bool:
+    """Whether HTTP/2 to this workload is served per request: a VirtualService routes its service (the
+    server's side then reports each call too, as Istio's does), or its policies read request fields."""
+    return routed(snap, snap.app) or bool(snap.jwt) or needs_request_fields(snap.authorization)
+
+
+def routed(snap: Snapshot, service: str) -> bool:
+    """Whether a VirtualService routes `service`."""
+    return any(service in r.get("hosts", []) for r in snap.routes)
 
 
 def _app_protocol(info: ConnectionInfo, kind: Kind) -> Plan:
+    if kind == "h2":
+        return L7H2(info.destination) if inbound_wants_l7(info.snapshot) else L4Tcp(info.destination)
     protocol = _protocol(info)
     if protocol == "http" or (protocol is None and kind == "http"):
         return L7Http(info.destination)
@@ -266,10 +295,15 @@ def _outbound(info: ConnectionInfo) -> Plan:
     kind = _kind(info)
     if protocol != "tcp" and kind == "tls":
         return Passthrough(info.destination)  # the app's own TLS: never intercepted
-    http = protocol == "http" or (protocol is None and kind == "http")
+    h2 = protocol != "tcp" and kind == "h2"
+    http = not h2 and (protocol == "http" or (protocol is None and kind == "http"))
     endpoint = info.endpoint
     if endpoint is None or not endpoint.workload.accepts_mtls(info.destination[1]):
         # outside the mesh, or a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
         return L7Http(info.destination) if http else Passthrough(info.destination)
     identity = endpoint.service.identity
+    if h2:
+        if routed(info.snapshot, endpoint.service.name):
+            return L7H2(info.destination, identity)
+        return L4Tcp(info.destination, identity, h2=True)
     return L7Http(info.destination, identity) if http else L4Tcp(info.destination, identity)

@@ -52,6 +52,23 @@ class User(Protocol):
     def upstream_resume_writing(self) -> None: ...
 
 
+async def dial(protocol: asyncio.Protocol, address: Address, context: ssl.SSLContext | None,
+               timeout: float) -> asyncio.Transport:
+    """Connect `protocol` to `address`: mutual TLS with `context` (the identity is the caller's to check), else
+    plaintext; within `timeout`. PoolError("connect-failure") if it cannot."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            if context is not None:
+                transport, _ = await loop.create_connection(lambda: protocol, address[0], address[1], ssl=context,
+                                                            server_hostname="", ssl_handshake_timeout=timeout)
+            else:
+                transport, _ = await loop.create_connection(lambda: protocol, address[0], address[1])
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise PoolError("connect-failure", f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
+    return transport
+
+
 class Upstream(asyncio.Protocol):
     """One connection to an upstream: idle in its pool, or lent to one user."""
 
@@ -182,19 +199,9 @@ class Pool:
             raise PoolError("connect-failure", "no workload certificate loaded")
         self._count(key, +1)
         conn = Upstream(self, key)
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                if context is not None:
-                    await loop.create_connection(lambda: conn, address[0], address[1], ssl=context,
-                                                 server_hostname="", ssl_handshake_timeout=self.connect_timeout)
-                else:
-                    await loop.create_connection(lambda: conn, address[0], address[1])
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._uncount(conn)
-            conn.abort()
-            raise PoolError("connect-failure", f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
-        except BaseException:  # cancelled: give the slot back
+            await dial(conn, address, context, self.connect_timeout)
+        except BaseException:  # failed or cancelled: give the slot back
             self._uncount(conn)
             conn.abort()
             raise

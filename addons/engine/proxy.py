@@ -134,6 +134,32 @@ class Listener:
         return await loop.create_server(lambda: Downstream(self), host, port, ssl=ssl_context, **kwargs)
 
 
+def h2c_upgrade(head: RequestHead) -> bool:
+    """An HTTP/1.1 request asking to switch to h2c (RFC 7540 3.2), as curl --http2 does over http://."""
+    value = head.header(b"upgrade")
+    return value is not None and value.strip().lower() == b"h2c"
+
+
+def decline_h2c(head: RequestHead) -> None:
+    """Serve it as HTTP/1.1, as Envoy does: a server may ignore the upgrade, and the client goes on in HTTP/1.1
+    (every request then gets the HTTP/1.1 path's per-request routing, policy and telemetry). The connection
+    closes after the response: the parser stopped at the upgrade, so nothing after it is read on this one."""
+    tokens = {b"upgrade", b"http2-settings"}
+    fields = []
+    for name, value in head.headers:
+        key = name.lower()
+        if key in tokens:
+            continue
+        if key == b"connection":
+            value = b", ".join(t.strip() for t in value.split(b",") if t.strip().lower() not in tokens)
+            if not value:
+                continue
+        fields.append((name, value))
+    head.headers[:] = fields
+    head.upgrade = False
+    head.keep_alive = False
+
+
 class Downstream(asyncio.Protocol):
     """One client connection."""
 
@@ -241,6 +267,8 @@ class Downstream(asyncio.Protocol):
 
     def _start(self, head: RequestHead) -> None:
         self._disarm_timer()
+        if head.upgrade and h2c_upgrade(head):
+            decline_h2c(head)
         call = Call(self.info, head)
         if head.method == b"CONNECT":
             call.reason = "CONNECT is not proxied"

@@ -20,15 +20,17 @@ import ssl
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
+from addons import grpc
 from addons.endpoints import Endpoint, Endpoints
 from addons.engine.call import Call, Headers
 from addons.engine.client import Answer, UpstreamError, fetch
+from addons.engine.h2proxy import Attempt, Forwarder, H2Routed
 from addons.engine.http1 import RequestHead, ResponseHead, forwardable
-from addons.engine.plan import L7Http
-from addons.engine.pool import Pool
+from addons.engine.plan import L7H2, L7Http
+from addons.engine.pool import Key, Pool
 from addons.engine.proxy import Response, Route, Routed
 from addons.live import LiveSnapshot
 from addons.policy import UNLIMITED, Balancer, ClusterPolicy, Outliers, RetryPolicy, backoff, merged_policy, seconds
@@ -48,6 +50,21 @@ log = logging.getLogger("meshctl.routing")
 ROUTED_BODY_MAX = 128 * 1024  # larger (or chunked) request bodies stream: no retries, timeouts or mirroring
 DEFAULT_RETRY = RetryPolicy()
 MAX_PER_ENDPOINT = 1024  # connections to one endpoint when the DestinationRule sets no limit
+
+
+class Answered(Protocol):
+    """An upstream's answer as the retry loop judges it (a buffered HTTP/1.1 Answer, an HTTP/2 Attempt)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def grpc_status(self) -> int | None: ...
+
+    def discard(self) -> None: ...
+
+
+A = TypeVar("A", bound=Answered)
 
 
 def text(status: int, message: str) -> Response:
@@ -118,6 +135,16 @@ def upstream_request(head: RequestHead, body: bytes, host: str | None = None) ->
             + b"\r\n" + body)
 
 
+def abort_response(abort: Mapping[str, Any]) -> Response:
+    """A fault's abort: an HTTP status, or a gRPC status (answered as gRPC: HTTP 200 carrying grpc-status)."""
+    if "grpcStatus" in abort:
+        code = grpc.status_code(abort["grpcStatus"])
+        return Response(200, b"fault filter abort", ((b"content-type", b"application/grpc"),
+                                                      (b"grpc-status", b"%d" % (code if code is not None else 2)),
+                                                      (b"grpc-message", b"fault filter abort")))
+    return Response(int(abort["httpStatus"]), b"fault filter abort", ((b"content-type", b"text/plain"),))
+
+
 def cookie(headers: Headers, name: str) -> str | None:
     for value in headers.get_all("cookie"):
         for part in value.split(";"):
@@ -142,11 +169,31 @@ class Router:
 
     def decide(self, call: Call, plan: L7Http) -> Route | Response | Routed:
         """Outbound: where this request goes, and how."""
-        route = Route(plan.address, plan.identity)
-        if not plan.identity:
-            return route  # outside the mesh or a DISABLE peer: as the connection was going
+        target = self._routed_service(plan.address, plan.identity)
+        if target is None:
+            return Route(plan.address, plan.identity)  # no policy, outside the mesh or a DISABLE peer
+        snap, service = target
+        head = call.head
+        if head.upgrade or head.framing == "chunked" or (head.length or 0) > ROUTED_BODY_MAX:
+            return self._stream(call, snap, service, plan.address[1])
+        port = plan.address[1]
+        return Routed(lambda c, body: self._serve(c, body, snap, service, port))
+
+    def decide_h2(self, call: Call, plan: L7H2) -> Route | Response | H2Routed:
+        """Outbound HTTP/2 (gRPC): the same decisions per stream; the body streams, kept for retries."""
+        target = self._routed_service(plan.address, plan.identity)
+        if target is None:
+            return Route(plan.address, plan.identity)
+        snap, service = target
+        port = plan.address[1]
+        return H2Routed(lambda c, forwarder: self._serve_h2(c, forwarder, snap, service, port))
+
+    def _routed_service(self, address: tuple[str, int], identity: str) -> tuple[Snapshot, str] | None:
+        """The snapshot and the service whose policy routes a request to `address`; None: as it was going."""
+        if not identity:
+            return None  # outside the mesh or a DISABLE peer
         snap = self.live.current
-        ip = plan.address[0]
+        ip = address[0]
         endpoint, gone = self.endpoints.by_ip.get(ip), False
         if endpoint is None:
             endpoint = self.endpoints.departed_endpoint(ip)
@@ -154,13 +201,8 @@ class Router:
         # A pod that has gone is routed even without a policy: its service's other pods answer, as behind a
         # Kubernetes service address.
         if endpoint is None or not (gone or self._has_policy(snap, endpoint.service.name)):
-            return route
-        service = endpoint.service.name
-        head = call.head
-        if head.upgrade or head.framing == "chunked" or (head.length or 0) > ROUTED_BODY_MAX:
-            return self._stream(call, snap, service, plan.address[1])
-        port = plan.address[1]
-        return Routed(lambda c, body: self._serve(c, body, snap, service, port))
+            return None
+        return snap, endpoint.service.name
 
     @staticmethod
     def _has_policy(snap: Snapshot, service: str) -> bool:
@@ -235,6 +277,52 @@ class Router:
     # --- the routed exchange -------------------------------------------------------------------------------
 
     async def _serve(self, call: Call, body: bytes, snap: Snapshot, service: str, port: int) -> Response:
+        prepared = await self._prepare(call, snap, service)
+        if isinstance(prepared, Response):
+            return prepared
+        rule, dest = prepared
+        if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
+            self._mirror(call, body, snap, rule["mirror"], service, port)
+        retry, timeout = self._rule_policy(snap, rule)
+        request = upstream_request(call.head, body)
+        is_head = call.head.method == b"HEAD"
+
+        def exchange(cluster: Cluster, key: Key) -> Awaitable[Answer]:
+            return fetch(cluster.pool, key, request, is_head, cluster.policy.max_requests_per_connection)
+
+        answer = await self._attempts(call, snap, dest.get("host", service), dest.get("subset"),
+                                      (dest.get("port") or {}).get("number") or port, retry, timeout, exchange)
+        if isinstance(answer, Response):
+            return answer
+        return Response(answer.status, answer.body, tuple(answer.headers), reason=answer.reason,
+                        length_from_headers=is_head)
+
+    async def _serve_h2(self, call: Call, forwarder: Forwarder, snap: Snapshot, service: str,
+                        port: int) -> Attempt | Response:
+        prepared = await self._prepare(call, snap, service)
+        if isinstance(prepared, Response):
+            return prepared
+        rule, dest = prepared
+        if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
+            self._mirror_h2(call, forwarder, snap, rule["mirror"], service, port)
+        retry, timeout = self._rule_policy(snap, rule)
+        deadline_in = grpc.timeout_of(call.head.header(b"grpc-timeout"))  # the caller's deadline, honoured
+        if timeout is not None:
+            deadline_in = timeout if deadline_in is None else min(timeout, deadline_in)
+        if deadline_in is not None:
+            call.deadline = asyncio.get_running_loop().time() + deadline_in
+
+        def exchange(cluster: Cluster, key: Key) -> Awaitable[Attempt]:
+            return forwarder.attempt(key)
+
+        return await self._attempts(call, snap, dest.get("host", service), dest.get("subset"),
+                                    (dest.get("port") or {}).get("number") or port, retry, deadline_in, exchange,
+                                    lambda: forwarder.can_retry)
+
+    async def _prepare(self, call: Call, snap: Snapshot, service: str
+                       ) -> tuple[Mapping[str, Any], Mapping[str, Any]] | Response:
+        """The rule and destination for a request, with its faults and header operations applied; or the
+        answer to give without an upstream (no rule, an abort, no destination picked)."""
         rule, vs_name = self._rule(snap, service, call)
         if rule is None:
             return self._no_rule(call, vs_name)
@@ -244,15 +332,10 @@ class Router:
             call.flags = "DI"
         if "abort" in fault and percent_hit(fault["abort"].get("percentage"), random.uniform(0, 100)):
             call.flags = "FI"
-            return Response(int(fault["abort"]["httpStatus"]), b"fault filter abort",
-                            ((b"content-type", b"text/plain"),))
+            return abort_response(fault["abort"])
         route = self._pick(call, rule, vs_name)
         if isinstance(route, Response):
             return route
-        dest = route["destination"]
-        host, subset = dest.get("host", service), dest.get("subset")
-        if "mirror" in rule and percent_hit(rule.get("mirrorPercentage"), random.uniform(0, 100)):
-            self._mirror(call, body, snap, rule["mirror"], service, port)
         response_ops = [(rule.get("headers") or {}).get("response"), (route.get("headers") or {}).get("response")]
         if any(response_ops):
             def edit(h: Headers) -> None:
@@ -260,9 +343,7 @@ class Router:
                     apply_header_ops(h, ops)
 
             _then_edit(call, edit)
-        retry, timeout = self._rule_policy(snap, rule)
-        return await self._forward(call, body, snap, host, subset, (dest.get("port") or {}).get("number") or port,
-                                   retry, timeout)
+        return rule, route["destination"]
 
     def _rule_policy(self, snap: Snapshot, rule: Mapping[str, Any]) -> tuple[RetryPolicy, float | None]:
         """A rule's retries and timeout, read once per snapshot (rules are the snapshot's own objects)."""
@@ -277,16 +358,16 @@ class Router:
                                                 seconds(rule.get("timeout")))
         return found[1], found[2]
 
-    async def _forward(self, call: Call, body: bytes, snap: Snapshot, host: str, subset: str | None, port: int,
-                       retry: RetryPolicy, timeout: float | None) -> Response:
+    async def _attempts(self, call: Call, snap: Snapshot, host: str, subset: str | None, port: int,
+                        retry: RetryPolicy, timeout: float | None, exchange: Callable[[Cluster, Key], Awaitable[A]],
+                        can_retry: Callable[[], bool] = lambda: True) -> A | Response:
         """Try the exchange up to 1 + attempts times: the answer, or the error response to give."""
         cluster = self._cluster(snap, host, subset)
         deadline = time.monotonic() + timeout if timeout else None
         hash_key = self._hash_key(call, cluster.policy)
-        request = upstream_request(call.head, body)
-        is_head = call.head.method == b"HEAD"
         tried: list[str] = []
         last: tuple[int | None, str | None] = (None, "connect-failure")
+        grpc_status: int | None = None
         for attempt in range(retry.attempts + 1):
             candidates = self._candidates(snap, host, subset)
             if not candidates:
@@ -306,17 +387,17 @@ class Router:
             identity = peer_identity(by_ip[ip], port)
             call.upstream, call.upstream_identity = (ip, port), identity
             call.route = {"host": host, "subset": subset, "attempts": attempt + 1}
-            answer: Answer | None = None
+            answer: A | None = None
             cluster.balancer.active[ip] = cluster.balancer.active.get(ip, 0) + 1
             try:
                 await cluster.slot()
                 try:
-                    exchange = fetch(cluster.pool, ((ip, port), identity), request, is_head,
-                                     cluster.policy.max_requests_per_connection)
-                    answer = await asyncio.wait_for(exchange, min(limits)) if limits else await exchange
+                    pending = exchange(cluster, ((ip, port), identity))
+                    answer = await asyncio.wait_for(pending, min(limits)) if limits else await pending
                 finally:
                     cluster.free()
                 last = (answer.status, None)
+                grpc_status = answer.grpc_status
             except TimeoutError:
                 last = (None, "timeout")
             except UpstreamError as exc:
@@ -330,20 +411,23 @@ class Router:
             if cluster.outliers.record(ip, last[0], last[1], population=len(by_ip)):
                 log.warning("ejected %s (%s) from %s: consecutive errors", ip, by_ip[ip].workload.host, host)
             if deadline is not None and (time.monotonic() >= deadline or (overall and last[1] == "timeout")):
+                if answer is not None:
+                    answer.discard()
                 call.flags = "UT"
                 return text(*FAILURES["timeout"][::2])
-            retriable = retry.retriable(*last) and attempt < retry.attempts
+            retriable = retry.retriable(last[0], last[1], grpc_status) and attempt < retry.attempts and can_retry()
             if retriable and cluster.retrying >= cluster.policy.max_retries:
                 retriable = False  # the cluster's retry budget (connectionPool.http.maxRetries) is spent
             if not retriable:
                 if answer is not None:
-                    if attempt and retry.retriable(*last):
+                    if attempt and retry.retriable(last[0], last[1], grpc_status):
                         call.flags = "URX"
-                    return Response(answer.status, answer.body, tuple(answer.headers), reason=answer.reason,
-                                    length_from_headers=is_head)
+                    return answer
                 status, flag, message = FAILURES[last[1] or "reset"]
                 call.flags = "URX" if attempt else flag
                 return text(status, message)
+            if answer is not None:
+                answer.discard()  # not the answer given: a retry follows
             pause = backoff(attempt)
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.monotonic()))
@@ -374,6 +458,32 @@ class Router:
             try:
                 await asyncio.wait_for(fetch(cluster.pool, ((ip, port), peer_identity(endpoint, port)), request,
                                              call.head.method == b"HEAD"), MIRROR_TIMEOUT_S)
+            except Exception as exc:  # shadow traffic never affects the caller
+                log.debug("mirror to %s failed: %s", host, exc)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+    def _mirror_h2(self, call: Call, forwarder: Forwarder, snap: Snapshot, dest: Mapping[str, Any], service: str,
+                   port: int) -> None:
+        """An HTTP/2 copy, sent once the request is whole and only if its body is still held (REPLAY_MAX)."""
+        if len(self.mirrors) >= MIRROR_LIMIT:
+            return
+        host, subset = dest.get("host", service), dest.get("subset")
+        port = int((dest.get("port") or {}).get("number") or port)
+        candidates = self._candidates(snap, host, subset)
+        if not candidates:
+            return
+        authority = (call.authority or host).split(":", 1)
+        shadow = f"{authority[0]}-shadow" + (f":{authority[1]}" if len(authority) > 1 else "")
+        ip, endpoint = random.choice(candidates)
+        copy = forwarder.copy(shadow)
+
+        async def send() -> None:
+            try:
+                async with asyncio.timeout(MIRROR_TIMEOUT_S):
+                    await copy.mirror(((ip, port), peer_identity(endpoint, port)))
             except Exception as exc:  # shadow traffic never affects the caller
                 log.debug("mirror to %s failed: %s", host, exc)
 

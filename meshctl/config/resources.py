@@ -78,8 +78,9 @@ def required_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                          for j, r in enumerate(rule.get("route") or []) if not (r.get("destination") or {}).get("host")]
             if "mirror" in rule and not rule["mirror"].get("host"):
                 problems.append(f"{where}.spec.http[{i}].mirror.host: required")
-            if "abort" in (rule.get("fault") or {}) and "httpStatus" not in rule["fault"]["abort"]:
-                problems.append(f"{where}.spec.http[{i}].fault.abort.httpStatus: required")
+            abort = (rule.get("fault") or {}).get("abort")
+            if isinstance(abort, dict) and ("httpStatus" in abort) == ("grpcStatus" in abort):
+                problems.append(f"{where}.spec.http[{i}].fault.abort: give one of httpStatus or grpcStatus")
     if kind.name == "DestinationRule":
         if not spec.get("host"):
             problems.append(f"{where}.spec.host: required (the service these policies are for)")

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from addons.policy import RETRY_CONDITIONS as RETRY_ON
 from meshctl.config.hosts import canonical
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, namespace_of, qualified_name, semantic_problems
@@ -26,8 +27,6 @@ MATCH_RE = re.compile(r"^(?P<field>header|query|path|uri|method)(?::(?P<name>[A-
                       r"(?P<op>\^=|~=|=)(?P<value>.*)$")
 OPS = {"=": "exact", "^=": "prefix", "~=": "regex"}
 STATUS_RE = re.compile(r"[1-5][0-9][0-9]")  # a status code in --retry-on
-RETRY_ON = {"5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx", "refused-stream",
-            "retriable-status-codes", "unavailable", "cancelled"}
 MATCH_HELP = ("header:NAME=VALUE, path=/exact, path^=/prefix, path~=regex, method=GET, query:NAME=VALUE; "
               "'=' exact, '^=' prefix, '~=' regex")
 

@@ -13,7 +13,8 @@ import ipaddress
 import re
 from typing import Any
 
-from addons import regex
+from addons import grpc, regex
+from addons.policy import RETRY_CONDITIONS, STATUS_RE
 
 DURATION_RE = re.compile(r"^(\d+(\.\d+)?)(ms|s|m|h)$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -83,6 +84,18 @@ def _leaf(kind: str, value: Any, path: str) -> str | None:
     if kind == "status":
         return None if isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599 else \
             f"{path}: {value!r} is not an HTTP status (200-599)"
+    if kind == "grpc-status":
+        if grpc.status_code(value) is not None:
+            return None
+        return (f"{path}: {value!r} is not a gRPC status: use a name such as UNAVAILABLE "
+                f"({', '.join(grpc.STATUS_CODES)}) or a number 0-16")
+    if kind == "retry-on":
+        if not isinstance(value, str):
+            return f"{path}: must be a comma-separated string such as 5xx,connect-failure"
+        tokens = [t.strip() for t in value.split(",") if t.strip()]
+        bad = [t for t in tokens if t not in RETRY_CONDITIONS and not STATUS_RE.fullmatch(t)]
+        return None if not bad else (f"{path}: {', '.join(repr(t) for t in bad)} is not a retry condition: use "
+                                     f"HTTP status codes or {', '.join(sorted(RETRY_CONDITIONS))}")
     if kind == "bool":
         return None if isinstance(value, bool) else f"{path}: must be true or false"
     if kind == "percent":

@@ -26,13 +26,13 @@ PROXY_PORTS = range(15000, 15100)
 # Names as compose's `app_protocol`, Kubernetes' `appProtocol` and Istio's port names spell them
 # (case-insensitive), each mapped to what the sidecar does with the port.
 HTTP_NAMES = ("http", "http1", "http1.1", "http/1.1",
-              "ws", "kubernetes.io/ws")  # WebSocket begins as an HTTP/1.1 upgrade, handled at L7
+              "ws", "kubernetes.io/ws",  # WebSocket begins as an HTTP/1.1 upgrade, handled at L7
+              # HTTP/2 with prior knowledge (h2c, gRPC): known from its preface, at L7 when config asks for it
+              "h2c", "http2", "grpc", "kubernetes.io/h2c")
 TCP_NAMES = ("tcp", "mysql", "mariadb", "postgresql", "postgres", "redis", "mongo", "mongodb", "memcached",
              "amqp", "kafka", "smtp", "ftp", "pop3", "imap", "ssh",
              # the app's own TLS: carried at L4 inside the mesh's mutual TLS
-             "tls", "https", "wss", "kubernetes.io/wss",
-             # HTTP/2 (h2c, gRPC) stays at L4 today: mutual TLS between the sidecars, no per-request L7
-             "h2c", "http2", "grpc", "kubernetes.io/h2c")
+             "tls", "https", "wss", "kubernetes.io/wss")
 PROTOCOL_NAMES: dict[str, str] = {**{n: "http" for n in HTTP_NAMES}, **{n: "tcp" for n in TCP_NAMES}}
 ACCEPTED = f"http ({', '.join(HTTP_NAMES[1:])}) or tcp ({', '.join(TCP_NAMES[1:])})"
 

@@ -19,9 +19,10 @@ Key = tuple[str, ...]
 KeyFn = Callable[[dict[str, str]], Key | None]
 
 
-def is_error(code: str) -> bool:
-    """Istio's success rate counts 5xx, and no response at all (0), as failures."""
-    return code.startswith("5") or code == "0"
+def is_error(code: str, grpc_status: str = "") -> bool:
+    """Istio's success rate counts 5xx, and no response at all (0), as failures; a gRPC call also fails with any
+    status but OK (HTTP 200 carrying grpc-status 14 is a failed call), as Kiali and `linkerd viz stat` count it."""
+    return code.startswith("5") or code == "0" or grpc_status not in ("", "0")
 
 
 @dataclass
@@ -82,7 +83,7 @@ def tally(samples: Iterable[Sample], key: KeyFn) -> dict[Key, Golden]:
         g = out.setdefault(k, Golden())
         if s.name == REQUESTS:
             g.requests += s.value
-            if is_error(s.labels.get("response_code", "")):
+            if is_error(s.labels.get("response_code", ""), s.labels.get("grpc_response_status", "")):
                 g.errors += s.value
         else:
             bound = float(s.labels.get("le", "+Inf"))

@@ -149,10 +149,11 @@ def prometheus_counts(base_url: str) -> Counts:
     def counts(service: str, project: str | None, seconds: float) -> Golden:
         sel, rng = _selector(service, project), f"{max(1, int(seconds))}s"
         g = Golden()
-        for item in query(f"sum by (response_code) (increase({REQUESTS}{{{sel}}}[{rng}]))"):
+        for item in query(f"sum by (response_code, grpc_response_status) (increase({REQUESTS}{{{sel}}}[{rng}]))"):
             value = float(item["value"][1])
             g.requests += value
-            if is_error(item["metric"].get("response_code", "")):
+            metric = item["metric"]
+            if is_error(metric.get("response_code", ""), metric.get("grpc_response_status", "")):
                 g.errors += value
         for item in query(f"sum by (le) (increase({BUCKETS}{{{sel}}}[{rng}]))"):
             g.buckets[float(item["metric"].get("le", "+Inf"))] = float(item["value"][1])

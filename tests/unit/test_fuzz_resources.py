@@ -216,7 +216,7 @@ def test_valid_resources_are_accepted_and_taken_by_the_data_plane() -> None:
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     (("spec", "http", 0, "route", 0, "destination"), {"subset": "v1"}, "destination.host: required"),
-    (("spec", "http", 0, "fault", "abort"), {"percentage": {"value": 5}}, "abort.httpStatus: required"),
+    (("spec", "http", 0, "fault", "abort"), {"percentage": {"value": 5}}, "give one of httpStatus or grpcStatus"),
     (("spec", "http", 0, "match", 0, "uri"), {"regex": "(?:a{1000}){1000}"}, "not an RE2 regular expression"),
     (("spec", "http", 0, "timeout"), "9" * 400 + "s", "longer than a duration can be"),
     (("metadata", "name"), "reviews\n", "metadata.name must be"),

@@ -45,7 +45,7 @@ services:
 @pytest.mark.parametrize(("name", "expected"), [
     ("tcp", "tcp"), ("TCP", "tcp"), (" mysql ", "tcp"), ("mariadb", "tcp"), ("redis", "tcp"), ("postgresql", "tcp"),
     ("postgres", "tcp"), ("mongo", "tcp"), ("tls", "tcp"), ("https", "tcp"),
-    ("h2c", "tcp"), ("grpc", "tcp"), ("http2", "tcp"), ("kubernetes.io/h2c", "tcp"),  # HTTP/2 stays at L4 today
+    ("h2c", "http"), ("grpc", "http"), ("http2", "http"), ("kubernetes.io/h2c", "http"),  # HTTP/2: by its preface
     ("http", "http"), ("HTTP", "http"), ("http1.1", "http"), ("http/1.1", "http"), ("ws", "http"),
     ("udp", None), ("", None), ("http3", None), ("sql", None), (3306, None), (None, None), (True, None),
 ])

@@ -1,4 +1,4 @@
-# The meshctl sidecar: mitmproxy and meshctl's addons, built offline from a host-built wheelhouse.
+# The meshctl sidecar: meshctl's proxy engine (addons), built offline from a host-built wheelhouse.
 ARG BASE=meshctl/base:bookworm
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/meshctl PATH=/opt/meshctl/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -12,8 +12,8 @@ RUN python3 -m venv /opt/meshctl/venv \
     && groupadd --gid 1337 meshproxy && useradd --uid 1337 --gid 1337 --no-create-home \
          --home-dir /nonexistent --shell /usr/sbin/nologin meshproxy
 COPY addons /opt/meshctl/addons
-# The proxy runs with -O (addons.sidecar): mitmproxy then skips its per-message type checks and per-event
-# assertions. Its bytecode is compiled here, since the proxy uid cannot write any at run time.
+# The proxy runs with -O (addons.sidecar): assertions are skipped. Its bytecode is compiled here, since the
+# proxy uid cannot write any at run time.
 RUN /opt/meshctl/venv/bin/python -O -m compileall -q /opt/meshctl/venv/lib /opt/meshctl/addons \
     && /opt/meshctl/venv/bin/python -m compileall -q /opt/meshctl/addons
 EXPOSE 15001 15006 15021 15090

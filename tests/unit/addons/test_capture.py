@@ -678,6 +678,7 @@ def test_readiness_is_false_while_the_marker_exists(tmp_path: Path) -> None:
     def mesh(contexts: object) -> Mesh:
         live = Live(GOOD)
         certs = SimpleNamespace(contexts=contexts, l7_client=lambda: None, l4_client=lambda: None,
+                                h2_client=lambda: None,
                                 server=lambda: None, cert_info={})
         return Mesh(live, certs, Endpoints(live.current.services), LocalNetworks())  # type: ignore[arg-type]
 

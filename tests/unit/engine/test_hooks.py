@@ -324,7 +324,7 @@ def test_telemetry_logs_istios_fields_and_counts_requests_and_tcp() -> None:
         "connection_security_policy": "mutual_tls", "request_protocol": "http", "source_workload": "web",
         "source_workload_namespace": "p", "source_app": "web", "source_version": "v1", "source_principal": WEB,
         "destination_service_namespace": "p", "destination_app": "reviews", "destination_workload": "reviews-v1",
-        "destination_version": "v1", "destination_principal": REVIEWS})
+        "destination_version": "v1", "destination_principal": REVIEWS, "grpc_response_status": ""})
     assert sample == 1.0
     unanswered = call_to(9080)
     unanswered.finish(0)

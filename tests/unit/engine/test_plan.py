@@ -4,6 +4,7 @@ and the server-first rules of issue 15, then fuzzed for the properties that must
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -17,6 +18,7 @@ from addons.engine.plan import (
     HTTP_FIRST_BYTES_S,
     INBOUND_PORT,
     L4_ALPN,
+    L7H2,
     OUTBOUND_PORT,
     SNIFF_TIMEOUT_S,
     ConnectionInfo,
@@ -92,7 +94,7 @@ def inb(port: int, first: bytes | None, mode: str = "PERMISSIVE", peer: tuple[st
     (out(443, TLS), Passthrough(("172.18.0.9", 443))),
     (out(9080, HTTP, endpoint()), L7Http(("172.18.0.9", 9080), DB_ID)),
     (out(9080, BINARY, endpoint()), L4Tcp(("172.18.0.9", 9080), DB_ID)),
-    (out(9080, H2, endpoint()), L4Tcp(("172.18.0.9", 9080), DB_ID)),  # h2c and gRPC: L4 over mTLS, as today
+    (out(9080, H2, endpoint()), L4Tcp(("172.18.0.9", 9080), DB_ID, h2=True)),  # h2c, no route: L4, ALPN h2
     (out(9080, HTTP), L7Http(("172.18.0.9", 9080))),  # outside the mesh: plaintext, but still HTTP at L7
     (out(9080, BINARY), Passthrough(("172.18.0.9", 9080))),
     (out(9080, HTTP, endpoint("db-off")), L7Http(("172.18.0.9", 9080))),  # a DISABLE workload takes plaintext
@@ -238,7 +240,7 @@ def test_inbound_declarations_are_our_own_workloads() -> None:
     (b"G", "undecided"), (b"GET", "undecided"), (b"PROPFIND", "undecided"), (b"", "undecided"),
     (b"\x16", "undecided"), (b"\x16\x03", "undecided"), (b"\x16\x03\x01", "tls"), (b"\x16\x03\x03\x00", "tls"),
     (b"\x16\x03\x04", "other"), (b"\x16\x02", "other"), (b"\x16\x04\x01", "other"),
-    (b"PRI", "undecided"), (H2, "other"), (b"*1\r\n$4\r\nPING\r\n", "other"), (BINARY, "other"),
+    (b"PRI", "undecided"), (H2, "h2"), (b"*1\r\n$4\r\nPING\r\n", "other"), (BINARY, "other"),
     (b"PING\r\n", "other"), (b"A" * 21, "other"), (b"GE T", "other"), (b"G1T / HTTP/1.1", "other"),
     (b"get key\r\n", "http"), (b"SET a b\r\n", "http"),  # why memcached's and Redis's ports are declared TCP
 ])
@@ -326,3 +328,61 @@ def test_the_capture_modules_import_neither_meshctl_nor_mitmproxy() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'meshctl', 'mitmproxy', 'OpenSSL'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# --- HTTP/2: L7 only when config asks for it -----------------------------------------------------------------
+
+def with_config(info: ConnectionInfo, **config: Any) -> ConnectionInfo:
+    data = copy.deepcopy(info.snapshot.raw)
+    data.update(config)
+    return dataclasses.replace(info, snapshot=snapshot.parse(data))
+
+
+VS_DB = {"name": "db-routes", "hosts": ["db"], "http": [{"route": [{"destination": {"host": "db"}}]}]}
+PATH_RULE = {"action": "ALLOW", "rules": [{"to": [{"operation": {"paths": ["/demo.Echo/*"]}}]}]}
+PRINCIPAL_RULE = {"action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/p/sa/web"]}}]}]}
+
+
+def test_outbound_h2c_goes_l7_only_when_a_virtualservice_routes_the_service() -> None:
+    assert decide(with_config(out(9080, H2, endpoint()), routes=[VS_DB])) == L7H2(("172.18.0.9", 9080), DB_ID)
+    assert decide(out(9080, H2, endpoint())) == L4Tcp(("172.18.0.9", 9080), DB_ID, h2=True)
+    other = {**VS_DB, "hosts": ["web"]}
+    assert decide(with_config(out(9080, H2, endpoint()), routes=[other])) == L4Tcp(("172.18.0.9", 9080), DB_ID,
+                                                                                   h2=True)
+
+
+def test_outbound_h2c_on_a_port_declared_http_is_still_http2_and_on_a_tcp_port_tcp() -> None:
+    assert decide(out(3306, H2, endpoint())) == L4Tcp(("172.18.0.9", 3306), DB_ID, h2=True)
+    assert decide(out(8081, None, endpoint())) == L4Tcp(("172.18.0.9", 8081), DB_ID)
+
+
+def test_outbound_h2c_outside_the_mesh_or_to_a_disable_workload_passes_through() -> None:
+    routed = [VS_DB]
+    assert decide(with_config(out(9080, H2), routes=routed)) == Passthrough(("172.18.0.9", 9080))
+    assert decide(with_config(out(9080, H2, endpoint("db-off")), routes=routed)) == Passthrough(("172.18.0.9", 9080))
+
+
+def test_inbound_h2_inside_our_mtls_is_known_by_alpn_without_waiting() -> None:
+    info = inb(9080, None, tls_peer=WEB_ID, alpn="h2")
+    assert sniff_timeout(info) == 0.0
+    assert decide(info) == L4Tcp(("172.18.0.5", 9080))  # no policy reads request fields: L4 to the app
+
+
+@pytest.mark.parametrize(("config", "l7"), [
+    ({"authorization": [PATH_RULE]}, True),
+    ({"authorization": [{"action": "DENY", "rules": [{"when": [{"key": "request.headers[x-a]",
+                                                                "values": ["1"]}]}]}]}, True),
+    ({"jwt": [{"issuer": "https://issuer", "jwks": "{}"}]}, True),
+    ({"authorization": [PRINCIPAL_RULE]}, False),  # judged per connection at L4 (the TCP gate)
+    ({"routes": [{**VS_DB, "hosts": ["web"]}]}, True),  # a VirtualService routes this service (web)
+    ({"routes": [VS_DB]}, False),  # ... another service
+    ({}, False),
+])
+def test_inbound_h2_goes_l7_when_a_policy_reads_request_fields(config: dict[str, Any], l7: bool) -> None:
+    for info in (inb(9080, None, tls_peer=WEB_ID, alpn="h2"), inb(9080, H2)):  # in mTLS, or plaintext h2c
+        plan = decide(with_config(info, **config))
+        assert plan == (L7H2(("172.18.0.5", 9080)) if l7 else L4Tcp(("172.18.0.5", 9080)))
+
+
+def test_plaintext_h2c_in_strict_is_still_refused() -> None:
+    assert isinstance(decide(with_config(inb(9080, H2, mode="STRICT"), authorization=[PATH_RULE])), Refuse)

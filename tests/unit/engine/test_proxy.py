@@ -421,6 +421,23 @@ def test_websocket_upgrade_becomes_a_relay(pki: Pki) -> None:
     run(go())
 
 
+def test_an_h2c_upgrade_is_served_as_http11_and_the_connection_closes_after(pki: Pki) -> None:
+    async def go() -> None:
+        async with mesh(pki) as m:
+            reader, writer = await connect(m.port)
+            upgrade = ((b"connection", b"Upgrade, HTTP2-Settings"), (b"upgrade", b"h2c"),
+                       (b"http2-settings", b"AAMAAABkAAQCAAAAAAIAAAAA"), (b"x-keep", b"1"))
+            writer.write(request(target=b"/ok", headers=upgrade))
+            answer = await read_response(reader)
+            assert answer.status == 200 and answer.body == b"ok"
+            seen = dict((k.lower(), v) for k, v in m.origin.requests[-1].headers)
+            assert b"upgrade" not in seen and b"http2-settings" not in seen and seen[b"x-keep"] == b"1"
+            assert await reader.read() == b""  # closed after the answer
+            assert not m.listener.relays
+
+    run(go())
+
+
 def test_a_pair_of_engines_over_mutual_tls(pki: Pki) -> None:
     """client -> outbound engine -> mTLS -> inbound engine -> plaintext app: the sidecar pair, both ways checked."""
 
