@@ -38,6 +38,8 @@ from addons.engine.proxy import Response, Route
 log = logging.getLogger("meshctl.engine.h2proxy")
 
 REPLAY_MAX = 64 * 1024  # request body kept for retries and mirroring
+MAX_CONNECTIONS = 4096  # client connections on the HTTP/2 path; past it, closed at once
+IDLE_TIMEOUT_S = 300.0  # a client connection with no stream in flight this long is told GOAWAY (then closed)
 REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 CANCEL = int(h2.errors.ErrorCodes.CANCEL)
 NO_ERROR = int(h2.errors.ErrorCodes.NO_ERROR)
@@ -316,13 +318,31 @@ class H2Downstream(H2Side):
         self.decide = decide
         self.info = info
         self.tasks: set[asyncio.Task[None]] = set()
+        self.admitted = False
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.proxy.open >= self.proxy.max_connections:
+            self.proxy.refused += 1
+            transport.close()
+            return
         super().connection_made(transport)
+        self.admitted = True
         self.proxy.open += 1
         self.proxy.connections.add(self)
+        self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self._idle_check)
         if self.proxy.draining:
             self.goaway()
+
+    def _idle_check(self) -> None:
+        """One timer per connection, moved lazily: idle since the last stream ended (or since it opened)."""
+        loop = asyncio.get_running_loop()
+        left = self.last_active + IDLE_TIMEOUT_S - loop.time()
+        if self.tasks or left > 0:
+            self._idle = loop.call_later(max(left, 1.0), self._idle_check)
+            return
+        self._idle = None
+        self.goaway()
 
     def goaway(self) -> None:
         """No new streams (GOAWAY); the connection closes once the streams in flight are done."""
@@ -338,6 +358,7 @@ class H2Downstream(H2Side):
             self.close()
 
     def new_stream(self, stream_id: int) -> Stream | None:
+        self.last_active = asyncio.get_running_loop().time()
         stream = Stream(self, stream_id)
         self.streams[stream_id] = stream
         task = asyncio.get_running_loop().create_task(self.proxy.serve(self, stream))
@@ -347,13 +368,18 @@ class H2Downstream(H2Side):
 
     def _stream_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
+        self.last_active = asyncio.get_running_loop().time()
         if self.going_away and not self.tasks:
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
         super().connection_lost(exc)
         self.proxy.open -= 1
         self.proxy.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
 
 
 class H2Proxy:
@@ -366,6 +392,8 @@ class H2Proxy:
         self.on_done = on_done
         self.on_start = on_start  # e.g. tap asks for a copy of the bodies
         self.open = 0
+        self.refused = 0
+        self.max_connections = MAX_CONNECTIONS
         self.connections: set[H2Downstream] = set()
         self.draining = False
 

@@ -230,7 +230,8 @@ class Mesh:
     def stats(self) -> dict[str, Any]:
         return {"uptime_s": round(time.time() - self.started, 1), "connections_open": self.open_connections,
                 "connections_total": self.connections_total, "revision": self.snap.revision, "engine": ENGINE,
-                "l7_connections_refused": self.l7.refused,
+                "l7_connections_refused": self.l7.refused, "h2_connections": self.h2.open,
+                "h2_connections_refused": self.h2.refused,
                 "captured_refused": sum(listener.refused for listener in self.listeners)}
 
 

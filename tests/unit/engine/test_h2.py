@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from addons.engine import h2proxy
 from addons.engine.call import Call
 from addons.engine.h2pool import H2Pool
 from addons.engine.h2proxy import H2Decide, H2Proxy
@@ -241,6 +242,45 @@ def test_drain_lets_streams_in_flight_finish_then_closes_the_connection(h: Harne
     while h.proxy.open and time.monotonic() < deadline:
         time.sleep(0.05)
     assert h.proxy.open == 0
+
+
+def test_bodies_are_kept_for_tap_only_when_asked_and_bounded(h: Harness, upstreams: Any) -> None:
+    v1, _ = upstreams
+    h.decide = to(v1)
+    h.unary("/demo.Echo/Hello", b"abcdefghij")
+    wait_calls(h, 1)
+    assert h.calls[-1].request_body is None and h.calls[-1].response_body is None
+    h.proxy.on_start = lambda call: setattr(call, "capture", 8)  # what a --bodies tap session does
+    h.unary("/demo.Echo/Hello", b"abcdefghij")
+    wait_calls(h, 2)
+    call = h.calls[-1]
+    assert call.request_body == b"\x00\x00\x00\x00\x0aabc"  # gRPC's 5-byte prefix, then the message, cut at 8
+    assert call.response_body == b"\x00\x00\x00\x00\x0dv1:"
+    assert call.response_fields is not None and call.response_fields[0] == (b":status", b"200")
+
+
+def test_connections_past_the_cap_are_closed_at_once(h: Harness, upstreams: Any) -> None:
+    v1, _ = upstreams
+    h.decide = to(v1)
+    h.proxy.max_connections = 0
+    with pytest.raises(grpc.RpcError) as raised:
+        h.unary("/demo.Echo/Hello", timeout=2)
+    assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert h.proxy.refused >= 1 and h.proxy.open == 0
+
+
+def test_an_idle_connection_is_told_goaway_and_closed(h: Harness, upstreams: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, _ = upstreams
+    h.decide = to(v1)
+    monkeypatch.setattr(h2proxy, "IDLE_TIMEOUT_S", 0.3)
+    assert h.unary("/demo.Echo/Hello")[0] == b"v1:hi"
+    assert h.proxy.open == 1
+    deadline = time.monotonic() + 5
+    while h.proxy.open and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.proxy.open == 0
+    assert h.unary("/demo.Echo/Hello")[0] == b"v1:hi"  # the client reconnects as it would after any GOAWAY
 
 
 # --- the router per stream ---------------------------------------------------------------------------------------
