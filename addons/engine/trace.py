@@ -75,8 +75,11 @@ class Tracer:
         if call.route is not None:  # the router's decision
             tags["route"] = f"{call.route.get('host')}|{call.route.get('subset') or '-'}"
             tags["attempts"] = str(call.route.get("attempts", 1))
-        if call.error or status >= 500 or status == 0:
-            tags["error"] = clip(call.error) if call.error else str(status)
+        if call.grpc_status is not None:  # Envoy's tag; a gRPC call failed on HTTP 200 is still an error
+            tags["grpc.status_code"] = str(call.grpc_status)
+        if call.error or status >= 500 or status == 0 or call.grpc_status not in (None, 0):
+            tags["error"] = clip(call.error) if call.error else (
+                f"grpc-status {call.grpc_status}" if call.grpc_status else str(status))
         end = call.end or span.start
         record: dict[str, Any] = {
             "traceId": span.trace_id, "id": span.span_id, "name": f"{call.method} {tags['http.path']}",

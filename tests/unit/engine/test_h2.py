@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +19,13 @@ from addons.engine import h2proxy
 from addons.engine.call import Call
 from addons.engine.h2pool import H2Pool
 from addons.engine.h2proxy import H2Decide, H2Proxy
+from addons.engine.observe import Observer
 from addons.engine.plan import L7H2
 from addons.engine.proxy import Response, Route
 from addons.engine.route import Router
+from addons.engine.trace import Tracer
+from addons.meters import Meters
+from addons.spans import SpanStore
 from tests.unit.engine.test_hooks import REVIEWS, Live, endpoints_of, vs
 
 Handler = Callable[[bytes, grpc.ServicerContext], bytes]
@@ -281,6 +286,34 @@ def test_an_idle_connection_is_told_goaway_and_closed(h: Harness, upstreams: Any
         time.sleep(0.05)
     assert h.proxy.open == 0
     assert h.unary("/demo.Echo/Hello")[0] == b"v1:hi"  # the client reconnects as it would after any GOAWAY
+
+
+def test_each_call_is_a_span_and_the_trace_reaches_the_upstream(h: Harness, upstreams: Any) -> None:
+    v1, _ = upstreams
+    live = Live()
+    observer = Observer(live, endpoints_of(live, {}), Meters(io.StringIO()))  # type: ignore[arg-type]
+    store = SpanStore(live)  # type: ignore[arg-type]
+    tracer = Tracer(live, observer, store)  # type: ignore[arg-type]
+    route = to(v1)
+
+    def traced(call: Call) -> Any:
+        tracer.request(call)
+        return route(call)
+
+    h.decide = traced
+    h.proxy.on_done = lambda call: (tracer.done(call), h.calls.append(call))  # type: ignore[func-returns-value]
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    h.unary("/demo.Echo/Hello", metadata=(("traceparent", f"00-{trace}-00f067aa0ba902b7-01"),))
+    v1.failures["t"] = 1
+    with pytest.raises(grpc.RpcError):
+        h.unary("/demo.Echo/Fail", metadata=(("x-key", "t"),))
+    wait_calls(h, 2)
+    spans = store.recent()
+    assert [s["name"] for s in spans] == ["POST /demo.Echo/Hello", "POST /demo.Echo/Fail"]
+    assert spans[0]["traceId"] == trace and spans[0]["tags"]["grpc.status_code"] == "0"
+    assert "error" not in spans[0]["tags"]
+    assert spans[1]["tags"]["grpc.status_code"] == "14" and spans[1]["tags"]["error"] == "grpc-status 14"
+    assert v1.seen[-2]["traceparent"].startswith(f"00-{trace}-")  # the upstream continues the trace
 
 
 # --- the router per stream ---------------------------------------------------------------------------------------
