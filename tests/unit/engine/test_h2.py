@@ -259,8 +259,8 @@ def test_bodies_are_kept_for_tap_only_when_asked_and_bounded(h: Harness, upstrea
     h.unary("/demo.Echo/Hello", b"abcdefghij")
     wait_calls(h, 2)
     call = h.calls[-1]
-    assert call.request_body == b"\x00\x00\x00\x00\x0aabc"  # gRPC's 5-byte prefix, then the message, cut at 8
-    assert call.response_body == b"\x00\x00\x00\x00\x0dv1:"
+    assert bytes(call.request_body or b"") == b"\x00\x00\x00\x00\x0aabc"  # 5-byte prefix, message, cut at 8
+    assert bytes(call.response_body or b"") == b"\x00\x00\x00\x00\x0dv1:"
     assert call.response_fields is not None and call.response_fields[0] == (b":status", b"200")
 
 
