@@ -141,7 +141,8 @@ def up_meshed(engine: DockerClient, home: Path, source: Path, project: str, work
 
 @pytest.fixture(scope="session")
 def testbed_image(engine: DockerClient, mesh_home: Path) -> str:
-    wheelhouse = images.ensure_wheelhouse(default_cache(), lambda _: None, packages=["grpcio"])
+    # wsproto came with mitmproxy in the sidecar's venv; the sidecar no longer carries mitmproxy
+    wheelhouse = images.ensure_wheelhouse(default_cache(), lambda _: None, packages=["grpcio", "wsproto"])
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp)
         for name in ("Dockerfile", "server.py", "client.py", "steady.py"):
