@@ -4,7 +4,11 @@ events out to its streams, flow control both ways.
 - Each stream is a `Stream`: the events for it queue there and its owner awaits them (`next`).
 - Flow control is end to end: data a stream received is acknowledged (a WINDOW_UPDATE) only when its owner
   says it has passed it on (`ack`), so a slow reader on one side slows the writer on the other; sending waits
-  for the peer's window (`send_data`) and for the transport's write buffer to drain (pause_writing).
+  for the peer's window (`send_data`) and for the transport's write buffer to drain (pause_writing). The
+  connection's window has room for every stream's, so a stuck stream stalls itself, not the others; what a
+  stream held when it is dropped is acknowledged then.
+- A peer that sends without reading what it is answered (PINGs, SETTINGS) is cut off past MAX_UNREAD; one that
+  does not read what is left when its connection closes, past CLOSE_GRACE_S.
 - A protocol error closes the connection (h2 sends GOAWAY first); a GOAWAY from the peer ends the streams it
   never processed with REFUSED_STREAM, which a retry policy may repeat elsewhere.
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
+from collections.abc import Callable
 from typing import Any
 
 import h2.config
@@ -33,10 +39,19 @@ logging.getLogger("hpack.hpack").disabled = True
 hyperframe.frame.Frame.__repr__ = lambda self: type(self).__name__  # type: ignore[method-assign]
 
 STREAM_WINDOW = 1 << 20  # bytes a stream may send us before we acknowledge (h2's default 64 KiB halves throughput)
-CONNECTION_WINDOW = 16 << 20
 MAX_CONCURRENT_STREAMS = 256  # what we accept per connection (Envoy's default is 2^31-1; this bounds memory)
+# Room for every stream's window, as Envoy's 256 MiB: a stream whose reader is stuck (a client that never reads
+# its answer) holds its own window, never the connection's, so the calls of others sharing it go on.
+CONNECTION_WINDOW = MAX_CONCURRENT_STREAMS * STREAM_WINDOW
 MAX_HEADER_LIST = 64 * 1024
+MAX_UNREAD = 1 << 20  # bytes we write to a peer that has stopped reading before it is taken as a flood
+CLOSE_GRACE_S = 5.0  # a closed connection's unsent bytes wait this long for a peer that does not read them
 Fields = list[tuple[bytes, bytes]]
+# h2 checks a header block's form, not its bytes: a CR, LF, NUL (or other control character) in a field is
+# malformed (RFC 9113 8.2.1), and an HTTP/1.1 hop behind whoever is sent it could split the message there.
+BAD_FIELD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+HEADER_EVENTS = (h2.events.RequestReceived, h2.events.ResponseReceived, h2.events.TrailersReceived)
+PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
 
 
 class StreamGone(Exception):
@@ -50,7 +65,7 @@ class StreamGone(Exception):
 class Stream:
     """The receiving half of one stream, for its owner: headers, then data, trailers and end (or a reset)."""
 
-    __slots__ = ("conn", "ended", "events", "id", "received", "reset", "waiter")
+    __slots__ = ("conn", "ended", "events", "id", "on_reset", "received", "reset", "unacked", "waiter")
 
     def __init__(self, conn: H2Side, stream_id: int) -> None:
         self.conn = conn
@@ -60,11 +75,16 @@ class Stream:
         self.ended = False  # the peer's END_STREAM arrived
         self.reset: int | None = None  # the error code of a reset (or connection loss: -1)
         self.received = 0  # body bytes received
+        self.unacked = 0  # flow-controlled bytes received and not yet acknowledged
+        self.on_reset: Callable[[], object] | None = None  # told at once of a reset, whether or not it reads
 
     def push(self, kind: str, value: Any, flow: int = 0) -> None:
         self.events.append((kind, value, flow))
+        self.unacked += flow
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+        if kind == "reset" and self.on_reset is not None:
+            self.on_reset()
 
     async def next(self) -> tuple[str, Any, int]:
         """("headers", fields, 0) | ("data", bytes, flow-controlled length) | ("trailers", fields, 0) |
@@ -79,6 +99,8 @@ class Stream:
 
     def ack(self, flow: int) -> None:
         """The owner passed on `flow` bytes of this stream's data: let the peer send as much again."""
+        flow = min(flow, self.unacked)  # nothing twice: what a dropped stream held was acknowledged then
+        self.unacked -= flow
         self.conn.ack(self.id, flow)
 
 
@@ -86,7 +108,7 @@ class H2Side(asyncio.Protocol):
     """Either end of an HTTP/2 connection (`client_side` for our upstream connections)."""
 
     def __init__(self, client_side: bool) -> None:
-        # What arrives is validated; what we send was validated on arrival (or is ours), so it is not again.
+        # What arrives is validated (by h2, and BAD_FIELD); what we send was validated on arrival (or is ours).
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
                                            validate_inbound_headers=True, normalize_inbound_headers=True,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
@@ -97,6 +119,7 @@ class H2Side(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.last_active = 0.0
+        self.unread = 0  # bytes written since the peer stopped reading (pause_writing)
         self._window_waiters: list[asyncio.Future[None]] = []
         self._flush_pending = False
 
@@ -144,6 +167,7 @@ class H2Side(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.unread = 0
         self._wake_senders()
 
     def flush(self) -> None:
@@ -157,24 +181,44 @@ class H2Side(asyncio.Protocol):
         self._flush_pending = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
+            if self.paused:  # no data is sent while paused: this is what the peer's frames made us answer
+                self.unread += len(data)
+                if self.unread > MAX_UNREAD:  # PINGs, SETTINGS, requests whose answers it never reads
+                    log.warning("HTTP/2 peer sends without reading what it is answered: connection closed")
+                    self.transport.abort()
+                    return
             self.transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None:
             self.flush_now()
             self.transport.close()
+            if self.transport.get_write_buffer_size():  # a peer that never reads would hold it open for ever
+                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.transport.abort)
 
     # --- events -------------------------------------------------------------------------------------------
 
     def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, HEADER_EVENTS) and BAD_FIELD.search(b"".join(k + v for k, v in event.headers)):
+            # Request or response, headers or trailers, either way: never passed on (one search per block).
+            log.info("HTTP/2 stream %d: a header field holds a control character; stream reset", event.stream_id)
+            stream = self._drop(event.stream_id)
+            self.reset(event.stream_id, PROTOCOL_ERROR)
+            if stream is not None:
+                stream.reset = PROTOCOL_ERROR
+                stream.push("reset", PROTOCOL_ERROR)
+            return
         if isinstance(event, (h2.events.RequestReceived, h2.events.ResponseReceived)):
             stream = self.streams.get(event.stream_id) or self.new_stream(event.stream_id)
             if stream is not None:
                 stream.push("headers", list(event.headers))
         elif isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
-            if stream is None:  # a stream we gave up on: its bytes still count against the connection
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            # A stream we gave up on (its bytes still count against the connection), or a frame with no data (a
+            # flood of them would queue without end, costing the peer no window): acknowledged at once.
+            if stream is None or not event.data:
+                if event.flow_controlled_length:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 return
             stream.received += len(event.data)
             stream.push("data", event.data, event.flow_controlled_length)
@@ -186,7 +230,7 @@ class H2Side(asyncio.Protocol):
                 stream.ended = True
                 stream.push("end", None)
         elif isinstance(event, h2.events.StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
+            stream = self._drop(event.stream_id)
             if stream is not None:
                 stream.reset = event.error_code
                 stream.push("reset", int(event.error_code))
@@ -198,7 +242,7 @@ class H2Side(asyncio.Protocol):
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for sid, stream in list(self.streams.items()):
                 if sid > last:  # never processed: safe to send again
-                    self.streams.pop(sid, None)
+                    self._drop(sid)
                     stream.push("reset", int(h2.errors.ErrorCodes.REFUSED_STREAM))
             self.goaway_received()
 
@@ -216,9 +260,20 @@ class H2Side(asyncio.Protocol):
 
     # --- sending ------------------------------------------------------------------------------------------
 
+    def _drop(self, stream_id: int) -> Stream | None:
+        """The stream leaves: what it received and nobody will pass on is acknowledged to the connection (left
+        unacknowledged, each answer given before its request ended, each cancelled download, would shrink the
+        connection's window for good, until every stream sharing it stalls)."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None and stream.unacked and not self.closed:
+            self.h2.acknowledge_received_data(stream.unacked, stream_id)
+            stream.unacked = 0
+            self.flush()
+        return stream
+
     def forget(self, stream_id: int) -> None:
         """The owner is done with the stream (it ended or was reset)."""
-        self.streams.pop(stream_id, None)
+        self._drop(stream_id)
 
     def ack(self, stream_id: int, flow: int) -> None:
         if flow and not self.closed:
@@ -244,7 +299,7 @@ class H2Side(asyncio.Protocol):
         self.flush()
 
     def reset(self, stream_id: int, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
-        self.streams.pop(stream_id, None)
+        self._drop(stream_id)
         if self.closed:
             return
         try:

@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from addons.engine.h2conn import Fields, H2Side, Stream
+from addons.engine.h2conn import MAX_CONCURRENT_STREAMS, Fields, H2Side, Stream
 from addons.engine.pool import Key, PoolError, dial
 from addons.engine.tls import identity_problem
 
@@ -31,9 +31,10 @@ class H2Upstream(H2Side):
         self.key = key
 
     def has_room(self) -> bool:
-        # Our own count: h2's open_outbound_streams walks every stream on each call.
+        # Our own count: h2's open_outbound_streams walks every stream on each call. At most our own limit, for
+        # which the connection's window has room (h2conn.CONNECTION_WINDOW) whatever the peer would take.
         return (not self.closed and not self.going_away
-                and len(self.streams) < self.h2.remote_settings.max_concurrent_streams)
+                and len(self.streams) < min(self.h2.remote_settings.max_concurrent_streams, MAX_CONCURRENT_STREAMS))
 
     def open(self, fields: Fields, end_stream: bool) -> Stream:
         stream_id = self.h2.get_next_available_stream_id()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,13 @@ from hyperframe.frame import GoAwayFrame
 from addons import grpc
 from addons.engine.call import Call
 from addons.engine.client import UpstreamError
-from addons.engine.h2conn import Fields, H2Side, Stream, StreamGone
+from addons.engine.h2conn import MAX_CONCURRENT_STREAMS, Fields, H2Side, Stream, StreamGone
 from addons.engine.h2pool import H2Pool
 from addons.engine.http1 import ProtocolError, RequestHead, ResponseHead, normal_target
 from addons.engine.plan import ConnectionInfo
 from addons.engine.pool import Key, PoolError
 from addons.engine.proxy import Response, Route
+from addons.normalize import TOKEN_RE, check_fields, request_host
 
 log = logging.getLogger("meshctl.engine.h2proxy")
 
@@ -44,6 +46,7 @@ REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 CANCEL = int(h2.errors.ErrorCodes.CANCEL)
 NO_ERROR = int(h2.errors.ErrorCodes.NO_ERROR)
 INTERNAL_ERROR = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
+_BAD_PATH = re.compile(rb"[\x00-\x20\x7f]")  # a control character or space: an HTTP/1.1 hop would split there
 
 
 class Body:
@@ -62,7 +65,6 @@ class Body:
         self.changed = asyncio.Event()
         self.capture: bytearray | None = None  # a copy for tap, when one asks
         self.capture_limit = 0
-        self.on_reset: Callable[[], object] | None = None
 
     @property
     def empty(self) -> bool:
@@ -96,10 +98,6 @@ class Body:
             self.ended = True
         elif kind == "reset":
             self.reset = value
-            self.changed.set()
-            if self.on_reset is not None:
-                self.on_reset()
-            return
         self.changed.set()
 
     def send_now(self, conn: H2Side, stream_id: int) -> bool:
@@ -358,6 +356,11 @@ class H2Downstream(H2Side):
             self.close()
 
     def new_stream(self, stream_id: int) -> Stream | None:
+        # h2 counts a stream until it is closed; its task may still be at work (a request reset at once after
+        # it was sent: "rapid reset"), so tasks are counted too. REFUSED_STREAM: a client may send it again.
+        if self.going_away or len(self.tasks) >= MAX_CONCURRENT_STREAMS:
+            self.reset(stream_id, REFUSED_STREAM)
+            return None
         self.last_active = asyncio.get_running_loop().time()
         stream = Stream(self, stream_id)
         self.streams[stream_id] = stream
@@ -418,10 +421,12 @@ class H2Proxy:
         if call.capture:
             body.capture, body.capture_limit = bytearray(), call.capture
         task = asyncio.current_task()
-        if task is not None:
-            body.on_reset = task.cancel
+        if task is not None:  # a reset (or the connection lost) ends the work, whether the body is read or not
+            stream.on_reset = task.cancel
         reader = None if body.take_queued() else asyncio.get_running_loop().create_task(body.read())
         try:
+            if stream.reset is not None:  # reset as soon as sent ("rapid reset"): nothing goes upstream
+                raise asyncio.CancelledError
             if problem is not None:
                 call.reason = problem
                 await self._local(down, stream.id, call, Response(400, f"meshctl: {problem}\n".encode()))
@@ -456,22 +461,34 @@ class H2Proxy:
     def _call(self, info: ConnectionInfo | None, fields: Fields) -> tuple[Call, bytes, str | None]:
         pseudo = {k: v for k, v in fields if k.startswith(b":")}
         headers = [(k, v) for k, v in fields if not k.startswith(b":")]
-        authority = pseudo.get(b":authority") or next((v for k, v in headers if k == b"host"), b"")
-        raw = pseudo.get(b":path", b"")
+        method, scheme, raw = pseudo.get(b":method", b""), pseudo.get(b":scheme", b""), pseudo.get(b":path", b"")
+        host = None
         problem = None
         target = raw
+        # What the HTTP/1.1 reader refuses (addons.normalize), refused here too: h2 checks the block's form, not
+        # what an app may read two ways (a name that is no token, a method, scheme or authority it parses otherwise).
         try:
-            if not raw.startswith(b"/"):
-                raise ProtocolError(400, "the request's :path is not an absolute path")
+            check_fields(headers)
+            if not TOKEN_RE.fullmatch(method) or method != method.upper() or method == b"CONNECT":
+                raise ProtocolError(400, "the request's :method is not an upper-case token other than CONNECT")
+            if scheme not in (b"http", b"https"):
+                raise ProtocolError(400, "the request's :scheme is not http or https")
+            lengths = [v for k, v in headers if k == b"content-length"]  # h2 reads `+5` as 5; other parsers do not
+            if len(lengths) > 1 or (lengths and not (lengths[0].isdigit() and len(lengths[0]) <= 18)):
+                raise ProtocolError(400, "invalid content-length")
+            host = request_host(headers, pseudo.get(b":authority", b"").decode("latin-1"))
+            if host is None:
+                raise ProtocolError(400, "a request without :authority or Host")
+            if not raw.startswith(b"/") or _BAD_PATH.search(raw):
+                raise ProtocolError(400, "the request's :path is not an absolute path of visible characters")
             target = normal_target(raw, self.path_mode())
-        except (ProtocolError, ValueError) as exc:
+        except ValueError as exc:  # Refused (ProtocolError among them)
             problem = str(exc) or "the request's :path cannot be normalised"
-        head = RequestHead(pseudo.get(b":method", b""), target, b"2", headers, True, "none", None,
-                           authority.decode("latin-1") or None, raw_target=raw)
+        head = RequestHead(method, target, b"2", headers, True, "none", None, host, raw_target=raw)
         call = Call(info, head)
         if grpc.is_grpc(head.header(b"content-type")):
             call.protocol = "grpc"
-        return call, pseudo.get(b":scheme", b"http"), problem
+        return call, scheme or b"http", problem
 
     async def _exchange(self, down: H2Downstream, sid: int, call: Call, request: Request) -> None:
         decision = down.decide(call)
