@@ -78,9 +78,35 @@ if ! engine_up; then
   engine_up || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
 fi
 say "Docker engine answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'))"
-if ! { docker compose version >/dev/null 2>&1 || have docker-compose; }; then
-  apt_install docker-compose || die "neither 'docker compose' nor 'docker-compose' exists; install one and rerun"
+# Compose v2 (`docker compose`), which nearly every Docker user runs. Debian bookworm ships only v1, so as root we take
+# the plugin binary from Debian trixie's signed `docker-compose` package (2.26, checked against Debian's archive key)
+# through a separate apt config: nothing from trixie is installed into the host's package set.
+TRIXIE_APT=/var/lib/meshctl/apt-trixie
+PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
+install_compose_v2() {
+  is_root && have apt-get && have dpkg-deb || return 1
+  mkdir -p "$TRIXIE_APT/etc" "$TRIXIE_APT/lists/partial" "$TRIXIE_APT/cache/archives/partial" "$PLUGIN_DIR"
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    > "$TRIXIE_APT/etc/trixie.sources"
+  local opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$TRIXIE_APT/etc" -o "Dir::State::Lists=$TRIXIE_APT/lists"
+              -o "Dir::Cache=$TRIXIE_APT/cache" -o "Dir::Etc::Preferences=/dev/null" -o "Dir::Etc::PreferencesParts=/dev/null")
+  say "installing compose v2 from Debian trixie's docker-compose package into $PLUGIN_DIR"
+  apt-get "${opts[@]}" update -qq >/dev/null || return 1
+  local tmp; tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get "${opts[@]}" download -qq docker-compose >/dev/null) || { rm -rf "$tmp"; return 1; }
+  dpkg-deb -x "$tmp"/docker-compose_*.deb "$tmp/x" &&
+    install -m 0755 "$tmp/x/usr/libexec/docker/cli-plugins/docker-compose" "$PLUGIN_DIR/docker-compose"
+  local rc=$?; rm -rf "$tmp"; return $rc
+}
+if ! docker compose version >/dev/null 2>&1; then
+  install_compose_v2 || say "compose v2 is not available: meshctl falls back to docker-compose v1"
 fi
+# v1 stays too: meshctl keeps working with it, and the test suite smoke-tests it.
+if ! have docker-compose; then
+  apt_install docker-compose || docker compose version >/dev/null 2>&1 \
+    || die "neither 'docker compose' nor 'docker-compose' exists; install one and rerun"
+fi
+say "compose: $(docker compose version --short 2>/dev/null || echo 'v2 missing'), docker-compose $(docker-compose version --short 2>/dev/null || echo 'missing')"
 # debootstrap builds the base image when no registry can give us one; needed once (the result is cached).
 have debootstrap || apt_install debootstrap || say "debootstrap is missing: meshctl install needs --base-image"
 
