@@ -42,6 +42,11 @@ TRAFFIC_POLICY: Schema = {
     "outlierDetection": {"consecutive5xxErrors": "int", "consecutiveGatewayErrors": "int", "interval": "duration",
                          "baseEjectionTime": "duration", "maxEjectionPercent": "percent"},
 }
+# ISTIO_MUTUAL is what every meshed call does; DISABLE sends plain text; SIMPLE/MUTUAL originate TLS (egress).
+CLIENT_TLS: Schema = {"mode": "enum:DISABLE|SIMPLE|MUTUAL|ISTIO_MUTUAL", "sni": "string", "caCertificates": "string",
+                      "insecureSkipVerify": "bool"}
+TRAFFIC_POLICY |= {"tls": CLIENT_TLS, "portLevelSettings": [{"port": {"number": "port"}, "tls": CLIENT_TLS}]}
+PER_PORT = "per-port settings carry only `tls`; set this for the whole host in trafficPolicy"
 
 NOT_ON_COMPOSE = "compose has no gateways or meshes beyond this one"
 SELECTOR: Schema = {"matchLabels": {"app": "name", "version": "name"}}
@@ -86,7 +91,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("DestinationRule", "networking.istio.io", ("v1", "v1beta1", "v1alpha3"), ("destinationrule", "dr"),
          {"host": "name", "trafficPolicy": TRAFFIC_POLICY,
           "subsets": [{"name": "name", "labels": {"version": "name"}, "trafficPolicy": TRAFFIC_POLICY}]},
-         {"exportTo": NOT_ON_COMPOSE, "workloadSelector": "select the destination with `host`"}),
+         {"exportTo": NOT_ON_COMPOSE, "workloadSelector": "select the destination with `host`",
+          "loadBalancer": PER_PORT, "connectionPool": PER_PORT, "outlierDetection": PER_PORT}),
 )
 SECURITY = (
     Kind("PeerAuthentication", "security.istio.io", ("v1", "v1beta1"), ("peerauthentication", "pa"),

@@ -162,6 +162,38 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
         names = [s.get("name") for s in spec.get("subsets") or []]
         dupes = sorted({n for n in names if names.count(n) > 1})
         problems += [f"{where}.spec.subsets: subset {n!r} is defined twice" for n in dupes]
+        problems += tls_problems(spec, where)
+    return problems
+
+
+def traffic_policies(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A DestinationRule's traffic policies with their field paths: the host's, then each subset's."""
+    subsets = spec.get("subsets") or []
+    return [("spec.trafficPolicy", spec.get("trafficPolicy") or {})] + [
+        (f"spec.subsets[{i}].trafficPolicy", s.get("trafficPolicy") or {}) for i, s in enumerate(subsets)]
+
+
+def tls_problems(spec: dict[str, Any], where: str) -> list[str]:
+    """Inside the mesh a client sidecar speaks ISTIO_MUTUAL (mesh mTLS) or, with DISABLE, plain text.
+
+    SIMPLE and MUTUAL (TLS the sidecar originates with the app's own certificates) are for hosts outside the mesh.
+    """
+    problems = []
+    for path, policy in traffic_policies(spec):
+        ports = policy.get("portLevelSettings") or []
+        problems += [f"{where}.{path}.portLevelSettings[{j}].port.number: required"
+                     for j, p in enumerate(ports) if not (p.get("port") or {}).get("number")]
+        blocks = [(f"{path}.tls", policy.get("tls"))] + [(f"{path}.portLevelSettings[{j}].tls", p.get("tls"))
+                                                          for j, p in enumerate(ports)]
+        for at, tls in ((a, t) for a, t in blocks if t is not None):
+            mode = tls.get("mode", "DISABLE")
+            if mode == "DISABLE":  # not built yet
+                problems.append(f"{where}.{at}.mode: DISABLE is not supported yet")
+            if mode in ("SIMPLE", "MUTUAL"):
+                problems.append(f"{where}.{at}.mode: {mode} is TLS origination to a host outside the mesh; a meshed "
+                                "host gets mesh mutual TLS (ISTIO_MUTUAL) or plain text (DISABLE)")
+            problems += [f"{where}.{at}.{k}: applies only with mode SIMPLE (TLS origination)"
+                         for k in ("sni", "caCertificates", "insecureSkipVerify") if k in tls and mode != "SIMPLE"]
     return problems
 
 
