@@ -12,12 +12,22 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
-# Istio's standard labels (namespace = compose project), less the Kubernetes-only ones.
+# Istio's standard labels, all of them, with compose's values (namespace = compose project; the README's
+# "Metrics" section has the table): Istio's dashboards and Kiali select and group by every one of these.
 PARTY_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_app", "source_version",
-                "source_principal", "destination_service", "destination_service_namespace", "destination_app",
-                "destination_workload", "destination_version", "destination_principal", "connection_security_policy")
+                "source_principal", "source_canonical_service", "source_canonical_revision", "source_cluster",
+                "destination_service", "destination_service_name", "destination_service_namespace",
+                "destination_app", "destination_workload", "destination_workload_namespace", "destination_version",
+                "destination_principal", "destination_canonical_service", "destination_canonical_revision",
+                "destination_cluster", "connection_security_policy")
 LABELS = (*PARTY_LABELS, "request_protocol", "response_code", "response_flags", "grpc_response_status")
-TCP_LABELS = PARTY_LABELS
+TCP_LABELS = (*PARTY_LABELS, "request_protocol")  # request_protocol="tcp", as Istio's TCP metrics carry it
+# One Docker engine is one "cluster" (Istio's default name is "Kubernetes"); a fixed name keeps Kiali's and the
+# dashboards' cluster selectors working and the series stable.
+CLUSTER = "compose"
+# Kubernetes' default cluster domain: Istio's destination_service is `<service>.<namespace>.svc.cluster.local`
+# (reviews.default.svc.cluster.local), and Kiali and the dashboards split it on dots.
+DOMAIN = "svc.cluster.local"
 # Istio's proxies export no *_created series; they would only double the scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 LOG_BATCH = 256
@@ -37,6 +47,11 @@ def clip(text: str | None, limit: int = MAX_ATTRIBUTE) -> str | None:
 def app_of(identity: str | None) -> str:
     """spiffe://td/ns/project/sa/app -> app (the caller's logical service)."""
     return identity.rsplit("/sa/", 1)[-1] if identity and "/sa/" in identity else "unknown"
+
+
+def fqdn(service: str, namespace: str) -> str:
+    """Istio's destination_service: reviews in project shop -> reviews.shop.svc.cluster.local."""
+    return f"{service}.{namespace}.{DOMAIN}"
 
 
 def namespace_of(identity: str | None) -> str:

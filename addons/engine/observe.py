@@ -14,7 +14,7 @@ from addons.endpoints import Endpoints
 from addons.engine.call import Call
 from addons.engine.plan import INBOUND_PORT, ConnectionInfo
 from addons.live import LiveSnapshot
-from addons.meters import PARTY_LABELS, TCP_LABELS, Meters, app_of, clip, namespace_of
+from addons.meters import CLUSTER, PARTY_LABELS, Meters, app_of, clip, fqdn, namespace_of
 
 
 @dataclass(slots=True)
@@ -47,33 +47,43 @@ class Observer:
                  upstream_identity: str) -> dict[str, str]:
         snap = self.live.current
         project = snap.name.split(".", 1)[0]
+        # This proxy's own side of the call; Istio's canonical service and revision are the app and version labels.
+        me = {"workload": snap.service, "workload_namespace": project, "app": snap.app, "version": snap.version,
+              "principal": snap.identity, "canonical_service": snap.app, "canonical_revision": snap.version,
+              "cluster": CLUSTER}
         if info is not None and info.listener == INBOUND_PORT:
             peer = info.tls_peer or None
             # The caller's workload and version: its pod address, when the certificate says it is one of ours.
             caller = self.endpoints.by_ip.get(info.peer[0]) if peer else None
             caller = caller if caller and caller.service.identity == peer else None
-            return {"reporter": "destination", "source_app": app_of(peer), "source_principal": peer or "unknown",
-                    "source_workload": caller.workload.host if caller else app_of(peer),
-                    "source_version": caller.workload.version if caller else "unknown",
-                    "source_workload_namespace": namespace_of(peer),
-                    "destination_service": snap.app, "destination_service_namespace": project,
-                    "destination_app": snap.app, "destination_workload": snap.service,
-                    "destination_version": snap.version, "destination_principal": snap.identity,
-                    "connection_security_policy": "mutual_tls" if peer else "none"}
+            app = caller.service.name if caller else app_of(peer)
+            version = caller.workload.version if caller else "unknown"
+            source = {"workload": caller.workload.host if caller else app_of(peer), "app": app, "version": version,
+                      "workload_namespace": namespace_of(peer), "principal": peer or "unknown",
+                      "canonical_service": app, "canonical_revision": version,
+                      "cluster": CLUSTER if peer else "unknown"}
+            return {"reporter": "destination", **_side("source", source), **_side("destination", me),
+                    **_service(snap.app, project), "connection_security_policy": "mutual_tls" if peer else "none"}
         endpoint = self.endpoints.by_ip.get(upstream[0]) if upstream else None
         if endpoint is None and upstream is not None:
             endpoint = self.endpoints.departed_endpoint(upstream[0])
         mtls = endpoint is not None and bool(upstream_identity)
-        return {"reporter": "source", "source_workload": snap.service, "source_workload_namespace": project,
-                "source_app": snap.app, "source_version": snap.version, "source_principal": snap.identity,
-                # Istio's name for traffic leaving the mesh: a fixed label, so outside addresses cannot grow
-                # the metric series without bound.
-                "destination_service": endpoint.service.name if endpoint else "PassthroughCluster",
-                "destination_service_namespace": project if endpoint else "unknown",
-                "destination_app": endpoint.service.name if endpoint else "unknown",
-                "destination_workload": endpoint.workload.host if endpoint else "unknown",
-                "destination_version": endpoint.workload.version if endpoint else "unknown",
-                "destination_principal": endpoint.service.identity if endpoint else "unknown",
+        if endpoint is None:
+            # Istio's name for traffic leaving the mesh: fixed labels, so outside addresses cannot grow the
+            # metric series without bound.
+            service = {"destination_service": "PassthroughCluster", "destination_service_name": "PassthroughCluster",
+                       "destination_service_namespace": "unknown"}
+            far = dict.fromkeys(("workload", "workload_namespace", "app", "version", "principal",
+                                 "canonical_service", "canonical_revision", "cluster"), "unknown")
+        else:
+            namespace = namespace_of(endpoint.service.identity)
+            namespace = project if namespace == "unknown" else namespace
+            service = _service(endpoint.service.name, namespace)
+            far = {"workload": endpoint.workload.host, "workload_namespace": namespace, "app": endpoint.service.name,
+                   "version": endpoint.workload.version, "principal": endpoint.service.identity,
+                   "canonical_service": endpoint.service.name, "canonical_revision": endpoint.workload.version,
+                   "cluster": CLUSTER}
+        return {"reporter": "source", **_side("source", me), **_side("destination", far), **service,
                 "connection_security_policy": "mutual_tls" if mtls else "none"}
 
     # --- HTTP ----------------------------------------------------------------------------------------------
@@ -98,7 +108,7 @@ class Observer:
             "bytes_received": call.request_bytes, "bytes_sent": call.response_bytes,
             "source": parties["source_principal"], "destination": parties["destination_principal"],
             "source_workload": parties["source_workload"], "source_version": parties["source_version"],
-            "destination_service": parties["destination_service"],
+            "destination_service": parties["destination_service_name"],  # the short name, as `logs` shows it
             "destination_workload": parties["destination_workload"],
             "destination_version": parties["destination_version"],
             "upstream": "{}:{}".format(*call.upstream) if call.upstream else None,
@@ -118,13 +128,13 @@ class Observer:
 
     def tcp_opened(self, info: ConnectionInfo, upstream: tuple[str, int], identity: str) -> TcpConnection:
         conn = TcpConnection(info, upstream, identity, self._parties(info, upstream, identity))
-        self.meters.tcp_opened.labels(**{k: conn.parties[k] for k in TCP_LABELS}).inc()
+        self.meters.tcp_opened.labels(**tcp_labels(conn.parties)).inc()
         return conn
 
     def tcp_closed(self, conn: TcpConnection, received: int, sent: int, error: str | None = None) -> None:
         """`received` from the client, `sent` to it."""
         parties = conn.parties
-        labels = {k: parties[k] for k in TCP_LABELS}
+        labels = tcp_labels(parties)
         self.meters.tcp_closed.labels(**labels).inc()
         self.meters.tcp_sent.labels(**labels).inc(sent)
         self.meters.tcp_received.labels(**labels).inc(received)
@@ -132,6 +142,19 @@ class Observer:
                          else "outbound", "protocol": "tcp", "bytes_received": received, "bytes_sent": sent,
                          "source": parties["source_principal"], "destination": parties.get("destination_workload"),
                          "mtls": parties["connection_security_policy"] == "mutual_tls", "error": error})
+
+
+def tcp_labels(parties: dict[str, str]) -> dict[str, str]:
+    return {**{k: parties[k] for k in PARTY_LABELS}, "request_protocol": "tcp"}
+
+
+def _side(prefix: str, party: dict[str, str]) -> dict[str, str]:
+    return {f"{prefix}_{k}": v for k, v in party.items()}
+
+
+def _service(name: str, namespace: str) -> dict[str, str]:
+    return {"destination_service": fqdn(name, namespace), "destination_service_name": name,
+            "destination_service_namespace": namespace}
 
 
 def outcome_flags(call: Call) -> str:

@@ -69,7 +69,7 @@ class Tracer:
         peer = parties["source_principal"] if inbound else parties["destination_principal"]
         tags = {"http.method": clip(call.method, 32), "http.path": clip(call.path),
                 "http.status_code": str(status), "peer.identity": peer, "node_id": snap.name,
-                "upstream_cluster": f"{parties['destination_service']}|{parties['destination_version']}",
+                "upstream_cluster": f"{parties['destination_service_name']}|{parties['destination_version']}",
                 "mtls": str(parties["connection_security_policy"] == "mutual_tls").lower(),
                 "response_flags": flags}
         if call.route is not None:  # the router's decision
@@ -87,7 +87,7 @@ class Tracer:
             "timestamp": int(span.start * 1_000_000), "duration": max(1, int((end - span.start) * 1_000_000)),
             "localEndpoint": {"serviceName": f"{snap.app}.{project}"},
             "remoteEndpoint": {"serviceName": parties["source_workload"] if inbound
-                               else parties["destination_service"]},
+                               else parties["destination_service_name"]},
             "tags": tags,
         }
         if span.parent_id:

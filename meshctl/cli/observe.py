@@ -44,6 +44,23 @@ def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _bytes(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f}B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f}{unit}"
+    return f"{n / 1024:.1f}GiB"
+
+
+def _tcp(r: dict[str, Any]) -> list[str]:
+    """The TCP columns (connections relayed at L4, bytes in from the client / out to it); '-' when none."""
+    if not (r["tcp_connections"] or r["tcp_received_bytes"] or r["tcp_sent_bytes"]):
+        return ["-", "-"]
+    return [str(r["tcp_connections"]), f"{_bytes(r['tcp_received_bytes'])} / {_bytes(r['tcp_sent_bytes'])}"]
+
+
 # --- stat ---------------------------------------------------------------------------------------------------
 
 def measure(c: Context, proxies: list[Any], window_s: float, key: golden.KeyFn) -> dict[golden.Key, golden.Golden]:
@@ -75,17 +92,18 @@ def stat(
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Golden metrics per service and version: RPS, success rate, p50/p95/p99 (like `linkerd viz stat`)."""
+    """Golden metrics per service and version: RPS, success rate, p50/p95/p99, and TCP connections and bytes
+    relayed at L4 (like `linkerd viz stat`)."""
     c: Context = ctx.obj
     window_s = seconds("--window", window)
     rows = stat_rows(c, service, project, window_s)
 
     def table() -> Any:
         return simple_table(["service", "version", "project", "pods", "success", "rps", "p50", "p95", "p99",
-                             "requests"],
+                             "requests", "tcp conn", "tcp in / out"],
                             [[r["service"], r["version"], r["project"], r["pods"], _fmt(r["success_rate"], "%", 2),
                               _fmt(r["rps"], "", 1), _fmt(r["p50_ms"], "ms"), _fmt(r["p95_ms"], "ms"),
-                              _fmt(r["p99_ms"], "ms"), r["requests"]] for r in rows])
+                              _fmt(r["p99_ms"], "ms"), r["requests"], *_tcp(r)] for r in rows])
     emit(c.out, output, rows, table)
 
 
@@ -95,7 +113,7 @@ def edge_rows(c: Context, project: str | None, window_s: float) -> list[dict[str
     tallied = measure(c, mesh.running(c, project), window_s, golden.by_edge)
     rows = []
     for key, g in sorted(tallied.items()):
-        if window_s and g.requests <= 0:
+        if window_s and not g.busy:
             continue
         src_ns, src, dst_ns, dst, src_id, dst_id, security = key
         rows.append({"source": src, "source_namespace": src_ns, "destination": dst, "destination_namespace": dst_ns,
@@ -111,18 +129,19 @@ def edges(
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """Who calls whom, with the mTLS identities on each side (like `linkerd viz edges`)."""
+    """Who calls whom (HTTP, gRPC and TCP), with the mTLS identities on each side (like `linkerd viz edges`)."""
     c: Context = ctx.obj
     window_s = seconds("--window", window)
     rows = edge_rows(c, project, window_s)
 
     def table() -> Any:
-        return simple_table(["src", "dst", "src identity", "dst identity", "secured", "requests", "success"],
+        return simple_table(["src", "dst", "src identity", "dst identity", "secured", "requests", "success",
+                             "tcp conn", "tcp in / out"],
                             [[f"{r['source_namespace']}/{r['source']}" if r["source_namespace"] not in ("", "unknown")
                               else r["source"], f"{r['destination_namespace']}/{r['destination']}"
                               if r["destination_namespace"] else r["destination"], r["source_identity"],
                               r["destination_identity"], "✔ mTLS" if r["secured"] else "✘ plaintext",
-                              r["requests"], _fmt(r["success_rate"], "%", 2)] for r in rows])
+                              r["requests"], _fmt(r["success_rate"], "%", 2), *_tcp(r)] for r in rows])
     emit(c.out, output, rows, table)
 
 

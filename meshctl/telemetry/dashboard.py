@@ -104,11 +104,15 @@ def _rates(g: golden.Golden | None, seconds: float | None) -> dict[str, Any]:
     """The numbers a node or an edge shows for one interval (None: not measured yet)."""
     if seconds is None:
         return {"rps": None, "requests": None, "error_rate": None, "success_rate": None, "p50_ms": None,
-                "p99_ms": None}
-    s = golden.summary(g or golden.Golden(), seconds)
+                "p99_ms": None, "tcp_connections": None, "tcp_bytes_per_s": None}
+    g = g or golden.Golden()
+    s = golden.summary(g, seconds)
     return {"rps": s["rps"], "requests": s["requests"], "success_rate": s["success_rate"],
             "error_rate": None if s["success_rate"] is None else round(100.0 - s["success_rate"], 3),
-            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"]}
+            "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"],
+            # TCP relayed at L4: connections opened and bytes both ways per second in the interval
+            "tcp_connections": s["tcp_connections"],
+            "tcp_bytes_per_s": round((g.tcp_received + g.tcp_sent) / seconds, 1) if seconds else None}
 
 
 def build_graph(proxies: list[Proxy], now: dict[str, list[Sample]], before: dict[str, list[Sample]] | None,
@@ -139,17 +143,18 @@ def build_graph(proxies: list[Proxy], now: dict[str, list[Sample]], before: dict
         pair = merged.setdefault((src, dst), {"total": golden.Golden(), "window": golden.Golden()})
         pair["total"].add(total)
         mtls = secure.setdefault((src, dst), {"total": set(), "window": set()})
-        if total.requests > 0:
+        if total.busy:
             mtls["total"].add(policy == "mutual_tls")
         if key in windowed:
             pair["window"].add(windowed[key])
-            if windowed[key].requests > 0:
+            if windowed[key].busy:
                 mtls["window"].add(policy == "mutual_tls")
     edges = []
     for (src, dst), pair in sorted(merged.items()):
         seen = secure[(src, dst)]["window"] or secure[(src, dst)]["total"]
         edges.append({"id": f"{src}->{dst}", "source": src, "target": dst, "mtls": bool(seen) and all(seen),
                       "requests_total": round(pair["total"].requests),
+                      "tcp_connections_total": round(pair["total"].tcp_opened),
                       **_rates(pair["window"], seconds)})
     for nid, node in nodes.items():
         key = (node["project"], node["app"], node["version"])

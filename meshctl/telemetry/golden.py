@@ -15,6 +15,10 @@ from meshctl.telemetry.scrape import Sample
 
 REQUESTS = "istio_requests_total"
 BUCKETS = "istio_request_duration_milliseconds_bucket"
+# TCP relayed at L4: connections and bytes (received from the client, sent to it), counted when each closes
+TCP = {"istio_tcp_connections_opened_total": "tcp_opened", "istio_tcp_connections_closed_total": "tcp_closed",
+       "istio_tcp_received_bytes_total": "tcp_received", "istio_tcp_sent_bytes_total": "tcp_sent"}
+PASSTHROUGH = "PassthroughCluster"
 Key = tuple[str, ...]
 KeyFn = Callable[[dict[str, str]], Key | None]
 
@@ -30,12 +34,23 @@ class Golden:
     requests: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)  # upper bound (ms) -> cumulative count
+    tcp_opened: float = 0.0
+    tcp_closed: float = 0.0
+    tcp_received: float = 0.0
+    tcp_sent: float = 0.0
 
     def add(self, other: Golden, sign: float = 1.0) -> None:
         self.requests += sign * other.requests
         self.errors += sign * other.errors
+        for name in TCP.values():
+            setattr(self, name, getattr(self, name) + sign * getattr(other, name))
         for bound, count in other.buckets.items():
             self.buckets[bound] = self.buckets.get(bound, 0.0) + sign * count
+
+    @property
+    def busy(self) -> bool:
+        """Any request or TCP connection counted."""
+        return self.requests > 0 or self.tcp_opened > 0 or self.tcp_closed > 0
 
     @property
     def success_rate(self) -> float | None:
@@ -75,13 +90,15 @@ class Golden:
 def tally(samples: Iterable[Sample], key: KeyFn) -> dict[Key, Golden]:
     out: dict[Key, Golden] = {}
     for s in samples:
-        if s.name not in (REQUESTS, BUCKETS):
+        if s.name not in (REQUESTS, BUCKETS) and s.name not in TCP:
             continue
         k = key(s.labels)
         if k is None:
             continue
         g = out.setdefault(k, Golden())
-        if s.name == REQUESTS:
+        if s.name in TCP:
+            setattr(g, TCP[s.name], getattr(g, TCP[s.name]) + s.value)
+        elif s.name == REQUESTS:
             g.requests += s.value
             if is_error(s.labels.get("response_code", ""), s.labels.get("grpc_response_status", "")):
                 g.errors += s.value
@@ -97,13 +114,23 @@ def window(now: dict[str, list[Sample]], before: dict[str, list[Sample]] | None,
     for proxy, samples in now.items():
         current = tally(samples, key)
         base = tally(before.get(proxy, []), key) if before else {}
-        restarted = sum(g.requests for g in current.values()) < sum(g.requests for g in base.values())
+        restarted = _count(current) < _count(base)
         for k, g in current.items():
             row = total.setdefault(k, Golden())
             row.add(g)
             if not restarted and k in base:
                 row.add(base[k], -1.0)
     return total
+
+
+def _count(rows: dict[Key, Golden]) -> float:
+    return sum(g.requests + g.tcp_opened for g in rows.values())
+
+
+def service_name(labels: dict[str, str]) -> str:
+    """The destination's short service name: destination_service_name, else destination_service cut at its first
+    dot (Istio's destination_service is an FQDN, reviews.shop.svc.cluster.local)."""
+    return labels.get("destination_service_name") or labels.get("destination_service", "").split(".", 1)[0]
 
 
 def inbound(labels: dict[str, str]) -> bool:
@@ -113,7 +140,7 @@ def inbound(labels: dict[str, str]) -> bool:
 def by_service_version(labels: dict[str, str]) -> Key | None:
     if not inbound(labels):
         return None
-    return (labels.get("destination_service_namespace", ""), labels.get("destination_service", ""),
+    return (labels.get("destination_service_namespace", ""), service_name(labels),
             labels.get("destination_version", ""))
 
 
@@ -124,10 +151,9 @@ def by_edge(labels: dict[str, str]) -> Key | None:
                 labels.get("destination_service_namespace", ""), labels.get("destination_workload", ""),
                 labels.get("source_principal", ""), labels.get("destination_principal", ""),
                 labels.get("connection_security_policy", ""))
-    if labels.get("destination_service") == "PassthroughCluster":
-        return (labels.get("source_workload_namespace", ""), labels.get("source_workload", ""), "",
-                "PassthroughCluster", labels.get("source_principal", ""), "unknown",
-                labels.get("connection_security_policy", ""))
+    if service_name(labels) == PASSTHROUGH:
+        return (labels.get("source_workload_namespace", ""), labels.get("source_workload", ""), "", PASSTHROUGH,
+                labels.get("source_principal", ""), "unknown", labels.get("connection_security_policy", ""))
     return None
 
 
@@ -137,4 +163,7 @@ def summary(g: Golden, seconds: float | None) -> dict[str, float | int | None]:
         return None if x is None else round(x, digits)
     return {"requests": round(g.requests), "errors": round(g.errors),
             "rps": r(g.requests / seconds) if seconds else None, "success_rate": r(g.success_rate, 3),
-            "p50_ms": r(g.quantile(0.5)), "p95_ms": r(g.quantile(0.95)), "p99_ms": r(g.quantile(0.99))}
+            "p50_ms": r(g.quantile(0.5)), "p95_ms": r(g.quantile(0.95)), "p99_ms": r(g.quantile(0.99)),
+            # TCP relayed at L4, as the server's sidecar counted it: bytes from the client and to it
+            "tcp_connections": round(g.tcp_opened), "tcp_received_bytes": round(g.tcp_received),
+            "tcp_sent_bytes": round(g.tcp_sent)}

@@ -133,7 +133,7 @@ def evaluate(slo: dict[str, Any], counts: Counts, max_burn: float) -> list[dict[
 # --- where the numbers come from -------------------------------------------------------------------------
 
 def _selector(service: str, project: str | None) -> str:
-    labels = {"reporter": "destination", "destination_service": service}
+    labels = {"reporter": "destination", "destination_service_name": service}
     if project:
         labels["destination_service_namespace"] = project
     return ",".join(f'{k}="{v}"' for k, v in labels.items())

@@ -374,7 +374,7 @@ def test_metrics_and_access_log_carry_the_grpc_status(mesh: App, mesh_home: Path
         - route: {V1}
           retries: {{attempts: 0}}
         """)
-    source = {"reporter": "source", "destination_service": "echo", "source_principal": CLIENT_ID}
+    source = {"reporter": "source", "destination_service_name": "echo", "source_principal": CLIENT_ID}
     destination = {"reporter": "destination", "source_principal": CLIENT_ID}
     out_before, in_before = grpc_requests(mesh, "client-proxy", **source), grpc_requests(mesh, "echo-v1-proxy",
                                                                                          **destination)

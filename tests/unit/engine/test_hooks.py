@@ -320,11 +320,14 @@ def test_telemetry_logs_istios_fields_and_counts_requests_and_tcp() -> None:
         "destination_service": "reviews", "destination_workload": "reviews-v1", "destination_version": "v1",
         "upstream": "127.0.0.2:9080", "mtls": True, "flags": "-", "route": {"host": "reviews"}}
     sample = meters.registry.get_sample_value("istio_requests_total", {
-        "reporter": "source", "destination_service": "reviews", "response_code": "200", "response_flags": "-",
-        "connection_security_policy": "mutual_tls", "request_protocol": "http", "source_workload": "web",
-        "source_workload_namespace": "p", "source_app": "web", "source_version": "v1", "source_principal": WEB,
-        "destination_service_namespace": "p", "destination_app": "reviews", "destination_workload": "reviews-v1",
-        "destination_version": "v1", "destination_principal": REVIEWS, "grpc_response_status": ""})
+        "reporter": "source", "destination_service": "reviews.p.svc.cluster.local", "response_code": "200",
+        "response_flags": "-", "connection_security_policy": "mutual_tls", "request_protocol": "http",
+        "source_workload": "web", "source_workload_namespace": "p", "source_app": "web", "source_version": "v1",
+        "source_principal": WEB, "source_canonical_service": "web", "source_canonical_revision": "v1",
+        "source_cluster": "compose", "destination_service_name": "reviews", "destination_service_namespace": "p",
+        "destination_app": "reviews", "destination_workload": "reviews-v1", "destination_workload_namespace": "p",
+        "destination_version": "v1", "destination_principal": REVIEWS, "destination_canonical_service": "reviews",
+        "destination_canonical_revision": "v1", "destination_cluster": "compose", "grpc_response_status": ""})
     assert sample == 1.0
     unanswered = call_to(9080)
     unanswered.finish(0)
