@@ -142,6 +142,39 @@ def jwks_problems(text: str) -> list[str]:
     return problems
 
 
+# Headers a claim must never write: framing, hop-by-hop, the host and cookies the app reads as the client's.
+RESERVED_OUTPUTS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+                              "trailer", "upgrade", "proxy-connection", "cookie"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: header and cookie names
+
+
+def rule_output_problems(rule: Mapping[str, Any]) -> list[str]:
+    """For apply time: what is wrong with a rule's fromCookies, outputPayloadToHeader and outputClaimToHeaders,
+    each naming its field (relative to the rule)."""
+    problems = [f"fromCookies[{i}]: {str(c)[:40]!r} is not a cookie name" for i, c in
+                enumerate(rule.get("fromCookies") or []) if not _TOKEN.fullmatch(str(c))]
+    reads = {header_key(str(h.get("name", ""))) for h in _locations(rule)[0]}
+    written: list[tuple[str, str]] = []
+    if rule.get("outputPayloadToHeader") is not None:
+        written.append(("outputPayloadToHeader", str(rule["outputPayloadToHeader"])))
+    for i, o in enumerate(rule.get("outputClaimToHeaders") or []):
+        if not o.get("claim"):
+            problems.append(f"outputClaimToHeaders[{i}].claim: required (a claim name; nested ones as a.b)")
+        written.append((f"outputClaimToHeaders[{i}].header", str(o.get("header", ""))))
+    seen: set[str] = set()
+    for field, name in written:
+        key = header_key(name)
+        if not _TOKEN.fullmatch(name):
+            problems.append(f"{field}: {name[:40]!r} is not an HTTP header name")
+        elif key in RESERVED_OUTPUTS or key in reads:
+            problems.append(f"{field}: {name!r} cannot be written from a token "
+                            f"({'the token is read from it' if key in reads else 'the proxy or the client owns it'})")
+        elif key in seen:
+            problems.append(f"{field}: header {name!r} is written twice (each output needs its own header)")
+        seen.add(key)
+    return problems
+
+
 def parse_jwks(text: str) -> list[Key]:
     """The signing keys of a JWKS document, skipping keys that cannot verify; JwtError when it is not one."""
     keys = []
@@ -211,12 +244,13 @@ def check_claims(claims: Mapping[str, Any], audiences: Sequence[str], now: float
 
 # --- where tokens are ----------------------------------------------------------------------------------------------
 
-def _locations(rule: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[str]]:
-    """Istio's: fromHeaders and fromParams; with neither, `Authorization: Bearer` and `access_token`."""
+def _locations(rule: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[str], list[str]]:
+    """Istio's: fromHeaders, fromParams and fromCookies; with none, `Authorization: Bearer` and `access_token`."""
     headers, params = rule.get("fromHeaders") or [], rule.get("fromParams") or []
-    if not headers and not params:
-        return [DEFAULT_HEADER], [DEFAULT_PARAM]
-    return list(headers), [str(p) for p in params]
+    cookies = rule.get("fromCookies") or []
+    if not headers and not params and not cookies:
+        return [DEFAULT_HEADER], [DEFAULT_PARAM], []
+    return list(headers), [str(p) for p in params], [str(c) for c in cookies]
 
 
 def _after_prefix(value: str, prefix: str) -> str | None:
@@ -252,6 +286,40 @@ def param_key(name: str) -> str:
     return re.sub(r"[. \[]", "_", name)
 
 
+def cookie_key(name: str) -> str:
+    """Cookie names as apps read them: PHP decodes and folds them as query names, ASP.NET ignores case."""
+    return param_key(urllib.parse.unquote(name.strip(" \t"))).lower()
+
+
+def cookies_of(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every (name, value) of every Cookie field (HTTP/2 splits one into several). `,` separates too, as
+    RFC 2965 readers split; Envoy's unquoting of a "quoted" value is kept."""
+    pairs = []
+    for field, value in headers:
+        if header_key(field) != "cookie":
+            continue
+        for part in re.split(r"[;,]", value):
+            name, eq, val = part.partition("=")
+            if eq and name.strip(" \t"):
+                val = val.strip(" \t")
+                pairs.append((name.strip(" \t"), val[1:-1] if len(val) >= 2 and val[0] == val[-1] == '"' else val))
+    return pairs
+
+
+def without_cookie(value: str, name: str) -> str:
+    """A Cookie field's value without the cookies that read as `name`; the others kept byte for byte."""
+    parts = re.split(r"([;,])", value)  # cookie, separator, cookie, ...
+    kept: list[str] = []
+    for i in range(0, len(parts), 2):
+        cookie = parts[i]
+        if cookie_key(cookie.partition("=")[0]) == cookie_key(name) and "=" in cookie:
+            continue
+        if kept:
+            kept.append(parts[i - 1])
+        kept.append(cookie if kept else cookie.lstrip(" \t"))
+    return "".join(kept).strip(" \t")
+
+
 def find_tokens(rules: Sequence[Mapping[str, Any]], headers: Sequence[tuple[str, str]],
                 query: Sequence[tuple[str, str]]) -> list[Found]:
     """Every token in the places any rule looks (names compared as apps fold them), one per header field or
@@ -273,6 +341,12 @@ def find_tokens(rules: Sequence[Mapping[str, Any]], headers: Sequence[tuple[str,
         at = tuple(i for i, rule in enumerate(rules) if param_key(name) in map(param_key, _locations(rule)[1]))
         if at:
             found.append(Found(f"query parameter {name}", value, at))
+    # Envoy reads the first cookie of a name and leaves the rest to the app; here each one is a token, so a
+    # forged second cookie beside a valid one is refused rather than read unchecked by the app
+    for name, value in cookies_of(headers):
+        at = tuple(i for i, rule in enumerate(rules) if cookie_key(name) in map(cookie_key, _locations(rule)[2]))
+        if at:
+            found.append(Found(f"cookie {name}", value, at))
     return found
 
 
@@ -282,20 +356,72 @@ def query_pairs_of(target: str) -> list[tuple[str, str]]:
     return urllib.parse.parse_qsl(target.partition("?")[2].replace(";", "&"), keep_blank_values=True)
 
 
-def token_to_strip(rules: Sequence[Mapping[str, Any]], headers: Sequence[tuple[str, str]],
-                   target: str) -> tuple[str | None, str]:
+@dataclass(frozen=True)
+class Strip:
+    """What to take out of the request the app receives: a header field, a cookie, and the target as it stays."""
+    header: str | None
+    cookie: str | None
+    target: str
+
+
+def token_to_strip(rules: Sequence[Mapping[str, Any]], headers: Sequence[tuple[str, str]], target: str) -> Strip:
     """Istio's forwardOriginalToken (false by default): once verified, the token is taken out of the request
-    the app receives, unless a rule that looks where it was found asks to keep it. Returns the header to
-    remove (or None) and the target without the token's query parameter (the rest kept byte for byte)."""
+    the app receives, unless a rule that looks where it was found asks to keep it: its header field, its
+    cookie (Envoy leaves cookies; the default says the token is not kept) or its query parameter (the rest of
+    the target kept byte for byte)."""
     found = find_tokens(rules, headers, query_pairs_of(target))
     if len(found) != 1 or any(rules[i].get("forwardOriginalToken") for i in found[0].rules):
-        return None, target
-    if not found[0].where.startswith("query"):
-        return found[0].where.partition(" ")[2], target
-    name = found[0].where.partition(" parameter ")[2]
+        return Strip(None, None, target)
+    kind, _, name = found[0].where.partition(" ")
+    if kind == "header":
+        return Strip(name, None, target)
+    if kind == "cookie":
+        return Strip(None, name, target)
+    name = name.partition(" ")[2]  # query parameter NAME
     path, _, raw = target.partition("?")
     kept = [part for part in re.split(r"[&;]", raw) if urllib.parse.unquote_plus(part.partition("=")[0]) != name]
-    return None, path + ("?" + "&".join(kept) if any(kept) else "")
+    return Strip(None, None, path + ("?" + "&".join(kept) if any(kept) else ""))
+
+
+# --- what a verified token adds to the request --------------------------------------------------------------------
+
+def output_headers(rules: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Every header some rule writes from a token (folded as apps fold names): a client's own are removed
+    from every request, token or not, so none can pass as the sidecar's."""
+    names = {header_key(str(r["outputPayloadToHeader"])) for r in rules if r.get("outputPayloadToHeader")}
+    return names | {header_key(str(o.get("header", ""))) for r in rules for o in r.get("outputClaimToHeaders") or []}
+
+
+def claim_text(claims: Mapping[str, Any], path: str) -> str | None:
+    """A claim as Envoy writes it into a header: strings as they are, numbers (whole ones without a point),
+    true/false; nested claims by `a.b.c`. None for objects and lists (Istio copies string/int/bool only),
+    and for a value with control characters, which must never become header framing."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif _is_number(value):
+        text = str(int(value)) if float(value).is_integer() else repr(float(value))
+    elif isinstance(value, str):
+        text = value
+    else:
+        return None
+    return text if text and not any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in text) else None
+
+
+def outputs(rule: Mapping[str, Any], token: str, claims: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The header fields the rule that verified `token` adds: the payload as it was signed (base64url, no
+    padding: Envoy's forward_payload_header) and each claim asked for that has a value to copy."""
+    added = []
+    if rule.get("outputPayloadToHeader"):
+        added.append((str(rule["outputPayloadToHeader"]).lower(), token.split(".")[1]))
+    for o in rule.get("outputClaimToHeaders") or []:
+        if (text := claim_text(claims, str(o.get("claim", "")))) is not None:
+            added.append((str(o["header"]).lower(), text))
+    return added
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -371,13 +497,21 @@ class Jwks:
                 self._fetch_soon(str(rule["jwksUri"]))
 
 
-def authenticate(rules: Sequence[Mapping[str, Any]], jwks: Jwks, headers: Sequence[tuple[str, str]],
-                 query: Sequence[tuple[str, str]], now: float) -> tuple[str | None, dict[str, Any]]:
-    """(principal, claims) of a valid token; (None, {}) when there is none; JwtError when it is invalid or
-    the request carries more than one. `headers` and `query` are every field and every pair, repeats kept."""
+@dataclass(frozen=True)
+class Verified:
+    principal: str
+    claims: dict[str, Any]
+    token: str
+    rule: Mapping[str, Any]  # the rule whose keys verified it
+
+
+def verify_request(rules: Sequence[Mapping[str, Any]], jwks: Jwks, headers: Sequence[tuple[str, str]],
+                   query: Sequence[tuple[str, str]], now: float) -> Verified | None:
+    """The verified token of a request; None when there is none; JwtError when it is invalid or the request
+    carries more than one. `headers` and `query` are every field and every pair, repeats kept."""
     found = find_tokens(rules, headers, query)
     if not found:
-        return None, {}
+        return None
     if len(found) > 1:
         raise JwtError(f"the request carries {len(found)} tokens ({', '.join(f.where for f in found)[:200]}); "
                        "send exactly one")
@@ -394,7 +528,14 @@ def authenticate(rules: Sequence[Mapping[str, Any]], jwks: Jwks, headers: Sequen
             check_claims(claims, rule.get("audiences") or [], now)
             if claims.get("iss") != issuer:  # what was signed is what chose the rule
                 raise JwtError("issuer changed between decoding and verifying")
-            return f"{issuer}/{claims.get('sub', '')}", claims
+            return Verified(f"{issuer}/{claims.get('sub', '')}", claims, token, rule)
         except JwtError as exc:
             errors.append(str(exc))
     raise JwtError("; ".join(dict.fromkeys(errors)))
+
+
+def authenticate(rules: Sequence[Mapping[str, Any]], jwks: Jwks, headers: Sequence[tuple[str, str]],
+                 query: Sequence[tuple[str, str]], now: float) -> tuple[str | None, dict[str, Any]]:
+    """(principal, claims) of a valid token; (None, {}) when there is none; JwtError as verify_request."""
+    verified = verify_request(rules, jwks, headers, query, now)
+    return (verified.principal, verified.claims) if verified else (None, {})

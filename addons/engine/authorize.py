@@ -1,7 +1,8 @@
 """AuthorizationPolicy and RequestAuthentication on the engine, enforced by the receiving sidecar. Fails closed.
 
 Per request (inbound HTTP): the JWT is verified (addons.jwt; 401 and flag UAEX when a token is invalid), the
-verified token is taken out of what the app receives unless forwardOriginalToken, then addons.rbac decides
+verified token is taken out of what the app receives unless forwardOriginalToken, the payload and claims asked
+for are added (a client's own headers of those names removed first), then addons.rbac decides
 (403 and flag RBAC, with a body naming the policy). TCP connections are judged once, when they open.
 Anything that cannot be evaluated denies.
 """
@@ -14,7 +15,18 @@ import time
 from addons.engine.call import Call
 from addons.engine.plan import ConnectionInfo
 from addons.engine.proxy import Response
-from addons.jwt import Jwks, JwtError, authenticate, query_pairs_of, token_to_strip
+from addons.jwt import (
+    Jwks,
+    JwtError,
+    Verified,
+    header_key,
+    output_headers,
+    outputs,
+    query_pairs_of,
+    token_to_strip,
+    verify_request,
+    without_cookie,
+)
 from addons.live import LiveSnapshot
 from addons.rbac import Subject, decide, remote_address
 
@@ -64,17 +76,15 @@ class Authorizer:
         if snap.jwt:
             fields = list(headers.items())
             try:
-                subject.request_principal, subject.claims = authenticate(snap.jwt, self.jwks, fields,
-                                                                         query_pairs_of(call.target), time.time())
+                verified = verify_request(snap.jwt, self.jwks, fields, query_pairs_of(call.target), time.time())
             except JwtError as exc:
                 call.flags = "UAEX"
                 return refusal(401, f"JWT rejected by RequestAuthentication: {exc}",
                                (b"www-authenticate", b'Bearer error="invalid_token"'))
-            if subject.request_principal is not None:
-                header, target = token_to_strip(snap.jwt, fields, call.target)
-                if header is not None:
-                    headers.pop(header)
-                call.target = target
+            self._rewrite(call, verified)
+            if verified is not None:
+                subject.request_principal, subject.claims = verified.principal, verified.claims
+            subject.headers = headers.lower_dict()  # the policy sees what the app will
         decision = decide(snap.authorization, subject)
         if decision.audited:
             call.audit = decision.audited
@@ -83,6 +93,27 @@ class Authorizer:
         log.info("403 %s %s from %s: %s", call.method, call.path, subject.principal or "plaintext", decision.reason)
         call.flags = "RBAC"
         return refusal(403, f"RBAC: access denied: {decision.reason}")
+
+    def _rewrite(self, call: Call, verified: Verified | None) -> None:
+        """The request as the app gets it: no header a client wrote under a name the sidecar writes from a
+        token (any spelling apps fold together), the verified token taken out unless forwarded, then the
+        payload and claims asked for."""
+        snap, headers = self.live.current, call.headers
+        written = output_headers(snap.jwt)
+        if written and any(header_key(k.decode("latin-1")) in written for k, _ in headers.fields):
+            headers.fields[:] = [(k, v) for k, v in headers.fields if header_key(k.decode("latin-1")) not in written]
+        if verified is None:
+            return
+        strip = token_to_strip(snap.jwt, list(headers.items()), call.target)
+        if strip.header is not None:
+            headers.pop(strip.header)
+        if strip.cookie is not None:
+            kept = [(k, without_cookie(v.decode("latin-1"), strip.cookie).encode("latin-1"))
+                    if k.lower() == b"cookie" else (k, v) for k, v in headers.fields]
+            headers.fields[:] = [(k, v) for k, v in kept if v or k.lower() != b"cookie"]
+        call.target = strip.target
+        for name, value in outputs(verified.rule, verified.token, verified.claims):
+            headers.add(name, value.encode().decode("latin-1"))  # UTF-8 on the wire, as Envoy writes it
 
     def tcp_gate(self, info: ConnectionInfo) -> str | None:
         """For a TCP connection, judged once when it opens (TCP has no X-Forwarded-For: the original client is

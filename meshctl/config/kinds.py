@@ -61,7 +61,8 @@ AUTHZ_RULE: Schema = {"from": [{"source": SOURCE}], "to": [{"operation": OPERATI
                       "when": [{"key": "string", "values": STRINGS, "notValues": STRINGS}]}
 JWT_RULE: Schema = {"issuer": "string", "audiences": STRINGS, "jwks": "string", "jwksUri": "string",
                     "fromHeaders": [{"name": "string", "prefix": "string"}], "fromParams": STRINGS,
-                    "forwardOriginalToken": "bool"}
+                    "fromCookies": STRINGS, "forwardOriginalToken": "bool", "outputPayloadToHeader": "string",
+                    "outputClaimToHeaders": [{"header": "string", "claim": "string"}]}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from addons.jwt import jwks_problems, jwks_uri_problem
+from addons.jwt import jwks_problems, jwks_uri_problem, rule_output_problems
 from meshctl.config import safeyaml
 from meshctl.config.kinds import KINDS, Kind, find_kind
 from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
@@ -153,6 +153,7 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                 problems.append(f"{where}.spec.jwtRules[{i}].jwksUri: {problem}")
             if rule.get("jwks"):
                 problems += [f"{where}.spec.jwtRules[{i}].jwks: {p}" for p in jwks_problems(rule["jwks"])]
+            problems += [f"{where}.spec.jwtRules[{i}].{p}" for p in rule_output_problems(rule)]
     if kind.name == "Telemetry":
         for i, entry in enumerate(spec.get("tracing") or []):
             problems += [f"{where}.spec.tracing[{i}].providers[{j}].endpoint: required (meshctl has no MeshConfig "

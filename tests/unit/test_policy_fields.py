@@ -176,6 +176,14 @@ def test_every_jwt_rule_field_has_an_effect() -> None:
         and _authn({**base, "fromParams": ["jwt"]}, [], [("access_token", good)]) is None,
         "forwardOriginalToken": _forwarded({**base, "forwardOriginalToken": True}, good)
         and not _forwarded(base, good),
+        "fromCookies": _authn({**base, "fromCookies": ["s"]}, [("cookie", f"s={good}")], []) == principal
+        and _authn(base, [("cookie", f"s={good}")], []) is None,
+        "outputPayloadToHeader": _outputs({**base, "outputPayloadToHeader": "x-p"}, good)
+        == [("x-p", good.split(".")[1])],
+        "outputClaimToHeaders.header": _outputs({**base, "outputClaimToHeaders": [{"header": "x-s", "claim": "sub"}]},
+                                                good) == [("x-s", "alice")],
+        "outputClaimToHeaders.claim": _outputs({**base, "outputClaimToHeaders": [{"header": "x-s", "claim": "iss"}]},
+                                               good) == [("x-s", jwtkit.ISSUER)],
     }
     assert set(leaves(RA.spec)) - {"selector.matchLabels.app", "selector.matchLabels.version"} == \
         {f"jwtRules.{f}" for f in effects}
@@ -183,14 +191,22 @@ def test_every_jwt_rule_field_has_an_effect() -> None:
     assert _authn(base, bearer, []) == principal  # the base case authenticates
 
 
+def _outputs(rule: dict[str, Any], token: str) -> list[tuple[str, str]]:
+    """The header fields a verified token adds for the app."""
+    from addons.jwt import Jwks, outputs, verify_request
+
+    verified = verify_request([rule], Jwks(), [("authorization", f"Bearer {token}")], [], jwtkit.NOW)
+    return outputs(rule, token, verified.claims) if verified else []
+
+
 def _forwarded(rule: dict[str, Any], token: str) -> bool:
     """Whether the app still gets the token once the sidecar has verified it."""
     from addons.jwt import token_to_strip
 
     target = f"/a?access_token={token}&keep=1" if rule.get("fromParams") else "/a?keep=1"
-    header, target = token_to_strip([rule], [("authorization", f"Bearer {token}")], target)
-    assert "keep=1" in target
-    return header is None or header.lower() != "authorization"
+    strip = token_to_strip([rule], [("authorization", f"Bearer {token}")], target)
+    assert "keep=1" in strip.target
+    return strip.header is None or strip.header.lower() != "authorization"
 
 
 @pytest.mark.parametrize("spelling", ["10.1.2.3", "::ffff:10.1.2.3", "::FFFF:10.1.2.3", " 10.1.2.3 "])
