@@ -63,17 +63,19 @@ def _register() -> None:
         install,
         observe,
         proxy,
+        prune,
         rollout,
         route,
         security,
         slo,
         tap,
         telemetry,
+        uninject,
         version,
     )
 
-    for module in (install, inject, demo, config, route, rollout, certs, security, proxy, observe, tap, telemetry,
-                   slo, dashboard, bench, analyze, check, version):
+    for module in (install, inject, uninject, demo, config, route, rollout, certs, security, proxy, observe, tap,
+                   telemetry, slo, dashboard, bench, analyze, check, prune, version):
         module.register(app)
 
 

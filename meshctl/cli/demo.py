@@ -72,8 +72,10 @@ def demo(
     c.err.print(f"\nbookinfo runs meshed: try `curl http://127.0.0.1:{lib.PORT}/productpage`. "
                 "Stop it with `meshctl demo --down`.", highlight=False)
     if ok != requests:
+        # the container's name as the engine has it: compose v1 names it bookinfo_productpage-proxy_1, v2 with dashes
+        entry = next((p.container for p in proxies if p.name == f"{lib.PROJECT}.productpage"), None)
         raise MeshError(f"only {ok} of {requests} requests succeeded", "see the sidecars' logs: docker logs "
-                        f"{lib.PROJECT}_productpage-proxy_1")
+                        f"{entry or '$(docker ps -qf label=io.meshctl.service=productpage)'}")
     return ExitCode.OK
 
 

@@ -60,7 +60,7 @@ def proxy_status(
     if wait and not done:
         behind = sum(not r.synced for r in rows)
         raise Timeout(f"{behind} of {len(rows)} proxies not SYNCED after {timeout:g}s",
-                      "see their STATUS above and their logs (docker logs <service>-proxy)")
+                      "see their STATUS above and their logs (docker compose -p PROJECT logs SERVICE-proxy)")
     return ExitCode.OK
 
 

@@ -11,7 +11,7 @@ from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.fsutil import locked
-from meshctl.inject import load, paths, protocols, rewrite, yamlrt
+from meshctl.inject import load, original, paths, protocols, rewrite, yamlrt
 from meshctl.inject.risks import capture_risk
 from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot, describe
@@ -83,7 +83,9 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
                            settings.trust_domain, settings.network, _image_id(ctx, settings.proxy_image))
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
-    text = yamlrt.dump(data, like=compose.text)
+    # the exact original rides along in the marker, for `meshctl uninject`
+    data[rewrite.MARKER].update(original.record([compose.source], original.source_bytes(compose.source, compose.text)))
+    text = original.seal(yamlrt.dump(data, like=compose.text))
     # Everything is validated: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
     with locked(ctx.home.ca_dir / ".lock"):  # as every issuance: the agent never sees a pair half-written

@@ -328,7 +328,7 @@ def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dic
     networks = _own(networks) if isinstance(networks, dict) else CommentedMap()
     networks[mesh_network] = {"external": True, "name": mesh_network}
     data["networks"] = networks
-    data[MARKER] = {"version": __version__, "project": project, "trust_domain": trust_domain}
+    data[MARKER] = {"version": __version__, "project": project, "trust_domain": trust_domain, "network": mesh_network}
     following = _after(data, "services")
     if following is not None:
         comments.put_before(data, following, tail)

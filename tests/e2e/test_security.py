@@ -141,12 +141,15 @@ def test_keys_stay_in_their_own_directory_and_the_ca_key_in_no_container(demo: d
         assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((mesh_home / "ca" / "root-key.pem").stat().st_mode) == 0o600
     ca_dir = str((mesh_home / "ca").resolve())
+    sidecars = 0
     for container in engine.containers.list(filters={"label": "com.docker.compose.project=bookinfo"}):
         sources = [m["Source"] for m in container.attrs["Mounts"]]
         assert not any(s.startswith(ca_dir) for s in sources), (container.name, sources)
-        if container.name.endswith("-proxy_1"):
-            service = container.labels["com.docker.compose.service"][:-len("-proxy")]
+        if container.labels.get("io.meshctl.component") == "sidecar":  # by label: v1 and v2 name containers apart
+            service = container.labels["io.meshctl.service"]
             assert sources == [str(mesh_home / "proxies" / "bookinfo" / service)], sources  # its own, nothing else
+            sidecars += 1
+    assert sidecars == len(demo["proxies"]), sidecars
     # inside a sidecar: only its own key, 0600, owned by the proxy uid; no CA key anywhere
     code, out = app.exec("details-proxy", "sh", "-c", "ls /etc/meshctl; stat -c '%a %u' /etc/meshctl/key.pem; "
                          "find / -xdev -name 'root-key.pem' -o -xdev -name 'next-key.pem' 2>/dev/null | wc -l")

@@ -1,0 +1,162 @@
+"""`meshctl uninject`: the exact original back from a file inject wrote, a refusal when it was edited since,
+and with --force only what meshctl added removed. Property: for generated compose files written as people
+write them (comments, odd whitespace, CRLF, no final newline, unicode), uninject(inject(f)) == f, byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from meshctl.errors import Conflict, InvalidInput
+from meshctl.inject.injector import inject
+from meshctl.inject.uninject import uninject
+from meshctl.status import ExitCode
+from tests.unit.composeyaml import read
+from tests.unit.fuzzing import context, examples, make_home, one_line, run_cli
+from tests.unit.test_fuzz_inject_lossless import compose_text
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_home(tmp_path_factory.mktemp("uninject") / "home")
+
+
+def meshed(home: Path, workdir: Path, original: bytes, name: str = "compose.yaml") -> Path:
+    source, out = workdir / name, workdir / "meshed.yaml"
+    source.write_bytes(original)
+    out.write_text(inject(context(home), str(source), "shop", "PERMISSIVE", workdir).text)
+    return out
+
+
+@st.composite
+def as_typed(draw: st.DrawFn) -> bytes:
+    """A compose file with the habits of real ones: CRLF, stray spaces, blank lines, unicode, no final newline."""
+    lines = draw(compose_text()).split("\n")
+    if draw(st.booleans()):
+        lines = [line + draw(st.sampled_from(["", " ", "   "])) if line.strip() else line for line in lines]
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(lines)))
+        lines.insert(at, draw(st.sampled_from(["", "   ", "# Ünïcödé — 日本語 ✓", "#\tcolumns\t1"])))
+    text = draw(st.sampled_from(["\n", "\r\n"])).join(lines)
+    if draw(st.booleans()):
+        text = text.rstrip("\r\n")
+    return (draw(st.sampled_from(["", "\ufeff"])) + text).encode()
+
+
+@examples(80)
+@given(original=as_typed())
+@example(original=b"services:\r\n  web:  # caf\xc3\xa9\r\n    image: nginx\r\n    ports: ['80:80']\r\n# end")
+@example(original=b"services:\n  web:\n    image: x\n    deploy: {replicas: 3}\n\n\n# trailing\n\n")
+def test_uninject_gives_back_the_original_byte_for_byte(home: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                         original: bytes) -> None:
+    workdir = tmp_path_factory.mktemp("case", numbered=True)
+    result = uninject(str(meshed(home, workdir, original)))
+    assert result.exact and result.data == original
+
+
+@examples(40)
+@given(original=as_typed())
+def test_force_removes_what_inject_added_and_keeps_the_rest(home: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                            original: bytes) -> None:
+    """On an unedited file --force gives what compose reads from the original (its text may differ)."""
+    workdir = tmp_path_factory.mktemp("force", numbered=True)
+    result = uninject(str(meshed(home, workdir, original)), force=True)
+    assert not result.exact
+    assert without_empty_labels(read(result.data.decode())) == without_empty_labels(read(original.decode()))
+
+
+def without_empty_labels(doc: dict[str, Any]) -> dict[str, Any]:
+    """`labels: {}` and no labels read the same to compose; --force drops the mapping it emptied."""
+    for svc in doc["services"].values():
+        if svc.get("labels") in ({}, []):
+            del svc["labels"]
+    return doc
+
+
+def test_an_edit_after_inject_is_refused_and_force_keeps_it(home: Path, tmp_path: Path) -> None:
+    source = (b"# the shop\nservices:\n  web:  # front\n    image: nginx\n    ports: ['8080:80']\n"
+              b"    networks: [front]\n  db:\n    image: redis\n    deploy: {replicas: 2}\n"
+              b"    labels: [team=data]\n    depends_on: [web]\nnetworks:\n  front: {}\n# the end\n")
+    path = meshed(home, tmp_path, source)
+    edited = path.read_text().replace("image: redis", "image: redis:7  # pinned")
+    path.write_text(edited)
+    with pytest.raises(Conflict, match="edited after `meshctl inject`"):
+        uninject(str(path))
+    forced = uninject(str(path), force=True).data.decode()
+    assert "image: redis:7  # pinned" in forced and "# front" in forced and "# the shop" in forced
+    assert forced.rstrip().endswith("# the end")
+    assert "x-meshctl" not in forced and "-proxy" not in forced and "io.meshctl" not in forced
+    doc = read(forced)
+    assert doc["services"]["web"] == {"image": "nginx", "ports": ["8080:80"], "networks": {"front": None}}
+    assert doc["services"]["db"] == {"image": "redis:7", "deploy": {"replicas": 2}, "labels": ["team=data"],
+                                     "depends_on": {"web": {"condition": "service_started"}}}
+    assert doc["networks"] == {"front": {}}
+
+
+def test_a_line_added_after_the_marker_is_an_edit_and_crlf_line_ends_are_not(home: Path, tmp_path: Path) -> None:
+    path = meshed(home, tmp_path, b"services:\n  web:\n    image: nginx\n")
+    text = path.read_text()
+    path.write_bytes(text.replace("\n", "\r\n").encode())  # a checkout with autocrlf
+    assert uninject(str(path)).data == b"services:\n  web:\n    image: nginx\n"
+    path.write_text(text + "volumes:\n  data: {}\n")
+    with pytest.raises(Conflict):
+        uninject(str(path))
+
+
+def test_old_and_damaged_markers_and_unmeshed_files(home: Path, tmp_path: Path) -> None:
+    path = meshed(home, tmp_path, b"services:\n  web:\n    image: nginx\n")
+    text = path.read_text()
+    head, _, _ = text.partition("  original:\n")
+    old = tmp_path / "old.yaml"
+    old.write_text(head)  # as meshctl wrote it before it kept the original
+    with pytest.raises(Conflict, match="kept no copy"):
+        uninject(str(old))
+    assert read(uninject(str(old), force=True).data.decode()) == {"services": {"web": {"image": "nginx"}}}
+    damaged = tmp_path / "damaged.yaml"
+    damaged.write_text(text.replace("gzip_base64: |-\n      H4sI", "gzip_base64: |-\n      H5sI"))
+    with pytest.raises(InvalidInput, match="original is damaged"):
+        uninject(str(damaged))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("services:\n  web:\n    image: nginx\n")
+    with pytest.raises(InvalidInput, match="not meshed by meshctl"):
+        uninject(str(plain))
+
+
+def test_cli_writes_stdout_or_output_and_never_the_input_unless_named(home: Path, tmp_path: Path) -> None:
+    original = b"services:\r\n  web:\r\n    image: nginx"
+    path = meshed(home, tmp_path, original)
+    meshed_text = path.read_bytes()
+    ran = run_cli(home, "uninject", str(path))
+    assert ran.code == 0 and ran.out.encode() == original and path.read_bytes() == meshed_text
+    assert "byte for byte" in ran.err
+    assert run_cli(home, "uninject", str(path), "-o", str(tmp_path / "back.yaml")).code == 0
+    assert (tmp_path / "back.yaml").read_bytes() == original
+    assert run_cli(home, "uninject", str(path), "-o", str(path)).code == 0  # named explicitly: replaced
+    assert path.read_bytes() == original
+    ran = run_cli(home, "uninject", str(path))
+    assert ran.code == ExitCode.INVALID_INPUT and str(path) in one_line(ran.err)
+
+
+def test_cli_refusal_is_one_line_with_the_conflict_code(home: Path, tmp_path: Path) -> None:
+    path = meshed(home, tmp_path, b"services:\n  web:\n    image: nginx\n")
+    path.write_text(path.read_text().replace("image: nginx", "image: httpd"))
+    out = tmp_path / "out.yaml"
+    ran = run_cli(home, "uninject", str(path), "-o", str(out))
+    assert ran.code == ExitCode.CONFLICT and "--force" in one_line(ran.err) and not out.exists()
+    ran = run_cli(home, "uninject", str(path), "--force", "-o", str(out))
+    assert ran.code == 0 and "kept as they are" in ran.err
+    assert read(out.read_text()) == {"services": {"web": {"image": "httpd"}}}
+
+
+def test_several_source_files_give_their_merged_model_and_say_the_originals_are_unchanged(home: Path,
+                                                                                          tmp_path: Path) -> None:
+    path = meshed(home, tmp_path, b"services:\n  web:\n    image: nginx\n")
+    source = str(tmp_path / "compose.yaml")
+    path.write_text(path.read_text().replace(f"      - {source}\n", "      - a.yaml\n      - b.yaml\n"))
+    ran = run_cli(home, "uninject", str(path))
+    assert ran.code == 0 and ran.out == "services:\n  web:\n    image: nginx\n"
+    assert "merged model of a.yaml, b.yaml" in ran.err and "never changed" in ran.err
