@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from addons import egress
+
 FORMAT_VERSION = 1
 # Where the sidecar finds its mounted files (certificate, key, bundle, snapshot). Defined here, in a
 # stdlib-only module, so the supervisor process does not load TLS and mitmproxy just to know a path.
@@ -59,6 +61,7 @@ class MeshConfig:
     """Mesh-wide settings (Istio's meshConfig), chosen with `meshctl install`."""
     path_normalization: str = "MERGE_SLASHES"  # addons.normalize.MODES
     num_trusted_proxies: int = 0  # X-Forwarded-For hops trusted to name the original client (remoteIpBlocks)
+    outbound_policy: str = egress.ALLOW_ANY  # Istio's outboundTrafficPolicy.mode (addons.egress)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Snapshot:
     jwt: tuple[dict[str, Any], ...] = field(default_factory=tuple)  # RequestAuthentication jwtRules
     tracing: TracingConfig = field(default_factory=TracingConfig)  # from Telemetry resources
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    egress: tuple[egress.External, ...] = ()  # ServiceEntry hosts (MESH_EXTERNAL) this proxy may call
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -159,7 +163,12 @@ def parse(data: Any) -> Snapshot:
     for i, policy in enumerate(security["authorization"]):
         if policy.get("action") not in ("ALLOW", "DENY", "AUDIT") or not isinstance(policy.get("rules", []), list):
             raise SnapshotError(f"authorization[{i}] needs an action (ALLOW, DENY, AUDIT) and a rules list")
+    try:
+        external = egress.parse(data.get("egress", []))
+    except egress.EgressError as exc:
+        raise SnapshotError(str(exc)) from None
     return Snapshot(
+        egress=external,
         tracing=_tracing(data.get("tracing", {})),
         mesh=_mesh(data.get("mesh", {})),
         revision=_get(data, "revision", int),
@@ -209,7 +218,10 @@ def _mesh(data: Any) -> MeshConfig:
     hops = data.get("num_trusted_proxies", 0)
     if isinstance(hops, bool) or not isinstance(hops, int) or not 0 <= hops <= 64:
         raise SnapshotError("field mesh.num_trusted_proxies must be a whole number from 0 to 64")
-    return MeshConfig(mode, hops)
+    outbound = data.get("outbound_traffic_policy", egress.ALLOW_ANY)
+    if outbound not in egress.OUTBOUND_POLICIES:
+        raise SnapshotError(f"field mesh.outbound_traffic_policy must be one of {', '.join(egress.OUTBOUND_POLICIES)}")
+    return MeshConfig(mode, hops, outbound)
 
 
 def read_raw(path: Path) -> Any:

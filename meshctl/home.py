@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from addons.egress import OUTBOUND_POLICIES
 from addons.snapshot import PATH_MODES, MeshConfig
 from meshctl import __version__, const
 from meshctl.errors import InvalidInput, NotInstalled
@@ -47,6 +48,9 @@ class MeshSettings:
     # Istio's meshConfig.pathNormalization, with a safer default than Istio's BASE (addons.normalize)
     path_normalization: str = MeshConfig.path_normalization
     num_trusted_proxies: int = 0  # X-Forwarded-For hops trusted to name the original client (remoteIpBlocks)
+    # Istio's meshConfig.outboundTrafficPolicy.mode: ALLOW_ANY, or REGISTRY_ONLY (only meshed services and
+    # ServiceEntry hosts may be called; addons.egress)
+    outbound_traffic_policy: str = MeshConfig.outbound_policy
     installed_by: str = field(default_factory=lambda: __version__)
 
     @classmethod
@@ -66,6 +70,10 @@ class MeshSettings:
             raise InvalidInput(f"{source}: path_normalization must be one of {', '.join(PATH_MODES)}, not "
                                f"{settings.path_normalization!r}", "fix it, or run `meshctl install "
                                "--path-normalization ...` again")
+        if settings.outbound_traffic_policy not in OUTBOUND_POLICIES:
+            raise InvalidInput(f"{source}: outbound_traffic_policy must be one of {', '.join(OUTBOUND_POLICIES)}, "
+                               f"not {settings.outbound_traffic_policy!r}", "fix it, or run `meshctl install "
+                               "--outbound-traffic-policy ...` again")
         hops = settings.num_trusted_proxies
         if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 64:
             raise InvalidInput(f"{source}: num_trusted_proxies must be a whole number from 0 to 64, not {hops!r}",

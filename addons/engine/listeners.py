@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from addons.egress import REGISTRY_ONLY
 from addons.endpoints import Endpoint
 from addons.engine import l4
 from addons.engine.plan import (
@@ -71,6 +72,10 @@ async def no_endpoint(ip: str) -> Endpoint | None:
     return None
 
 
+async def no_external(address: tuple[str, int], look_again: bool) -> int | None:
+    return None
+
+
 class TcpEvents(Protocol):
     def tcp_opened(self, info: ConnectionInfo, upstream: tuple[str, int], identity: str) -> Any: ...
 
@@ -83,6 +88,8 @@ class Sidecar:
 
     snapshot: Callable[[], Snapshot]
     lookup: Callable[[str], Awaitable[Endpoint | None]] = no_endpoint  # addons.endpoints' owner, for outbound
+    # Outbound outside the mesh: the ServiceEntry port to connect to (addons.egress.Resolver.target)
+    external: Callable[[tuple[str, int], bool], Awaitable[int | None]] = no_external
     networks: LocalNetworks = field(default_factory=LocalNetworks)
     server_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # inbound: ALPN ("http/1.1", L4_ALPN)
     l4_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # outbound L4: l4.l4_client_context
@@ -247,8 +254,12 @@ class CaptureListener:
         except OSError:  # a connection to the listener itself, not redirected: it would be aimed at us
             destination = (sock.getsockname()[0], self.port)
         endpoint = await self.sidecar.lookup(destination[0]) if self.port == OUTBOUND_PORT else None
+        snap = self.sidecar.snapshot()
+        external = None
+        if self.port == OUTBOUND_PORT and endpoint is None:  # REGISTRY_ONLY: an unknown address is looked up now
+            external = await self.sidecar.external(destination, snap.mesh.outbound_policy == REGISTRY_ONLY)
         return ConnectionInfo(self.port, destination, (str(peer[0]), int(peer[1])), None,
-                              self.sidecar.snapshot(), endpoint, networks=self.sidecar.networks)
+                              snap, endpoint, networks=self.sidecar.networks, external_port=external)
 
     def _note(self, plan: Plan) -> None:
         self.plans.append(type(plan))

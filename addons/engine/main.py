@@ -23,10 +23,12 @@ from typing import Any
 
 from addons import capture, snapshot
 from addons.admin import Admin
+from addons.egress import Resolver
 from addons.endpoints import Endpoint, Endpoints
 from addons.engine.authorize import Authorizer
 from addons.engine.call import Call
 from addons.engine.certs import Certificates
+from addons.engine.egress import Egress
 from addons.engine.h2pool import H2Pool
 from addons.engine.h2proxy import H2Decide, H2Downstream, H2Proxy
 from addons.engine.listeners import CaptureListener, Sidecar
@@ -75,12 +77,17 @@ class Mesh:
         self.tracer = Tracer(live, self.observer, self.spans)
         self.authorizer = Authorizer(live)
         self.router = Router(live, endpoints, certs.l7_client)
+        self.egress = Egress(lambda: live.current)  # HTTP to hosts outside the mesh: ServiceEntry, REGISTRY_ONLY
+        self.registry = Resolver()  # the addresses of ServiceEntry hosts, for connections that are not HTTP
+        self.registry.replace(live.current.egress)
+        live.on_apply.append(lambda snap: self.registry.replace(snap.egress))
         self.tap = TapHub(lambda: (live.current.name, live.current.identity))  # `meshctl tap` sessions
         self.l7 = Listener(self._unbound, Pool(certs.l7_client), max_connections=MAX_L7_CONNECTIONS,
                            path_mode=lambda: live.current.mesh.path_normalization, on_done=self.done)
         self.h2 = H2Proxy(H2Pool(certs.h2_client), path_mode=lambda: live.current.mesh.path_normalization,
                           on_done=self.done, on_start=self._h2_started)
-        sidecar = Sidecar(snapshot=lambda: live.current, lookup=self.owner, networks=networks,
+        sidecar = Sidecar(snapshot=lambda: live.current, lookup=self.owner, external=self.registry.target,
+                          networks=networks,
                           server_tls=certs.server, l4_tls=certs.l4_client, h2_tls=certs.h2_client, l7=self.l7,
                           l7_decide=self.decide_for, tcp_gate=self.authorizer.tcp_gate, tcp=self.observer,
                           h2=self.h2_for)
@@ -124,6 +131,8 @@ class Mesh:
             if self.tap.sessions:
                 self.tap.begin(call)
             self.tracer.request(call)
+            if info.endpoint is None:  # outside the mesh: the registry decides
+                return self.egress.decide(call, plan)
             return self.router.decide(call, plan)
 
         return outbound
@@ -270,7 +279,8 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(watch("certificate reload", 1.0, certs.reload)),
              loop.create_task(watch("applying a new snapshot", SNAPSHOT_POLL_S, live.poll)),
-             loop.create_task(endpoints.run_forever()), loop.create_task(mesh.spans.export_forever())]
+             loop.create_task(endpoints.run_forever()), loop.create_task(mesh.spans.export_forever()),
+             loop.create_task(mesh.registry.run_forever())]
     mesh.authorizer.start()
     for listener in mesh.listeners:
         await listener.start()

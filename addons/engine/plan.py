@@ -9,6 +9,9 @@ Inbound (15006), from peers:
                  outside the pod's networks (the mesh's edge); else HTTP/1 -> L7, anything else -> L4
 Outbound (15001), from our app:
   the app's own TLS    -> passed through untouched
+  outside the mesh      -> HTTP/1 -> L7 in plaintext (addons.egress matches its Host per request); anything else
+                          passed through, to the port a ServiceEntry's targetPort names; under REGISTRY_ONLY
+                          refused unless a ServiceEntry's host resolves to the address (fail closed)
   a meshed destination -> HTTP/1 -> L7 over pooled mTLS; anything else -> L4 over mTLS (one connection each)
                           HTTP/2 (h2c) -> L7 over multiplexed mTLS (ALPN h2) when a VirtualService routes the
                           service, else L4 over mTLS with ALPN h2, so the far side knows what is inside
@@ -31,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from addons.egress import REGISTRY_ONLY
 from addons.endpoints import Endpoint
 from addons.rbac import needs_request_fields
 from addons.snapshot import Snapshot, Workload
@@ -86,6 +90,7 @@ class ConnectionInfo:
     tls_peer: str | None = None  # inbound inside our verified mTLS: the caller's SPIFFE ID ("" if it has none)
     alpn: str | None = None  # inbound inside our mTLS: the protocol the caller chose
     networks: LocalNetworks = field(default_factory=LocalNetworks)
+    external_port: int | None = None  # outbound outside the mesh: the ServiceEntry port to connect to, if any
 
 
 @dataclass(frozen=True)
@@ -290,16 +295,36 @@ def _app_protocol(info: ConnectionInfo, kind: Kind) -> Plan:
     return L4Tcp(info.destination)
 
 
+def _unregistered(info: ConnectionInfo, kind: Kind) -> Refuse:
+    what = {"tls": "TLS", "h2": "HTTP/2"}.get(kind, "TCP")
+    ip, port = info.destination
+    return Refuse(f"{what} from {info.peer[0]} to {ip}:{port}: not in the mesh's registry (outboundTrafficPolicy "
+                  "REGISTRY_ONLY): neither a meshed service nor a ServiceEntry host on that port")
+
+
+def _outside(info: ConnectionInfo, kind: Kind, http: bool) -> Plan:
+    """Outside the mesh: HTTP/1 is judged per request (its Host); anything else by the address it goes to."""
+    if http:
+        return L7Http(info.destination)
+    if info.external_port is not None:
+        return Passthrough((info.destination[0], info.external_port))
+    if info.snapshot.mesh.outbound_policy == REGISTRY_ONLY:
+        return _unregistered(info, kind)
+    return Passthrough(info.destination)
+
+
 def _outbound(info: ConnectionInfo) -> Plan:
     protocol = _protocol(info)
     kind = _kind(info)
-    if protocol != "tcp" and kind == "tls":
-        return Passthrough(info.destination)  # the app's own TLS: never intercepted
+    endpoint = info.endpoint
+    if protocol != "tcp" and kind == "tls":  # the app's own TLS: never intercepted
+        return Passthrough(info.destination) if endpoint is not None else _outside(info, kind, False)
     h2 = protocol != "tcp" and kind == "h2"
     http = not h2 and (protocol == "http" or (protocol is None and kind == "http"))
-    endpoint = info.endpoint
-    if endpoint is None or not endpoint.workload.accepts_mtls(info.destination[1]):
-        # outside the mesh, or a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
+    if endpoint is None:
+        return _outside(info, kind, http)
+    if not endpoint.workload.accepts_mtls(info.destination[1]):
+        # a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
         return L7Http(info.destination) if http else Passthrough(info.destination)
     identity = endpoint.service.identity
     if h2:

@@ -53,15 +53,17 @@ class User(Protocol):
 
 
 async def dial(protocol: asyncio.Protocol, address: Address, context: ssl.SSLContext | None,
-               timeout: float) -> asyncio.Transport:
+               timeout: float, server_hostname: str = "") -> asyncio.Transport:
     """Connect `protocol` to `address`: mutual TLS with `context` (the identity is the caller's to check), else
-    plaintext; within `timeout`. PoolError("connect-failure") if it cannot."""
+    plaintext; within `timeout`. `server_hostname`: the SNI (and the name a checking context verifies), for TLS
+    to a host outside the mesh. PoolError("connect-failure") if it cannot."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
             if context is not None:
                 transport, _ = await loop.create_connection(lambda: protocol, address[0], address[1], ssl=context,
-                                                            server_hostname="", ssl_handshake_timeout=timeout)
+                                                            server_hostname=server_hostname,
+                                                            ssl_handshake_timeout=timeout)
             else:
                 transport, _ = await loop.create_connection(lambda: protocol, address[0], address[1])
     except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -148,9 +150,13 @@ class Upstream(asyncio.Protocol):
 class Pool:
     def __init__(self, context: ssl.SSLContext | Callable[[], ssl.SSLContext | None] | None, *,
                  max_per_key: int = 64, max_total: int = 1024, idle_timeout: float = 60.0,
-                 connect_timeout: float = 5.0, high_water: int = HIGH_WATER, low_water: int = LOW_WATER) -> None:
+                 connect_timeout: float = 5.0, high_water: int = HIGH_WATER, low_water: int = LOW_WATER,
+                 server_name: str | None = None) -> None:
         # A callable is asked at each connect, so a certificate reload reaches new connections only.
         self._context = context
+        # TLS the sidecar originates to a host outside the mesh (DestinationRule tls SIMPLE): every connection
+        # of this pool is TLS with this SNI, the server checked by the context (no SPIFFE identity).
+        self.server_name = server_name
         self.max_per_key = max_per_key
         self.max_total = max_total
         self.idle_timeout = idle_timeout
@@ -194,13 +200,15 @@ class Pool:
             raise PoolError("overflow", f"{self.max_per_key} connections to {address[0]}:{address[1]} already open")
         if self.total >= self.max_total and not self._evict_one():
             raise PoolError("overflow", f"{self.max_total} upstream connections already open")
-        context = self.context() if identity else None
-        if identity and context is None:
-            raise PoolError("connect-failure", "no workload certificate loaded")
+        tls = bool(identity) or self.server_name is not None
+        context = self.context() if tls else None
+        if tls and context is None:
+            raise PoolError("connect-failure", "no workload certificate loaded" if identity else
+                            "no TLS context for the external host")
         self._count(key, +1)
         conn = Upstream(self, key)
         try:
-            await dial(conn, address, context, self.connect_timeout)
+            await dial(conn, address, context, self.connect_timeout, self.server_name or "")
         except BaseException:  # failed or cancelled: give the slot back
             self._uncount(conn)
             conn.abort()

@@ -44,6 +44,10 @@ def install(
     num_trusted_proxies: Annotated[int | None, typer.Option(
         help="X-Forwarded-For hops in front of the mesh that are trusted to name the original client, for "
              "remoteIpBlocks (Istio's numTrustedProxies) (default: 0, the peer is the client).")] = None,
+    outbound_traffic_policy: Annotated[str | None, typer.Option(
+        help="What apps may call outside the mesh (Istio's meshConfig.outboundTrafficPolicy.mode): ALLOW_ANY, or "
+             "REGISTRY_ONLY (only meshed services and ServiceEntry hosts; anything else gets 502 or is closed) "
+             "(default: ALLOW_ANY).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     output: OutputOption = OutputFormat.table,
 ) -> None:
@@ -56,7 +60,8 @@ def install(
                                           None if addons is None else parse_addons(addons),
                                           installer.validate_prometheus_port(prometheus_port),
                                           installer.validate_path_normalization(path_normalization),
-                                          installer.validate_trusted_proxies(num_trusted_proxies))
+                                          installer.validate_trusted_proxies(num_trusted_proxies),
+                                          installer.validate_outbound_policy(outbound_traffic_policy))
     started = time.monotonic()
     steps = installer.plan(c, settings)
     # Ask every step first: an unreachable engine or a conflict stops us before anything is written.

@@ -9,6 +9,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshctl.config.egress import tls_blocks
 from meshctl.config.hosts import canonical, same_service
 from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
@@ -72,6 +73,8 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
     out: list[Message] = []
     rules = [(canonical(r["spec"]["host"], namespace_of(r)), r) for r in resources if r["kind"] == "DestinationRule"]
     seen_hosts: dict[tuple[str | None, str], str] = {}
+    external = {str(h).lower().rstrip(".") for r in resources if r["kind"] == "ServiceEntry"
+                for h in r["spec"].get("hosts", [])}
     for r in resources:
         kind = find_kind(r["kind"])
         if kind is not None:
@@ -83,8 +86,13 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
         ns = namespace_of(r)
         hosts = [str(h) for h in (r["spec"].get("hosts", []) if r["kind"] == "VirtualService"
                                   else [r["spec"].get("host")])]
-        if inventory is not None:
-            out += _host_findings(r, hosts, inventory)
+        if inventory is not None:  # a ServiceEntry's host is not meant to be a meshed service
+            out += _host_findings(r, [h for h in hosts if h.lower().rstrip(".") not in external], inventory)
+        if r["kind"] == "DestinationRule" and hosts[0].lower().rstrip(".") not in external and \
+                any(t.get("mode") == "SIMPLE" for t in tls_blocks(r["spec"])):
+            out.append(Message("MSH0120", "Warning", _name(r), f"tls mode SIMPLE for {hosts[0]!r}, which no "
+                               "ServiceEntry lists: it has no effect (a meshed host gets mesh mutual TLS)",
+                               f"add a ServiceEntry for {hosts[0]!r}, or drop the tls block"))
         if r["kind"] != "VirtualService":
             continue
         for host in hosts:

@@ -121,7 +121,24 @@ OBSERVABILITY = (
          {"service": "name", "availability": "percent", "window": "duration",
           "latency": {"percentile": "percent", "threshold": "duration"}}),
 )
-KINDS = KINDS + SECURITY + OBSERVABILITY
+# External hosts the mesh's apps call (issue 17). Meshed services are the compose services themselves, so only
+# MESH_EXTERNAL entries are accepted (resources.py refuses MESH_INTERNAL with its reason).
+SE_PROTOCOLS = "enum:HTTP|HTTPS|HTTP2|GRPC|TLS|TCP|MONGO|MYSQL|REDIS"
+EGRESS = (
+    Kind("ServiceEntry", "networking.istio.io", ("v1", "v1beta1", "v1alpha3"), ("serviceentry", "se"),
+         {"hosts": ["string"], "location": "enum:MESH_EXTERNAL|MESH_INTERNAL",
+          "ports": [{"number": "port", "name": "string", "protocol": SE_PROTOCOLS, "targetPort": "port"}],
+          "resolution": "enum:DNS|DNS_ROUND_ROBIN|NONE|STATIC", "endpoints": [{"address": "string"}]},
+         {"exportTo": NOT_ON_COMPOSE, "addresses": "the sidecar matches a host by the addresses it resolves to; "
+          "list the host names (or endpoints) instead of virtual IPs",
+          "workloadSelector": "compose services are in the mesh already; a ServiceEntry names external hosts",
+          "subjectAltNames": "name the certificate to check in the DestinationRule's tls.sni",
+          "ports": "endpoints[].ports is not supported: set the port's targetPort",
+          "labels": "endpoints carry no labels: subsets of external hosts are not supported",
+          "network": NOT_ON_COMPOSE, "locality": NOT_ON_COMPOSE, "weight": "endpoints are used in turn",
+          "serviceAccount": "external hosts have no mesh identity"}),
+)
+KINDS = KINDS + SECURITY + OBSERVABILITY + EGRESS
 BY_ALIAS = {alias: k for k in KINDS for alias in (k.name.lower(), k.plural, *k.aliases)}
 
 

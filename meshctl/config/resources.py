@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from addons.jwt import jwks_problems, jwks_uri_problem, rule_output_problems
-from meshctl.config import safeyaml
+from meshctl.config import egress, safeyaml
 from meshctl.config.kinds import KINDS, Kind, find_kind
 from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
 from meshctl.errors import InvalidInput
@@ -94,6 +94,8 @@ def required_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
         problems += [f"{where}.spec.tracing[{i}].providers[{j}].name: required (zipkin or opentelemetry)"
                      for i, entry in enumerate(spec.get("tracing") or [])
                      for j, p in enumerate(entry.get("providers") or []) if "name" not in p]
+    if kind.name == "ServiceEntry":
+        problems += egress.service_entry_problems(spec, where)
     if kind.name == "ServiceLevelObjective":
         problems += [f"{where}.spec.{k}: required" for k in ("service", "window") if k not in spec]
         if "availability" not in spec and "latency" not in spec:
@@ -190,9 +192,9 @@ def tls_problems(spec: dict[str, Any], where: str) -> list[str]:
             mode = tls.get("mode", "DISABLE")
             if mode == "DISABLE":  # not built yet
                 problems.append(f"{where}.{at}.mode: DISABLE is not supported yet")
-            if mode in ("SIMPLE", "MUTUAL"):
-                problems.append(f"{where}.{at}.mode: {mode} is TLS origination to a host outside the mesh; a meshed "
-                                "host gets mesh mutual TLS (ISTIO_MUTUAL) or plain text (DISABLE)")
+            if mode == "MUTUAL":  # SIMPLE: TLS origination to a ServiceEntry host (addons.engine.egress)
+                problems.append(f"{where}.{at}.mode: MUTUAL (TLS origination with client certificates) is not "
+                                "supported; SIMPLE originates TLS to a ServiceEntry host, checking its certificate")
             problems += [f"{where}.{at}.{k}: applies only with mode SIMPLE (TLS origination)"
                          for k in ("sni", "caCertificates", "insecureSkipVerify") if k in tls and mode != "SIMPLE"]
     return problems
@@ -266,6 +268,10 @@ def load(targets: list[str], semantic: bool = True, namespace: str | None = None
             where = source if len(docs) == 1 else f"{source}[{i}]"
             resource, found = check_document(doc, where, semantic)
             problems += found
+            if resource:  # a caCertificates path is read now, relative to its YAML file
+                base = None if source == "<stdin>" else Path(source).parent
+                problems += egress.inline_ca(resource, base, f"{where}: {resource['kind']} "
+                                             f"{resource['metadata']['name']}")
             if resource and namespace is not None:
                 try:
                     resource = with_namespace(resource, namespace, where)

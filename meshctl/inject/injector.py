@@ -83,8 +83,7 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
                            settings.trust_domain, settings.network, _image_id(ctx, settings.proxy_image))
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
-    # The exact original rides along in the marker, for `meshctl uninject`. Made from several files, pass them
-    # all and the merged model's text: uninject gives back that model and says the files were never changed.
+    # the exact original rides along in the marker, for `meshctl uninject`
     data[rewrite.MARKER].update(original.record([compose.source], original.source_bytes(compose.source, compose.text)))
     text = original.seal(yamlrt.dump(data, like=compose.text))
     # Everything is validated: only now write certificates and snapshots.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from addons.egress import OUTBOUND_POLICIES
 from addons.snapshot import PATH_MODES
 from meshctl import const
 from meshctl.addons import prometheus
@@ -282,7 +283,8 @@ def validate_cert_ttl(value: str) -> str:
 def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
                      base_image: str | None, cert_ttl: str | None = None, addons: list[str] | None = None,
                      prometheus_port: int | None = None, path_normalization: str | None = None,
-                     num_trusted_proxies: int | None = None) -> MeshSettings:
+                     num_trusted_proxies: int | None = None, outbound_traffic_policy: str | None = None
+                     ) -> MeshSettings:
     """Settings for this install: the flags over what an earlier install chose; a change that would
     orphan existing state (a new trust domain under an existing CA) is refused before anything is touched.
     `addons` None keeps the earlier choice; [] selects none."""
@@ -312,6 +314,8 @@ def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
         settings.path_normalization = path_normalization
     if num_trusted_proxies is not None:
         settings.num_trusted_proxies = num_trusted_proxies
+    if outbound_traffic_policy is not None:
+        settings.outbound_traffic_policy = outbound_traffic_policy
     return settings
 
 
@@ -322,6 +326,16 @@ def validate_path_normalization(value: str | None) -> str | None:
     if mode not in PATH_MODES:
         raise UsageError(f"invalid --path-normalization {value!r}", f"use one of {', '.join(PATH_MODES)} "
                          "(Istio's meshConfig.pathNormalization; meshctl's default is MERGE_SLASHES)")
+    return mode
+
+
+def validate_outbound_policy(value: str | None) -> str | None:
+    if value is None:
+        return None
+    mode = value.strip().upper().replace("-", "_")
+    if mode not in OUTBOUND_POLICIES:
+        raise UsageError(f"invalid --outbound-traffic-policy {value!r}", f"use one of {', '.join(OUTBOUND_POLICIES)} "
+                         "(Istio's meshConfig.outboundTrafficPolicy.mode)")
     return mode
 
 

@@ -20,7 +20,7 @@ from meshctl.config.hosts import qualified, target
 from meshctl.config.resources import namespace_of, qualified_name
 from meshctl.home import MeshSettings
 from meshctl.inject.rewrite import Pod
-from meshctl.pilot import observability, security
+from meshctl.pilot import egress, observability, security
 from meshctl.pki.workload import spiffe_id
 
 FORMAT = 1
@@ -38,7 +38,8 @@ def describe(pod: Pod, pods: list[Pod], project: str, trust_domain: str) -> dict
 def mesh_config(settings: MeshSettings | None) -> dict[str, Any]:
     """The mesh-wide settings a sidecar applies (addons.snapshot.MeshConfig)."""
     chosen = settings or MeshSettings()
-    return {"path_normalization": chosen.path_normalization, "num_trusted_proxies": chosen.num_trusted_proxies}
+    return {"path_normalization": chosen.path_normalization, "num_trusted_proxies": chosen.num_trusted_proxies,
+            "outbound_traffic_policy": chosen.outbound_traffic_policy}
 
 
 def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revision: int,
@@ -71,6 +72,7 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
         "jwt": security.request_authentication(resources, project, pod),
         "tracing": observability.tracing(resources, project, pod),
         "mesh": mesh_config(settings),
+        "egress": egress.egress(resources, project),
     }
     body["hash"] = content_hash(body)
     return body

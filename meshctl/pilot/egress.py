@@ -1,0 +1,71 @@
+"""Compile ServiceEntries (and the DestinationRules of their hosts) into a proxy's `egress` (addons.egress).
+
+Scope as for security resources: one without a namespace applies mesh-wide, one in a project to that project;
+the project's own DestinationRule for a host wins over a mesh-wide one. One entry per host, so each host carries
+its own TLS settings: a port's `tls` comes from the rule's portLevelSettings for that port, else its trafficPolicy,
+and applies to its HTTP ports (the sidecar originates TLS for requests it reads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from addons.egress import HTTP_PROTOCOLS
+from meshctl.pilot.security import ROOT_NAMESPACES, policy_name
+
+Resource = dict[str, Any]
+# Istio reads a port's protocol from its name's prefix when none is given (http-web, tcp-db), else TCP.
+NAME_PREFIXES = ("http2", "https", "http", "grpc", "tls", "tcp", "mongo", "mysql", "redis")
+
+
+def _ns(r: Resource) -> str | None:
+    return r["metadata"].get("namespace") or None
+
+
+def _in_scope(r: Resource, project: str) -> bool:
+    return _ns(r) in ROOT_NAMESPACES or _ns(r) == project
+
+
+def protocol(port: dict[str, Any]) -> str:
+    if port.get("protocol"):
+        return str(port["protocol"]).upper()
+    name = str(port.get("name") or "").lower()
+    return next((p.upper() for p in NAME_PREFIXES if name == p or name.startswith(p + "-")), "TCP")
+
+
+def _rule_for(resources: list[Resource], project: str, host: str) -> Resource | None:
+    rules = [r for r in resources if r["kind"] == "DestinationRule" and _in_scope(r, project)
+             and str(r["spec"].get("host", "")).lower().rstrip(".") == host]
+    return next((r for r in rules if _ns(r) == project), None) or next(iter(rules), None)
+
+
+def _tls(rule: Resource | None, host: str, number: int) -> dict[str, Any] | None:
+    """The sidecar's TLS to `host:number` (DestinationRule tls SIMPLE), or None: plain text as the app sent it."""
+    policy = (rule or {}).get("spec", {}).get("trafficPolicy") or {}
+    port_level = next((s for s in policy.get("portLevelSettings") or []
+                       if (s.get("port") or {}).get("number") == number and "tls" in s), None)
+    tls = (port_level or {}).get("tls", policy.get("tls"))
+    if not tls or tls.get("mode") != "SIMPLE":
+        return None
+    return {"sni": tls.get("sni") or host, "ca": tls.get("caCertificates"), "verify": not tls.get("insecureSkipVerify")}
+
+
+def egress(resources: list[Resource], project: str) -> list[dict[str, Any]]:
+    """The external hosts `project`'s proxies may call; its own ServiceEntries first (the first for a host wins)."""
+    out: list[tuple[bool, dict[str, Any]]] = []
+    for r in resources:
+        if r["kind"] != "ServiceEntry" or not _in_scope(r, project):
+            continue
+        spec = r["spec"]
+        endpoints = [str(e["address"]) for e in spec.get("endpoints") or []]
+        for host in dict.fromkeys(str(h).lower().rstrip(".") for h in spec.get("hosts") or []):
+            rule = _rule_for(resources, project, host)
+            ports = []
+            for p in spec.get("ports") or []:
+                port = {"number": p["number"], "protocol": protocol(p), "target": p.get("targetPort", p["number"])}
+                # TLS is originated on the HTTP path; TCP, TLS and HTTPS ports pass through as the app sent them
+                tls = _tls(rule, host, p["number"]) if port["protocol"] in HTTP_PROTOCOLS else None
+                ports.append({**port, **({"tls": tls} if tls else {})})
+            out.append((_ns(r) != project, {"name": policy_name(r), "hosts": [host], "ports": ports,
+                                            "endpoints": endpoints}))
+    return [entry for _, entry in sorted(out, key=lambda pair: pair[0])]
