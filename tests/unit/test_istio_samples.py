@@ -21,10 +21,10 @@ DEFAULT_RULES = DATA / "bookinfo-networking" / "destination-rule-all.yaml"
 # A `kubectl apply -n default` of the bookinfo task policies is `meshctl apply -n PROJECT`
 NAMESPACED = {"authz-http.yaml": "bookinfo"}
 # What compose has no place for, and why (the error must say so)
-REFUSED = {("Gateway", "bookinfo-gateway"): "unknown kind 'Gateway'",
-           ("Gateway", "cert-manager-gateway"): "unknown kind 'Gateway'",
-           ("VirtualService", "bookinfo"): "spec.gateways is not supported by meshctl: compose has no gateways",
-           ("VirtualService", "cert-manager"): "spec.gateways is not supported by meshctl: compose has no gateways"}
+REFUSED = {("Gateway", "bookinfo-gateway"): "Gateway",
+           ("Gateway", "cert-manager-gateway"): "Gateway",
+           ("VirtualService", "bookinfo"): "spec.gateways is not supported by meshctl",
+           ("VirtualService", "cert-manager"): "spec.gateways is not supported by meshctl"}
 
 
 @pytest.fixture(scope="module")
