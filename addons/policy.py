@@ -50,6 +50,11 @@ def merged_policy(rule: Mapping[str, Any] | None, subset: str | None) -> dict[st
     return policy
 
 
+def tls_disabled(tls: Mapping[str, Any] | None) -> bool:
+    """A `tls` block sends plain text: mode DISABLE (Istio's default mode when a block is given without one)."""
+    return tls is not None and tls.get("mode", "DISABLE") == "DISABLE"
+
+
 @dataclass(frozen=True)
 class ClusterPolicy:
     lb: str = "LEAST_REQUEST"  # Istio's default since 1.14
@@ -69,6 +74,12 @@ class ClusterPolicy:
     interval: float = 10.0
     base_ejection: float = 30.0
     max_ejection_percent: float = 10.0
+    tls_disabled: bool = False  # DestinationRule tls.mode DISABLE: plain text to the host, not mesh mTLS
+    tls_ports: tuple[tuple[int, bool], ...] = ()  # portLevelSettings: port -> disabled, overriding the above
+
+    def mtls(self, port: int) -> bool:
+        """Whether calls to `port` use mesh mutual TLS (ISTIO_MUTUAL, the default) rather than plain text."""
+        return not dict(self.tls_ports).get(port, self.tls_disabled)
 
     @classmethod
     def from_spec(cls, policy: Mapping[str, Any]) -> ClusterPolicy:
@@ -91,6 +102,9 @@ class ClusterPolicy:
             "max_retries": http.get("maxRetries", UNLIMITED),
             "connect_timeout": seconds(tcp.get("connectTimeout"), 10.0),
             "idle_timeout": seconds(http.get("idleTimeout"), 3600.0),
+            "tls_disabled": tls_disabled(policy.get("tls")),
+            "tls_ports": tuple((int((p.get("port") or {}).get("number", 0)), tls_disabled(p["tls"]))
+                               for p in policy.get("portLevelSettings") or [] if "tls" in p),
         }
         if od is not None:  # Istio's defaults apply once outlierDetection is given at all
             values |= {"consecutive_5xx": od.get("consecutive5xxErrors", 5),

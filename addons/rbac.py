@@ -40,6 +40,12 @@ class Subject:
             return self.principal.split("/ns/", 1)[1].split("/", 1)[0]
         return None
 
+    @property
+    def service_account(self) -> str | None:
+        """NAMESPACE/ACCOUNT of the peer's principal, any trust domain (Istio's serviceAccounts)."""
+        principal, ns = self.principal or "", self.namespace
+        return f"{ns}/{principal.rsplit('/sa/', 1)[1]}" if ns and "/sa/" in principal else None
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -88,7 +94,12 @@ def host_match(pattern: str, value: str | None) -> bool:
     return string_match(want, host) and (want_port is None or want_port == port)
 
 
-MATCHERS = {"ipBlocks": ip_match, "remoteIpBlocks": ip_match, "hosts": host_match}
+def exact_match(pattern: str, value: str | None) -> bool:
+    return value is not None and value == pattern
+
+
+# serviceAccounts take no wildcards (Istio refuses them), so a `*` is never a pattern here
+MATCHERS = {"ipBlocks": ip_match, "remoteIpBlocks": ip_match, "hosts": host_match, "serviceAccounts": exact_match}
 
 
 def field_matches(spec: Mapping[str, Any], name: str, value: str | None) -> bool:
@@ -153,6 +164,7 @@ def rule_matches(rule: Mapping[str, Any], s: Subject, relaxed: bool = False) -> 
 
     def source_ok(src: Mapping[str, Any]) -> bool:
         return (field_matches(src, "principals", s.principal) and field_matches(src, "namespaces", s.namespace)
+                and field_matches(src, "serviceAccounts", s.service_account)
                 and field_matches(src, "ipBlocks", s.peer_ip) and field_matches(src, "remoteIpBlocks", s.remote_ip)
                 and ((tcp and relaxed) or field_matches(src, "requestPrincipals", s.request_principal)))
 

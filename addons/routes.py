@@ -26,8 +26,10 @@ def string_matches(spec: Mapping[str, str], value: str | None, ignore_case: bool
 
 
 def request_matches(match: Mapping[str, Any], method: str, path: str, headers: Mapping[str, str],
-                    query: Mapping[str, str]) -> bool:
-    """Istio's HTTPMatchRequest: every condition given must hold."""
+                    query: Mapping[str, str], port: int | None = None) -> bool:
+    """Istio's HTTPMatchRequest: every condition given must hold; `port` is the one the app called."""
+    if "port" in match and match["port"] != port:
+        return False
     uri = path.split("?", 1)[0]
     if "uri" in match and not string_matches(match["uri"], uri, bool(match.get("ignoreUriCase"))):
         return False
@@ -40,12 +42,12 @@ def request_matches(match: Mapping[str, Any], method: str, path: str, headers: M
 
 
 def select_rule(vs: Mapping[str, Any], method: str, path: str, headers: Mapping[str, str],
-                query: Mapping[str, str]) -> Mapping[str, Any] | None:
+                query: Mapping[str, str], port: int | None = None) -> Mapping[str, Any] | None:
     """The first rule whose match list is empty or has one matching entry (rules are ordered)."""
     rules: list[Mapping[str, Any]] = vs.get("http", [])
     for rule in rules:
         matches = rule.get("match") or []
-        if not matches or any(request_matches(m, method, path, headers, query) for m in matches):
+        if not matches or any(request_matches(m, method, path, headers, query, port) for m in matches):
             return rule
     return None
 
@@ -68,16 +70,17 @@ def pick_destination(rule: Mapping[str, Any], roll: float) -> Mapping[str, Any] 
     return dict(route["destination"]) if route else None
 
 
-def subset_version(destinations: list[Mapping[str, Any]], host: str, subset: str | None) -> str | None:
-    """The `version` label a DestinationRule subset selects (Istio's subset -> labels)."""
+def subset_labels(destinations: list[Mapping[str, Any]], host: str, subset: str | None) -> Mapping[str, Any]:
+    """The labels a DestinationRule subset selects (Istio's subset -> labels; {} for no subset: every workload).
+    A subset no DestinationRule defines keeps meshctl's convention: it is named after its version."""
     if subset is None:
-        return None
+        return {}
     for dr in destinations:
         if dr.get("host") == host:
             for s in dr.get("subsets", []):
                 if s.get("name") == subset:
-                    return str((s.get("labels") or {}).get("version", subset))
-    return subset  # no DestinationRule: meshctl's convention is that a subset is named after its version
+                    return s.get("labels") or {}
+    return {"version": subset}
 
 
 def percent_hit(spec: Mapping[str, Any] | None, roll: float) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ class Workload:
     mode: str = "PERMISSIVE"  # its inbound mTLS mode: DISABLE means callers send plaintext
     port_modes: tuple[tuple[int, str], ...] = ()
     port_protocols: tuple[tuple[int, str], ...] = ()  # declared per port (compose app_protocol, a label)
+    labels: tuple[tuple[str, str], ...] = ()  # its compose labels (app and version included): subsets match them
+
+    def selected_by(self, wanted: Mapping[str, Any]) -> bool:
+        """Whether a subset's `labels` select this workload; without its labels (an older snapshot), only by
+        version. A label it lacks selects nothing (fail closed)."""
+        have = dict(self.labels) or {"version": self.version}
+        return all(have.get(k) == v for k, v in wanted.items())
 
     def accepts_mtls(self, port: int) -> bool:
         return dict(self.port_modes).get(port, self.mode) != "DISABLE"
@@ -140,9 +148,14 @@ def parse(data: Any) -> Snapshot:
             wl_protocols = wl.get("port_protocols", {})
             if not _port_modes(wl_protocols, PROTOCOLS):
                 raise SnapshotError(f"{where}port_protocols must map port numbers to {' or '.join(PROTOCOLS)}")
+            wl_labels = wl.get("labels", {})
+            if not isinstance(wl_labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in wl_labels.items()):
+                raise SnapshotError(f"{where}labels must map label names to strings")
             workloads.append(Workload(_get(wl, "host", str, where), _get(wl, "version", str, where), wl_mode,
                                       tuple(sorted((int(k), v) for k, v in wl_ports.items())),
-                                      tuple(sorted((int(k), v) for k, v in wl_protocols.items()))))
+                                      tuple(sorted((int(k), v) for k, v in wl_protocols.items())),
+                                      tuple(sorted(wl_labels.items()))))
         services.append(Service(_get(svc, "name", str, f"services[{i}]."),
                                 _get(svc, "identity", str, f"services[{i}]."), tuple(workloads)))
     routes = data.get("routes", [])

@@ -36,6 +36,7 @@ from typing import Literal
 
 from addons.egress import REGISTRY_ONLY
 from addons.endpoints import Endpoint
+from addons.policy import ClusterPolicy, merged_policy
 from addons.rbac import needs_request_fields
 from addons.snapshot import Snapshot, Workload
 
@@ -327,8 +328,15 @@ def _outbound(info: ConnectionInfo) -> Plan:
         # a workload whose PeerAuthentication is DISABLE: plaintext, as Istio does
         return L7Http(info.destination) if http else Passthrough(info.destination)
     identity = endpoint.service.identity
+    if h2 and routed(info.snapshot, endpoint.service.name):
+        return L7H2(info.destination, identity)  # the router applies the DestinationRule's tls per request
+    if not (http or client_mtls(info.snapshot, endpoint.service.name, info.destination[1])):
+        return Passthrough(info.destination)  # the caller's DestinationRule says tls DISABLE: plaintext
     if h2:
-        if routed(info.snapshot, endpoint.service.name):
-            return L7H2(info.destination, identity)
         return L4Tcp(info.destination, identity, h2=True)
     return L7Http(info.destination, identity) if http else L4Tcp(info.destination, identity)
+
+def client_mtls(snap: Snapshot, service: str, port: int) -> bool:
+    """Whether this proxy's DestinationRule for `service` (its host-wide and port settings) keeps mesh mTLS."""
+    rule = next((d for d in snap.destinations if d.get("host") == service), None)
+    return ClusterPolicy.from_spec(merged_policy(rule, None)).mtls(port)

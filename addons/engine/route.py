@@ -42,7 +42,7 @@ from addons.routes import (
     percent_hit,
     pick_route,
     select_rule,
-    subset_version,
+    subset_labels,
 )
 from addons.snapshot import Snapshot
 
@@ -118,9 +118,10 @@ class Cluster:
         self.pool.close()
 
 
-def peer_identity(endpoint: Endpoint, port: int) -> str:
-    """The SPIFFE ID the endpoint must present; empty for a DISABLE workload or port (plaintext)."""
-    return endpoint.service.identity if endpoint.workload.accepts_mtls(port) else ""
+def peer_identity(endpoint: Endpoint, port: int, policy: ClusterPolicy) -> str:
+    """The SPIFFE ID the endpoint must present; empty (plaintext) for a DISABLE workload or port, or when the
+    caller's DestinationRule disables TLS to it."""
+    return endpoint.service.identity if endpoint.workload.accepts_mtls(port) and policy.mtls(port) else ""
 
 
 def upstream_request(head: RequestHead, body: bytes, host: str | None = None) -> bytes:
@@ -227,9 +228,9 @@ class Router:
         return cluster
 
     def _candidates(self, snap: Snapshot, host: str, subset: str | None) -> list[tuple[str, Endpoint]]:
-        version = subset_version(list(snap.destinations), host, subset)
+        labels = subset_labels(list(snap.destinations), host, subset)
         return [(ip, e) for ip, e in self.endpoints.by_ip.items()
-                if e.service.name == host and (version is None or e.workload.version == version)]
+                if e.service.name == host and e.workload.selected_by(labels)]
 
     @staticmethod
     def _hash_key(call: Call, policy: ClusterPolicy) -> str | None:
@@ -249,13 +250,14 @@ class Router:
         return None
 
     @staticmethod
-    def _rule(snap: Snapshot, service: str, call: Call) -> tuple[Mapping[str, Any] | None, str]:
+    def _rule(snap: Snapshot, service: str, call: Call, port: int) -> tuple[Mapping[str, Any] | None, str]:
         """The service's rule for this request and its VirtualService's name; without a VirtualService, a rule
         sending everything to the service. None: the VirtualService has no rule for it (404)."""
         vs = next((r for r in snap.routes if service in r.get("hosts", [])), None)
         if vs is None:
             return {"route": [{"destination": {"host": service}}]}, ""
-        return select_rule(vs, call.method, call.target, call.headers.lower_dict(), query(call.target)), vs["name"]
+        return (select_rule(vs, call.method, call.target, call.headers.lower_dict(), query(call.target), port),
+                vs["name"])
 
     @staticmethod
     def _pick(call: Call, rule: Mapping[str, Any], vs_name: str) -> Mapping[str, Any] | Response:
@@ -277,7 +279,7 @@ class Router:
     # --- the routed exchange -------------------------------------------------------------------------------
 
     async def _serve(self, call: Call, body: bytes, snap: Snapshot, service: str, port: int) -> Response:
-        prepared = await self._prepare(call, snap, service)
+        prepared = await self._prepare(call, snap, service, port)
         if isinstance(prepared, Response):
             return prepared
         rule, dest = prepared
@@ -299,7 +301,7 @@ class Router:
 
     async def _serve_h2(self, call: Call, forwarder: Forwarder, snap: Snapshot, service: str,
                         port: int) -> Attempt | Response:
-        prepared = await self._prepare(call, snap, service)
+        prepared = await self._prepare(call, snap, service, port)
         if isinstance(prepared, Response):
             return prepared
         rule, dest = prepared
@@ -319,11 +321,11 @@ class Router:
                                     (dest.get("port") or {}).get("number") or port, retry, deadline_in, exchange,
                                     lambda: forwarder.can_retry)
 
-    async def _prepare(self, call: Call, snap: Snapshot, service: str
+    async def _prepare(self, call: Call, snap: Snapshot, service: str, port: int
                        ) -> tuple[Mapping[str, Any], Mapping[str, Any]] | Response:
         """The rule and destination for a request, with its faults and header operations applied; or the
         answer to give without an upstream (no rule, an abort, no destination picked)."""
-        rule, vs_name = self._rule(snap, service, call)
+        rule, vs_name = self._rule(snap, service, call, port)
         if rule is None:
             return self._no_rule(call, vs_name)
         fault = rule.get("fault") or {}
@@ -384,7 +386,7 @@ class Router:
             # Whether this attempt's time limit is the route's own timeout: its expiry ends the request (UT), even
             # if the loop's clock (uvloop's is cached per turn) fires it a hair before time.monotonic() agrees.
             overall = deadline is not None and bool(limits) and min(limits) != retry.per_try_timeout
-            identity = peer_identity(by_ip[ip], port)
+            identity = peer_identity(by_ip[ip], port, cluster.policy)
             call.upstream, call.upstream_identity = (ip, port), identity
             call.route = {"host": host, "subset": subset, "attempts": attempt + 1}
             answer: A | None = None
@@ -454,9 +456,11 @@ class Router:
         cluster = self._cluster(snap, host, subset)
         ip, endpoint = random.choice(candidates)
 
+        identity = peer_identity(endpoint, port, cluster.policy)
+
         async def send() -> None:
             try:
-                await asyncio.wait_for(fetch(cluster.pool, ((ip, port), peer_identity(endpoint, port)), request,
+                await asyncio.wait_for(fetch(cluster.pool, ((ip, port), identity), request,
                                              call.head.method == b"HEAD"), MIRROR_TIMEOUT_S)
             except Exception as exc:  # shadow traffic never affects the caller
                 log.debug("mirror to %s failed: %s", host, exc)
@@ -479,11 +483,12 @@ class Router:
         shadow = f"{authority[0]}-shadow" + (f":{authority[1]}" if len(authority) > 1 else "")
         ip, endpoint = random.choice(candidates)
         copy = forwarder.copy(shadow)
+        policy = self._cluster(snap, host, subset).policy
 
         async def send() -> None:
             try:
                 async with asyncio.timeout(MIRROR_TIMEOUT_S):
-                    await copy.mirror(((ip, port), peer_identity(endpoint, port)))
+                    await copy.mirror(((ip, port), peer_identity(endpoint, port, policy)))
             except Exception as exc:  # shadow traffic never affects the caller
                 log.debug("mirror to %s failed: %s", host, exc)
 
@@ -494,7 +499,7 @@ class Router:
     # --- streamed and upgraded requests: pick the endpoint, stream through it -------------------------------
 
     def _stream(self, call: Call, snap: Snapshot, service: str, port: int) -> Route | Response:
-        rule, vs_name = self._rule(snap, service, call)
+        rule, vs_name = self._rule(snap, service, call, port)
         if rule is None:
             return self._no_rule(call, vs_name)
         route = self._pick(call, rule, vs_name)
@@ -511,7 +516,7 @@ class Router:
         ip = cluster.balancer.pick(cluster.outliers.healthy(list(by_ip)), self._hash_key(call, cluster.policy))
         port = int((dest.get("port") or {}).get("number") or port)
         call.route = {"host": host, "subset": subset, "attempts": 1}
-        return Route((ip, port), peer_identity(by_ip[ip], port), cluster.pool)
+        return Route((ip, port), peer_identity(by_ip[ip], port, cluster.policy), cluster.pool)
 
 
 def query(target: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ Works on resources alone (files, no engine) or on the live mesh: the store plus 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ class Inventory:
     stranded: dict[str, dict[str, str]] = field(default_factory=dict)  # project -> app service -> container
     certs: dict[str, float] = field(default_factory=dict)  # proxy name -> not_after (unix)
     cert_lifetimes: dict[str, float] = field(default_factory=dict)  # proxy name -> total lifetime (s)
+    accounts: dict[str, set[str]] = field(default_factory=dict)  # project -> service accounts of its workloads
+    labels: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # project -> each workload's labels
 
 
 def _name(r: Resource) -> str:
@@ -65,6 +68,45 @@ def _host_findings(r: Resource, hosts: list[str], inventory: Inventory) -> list[
     return out
 
 
+POLICY_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry")
+ROOT = (None, "istio-system")
+PRINCIPAL_RE = re.compile(r"^[^/]+/ns/([^/]+)/sa/([^/]+)$")
+
+
+def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
+    """MSH0113: a policy whose namespace, selector or sources name no meshed workload applies to nothing, or
+    allows or denies nobody (Istio's docs' `namespace: default` and bookinfo-* accounts applied as they are)."""
+    ns, spec, out = namespace_of(r), r["spec"], []
+
+    def found(text: str, hint: str) -> None:
+        out.append(Message("MSH0113", "Warning", _name(r), text, hint))
+
+    if ns not in ROOT and ns not in inventory.projects:
+        found(f"its namespace {ns!r} is no meshed compose project, so it applies to no workload",
+              "apply it with -n PROJECT (a `namespace: default` is read as PROJECT), or set metadata.namespace")
+        return out
+    wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+    pods = [labels for p, each in inventory.labels.items() if ns in ROOT or p == ns for labels in each]
+    if wanted and not any(all(labels.get(k) == v for k, v in wanted.items()) for labels in pods):
+        found(f"selector {wanted} matches no meshed workload", "check the compose labels of the services you meant")
+    for rule in spec.get("rules") or [] if r["kind"] == "AuthorizationPolicy" else []:
+        for src in (f.get("source") or {} for f in rule.get("from") or []):
+            accounts = [(m.group(1), m.group(2)) for p in src.get("principals") or []
+                        if "*" not in p and (m := PRINCIPAL_RE.match(str(p)))]
+            accounts += [tuple(a.split("/", 1)) for a in src.get("serviceAccounts") or [] if "/" in a]
+            for namespace, account in accounts:
+                if account not in inventory.accounts.get(namespace, set()):
+                    found(f"source {namespace}/{account} is no meshed workload's service account (project "
+                          f"{namespace!r}), so the rule matches no caller in the mesh",
+                          "name the caller's project and account: the `mesh.service-account` label, else its "
+                          "`app`; docs' `ns/default/` principals need apply -n PROJECT")
+            for namespace in src.get("namespaces") or []:
+                if "*" not in namespace and namespace not in inventory.projects:
+                    found(f"source namespace {namespace!r} is no meshed compose project",
+                          "namespaces are compose project names; apply -n PROJECT maps `default`")
+    return out
+
+
 def _destinations(vs: Resource) -> list[dict[str, Any]]:
     return [d["destination"] for rule in vs["spec"].get("http", []) for d in rule.get("route", [])]
 
@@ -81,7 +123,9 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
             out += [Message("MSH0103", "Error", _name(r), problem.split(": ", 2)[-1],
                             "make the weights of each rule add up to 100")
                     for problem in semantic_problems(kind, r["spec"], _name(r)) if "weights add up" in problem]
-        if r["kind"] not in ("VirtualService", "DestinationRule"):
+        if r["kind"] in POLICY_KINDS and inventory is not None:
+            out += _policy_findings(r, inventory)
+        if r["kind"] not in ("VirtualService", "DestinationRule"):  # only these name hosts (MSH0104)
             continue
         ns = namespace_of(r)
         hosts = [str(h) for h in (r["spec"].get("hosts", []) if r["kind"] == "VirtualService"
@@ -115,13 +159,14 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
             service = canonical(dest["host"], ns)
             rule_for = next((rule for host, rule in rules if host == service), None) or \
                 next((rule for host, rule in rules if same_service(host, service)), None)
-            defined = {s["name"]: s.get("labels", {}).get("version", s["name"])
+            defined = {s["name"]: (s.get("labels") or {}).get("version")
                        for s in (rule_for or {}).get("spec", {}).get("subsets", [])}
             if subset not in defined:
                 out.append(Message("MSH0101", "Error", _name(r), f"routes to subset {subset!r} of {dest['host']!r}, "
                                    "which no DestinationRule defines",
                                    f"add subset {subset!r} to the DestinationRule for {dest['host']!r}"))
-            elif inventory is not None and defined[subset] not in inventory.running.get(service[1], set()):
+            elif inventory is not None and defined[subset] is not None and \
+                    defined[subset] not in inventory.running.get(service[1], set()):
                 out.append(Message("MSH0102", "Warning", _name(r), f"subset {subset!r} of {dest['host']!r} "
                                    f"(version {defined[subset]}) has no running instance",
                                    "start a service with that `version` label, or route elsewhere"))

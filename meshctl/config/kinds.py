@@ -19,7 +19,7 @@ HTTP_ROUTE: Schema = {
     "name": "string",
     "match": [{"name": "string", "uri": STRING_MATCH, "method": STRING_MATCH,
                "headers": {"*": STRING_MATCH, "*key": "header"}, "queryParams": {"*": STRING_MATCH},
-               "ignoreUriCase": "bool"}],
+               "ignoreUriCase": "bool", "port": "port"}],
     "route": [{"destination": DESTINATION, "weight": "percent", "headers": {"request": HEADER_OPS,
                                                                           "response": HEADER_OPS}}],
     "timeout": "duration",
@@ -49,11 +49,13 @@ TRAFFIC_POLICY |= {"tls": CLIENT_TLS, "portLevelSettings": [{"port": {"number": 
 PER_PORT = "per-port settings carry only `tls`; set this for the whole host in trafficPolicy"
 
 NOT_ON_COMPOSE = "compose has no gateways or meshes beyond this one"
-SELECTOR: Schema = {"matchLabels": {"app": "name", "version": "name"}}
+LABELS: Schema = {"*": "string"}  # any compose label of the service: selection fails closed on one it lacks
+SELECTOR: Schema = {"matchLabels": LABELS}
 MTLS_MODE = "enum:STRICT|PERMISSIVE|DISABLE|UNSET"
 STRINGS: list[str] = ["string"]
 SOURCE: Schema = {k: STRINGS for k in ("principals", "notPrincipals", "namespaces", "notNamespaces",
-                                        "requestPrincipals", "notRequestPrincipals")}
+                                        "requestPrincipals", "notRequestPrincipals", "serviceAccounts",
+                                        "notServiceAccounts")}
 SOURCE |= {k: ["cidr"] for k in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")}
 OPERATION: Schema = {k: STRINGS for k in ("methods", "notMethods", "paths", "notPaths", "ports", "notPorts",
                                            "hosts", "notHosts")}
@@ -91,7 +93,7 @@ KINDS: tuple[Kind, ...] = (
           "tcp": "TCP routing is not supported yet; TCP gets mutual TLS passthrough"}),
     Kind("DestinationRule", "networking.istio.io", ("v1", "v1beta1", "v1alpha3"), ("destinationrule", "dr"),
          {"host": "name", "trafficPolicy": TRAFFIC_POLICY,
-          "subsets": [{"name": "name", "labels": {"version": "name"}, "trafficPolicy": TRAFFIC_POLICY}]},
+          "subsets": [{"name": "name", "labels": LABELS, "trafficPolicy": TRAFFIC_POLICY}]},
          {"exportTo": NOT_ON_COMPOSE, "workloadSelector": "select the destination with `host`",
           "loadBalancer": PER_PORT, "connectionPool": PER_PORT, "outlierDetection": PER_PORT}),
 )
@@ -101,6 +103,8 @@ SECURITY = (
     Kind("AuthorizationPolicy", "security.istio.io", ("v1", "v1beta1"), ("authorizationpolicy", "ap"),
          {"selector": SELECTOR, "action": "enum:ALLOW|DENY|AUDIT", "rules": [AUTHZ_RULE]},
          {"provider": "CUSTOM authorization providers are not supported", "targetRef": "select with `selector`",
+          "trustDomains": "Istio's AuthorizationPolicy has no such field; to match any trust domain write "
+                          "principals: ['*/ns/NS/sa/ACCOUNT'], or serviceAccounts: ['NS/ACCOUNT']",
           "targetRefs": "select with `selector`"}),
     Kind("RequestAuthentication", "security.istio.io", ("v1", "v1beta1"), ("requestauthentication", "ra"),
          {"selector": SELECTOR, "jwtRules": [JWT_RULE]},
@@ -140,6 +144,27 @@ EGRESS = (
 )
 KINDS = KINDS + SECURITY + OBSERVABILITY + EGRESS
 BY_ALIAS = {alias: k for k in KINDS for alias in (k.name.lower(), k.plural, *k.aliases)}
+
+
+# Istio kinds with no meaning on compose, each with why (refused by name, never "unknown").
+REFUSED_KINDS = {
+    "Gateway": "the edge of a compose mesh is a published port (`ports:`); there are no gateway proxies",
+    "Sidecar": "every sidecar already reaches exactly its own project's services",
+    "EnvoyFilter": "meshctl's sidecar is not Envoy",
+    "WorkloadEntry": "workloads are compose services; an external host is a ServiceEntry",
+    "WorkloadGroup": "workloads are compose services",
+    "ProxyConfig": "proxy settings are mesh-wide, chosen with `meshctl install`",
+    "WasmPlugin": "meshctl's sidecar runs no Wasm",
+    "HTTPRoute": "Kubernetes Gateway API routes need a cluster; route with a VirtualService",
+    "GRPCRoute": "Kubernetes Gateway API routes need a cluster; route with a VirtualService",
+    "TCPRoute": "Kubernetes Gateway API routes need a cluster",
+    "TLSRoute": "Kubernetes Gateway API routes need a cluster",
+}
+
+
+def refused_kind(name: str) -> str | None:
+    """Why an Istio (or Gateway API) kind does not apply on compose; None for a kind that is not one of them."""
+    return next((why for kind, why in REFUSED_KINDS.items() if kind.lower() == name.lower()), None)
 
 
 def find_kind(name: str) -> Kind | None:

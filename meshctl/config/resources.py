@@ -13,7 +13,8 @@ from typing import Any
 
 from addons.jwt import jwks_problems, jwks_uri_problem, rule_output_problems
 from meshctl.config import egress, safeyaml
-from meshctl.config.kinds import KINDS, Kind, find_kind
+from meshctl.config.default_ns import DEFAULT, map_default
+from meshctl.config.kinds import KINDS, Kind, find_kind, refused_kind
 from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
 from meshctl.errors import InvalidInput
 from meshctl.fsutil import read_stdin, read_text
@@ -46,8 +47,11 @@ def qualified_name(resource: Resource) -> str:
 
 
 def with_namespace(resource: Resource, namespace: str, where: str) -> Resource:
-    """`kubectl -n`: set the namespace of a resource that has none; one that has another is an error."""
+    """`kubectl -n`: set the namespace of a resource that has none; one that has another is an error, except
+    Kubernetes' `default` (Istio's docs), read as the project (config.default_ns)."""
     own = namespace_of(resource)
+    if own == DEFAULT and namespace != DEFAULT:
+        return map_default(resource, namespace)
     if own is not None and own != namespace:
         raise InvalidInput(f"{where}: {resource['kind']} {resource['metadata']['name']}: the namespace from the "
                            f"provided object ({own!r}) does not match the namespace sent on the request "
@@ -137,6 +141,8 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
                 op = to.get("operation") or {}
                 problems += [f"{where}.spec.rules[{i}].to[{j}].operation.{k}: {p!r} is not a port number"
                              for k in ("ports", "notPorts") for p in op.get(k) or [] if not is_port(p)]
+            for j, src in enumerate(f.get("source") or {} for f in rule.get("from") or []):
+                problems += service_account_problems(src, f"{where}.spec.rules[{i}].from[{j}].source")
             for j, cond in enumerate(rule.get("when") or []):
                 if not WHEN_KEY.fullmatch(cond.get("key", "")):
                     problems.append(f"{where}.spec.rules[{i}].when[{j}].key: {cond.get('key')!r} is not supported "
@@ -169,6 +175,21 @@ def semantic_problems(kind: Kind, spec: dict[str, Any], where: str) -> list[str]
     return problems
 
 
+SERVICE_ACCOUNT_RE = re.compile(r"^[a-z0-9_-]+/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def service_account_problems(src: dict[str, Any], where: str) -> list[str]:
+    """Istio's rules for serviceAccounts: NAMESPACE/ACCOUNT, no wildcards, not mixed with principals or namespaces."""
+    problems = [f"{where}.{k}: {v!r} must be NAMESPACE/ACCOUNT (the compose project and the service's account, "
+                "e.g. bookinfo/bookinfo-productpage; no wildcards)"
+                for k in ("serviceAccounts", "notServiceAccounts") for v in src.get(k) or []
+                if not SERVICE_ACCOUNT_RE.fullmatch(str(v))]
+    mixed = [k for k in ("principals", "notPrincipals", "namespaces", "notNamespaces") if k in src]
+    if mixed and ("serviceAccounts" in src or "notServiceAccounts" in src):
+        problems.append(f"{where}: serviceAccounts cannot be combined with {', '.join(mixed)} (as in Istio)")
+    return problems
+
+
 def traffic_policies(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """A DestinationRule's traffic policies with their field paths: the host's, then each subset's."""
     subsets = spec.get("subsets") or []
@@ -190,8 +211,6 @@ def tls_problems(spec: dict[str, Any], where: str) -> list[str]:
                                                           for j, p in enumerate(ports)]
         for at, tls in ((a, t) for a, t in blocks if t is not None):
             mode = tls.get("mode", "DISABLE")
-            if mode == "DISABLE":  # not built yet
-                problems.append(f"{where}.{at}.mode: DISABLE is not supported yet")
             if mode == "MUTUAL":  # SIMPLE: TLS origination to a ServiceEntry host (addons.engine.egress)
                 problems.append(f"{where}.{at}.mode: MUTUAL (TLS origination with client certificates) is not "
                                 "supported; SIMPLE originates TLS to a ServiceEntry host, checking its certificate")
@@ -205,6 +224,8 @@ def check_document(doc: Any, where: str, semantic: bool = True) -> tuple[Resourc
         return None, [f"{where}: a resource must be a mapping with apiVersion, kind, metadata and spec"]
     kind_name = doc.get("kind")
     kind = find_kind(str(kind_name)) if isinstance(kind_name, str) else None
+    if kind is None and isinstance(kind_name, str) and (why := refused_kind(kind_name)):
+        return None, [f"{where}: kind {kind_name} is not supported by meshctl: {why}"]
     if kind is None:
         known = ", ".join(k.name for k in KINDS)
         return None, [f"{where}: unknown kind {kind_name!r} (meshctl knows {known})"]

@@ -26,6 +26,7 @@ from meshctl.inject.load import ComposeFile, depends_on_names, labels_of, replic
 LABEL_APP, LABEL_VERSION = "app", "version"
 LABEL_INJECT = "mesh.inject"
 LABEL_MTLS = "mesh.mtls-mode"
+LABEL_ACCOUNT = "mesh.service-account"  # the identity's account (Istio's ServiceAccount); default: the app
 LABEL_EXCLUDE_INBOUND = "mesh.exclude-inbound-ports"
 LABEL_EXCLUDE_OUTBOUND = "mesh.exclude-outbound-ports"
 MODES = ("STRICT", "PERMISSIVE", "DISABLE")
@@ -52,10 +53,21 @@ class Pod:
     workload: str = ""  # the compose service it is an instance of (its DNS name); "" means `service` itself
     instance: int = 1
     port_protocols: tuple[tuple[int, str], ...] = ()  # declared: (port, "tcp" | "http"), see inject.protocols
+    labels: tuple[tuple[str, str], ...] = ()  # the compose service's labels, which selectors and subsets match
+    account: str = ""  # the service account of its identity ("" = the app)
 
     @property
     def host(self) -> str:
         return self.workload or self.service
+
+    @property
+    def service_account(self) -> str:
+        return self.account or self.app
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        """Its labels, with `app` and `version` as meshctl reads them (defaults included)."""
+        return {str(k): str(v) for k, v in self.labels} | {LABEL_APP: self.app, LABEL_VERSION: self.version}
 
 
 
@@ -123,7 +135,8 @@ def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[
                 problems.append(f"{where}: `network_mode: {mode}` cannot be meshed; label it {LABEL_INJECT}: \"false\"")
         labels = labels_of(svc)
         app, version = labels.get(LABEL_APP) or name, labels.get(LABEL_VERSION) or "v1"
-        for label, value in ((LABEL_APP, app), (LABEL_VERSION, version)):
+        account = labels.get(LABEL_ACCOUNT, "")
+        for label, value in ((LABEL_APP, app), (LABEL_VERSION, version), (LABEL_ACCOUNT, account or app)):
             if not NAME_RE.fullmatch(value):
                 problems.append(f"{where}: label `{label}: {value}` must be lower-case letters, digits and dashes")
         pod_mode = labels.get(LABEL_MTLS, default_mode).upper()
@@ -150,8 +163,21 @@ def plan_pods(compose: ComposeFile, default_mode: str) -> tuple[list[Pod], list[
             pods.append(Pod(service=instance, sidecar=sidecar, app=app, version=version, mode=pod_mode,
                             exclude_inbound=exclude_in, exclude_outbound=exclude_out,
                             published=published_ports(svc), workload=name if replicas > 1 else "", instance=i,
-                            port_protocols=declared))
+                            port_protocols=declared, labels=tuple(sorted(labels.items())), account=account))
+    problems += account_problems(pods)
     return pods, skipped, problems
+
+
+def account_problems(pods: list[Pod]) -> list[str]:
+    """Callers check one identity per app, so every version of an app must run as the same account."""
+    accounts: dict[str, dict[str, str]] = {}
+    for pod in pods:
+        accounts.setdefault(pod.app, {})[pod.service_account] = pod.workload or pod.service
+    return [f"app {app!r}: services {', '.join(sorted(names.values()))} run as different service accounts "
+            f"({', '.join(sorted(names))}); give them the same `{LABEL_ACCOUNT}` label"
+            for app, names in sorted(accounts.items()) if len(names) > 1]
+
+
 
 
 def _networks_with_aliases(svc: dict[str, Any], aliases: list[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from docker.models.containers import Container
 from meshctl import const
 from meshctl.config.analyze import Inventory
 from meshctl.context import Context
+from meshctl.inject.rewrite import Pod
 from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.proxies import list_proxies
@@ -22,6 +23,9 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
         # Every project's services exist for the resources that route to them; -p only narrows the findings.
         inv.versions.setdefault(pod["app"], set()).add(pod["version"])
         inv.projects.setdefault(info["project"], set()).add(pod["app"])
+        described = Pod(**pod)
+        inv.accounts.setdefault(info["project"], set()).add(described.service_account)
+        inv.labels.setdefault(info["project"], []).append(described.label_map)
         if project and info["project"] != project:
             continue
         projects.add(info["project"])

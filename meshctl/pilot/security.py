@@ -2,7 +2,7 @@
 
 Scope, as in Istio with compose projects for namespaces: a resource without a namespace (or in
 `istio-system`) applies mesh-wide, one with `namespace: PROJECT` to that project; a selector narrows it
-to the workloads whose `app`/`version` labels match.
+to the workloads whose compose labels match.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def selects(r: Resource, project: str, pod: Pod) -> bool:
     if _scope(r, project) is None:
         return False
     labels = ((r["spec"].get("selector") or {}).get("matchLabels")) or {}
-    return all({"app": pod.app, "version": pod.version}.get(k) == v for k, v in labels.items())
+    have = pod.label_map  # every compose label: a selector naming one the pod lacks selects nothing
+    return all(have.get(k) == v for k, v in labels.items())
 
 
 def peer_modes(resources: list[Resource], project: str, pod: Pod) -> tuple[str, dict[str, str]]:

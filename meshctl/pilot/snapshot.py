@@ -57,11 +57,12 @@ def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revi
         "revision": revision,
         "trust_domain": trust_domain,
         "proxy": {"name": proxy_name(project, pod.service), "project": project, "service": pod.service,
-                  "app": pod.app, "version": pod.version, "identity": spiffe_id(trust_domain, project, pod.app)},
+                  "app": pod.app, "version": pod.version,
+                  "identity": spiffe_id(trust_domain, project, pod.service_account)},
         "inbound": {"mode": mode, "port_modes": port_modes, "exclude_ports": list(pod.exclude_inbound),
                     "published_ports": list(pod.published)},
         "outbound": {"exclude_ports": list(pod.exclude_outbound)},
-        "services": [{"name": app, "identity": spiffe_id(trust_domain, project, app),
+        "services": [{"name": app, "identity": spiffe_id(trust_domain, project, Pod(**members[0]).service_account),
                       # replicas of one workload share its DNS name: one entry resolves them all
                       "workloads": [workload_entry(resources, project, m) for m in
                                     {(m.get("workload") or m["service"], m["version"]): m for m in members}.values()]}
@@ -111,6 +112,7 @@ def workload_entry(resources: list[dict[str, Any]], project: str, member: dict[s
     Callers read the entry to call it, and its own sidecar reads it for inbound connections."""
     mode, ports = security.peer_modes(resources, project, Pod(**member))
     return {"host": member.get("workload") or member["service"], "version": member["version"], "mode": mode,
+            "labels": Pod(**member).label_map,
             "port_modes": ports,
             "port_protocols": {str(port): protocol for port, protocol in member.get("port_protocols") or ()}}
 

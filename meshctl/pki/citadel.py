@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from meshctl.config.schema import parse_duration
 from meshctl.fsutil import atomic_write, locked, read_text
 from meshctl.home import MeshHome
+from meshctl.inject.rewrite import Pod
 from meshctl.pilot.proxyfiles import own
 from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pki import ca as pki
@@ -115,8 +116,7 @@ def _next_root_pem(home: MeshHome) -> bytes:
 
 def _identity(directory: Path) -> str:
     info = proxy_info(directory)
-    pod = info["pod"]
-    return workload.spiffe_id(info["trust_domain"], info["project"], pod["app"])
+    return workload.spiffe_id(info["trust_domain"], info["project"], Pod(**info["pod"]).service_account)
 
 
 def write_cert(directory: Path, cert: workload.WorkloadCert) -> None:

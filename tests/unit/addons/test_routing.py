@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.routes import pick_destination, request_matches, select_rule, subset_version
+from addons.routes import pick_destination, request_matches, select_rule, subset_labels
 
 VS = {"name": "reviews", "hosts": ["reviews"], "http": [
     {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "route": [{"destination": {"host": "reviews",
@@ -60,8 +60,8 @@ def test_a_roll_picks_the_destination_whose_weight_band_holds_it(weights: list[i
     assert (picked or {}).get("subset") == expected
 
 
-def test_subsets_map_to_version_labels() -> None:
-    drs = [{"host": "reviews", "subsets": [{"name": "canary", "labels": {"version": "v3"}}]}]
-    assert subset_version(drs, "reviews", "canary") == "v3"
-    assert subset_version(drs, "reviews", "v2") == "v2"
-    assert subset_version(drs, "reviews", None) is None
+def test_subsets_map_to_labels() -> None:
+    drs = [{"host": "reviews", "subsets": [{"name": "canary", "labels": {"version": "v3", "track": "fast"}}]}]
+    assert subset_labels(drs, "reviews", "canary") == {"version": "v3", "track": "fast"}
+    assert subset_labels(drs, "reviews", "v2") == {"version": "v2"}  # undefined: named after its version
+    assert subset_labels(drs, "reviews", None) == {}
