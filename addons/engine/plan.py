@@ -336,6 +336,7 @@ def _outbound(info: ConnectionInfo) -> Plan:
         return L4Tcp(info.destination, identity, h2=True)
     return L7Http(info.destination, identity) if http else L4Tcp(info.destination, identity)
 
+
 def client_mtls(snap: Snapshot, service: str, port: int) -> bool:
     """Whether this proxy's DestinationRule for `service` (its host-wide and port settings) keeps mesh mTLS."""
     rule = next((d for d in snap.destinations if d.get("host") == service), None)

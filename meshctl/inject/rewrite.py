@@ -178,8 +178,6 @@ def account_problems(pods: list[Pod]) -> list[str]:
             for app, names in sorted(accounts.items()) if len(names) > 1]
 
 
-
-
 def _networks_with_aliases(svc: dict[str, Any], aliases: list[str]) -> dict[str, Any]:
     nets = svc.get("networks")
     if nets is None:
