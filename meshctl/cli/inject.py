@@ -11,6 +11,7 @@ import typer
 from meshctl.context import Context
 from meshctl.fsutil import atomic_write
 from meshctl.inject.injector import inject as run_inject
+from meshctl.inject.project import Request, load_project
 
 
 class Mode(StrEnum):
@@ -21,7 +22,16 @@ class Mode(StrEnum):
 
 def inject(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="The compose file to mesh, or - to read it from stdin.")],
+    file: Annotated[str | None, typer.Argument(help="The compose file to mesh, or - to read it from stdin.")] = None,
+    files: Annotated[list[str] | None, typer.Option("--file", "-f", help="A compose file of the project; repeat "
+                                                    "to merge several in order, as compose does.")] = None,
+    env_files: Annotated[list[str] | None, typer.Option("--env-file", help="Variables to interpolate with (repeatable;"
+                                                        " default: .env in the project directory).")] = None,
+    profiles: Annotated[list[str] | None, typer.Option("--profile", help="Enable a compose profile (repeatable; "
+                                                       "default: COMPOSE_PROFILES).")] = None,
+    project_directory: Annotated[Path | None, typer.Option("--project-directory", help="Where relative paths and "
+                                                           ".env are read from (default: the first file's "
+                                                           "directory).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the meshed compose file here "
                                                                        "(default: stdout).")] = None,
     project_name: Annotated[str | None, typer.Option("--project-name", "-p", envvar="COMPOSE_PROJECT_NAME",
@@ -33,7 +43,11 @@ def inject(
 ) -> None:
     """Add a sidecar to every service: transparent capture, mutual TLS, telemetry. Idempotent."""
     c: Context = ctx.obj
-    result = run_inject(c, file, project_name, mtls_mode.value, output.parent if output else None)
+    loaded = load_project(Request(tuple(([file] if file else []) + (files or [])), tuple(env_files or ()),
+                                  tuple(profiles or ()), project_directory, project_name))
+    if loaded.note:
+        c.err.print(loaded.note, highlight=False, markup=False)
+    result = run_inject(c, loaded.compose, loaded.project_name, mtls_mode.value, output.parent if output else None)
     if output is None:
         c.out.file.write(result.text)
         c.out.file.flush()

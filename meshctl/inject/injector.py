@@ -59,10 +59,10 @@ def _image_id(ctx: Context, ref: str) -> str:
     return image.id if image is not None else ""
 
 
-def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
+def inject(ctx: Context, path: str | load.ComposeFile, project_name: str | None, default_mode: str,
            output_dir: Path | None = None) -> Result:
     """Mesh the compose file at `path`; `output_dir` is where the result will live (None: stdout)."""
-    compose = load.load(path)
+    compose = path if isinstance(path, load.ComposeFile) else load.load(path)
     if rewrite.is_meshed(compose.data):
         marker = compose.data[rewrite.MARKER]
         return Result(compose.text, str(marker.get("project", "")) if isinstance(marker, dict) else "", [], [],
@@ -83,8 +83,10 @@ def inject(ctx: Context, path: str, project_name: str | None, default_mode: str,
                            settings.trust_domain, settings.network, _image_id(ctx, settings.proxy_image))
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
-    # the exact original rides along in the marker, for `meshctl uninject`
-    data[rewrite.MARKER].update(original.record([compose.source], original.source_bytes(compose.source, compose.text)))
+    # The exact original rides along in the marker, for `meshctl uninject`. Made from several files, pass them
+    # all and the merged model's text: uninject gives back that model and says the files were never changed.
+    raw = compose.text.encode() if compose.files else original.source_bytes(compose.source, compose.text)
+    data[rewrite.MARKER].update(original.record(list(compose.files) or [compose.source], raw))
     text = original.seal(yamlrt.dump(data, like=compose.text))
     # Everything is validated: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)

@@ -27,6 +27,9 @@ class ComposeFile:
     directory: Path  # compose resolves relative paths and the default project name from here
     text: str
     data: dict[str, Any]  # ruamel's round-trip tree: scalars keep their text, comments their place
+    # Read by compose (project.py): the files merged, `data` its resolved model, `text` that model as YAML
+    # that compose reads back as the same values (each `$` a literal `$$`).
+    files: tuple[str, ...] = ()
 
 
 def load(path: str) -> ComposeFile:
@@ -37,6 +40,10 @@ def load(path: str) -> ComposeFile:
         if not file.is_file():
             raise InvalidInput(f"{path}: no such file", "give the path of a compose file, or - for stdin")
         text, source, directory = read_text(file), path, file.resolve().parent
+    return parse(text, source, directory)
+
+
+def parse(text: str, source: str, directory: Path) -> ComposeFile:
     try:
         data = yamlrt.load(text)
     except YAMLProblem as exc:
