@@ -81,8 +81,19 @@ def _environment(request: Request, directory: Path) -> dict[str, str]:
     return merged | dict(os.environ)
 
 
-def interpolates(text: str) -> bool:
-    return any(m.group() != "$$" for m in _DOLLAR.finditer(text))
+def interpolates(node: Any) -> bool:
+    """Whether compose would interpolate a value of the tree (comments are not read: `# $HOME` is no reason)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any(m.group() != "$$" for m in _DOLLAR.finditer(item)):
+                return True
+        elif isinstance(item, dict):
+            stack += item.values()
+        elif isinstance(item, list):
+            stack += item
+    return False
 
 
 def _profiles(request: Request, env: dict[str, str]) -> set[str]:
@@ -92,7 +103,7 @@ def _profiles(request: Request, env: dict[str, str]) -> set[str]:
 
 def _needs_compose(parsed: load.ComposeFile, active: set[str]) -> str:
     """Why this single file cannot be meshed as written ("" when it can)."""
-    if interpolates(parsed.text):
+    if interpolates(parsed.data):
         return "interpolated"
     if "include" in parsed.data:
         return "with its includes"
@@ -146,8 +157,6 @@ def load_project(request: Request, tool: ComposeTool | None = None) -> Loaded:
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
         raise InvalidInput(f"{names}: the project has no services (with the profiles given)",
                            "enable a profile with --profile, or give a compose file with services")
-    if tool.generation == 1:
-        data["name"] = explicit or directory.name
     text = yamlrt.dump(escape_dollars(copy.deepcopy(data)), like="")
     return Loaded(load.ComposeFile(names, directory, text, data, files=tuple(p.source for p in parsed)), explicit,
                   note)

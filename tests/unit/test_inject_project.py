@@ -19,8 +19,9 @@ from meshctl.inject import project, rewrite, yamlrt
 from meshctl.inject.injector import inject
 from meshctl.inject.project import Request, load_project
 from meshctl.runtime.compose import ComposeTool
+from meshctl.status import ExitCode
 from tests.unit.composeyaml import read
-from tests.unit.fuzzing import context, examples, make_home
+from tests.unit.fuzzing import context, examples, make_home, one_line, run_cli
 
 V2 = ComposeTool(("docker", "compose"), "2.26.1")
 V1 = ComposeTool(("docker-compose",), "1.29.2")
@@ -62,7 +63,7 @@ def write(directory: Path, **files: str) -> Path:
 
 # --- which projects are read as they are -----------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [SIMPLE, SIMPLE + "    command: echo $$HOME\n",
+@pytest.mark.parametrize("text", [SIMPLE, SIMPLE + "    command: echo $$HOME  # not $HOME\n",
                                   SIMPLE + "  dbg: {image: x, profiles: [debug]}\n"])
 def test_a_plain_file_stays_a_round_trip_without_compose(fake: FakeCompose, tmp_path: Path, text: str) -> None:
     write(tmp_path, compose_yaml=text)
@@ -200,10 +201,11 @@ def test_v1_refuses_what_it_cannot_read_naming_file_and_field(fake: FakeCompose,
 
 
 def test_v1_reads_interpolation_and_several_files_with_its_own_config(fake: FakeCompose, tmp_path: Path) -> None:
+    fake.model = {"services": {"web": {"image": "nginx"}}}  # v1 writes no `name:`
     write(tmp_path, a_yaml=SIMPLE + "    command: ${X:-1}\n", b_yaml=SIMPLE, _env="COMPOSE_PROJECT_NAME=viaenv\n")
     loaded = load_project(Request((str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"))), V1)
     assert fake.calls[0][0] == "docker-compose" and fake.calls[0][-1] == "config"
-    assert loaded.compose.data["name"] == "viaenv"
+    assert loaded.project_name == "viaenv" and "name" not in read(loaded.compose.text)  # v1 refuses `name:`
     with pytest.raises(InvalidInput, match="reads one --env-file"):
         load_project(Request((str(tmp_path / "a.yaml"),), (str(tmp_path / ".env"),) * 2), V1)
 
@@ -282,3 +284,26 @@ def test_the_property_catches_a_dollar_left_to_interpolation(home: Path, tmp_pat
     model = {"name": "p", "services": {"web": {"image": "x", "environment": {"A": "${HOME}"}}}}
     _, result = mesh_model(home, tmp_path, monkeypatch, model)
     assert unescape(read(result.text))["services"]["web"]["environment"] == {"A": "<interpolated>{HOME}"}
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+def test_the_cli_merges_files_and_says_so_in_one_line(home: Path, tmp_path: Path, fake: FakeCompose,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(project, "find_compose", lambda: V2)
+    write(tmp_path, a_yaml=SIMPLE, b_yaml=SIMPLE, _env="WEB=1\n")
+    out = tmp_path / "meshed.yaml"
+    done = run_cli(home, "inject", str(tmp_path / "a.yaml"), "-f", str(tmp_path / "b.yaml"), "--profile", "p",
+                   "--env-file", str(tmp_path / ".env"), "-o", str(out))
+    assert done.code == 0, done.err
+    assert done.err.splitlines()[0] == f"meshed the merged model of {tmp_path}/a.yaml + {tmp_path}/b.yaml " \
+                                       "(comments are not carried over)"
+    assert "in project 'fromcompose'" in done.err and set(read(out.read_text())["services"]) == {
+        "web", "web-proxy", "web-2", "web-2-proxy", "web-3", "web-3-proxy"}
+    assert fake.calls[0][4:6] == ["--profile", "p"]
+    fake.stderr = "required variable TAG is missing a value: must set TAG"
+    failed = run_cli(home, "inject", "-f", str(tmp_path / "a.yaml"), "-f", str(tmp_path / "b.yaml"))
+    assert failed.code == ExitCode.INVALID_INPUT
+    assert one_line(failed.err) == f"error: {tmp_path}/a.yaml + {tmp_path}/b.yaml: variable TAG is not set: must " \
+                                   "set TAG; set TAG in the environment, in .env or in a file given with --env-file"
+    assert one_line(run_cli(home, "inject").err).startswith("error: no compose file given")
