@@ -47,7 +47,7 @@ def as_typed(draw: st.DrawFn) -> bytes:
     return (draw(st.sampled_from(["", "\ufeff"])) + text).encode()
 
 
-@examples(80)
+@examples(60)
 @given(original=as_typed())
 @example(original=b"services:\r\n  web:  # caf\xc3\xa9\r\n    image: nginx\r\n    ports: ['80:80']\r\n# end")
 @example(original=b"services:\n  web:\n    image: x\n    deploy: {replicas: 3}\n\n\n# trailing\n\n")
@@ -58,7 +58,7 @@ def test_uninject_gives_back_the_original_byte_for_byte(home: Path, tmp_path_fac
     assert result.exact and result.data == original
 
 
-@examples(40)
+@examples(25)
 @given(original=as_typed())
 def test_force_removes_what_inject_added_and_keeps_the_rest(home: Path, tmp_path_factory: pytest.TempPathFactory,
                                                             original: bytes) -> None:
