@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from addons.engine.authorize import Authorizer
-from addons.jwt import claim_text, cookies_of, header_key, rule_output_problems, without_cookie
+from addons.jwt import claim_text, cookies_of, header_key, output_headers, rule_output_problems, without_cookie
 from tests.unit import jwtkit
 from tests.unit.addons.test_contract import GOOD as SNAPSHOT
 from tests.unit.engine.calls import Live, call_on
 from tests.unit.engine.test_h2_attacks import NEED_JWT, Harness, h  # noqa: F401  (h: the HTTP/2 fixture)
+from tests.unit.fuzzing import FUZZ
 from tests.unit.jwtkit import P256, claims, sign
 
 Fields = list[tuple[str, str]]
@@ -36,7 +39,7 @@ def judge(rule: dict[str, Any], headers: Fields, path: str = "/books",
           authorization: list[dict[str, Any]] | None = None) -> tuple[int | None, Fields, str]:
     """(refusal status or None, the header fields the app would get, the target it would get)."""
     live = Live({**SNAPSHOT, "jwt": [{"policy": "ra", **rule}], "authorization": authorization or []})
-    call = call_on(live.current, path, list(headers))
+    call = call_on(live.current, path, list(headers), tls_peer="spiffe://cluster.local/ns/shop/sa/client")
     refused = Authorizer(live).request(call)  # type: ignore[arg-type]
     return (refused.status if refused else None,
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in call.head.headers], call.target)
@@ -197,3 +200,20 @@ def test_outputs_and_cookies_on_http2(h: Harness) -> None:  # noqa: F811
     assert seen[b"x-jwt-claim-group"] == b"admins" and seen[b"x-jwt-payload"] == token.split(b".")[1]
     assert b"root" not in [v for _, v in h.app.seen[-1].headers]
     assert [v for k, v in h.app.seen[-1].headers if k == b"cookie"] == [b"a=1"]
+
+
+# --- property: whatever a client sends, no value of its own arrives under a name the sidecar writes --------------
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["x-jwt-claim-group", "X-Jwt-Claim-Group", "x_jwt_claim_group",
+                                           "X_JWT_PAYLOAD", "x-jwt-payload", "x-jwt-claim-none", "x-other",
+                                           "cookie", "authorization"]),
+                          st.sampled_from(["forged", f"Bearer {TOKEN}", f"session={TOKEN}", "a=1"])), max_size=6))
+def test_no_client_value_arrives_under_a_written_name(sent: Fields) -> None:
+    rule = {**OUT_RULE, "fromCookies": ["session"], "fromHeaders": [{"name": "authorization", "prefix": "Bearer "}]}
+    status, fields, _ = judge(rule, sent)
+    if status is not None:
+        assert status == 401  # more than one token
+        return
+    written = output_headers([rule])
+    assert not [v for k, v in fields if header_key(k) in written and v in {"forged", "a=1"} | {v for _, v in sent}]
