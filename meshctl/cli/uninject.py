@@ -35,8 +35,9 @@ def uninject(
     else:
         atomic_write(output, result.data)
     where = str(output or "stdout")
-    if len(result.files) > 1:
-        c.err.print(f"wrote to {where} the merged model of {', '.join(result.files)} without the mesh; the original "
+    if result.model:
+        what = "merged model" if len(result.files) > 1 else "resolved model"
+        c.err.print(f"wrote to {where} compose's {what} of {', '.join(result.files)} without the mesh; the original "
                     "files were never changed: use them as they are", highlight=False)
     elif result.exact:
         c.err.print(f"wrote the original of {file} to {where}, byte for byte", highlight=False)

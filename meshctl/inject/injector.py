@@ -86,7 +86,7 @@ def inject(ctx: Context, path: str | load.ComposeFile, project_name: str | None,
     # The exact original rides along in the marker, for `meshctl uninject`. Made from several files, pass them
     # all and the merged model's text: uninject gives back that model and says the files were never changed.
     raw = compose.text.encode() if compose.files else original.source_bytes(compose.source, compose.text)
-    data[rewrite.MARKER].update(original.record(list(compose.files) or [compose.source], raw))
+    data[rewrite.MARKER].update(original.record(list(compose.files) or [compose.source], raw, bool(compose.files)))
     text = original.seal(yamlrt.dump(data, like=compose.text))
     # Everything is validated: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)

@@ -4,7 +4,8 @@ inject adds to the meshed file's `x-meshctl` marker (always its last top-level k
 
     sha256: …                   of the meshed file without this block: an edit since inject changes it
     original:
-      files: [compose.yaml]     what it was made from (several: their merged model is what is kept)
+      files: [compose.yaml]     what it was made from
+      model: true               only when compose resolved the files (merged, interpolated): its model is kept
       sha256: …                 of the original's exact bytes
       gzip_base64: |-           the original's exact bytes (CRLF, no final newline, BOM and all)
         H4sIAAAAAAAC/…
@@ -58,12 +59,15 @@ def source_bytes(source: str, text: str) -> bytes:
     return raw
 
 
-def record(files: list[str], original: bytes) -> dict[str, Any]:
-    """The fields inject adds to the marker; `seal` fills in the meshed body's hash once the file is written."""
+def record(files: list[str], original: bytes, model: bool = False) -> dict[str, Any]:
+    """The fields inject adds to the marker; `seal` fills in the meshed body's hash once the file is written.
+    `model`: `original` is compose's resolved model of `files` (merged, interpolated), not a file's bytes."""
     packed = base64.b64encode(gzip.compress(original, mtime=0)).decode()
     lines = "\n".join(packed[i:i + WRAP] for i in range(0, len(packed), WRAP))
-    return {"sha256": PLACEHOLDER,
-            "original": {"files": list(files), "sha256": _sha256(original), "gzip_base64": LiteralScalarString(lines)}}
+    kept: dict[str, Any] = {"files": list(files), "sha256": _sha256(original)}
+    if model:
+        kept["model"] = True
+    return {"sha256": PLACEHOLDER, "original": {**kept, "gzip_base64": LiteralScalarString(lines)}}
 
 
 def _block(text: str) -> tuple[int, int] | None:
@@ -97,6 +101,7 @@ def seal(text: str) -> str:
 class Kept:
     files: list[str]
     data: bytes
+    model: bool = False  # compose's resolved model of `files`, which inject never changed
 
 
 def unchanged_since_inject(text: str, marker: dict[str, Any]) -> bool:
@@ -117,4 +122,4 @@ def kept(marker: dict[str, Any], where: str) -> Kept | None:
     except (KeyError, TypeError, ValueError, binascii.Error, OSError, EOFError) as exc:
         raise InvalidInput(f"{where}: x-meshctl.original is damaged ({exc})",
                            "pass --force to remove only what meshctl added") from None
-    return Kept(files, data)
+    return Kept(files, data, entry.get("model") is True)

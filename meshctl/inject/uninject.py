@@ -30,6 +30,7 @@ class Unmeshed:
     data: bytes
     exact: bool  # the original's bytes; False: meshctl's parts removed from the file as edited (--force)
     files: list[str] = field(default_factory=list)  # what inject read, when the marker says
+    model: bool = False  # compose's resolved model of `files` (merged, interpolated): those files never changed
 
 
 def read(path: str) -> tuple[str, str, CommentedMap]:
@@ -57,15 +58,16 @@ def uninject(path: str, force: bool = False) -> Unmeshed:
     marker = data[rewrite.MARKER]
     kept = None if force else original.kept(marker, source)
     if kept is not None and original.unchanged_since_inject(text, marker):
-        return Unmeshed(kept.data, exact=True, files=kept.files)
+        return Unmeshed(kept.data, exact=True, files=kept.files, model=kept.model)
     if not force:
         why = "was edited after `meshctl inject` (its sha256 no longer matches the one inject recorded)" \
             if kept is not None else f"was meshed by meshctl {marker.get('version', '?')}, which kept no copy of it"
         raise Conflict(f"{source} {why}: the original cannot be given back byte for byte",
                        "pass --force to remove only what meshctl added, keeping your edits and comments as they are")
-    files = marker.get("original", {}).get("files") if isinstance(marker.get("original"), dict) else None
+    entry = marker.get("original") if isinstance(marker.get("original"), dict) else {}
+    files = entry.get("files")
     return Unmeshed(strip(data, like=text).encode(), exact=False,
-                    files=[str(f) for f in files] if isinstance(files, list) else [])
+                    files=[str(f) for f in files] if isinstance(files, list) else [], model=entry.get("model") is True)
 
 
 def _sidecars(services: dict[str, Any]) -> dict[str, str]:

@@ -4,6 +4,7 @@ write them (comments, odd whitespace, CRLF, no final newline, unicode), uninject
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from meshctl.errors import Conflict, InvalidInput
+from meshctl.inject import load
 from meshctl.inject.injector import inject
 from meshctl.inject.uninject import uninject
 from meshctl.status import ExitCode
@@ -154,9 +156,13 @@ def test_cli_refusal_is_one_line_with_the_conflict_code(home: Path, tmp_path: Pa
 
 def test_several_source_files_give_their_merged_model_and_say_the_originals_are_unchanged(home: Path,
                                                                                           tmp_path: Path) -> None:
-    path = meshed(home, tmp_path, b"services:\n  web:\n    image: nginx\n")
-    source = str(tmp_path / "compose.yaml")
-    path.write_text(path.read_text().replace(f"      - {source}\n", "      - a.yaml\n      - b.yaml\n"))
+    model = "services:\n  web:\n    image: nginx:1.27\n"  # as compose resolved a.yaml + b.yaml
+    merged = load.parse(model, "a.yaml + b.yaml", tmp_path)
+    path = tmp_path / "meshed.yaml"
+    path.write_text(inject(context(home), replace(merged, files=("a.yaml", "b.yaml")), "shop", "PERMISSIVE",
+                           tmp_path).text)
+    result = uninject(str(path))
+    assert result.exact and result.model and result.files == ["a.yaml", "b.yaml"] and result.data == model.encode()
     ran = run_cli(home, "uninject", str(path))
-    assert ran.code == 0 and ran.out == "services:\n  web:\n    image: nginx\n"
-    assert "merged model of a.yaml, b.yaml" in ran.err and "never changed" in ran.err
+    assert ran.code == 0 and ran.out == model
+    assert "compose's merged model of a.yaml, b.yaml" in ran.err and "never changed" in ran.err
