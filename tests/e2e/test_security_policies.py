@@ -184,6 +184,26 @@ def test_jwt_with_a_jwks_fetched_from_a_url(web: App, mesh_home: Path) -> None:
     check_jwt_rules(web)
 
 
+def test_jwt_from_a_cookie_with_claims_written_for_the_app(web: App, mesh_home: Path) -> None:
+    """fromCookies, outputClaimToHeaders and outputPayloadToHeader on a real sidecar (issue 17, part 4)."""
+    apply(mesh_home, jwt_policies(f"jwks: '{JWKS}', fromCookies: [session], outputPayloadToHeader: x-jwt-payload, "
+                                  "outputClaimToHeaders: [{header: x-jwt-claim-sub, claim: sub}]"), "e2etestbed.web")
+    alice = token("alice")
+    status, body = call(web, "client", "http://web:8080/echo", "-H", f"Cookie: a=1; session={alice}; b=2",
+                        "-H", "X-Jwt-Claim-Sub: admin", "-H", "x_jwt_claim_sub: admin")
+    assert status == "200", body
+    seen = json.loads(body)["headers"]
+    assert seen["x-jwt-claim-sub"] == "alice" and "x_jwt_claim_sub" not in seen  # the client's own never arrive
+    assert seen["cookie"] == "a=1; b=2"  # the verified token is taken out; the other cookies stay
+    payload = seen["x-jwt-payload"]
+    assert json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"] == "alice"
+    # a second session cookie beside the valid one (Envoy would check only the first): refused
+    status, body = call(web, "client", "http://web:8080/echo", "-H", f"Cookie: session={alice}; session={token('bob')}")
+    assert status == "401" and "2 tokens" in body, (status, body)
+    # with fromCookies alone, the Authorization header is no longer a place a token is read (Istio's rule)
+    assert call(web, "client", "http://web:8080/echo", "-H", f"Authorization: Bearer {alice}")[0] == "403"
+
+
 def test_peer_authentication_per_service_and_per_port(web: App, mesh_home: Path) -> None:
     assert call(web, "outsider", "http://web:8080/echo")[0] == "200"  # PERMISSIVE by default
     assert meshctl("mtls", "set", "web", "--mode", "strict", home=mesh_home).code == 0
