@@ -9,11 +9,12 @@ Anything that cannot be evaluated denies.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from addons.engine.call import Call
-from addons.engine.plan import ConnectionInfo
+from addons.engine.plan import ConnectionInfo, strict_refuses
 from addons.engine.proxy import Response
 from addons.jwt import (
     Jwks,
@@ -54,6 +55,12 @@ class Authorizer:
     def request(self, call: Call) -> Response | None:
         """None to go on, or the refusal to answer with."""
         snap = self.live.current
+        conn = call.conn
+        if conn is not None and not conn.tls_peer and strict_refuses(dataclasses.replace(conn, snapshot=snap)):
+            # a plaintext connection opened while the port took plaintext: once a PeerAuthentication makes it
+            # STRICT, its next request is refused and the connection closed (Envoy drains a changed listener's)
+            text = f"{snap.app} requires mutual TLS (PeerAuthentication STRICT); plaintext from {conn.peer[0]} refused"
+            return dataclasses.replace(refusal(403, text), close=True)
         if not snap.authorization and not snap.jwt:
             return None
         try:

@@ -241,6 +241,11 @@ def _from_edge(info: ConnectionInfo) -> bool:
     return not any(addr in net for net in info.networks.nets)
 
 
+def strict_refuses(info: ConnectionInfo) -> bool:
+    """Whether the inbound plaintext of `info` is refused by STRICT in its snapshot (the mesh's edge excepted)."""
+    return not info.tls_peer and _inbound_mode(info) == "STRICT" and not _from_edge(info)
+
+
 def decide(info: ConnectionInfo) -> Plan:
     """The plan for one connection. Anything it cannot place is refused."""
     port = info.destination[1]
@@ -258,7 +263,7 @@ def _inbound(info: ConnectionInfo) -> Plan:
     kind = _kind(info)
     if kind == "tls":
         return Passthrough(info.destination) if mode == "DISABLE" else TerminateTls()
-    if mode == "STRICT" and not _from_edge(info):
+    if strict_refuses(info):
         snap = info.snapshot
         body = (f"meshctl: {snap.app} requires mutual TLS (PeerAuthentication STRICT); "
                 f"plaintext from {info.peer[0]} refused\n").encode()

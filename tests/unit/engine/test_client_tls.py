@@ -91,3 +91,16 @@ def test_router_applies_the_chosen_subsets_tls() -> None:
         call = call_to(9080, head(method=b"POST", framing="chunked"), live=live)
         decision = router.decide(call, L7Http(("127.0.0.2", 9080), REVIEWS))
         assert isinstance(decision, Route) and decision.address == (ip, 9080) and decision.identity == identity
+
+
+def test_a_plaintext_connection_is_refused_once_its_port_turns_strict() -> None:
+    from addons.engine.authorize import Authorizer
+    from addons.engine.call import Call
+    from tests.unit.engine.test_plan import WEB_ID, inb
+
+    opened = inb(9080, HTTP)  # PERMISSIVE when it opened: plain text was taken
+    strict = Live(inbound={"mode": "STRICT", "published_ports": [], "port_modes": {}})
+    refused = Authorizer(strict).request(Call(opened, head()))  # type: ignore[arg-type]
+    assert refused is not None and refused.status == 403 and refused.close and b"requires mutual TLS" in refused.body
+    assert Authorizer(strict).request(Call(inb(9080, HTTP, tls_peer=WEB_ID), head())) is None  # type: ignore[arg-type]
+    assert Authorizer(Live()).request(Call(opened, head())) is None  # type: ignore[arg-type]
