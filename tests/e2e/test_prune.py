@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from docker import DockerClient
 
 from meshctl.home import MeshHome
@@ -88,3 +89,20 @@ def test_uninject_round_trips_and_prune_removes_only_gone_projects(engine: Docke
     finally:
         for app in (gone, kept):
             app.down()
+
+
+def test_uninject_of_a_merged_project_gives_composes_model_and_leaves_the_files(home: Path, tmp_path: Path) -> None:
+    """Several -f files are merged by the real `docker compose config`; uninject gives back that model."""
+    base, override = tmp_path / "compose.yaml", tmp_path / "override.yaml"
+    base.write_bytes(b"# base\nservices:\n  web:\n    image: meshctl/testbed:e2e\n")
+    override.write_bytes(b"services:\n  web:\n    environment: {TESTBED_NAME: merged}\n")
+    before = base.read_bytes(), override.read_bytes()
+    out, back = tmp_path / "meshed.yaml", tmp_path / "back.yaml"
+    done = meshctl("inject", "-f", str(base), "-f", str(override), "-p", "e2eprunemerged", "-o", str(out), home=home)
+    assert done.code == 0, done.err
+    done = meshctl("uninject", str(out), "-o", str(back), home=home)
+    assert done.code == 0 and "never changed" in done.err, done.err
+    model = yaml.safe_load(back.read_text())
+    assert model["services"]["web"]["environment"] == {"TESTBED_NAME": "merged"}
+    assert "x-meshctl" not in model and "web-proxy" not in model["services"]
+    assert (base.read_bytes(), override.read_bytes()) == before
