@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,8 @@ def run_config(tool: ComposeTool, request: Request, stdin: str | None, names: st
         raise InvalidInput(f"{names}: `{' '.join(argv)}` could not run: {exc}", "check the compose install") from exc
     if done.returncode != 0:
         raise refusal(names, done.stderr or done.stdout)
-    try:
-        return json.loads(done.stdout) if tool.generation == 2 else yamlrt.load(done.stdout)
+    try:  # both compose generations write each `$` of a value as `$$`, so that compose reads it back
+        return unescape_dollars(json.loads(done.stdout) if tool.generation == 2 else yamlrt.load(done.stdout))
     except (ValueError, YAMLProblem) as exc:
         raise InvalidInput(f"{names}: compose's config output could not be read: {exc}",
                            "report this with the output of `docker compose config`") from exc
@@ -227,17 +228,30 @@ def refusal(names: str, stderr: str) -> InvalidInput:
                         "fix the file (`docker compose config` shows the same error)")
 
 
+def _strings(node: Any, change: Callable[[str], str]) -> Any:
+    """`node` with `change` applied to every string value (in place: the caller's own copy)."""
+    if isinstance(node, str):
+        return change(node)
+    if isinstance(node, dict):
+        for key in list(node):
+            node[key] = _strings(node[key], change)
+    elif isinstance(node, list):
+        node[:] = [_strings(v, change) for v in node]
+    return node
+
+
+def unescape_dollars(node: Any) -> Any:
+    """The values as compose resolved them, for the planner (escape_dollars writes them back)."""
+    return _strings(node, lambda text: text.replace("$$", "$"))
+
+
+def _escaped(text: str) -> str:
+    text = text.replace("$", "$$")
+    return DoubleQuotedScalarString(text) if _RAW_BREAKS.search(text) else text
+
+
 def escape_dollars(node: Any) -> Any:
     """Compose interpolates the meshed file again when it runs it: a resolved `$` must stay a literal `$`.
     A YAML line break other than \\n (NEL, LS, PS) is written escaped: ruamel writes it raw in single quotes,
     where it reads back as a space."""
-    if isinstance(node, str):
-        text = node.replace("$", "$$")
-        return DoubleQuotedScalarString(text) if _RAW_BREAKS.search(text) else text
-    if isinstance(node, dict):
-        for key in list(node):
-            node[key] = escape_dollars(node[key])
-        return node
-    if isinstance(node, list):
-        node[:] = [escape_dollars(v) for v in node]
-    return node
+    return _strings(node, _escaped)

@@ -29,7 +29,8 @@ SIMPLE = "# the app\nservices:\n  web:\n    image: nginx  # pinned later\n    en
 
 
 class FakeCompose:
-    """`docker compose config`: records each argv and answers `model` (or fails with `stderr`)."""
+    """`docker compose config`: records each argv and answers `model` (or fails with `stderr`), each `$` written
+    `$$` as both compose generations write it."""
 
     def __init__(self, model: Any = None, stderr: str = "") -> None:
         self.model, self.stderr = model, stderr
@@ -38,6 +39,7 @@ class FakeCompose:
     def __call__(self, argv: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
         self.calls.append(argv)
         out = json.dumps(self.model) if argv[:2] == ["docker", "compose"] else yamlrt.dump(self.model, "")
+        out = out.replace("$", "$$")
         return subprocess.CompletedProcess(argv, 1 if self.stderr else 0, out, self.stderr)
 
 
