@@ -28,19 +28,21 @@ PROJECT = "e2etestbed"
 # TLS on 443 (answers with the SNI it was given) and plain HTTP on 80, both HTTP/1.1 with Connection: close.
 SERVER = r"""
 import asyncio, ssl
+SEEN = {}
 def answer(text):
     body = text.encode()
     return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
 async def serve(reader, writer, kind):
     head = await reader.readuntil(b"\r\n\r\n")
     host = [l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n") if l.lower().startswith(b"host:")]
-    sni = writer.get_extra_info("ssl_object").server_hostname if kind == "tls" else "-"
+    sni = SEEN.get("sni") if kind == "tls" else "-"
     writer.write(answer(f"{kind} ok host={host[0] if host else '-'} sni={sni}\n"))
     await writer.drain()
     writer.close()
 async def main():
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain("/certs/server.pem", "/certs/server.key")
+    ctx.sni_callback = lambda sslobj, name, context: SEEN.update(sni=name)
     await asyncio.start_server(lambda r, w: serve(r, w, "tls"), "0.0.0.0", 443, ssl=ctx)
     await asyncio.start_server(lambda r, w: serve(r, w, "plain"), "0.0.0.0", 80)
     await asyncio.Event().wait()
@@ -103,8 +105,8 @@ def external(engine: DockerClient, mesh_home: Path, testbed: App, testbed_image:
     network.connect(container, aliases=["api.example.test", "other.example.test"])
     container.start()
     try:
-        testbed.wait_for(lambda: testbed.exec("outsider", "curl", "-sf", "http://other.example.test/")[0] == 0,
-                         "the external server answers", timeout=30)
+        probe = ["python3", "-c", "import socket; [socket.create_connection(('127.0.0.1', p), 1) for p in (80, 443)]"]
+        testbed.wait_for(lambda: container.exec_run(probe).exit_code == 0, "the external server listens", timeout=30)
         yield certs
     finally:
         meshctl("install", "--outbound-traffic-policy", "ALLOW_ANY", home=mesh_home)  # the mesh home is shared
