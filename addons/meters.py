@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 from typing import Any, TextIO
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # Istio's standard labels, all of them, with compose's values (namespace = compose project; the README's
 # "Metrics" section has the table): Istio's dashboards and Kiali select and group by every one of these.
@@ -28,6 +29,8 @@ CLUSTER = "compose"
 # Kubernetes' default cluster domain: Istio's destination_service is `<service>.<namespace>.svc.cluster.local`
 # (reviews.default.svc.cluster.local), and Kiali and the dashboards split it on dots.
 DOMAIN = "svc.cluster.local"
+# The image's version (set at build), for istio_build{component="proxy"}: the mesh dashboard lists it
+PROXY_VERSION = os.environ.get("MESHCTL_PROXY_VERSION", "dev")
 # Istio's proxies export no *_created series; they would only double the scrape.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 LOG_BATCH = 256
@@ -86,6 +89,9 @@ class Meters:
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP "
                                     "connection.", TCP_LABELS, registry=self.registry)
         self._series: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+        # Istio's proxies say which build they run; the mesh dashboard's "Istio Component Versions" reads it
+        Gauge("istio_build", "Istio component build info.", ("component", "tag"), registry=self.registry).labels(
+            "proxy", PROXY_VERSION).set(1)
 
     def http_series(self, values: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
         """The four metrics' children for one label set (in LABELS order). Resolved once: labels() checks
