@@ -216,6 +216,24 @@ def test_istios_dashboards_find_data(prometheus: str, shop: App) -> None:
     assert {"reviews-v2", "reviews-v3"} <= set(service_vars["srcwl"]), service_vars
 
 
+def test_stat_and_edges_show_tcp(prometheus: str, shop: App, mesh_home: Path) -> None:
+    """After the dashboards' traffic: TCP relayed at L4 shows in `meshctl stat` and `meshctl edges`, and the
+    FQDN in destination_service is shown as the short service name."""
+    stat = meshctl("stat", "-p", PROJECT, "--window", "0", "-o", "json", home=mesh_home)
+    assert stat.code == 0, stat.err
+    rows = {(r["service"], r["version"]): r for r in json.loads(stat.out)}
+    assert rows[("reviews", "v2")]["tcp_connections"] > 0 and rows[("ratings", "v1")]["requests"] > 0, rows
+    assert rows[("reviews", "v2")]["tcp_received_bytes"] > 0 and rows[("reviews", "v2")]["tcp_sent_bytes"] > 0
+    edges = meshctl("edges", "-p", PROJECT, "-o", "json", home=mesh_home)
+    assert edges.code == 0, edges.err
+    tcp = [e for e in json.loads(edges.out) if e["tcp_connections"] > 0]
+    assert {(e["source"], e["destination"]) for e in tcp} >= {("productpage", "reviews-v2"),
+                                                            ("reviews-v2", "ratings")}, tcp
+    assert all(e["secured"] for e in tcp), tcp
+    table = meshctl("edges", "-p", PROJECT, home=mesh_home)
+    assert "TCP CONN" in table.out.upper() and "svc.cluster.local" not in table.out, table.out
+
+
 def test_the_config_passes_promtool(prometheus: str, engine: DockerClient) -> None:
     code, out = engine.containers.get(prom.CONTAINER).exec_run(
         ["promtool", "check", "config", "/etc/prometheus/prometheus.yml"])
