@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import serialization
 from meshctl.config.schema import parse_duration
 from meshctl.fsutil import atomic_write, locked, read_text
 from meshctl.home import MeshHome
-from meshctl.inject.rewrite import Pod
 from meshctl.pilot.proxyfiles import own
 from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pki import ca as pki
@@ -116,7 +115,8 @@ def _next_root_pem(home: MeshHome) -> bytes:
 
 def _identity(directory: Path) -> str:
     info = proxy_info(directory)
-    return workload.spiffe_id(info["trust_domain"], info["project"], Pod(**info["pod"]).service_account)
+    pod = info["pod"]  # the account as Pod.service_account reads it (proxy.json from any version)
+    return workload.spiffe_id(info["trust_domain"], info["project"], pod.get("account") or pod["app"])
 
 
 def write_cert(directory: Path, cert: workload.WorkloadCert) -> None:

@@ -50,7 +50,10 @@ def apply_text(home: Path, text: str) -> object:
 
 BAD = {
     "bad_yaml": ("kind: [VirtualService\n", "invalid YAML at line"),
-    "unknown_kind": ("apiVersion: v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n", "unknown kind 'Gateway'"),
+    "unknown_kind": ("apiVersion: v1\nkind: Frobnicator\nmetadata: {name: g}\nspec: {}\n",
+                     "unknown kind 'Frobnicator'"),
+    "refused_kind": ("apiVersion: v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n",
+                     "kind Gateway is not supported by meshctl: the edge of a compose mesh is a published port"),
     "unsupported_field": (VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [mesh]"),
                           "spec.gateways is not supported by meshctl"),
     "misspelt_field": (VS.replace("timeout: 1.5s", "timeuot: 1.5s"), "spec.http[1].timeuot is not a known field "

@@ -124,7 +124,8 @@ def test_the_hook_fails_closed_and_answers_403_naming_the_policy() -> None:
     from tests.unit.engine.calls import Live, call_on
 
     def hook(policies: list[dict[str, object]]) -> tuple[Authorizer, Live]:
-        live = Live({**GOOD, "authorization": policies})
+        # PERMISSIVE: these calls are plaintext, which a STRICT port refuses before any policy
+        live = Live({**GOOD, "inbound": {**GOOD["inbound"], "mode": "PERMISSIVE"}, "authorization": policies})
         return Authorizer(live), live  # type: ignore[arg-type]
 
     deny, live = hook([{"name": "no-admin", "action": "DENY",

@@ -339,7 +339,9 @@ def _hook_call(path: str, headers: Fields) -> tuple[Any, Any]:
     from tests.unit.addons.test_contract import GOOD as SNAPSHOT
     from tests.unit.engine.calls import Live, call_on
 
-    live = Live({**SNAPSHOT, "jwt": [{"policy": "ra", **RULES[0]}], "authorization": [
+    # PERMISSIVE: these calls are plaintext, which a STRICT port refuses before any policy
+    live = Live({**SNAPSHOT, "inbound": {**SNAPSHOT["inbound"], "mode": "PERMISSIVE"},
+                 "jwt": [{"policy": "ra", **RULES[0]}], "authorization": [
         {"name": "need-jwt", "action": "ALLOW", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]})
     return Authorizer(live), call_on(live.current, path, list(headers))  # type: ignore[arg-type]
 
