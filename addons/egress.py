@@ -139,6 +139,18 @@ def parse(items: Any) -> tuple[External, ...]:
     return tuple(entries)
 
 
+async def resolve(host: str) -> set[str] | None:
+    """The host's IPv4 addresses; empty if it does not exist (not started, scaled to zero); None if DNS failed."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET,
+                                                             type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return set() if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)) else None
+    except OSError:
+        return None
+    return {str(info[4][0]) for info in infos}
+
+
 class Resolver:
     """Which (address, port) pairs the registry's hosts and endpoints stand for, resolved through DNS in the
     background. A DNS failure keeps what was known; a name that no longer resolves drops out."""
@@ -155,21 +167,10 @@ class Resolver:
             self.entries = entries
             self._refreshed_at = 0.0
 
-    @staticmethod
-    async def _resolve(name: str) -> set[str] | None:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(name, None, family=socket.AF_INET,
-                                                                 type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            return set() if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)) else None
-        except OSError:
-            return None
-        return {str(info[4][0]) for info in infos}
-
     async def _refresh(self) -> None:
         entries = self.entries
         names = sorted({n for e in entries for n in (e.endpoints or e.hosts)})
-        results = await asyncio.gather(*(self._resolve(n) for n in names))
+        results = await asyncio.gather(*(resolve(n) for n in names))
         resolved = {n: self._resolved.get(n, set()) if ips is None else ips for n, ips in zip(names, results,
                                                                                               strict=True)}
         allowed: dict[str, dict[int, int]] = {}

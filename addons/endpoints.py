@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from dataclasses import dataclass
 
+from addons.egress import resolve
 from addons.snapshot import Service, Snapshot, Workload
 
 log = logging.getLogger("meshctl.endpoints")
@@ -49,16 +49,7 @@ class Endpoints:
         self.by_ip = {ip: fresh[old.workload.host] for ip, old in self.by_ip.items() if old.workload.host in fresh}
         self._refreshed_at = 0.0
 
-    async def _resolve(self, host: str) -> set[str] | None:
-        """The host's addresses; empty if it does not exist (not started, scaled to zero); None if DNS failed."""
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET,
-                                                                 type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            return set() if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)) else None
-        except OSError:
-            return None
-        return {str(info[4][0]) for info in infos}
+    _resolve = staticmethod(resolve)  # the host's addresses (a seam for the tests)
 
     async def _refresh(self) -> None:
         pairs = [(svc, wl) for svc in self.services for wl in svc.workloads]

@@ -319,24 +319,23 @@ def resolve_settings(ctx: Context, trust_domain: str | None, subnet: str | None,
     return settings
 
 
-def validate_path_normalization(value: str | None) -> str | None:
+def _mode(value: str | None, flag: str, modes: tuple[str, ...], what: str) -> str | None:
+    """A mesh-wide mode given on the command line, in Istio's spelling (any case, - for _); None: not given."""
     if value is None:
         return None
     mode = value.strip().upper().replace("-", "_")
-    if mode not in PATH_MODES:
-        raise UsageError(f"invalid --path-normalization {value!r}", f"use one of {', '.join(PATH_MODES)} "
-                         "(Istio's meshConfig.pathNormalization; meshctl's default is MERGE_SLASHES)")
+    if mode not in modes:
+        raise UsageError(f"invalid --{flag} {value!r}", f"use one of {', '.join(modes)} ({what})")
     return mode
+
+
+def validate_path_normalization(value: str | None) -> str | None:
+    return _mode(value, "path-normalization", PATH_MODES,
+                 "Istio's meshConfig.pathNormalization; meshctl's default is MERGE_SLASHES")
 
 
 def validate_outbound_policy(value: str | None) -> str | None:
-    if value is None:
-        return None
-    mode = value.strip().upper().replace("-", "_")
-    if mode not in OUTBOUND_POLICIES:
-        raise UsageError(f"invalid --outbound-traffic-policy {value!r}", f"use one of {', '.join(OUTBOUND_POLICIES)} "
-                         "(Istio's meshConfig.outboundTrafficPolicy.mode)")
-    return mode
+    return _mode(value, "outbound-traffic-policy", OUTBOUND_POLICIES, "Istio's meshConfig.outboundTrafficPolicy.mode")
 
 
 def validate_trusted_proxies(value: int | None) -> int | None:

@@ -5,23 +5,20 @@ network aliases (api.example.test, other.example.test): no test traffic leaves t
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker.errors
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from docker import DockerClient
 
 from meshctl.home import MeshHome
 from tests.conftest import meshctl
 from tests.e2e.conftest import App
 from tests.e2e.test_security_policies import call, synced
+from tests.unit.engine.test_egress import make_ca, write_server_pair
 
 SERVER_NAME = "meshctl-e2e-egress-api"
 PROJECT = "e2etestbed"
@@ -41,7 +38,7 @@ async def serve(reader, writer, kind):
     writer.close()
 async def main():
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain("/certs/server.pem", "/certs/server.key")
+    ctx.load_cert_chain("/certs/cert.pem", "/certs/key.pem")
     ctx.sni_callback = lambda sslobj, name, context: SEEN.update(sni=name)
     await asyncio.start_server(lambda r, w: serve(r, w, "tls"), "0.0.0.0", 443, ssl=ctx)
     await asyncio.start_server(lambda r, w: serve(r, w, "plain"), "0.0.0.0", 80)
@@ -50,40 +47,12 @@ asyncio.run(main())
 """
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def make_ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
 def write_certs(directory: Path) -> None:
-    """ca.pem (signs the server's certificate for api.example.test), other-ca.pem (signs nothing of ours)."""
+    """ca.pem (signs the server's cert.pem/key.pem for api.example.test), other-ca.pem (signs nothing of ours)."""
     ca, ca_key = make_ca("egress test CA")
-    other, _ = make_ca("another CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    server = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.test")]))
-              .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("api.example.test")]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
-    (directory / "ca.pem").write_bytes(_pem(ca))
-    (directory / "other-ca.pem").write_bytes(_pem(other))
-    (directory / "server.pem").write_bytes(_pem(server))
-    (directory / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                             serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
+    write_server_pair(directory, ca, ca_key, "api.example.test")
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "other-ca.pem").write_bytes(make_ca("another CA")[0].public_bytes(serialization.Encoding.PEM))
     for path in directory.iterdir():
         path.chmod(0o644)
     directory.chmod(0o755)
@@ -167,7 +136,7 @@ def test_tls_origination_to_a_service_entry_host(external: Path, testbed: App, m
     (external / "rule.yaml").write_text(rule)
     done = meshctl("apply", "-n", PROJECT, "-f", str(external / "rule.yaml"), home=mesh_home)
     assert done.code == 0, done.err
-    (external / "key-rule.yaml").write_text(rule.replace("ca.pem", "server.key"))
+    (external / "key-rule.yaml").write_text(rule.replace("ca.pem", "key.pem"))
     refused = meshctl("apply", "-n", PROJECT, "-f", str(external / "key-rule.yaml"), home=mesh_home)
     assert refused.code != 0 and "only CERTIFICATE blocks" in refused.err, refused.err
     synced(mesh_home, PROJECT)

@@ -18,7 +18,7 @@ from meshctl.home import MeshSettings
 from meshctl.lifecycle.install import validate_outbound_policy
 from meshctl.pilot.egress import egress
 from meshctl.pilot.snapshot import compile_snapshot
-from tests.unit.engine.test_egress import _ca
+from tests.unit.engine.test_egress import make_ca
 from tests.unit.test_namespaces import info
 
 SE = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "api"},
@@ -28,7 +28,7 @@ SE = {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata"
 
 
 def ca_pem() -> str:
-    return _ca("test CA")[0].public_bytes(serialization.Encoding.PEM).decode()
+    return make_ca("test CA")[0].public_bytes(serialization.Encoding.PEM).decode()
 
 
 def dr(tls: dict[str, Any] | None = None, port_tls: dict[str, Any] | None = None,
@@ -100,7 +100,7 @@ def test_simple_with_an_inline_ca_or_a_file_next_to_the_yaml(tmp_path: Path) -> 
 
 
 def test_ca_certificates_accepts_certificates_only(tmp_path: Path) -> None:
-    key = _ca("x")[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    key = make_ca("x")[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
     (tmp_path / "key.pem").write_text(key)
     (tmp_path / "mixed.pem").write_text(ca_pem() + key)

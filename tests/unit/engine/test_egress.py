@@ -169,7 +169,8 @@ def test_resolver_maps_addresses_to_target_ports() -> None:
 # --- TLS origination against a real TLS server ------------------------------------------------------------------
 
 
-def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed test CA (valid for an hour) and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
@@ -180,9 +181,8 @@ def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def tls_server(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, str]:
-    """A server context whose certificate for `name` a test CA signed, and that CA's PEM."""
-    ca, ca_key = _ca("test CA")
+def write_server_pair(directory: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, name: str) -> None:
+    """cert.pem and key.pem in `directory`: a server certificate for the DNS name `name`, signed by `ca`."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -190,9 +190,16 @@ def tls_server(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, str]:
             .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+
+
+def tls_server(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, str]:
+    """A server context whose certificate for `name` a test CA signed, and that CA's PEM."""
+    ca, ca_key = make_ca("test CA")
+    write_server_pair(tmp_path, ca, ca_key, name)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     return ctx, ca.public_bytes(serialization.Encoding.PEM).decode()
@@ -223,7 +230,7 @@ def originate(tmp_path: Path, tls: Originate | None, server_name: str = "api.exa
 
 def test_tls_origination_checks_the_ca_and_the_name(tmp_path: Path) -> None:
     assert originate(tmp_path, None) == "ok"
-    other_ca = _ca("another CA")[0].public_bytes(serialization.Encoding.PEM).decode()
+    other_ca = make_ca("another CA")[0].public_bytes(serialization.Encoding.PEM).decode()
     assert originate(tmp_path, Originate("api.example", other_ca)) == "connect-failure"  # not signed by it
     # signed by the right CA, but for another name than the SNI: refused
     assert originate(tmp_path, None, server_name="evil.example") == "connect-failure"
