@@ -18,19 +18,13 @@ from meshctl.pki import agent
 from meshctl.runtime.compose import require_compose
 from tests.conftest import meshctl
 from tests.e2e.conftest import App
+from tests.unit.test_prune import ROUTE
 
 # As people write them: CRLF, comments, unicode, odd spacing, no final newline.
 GONE = ("# one server and its caller ✓\r\nservices:\r\n  web:   # the server\r\n    image: meshctl/testbed:e2e\r\n"
         "    environment: {TESTBED_NAME: web}\r\n\r\n  client:\r\n    image: meshctl/testbed:e2e\r\n"
         "    command: [\"sleep\", \"infinity\"]\r\n    init: true   # reaps the shell").encode()
 KEPT = b"services:\n  web:\n    image: meshctl/testbed:e2e\n    environment: {TESTBED_NAME: kept}\n"
-ROUTE = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: web, namespace: NS}
-spec:
-  hosts: [web]
-  http: [{route: [{destination: {host: web}}]}]
-"""
 
 
 @pytest.fixture(scope="module")
