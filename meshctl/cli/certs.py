@@ -17,7 +17,7 @@ from meshctl.config.schema import parse_duration
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
-from meshctl.pilot.push import proxy_dirs
+from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pilot.status import ProxyStatus, proxy_statuses
 from meshctl.pki import agent, citadel
 from meshctl.status import ExitCode
@@ -73,8 +73,8 @@ def _select(c: Context, services: list[str]) -> list[citadel.WorkloadCertInfo]:
     if not services:
         return found
 
-    def names(i: citadel.WorkloadCertInfo) -> set[str]:  # project.service, compose service, app
-        return {i.proxy, i.directory.name, i.identity.rsplit("/sa/", 1)[-1]}
+    def names(i: citadel.WorkloadCertInfo) -> set[str]:  # project.service, compose service, app, account
+        return {i.proxy, i.directory.name, proxy_info(i.directory)["pod"]["app"], i.identity.rsplit("/sa/", 1)[-1]}
 
     chosen = [i for i in found if names(i) & set(services)]
     named = set().union(*(names(i) for i in chosen))

@@ -15,6 +15,7 @@ from meshctl.errors import MeshError
 from meshctl.lifecycle import demo as lib
 from meshctl.lifecycle import install as installer
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pki.workload import spiffe_id
 from meshctl.status import ExitCode
 
 
@@ -45,7 +46,7 @@ def demo(
         edges = lib.edges(proxies, settings.network)
     ok = codes.get(200, 0)
     proxy_rows: list[dict[str, Any]] = [{"name": p.name, "app": p.app, "version": p.version, "ready": p.ready,
-                     "identity": f"spiffe://{settings.trust_domain}/ns/{p.project}/sa/{p.app}"} for p in proxies]
+                     "identity": spiffe_id(settings.trust_domain, p.project, p.service_account)} for p in proxies]
     data = {
         "proxies": proxy_rows,
         "edges": [{"source": e.source, "destination": e.destination, "mtls": e.mtls, "requests": e.requests,

@@ -106,7 +106,11 @@ def authz_allow(
     projects = _known_app(c, to, project)
     for caller in from_:
         _known_app(c, caller, project)
-    principals = [f"{settings.trust_domain}/ns/{p}/sa/{caller}" for caller in from_ for p in projects]
+    pods = _pods(c)
+    # a caller's principal names its service account (the `mesh.service-account` label, else its app)
+    principals = [f"{settings.trust_domain}/ns/{p}/sa/{account}" for caller in from_ for p in projects
+                  for account in sorted({pod.service_account for pp, pod in pods if pp == p and pod.app == caller}
+                                        or {caller})]
     operation: dict[str, Any] = {}
     if method:
         operation["methods"] = [m.upper() for m in method]

@@ -24,10 +24,15 @@ class Proxy:
     state: str  # running, exited, ...
     health: str  # healthy, starting, unhealthy, or "" when there is no healthcheck
     addresses: dict[str, str]  # network name -> IP
+    account: str = ""  # the identity's service account (sidecars injected before it was labelled: "")
 
     @property
     def ready(self) -> bool:
         return self.state == "running" and self.health == "healthy"
+
+    @property
+    def service_account(self) -> str:
+        return self.account or self.app
 
     def address_on(self, network: str) -> str | None:
         return self.addresses.get(network) or next(iter(self.addresses.values()), None)
@@ -41,7 +46,8 @@ def _proxy(c: Container) -> Proxy:
                  project=labels.get(f"{L}.project", ""), service=labels.get(f"{L}.service", ""),
                  app=labels.get(f"{L}.app", ""), version=labels.get(f"{L}.subset", ""),
                  state=(c.attrs.get("State") or {}).get("Status", c.status), health=health,
-                 addresses={n: v["IPAddress"] for n, v in net.items() if v.get("IPAddress")})
+                 addresses={n: v["IPAddress"] for n, v in net.items() if v.get("IPAddress")},
+                 account=labels.get(f"{L}.service-account", ""))
 
 
 def list_proxies(client: DockerClient, project: str | None = None) -> list[Proxy]:

@@ -66,7 +66,8 @@ def test_an_expired_workload_certificate(demo: dict, mesh_home: Path) -> None:
     # analyze reads the control plane's copy; point it at an expired one, then put the real one back
     good = cert_file.read_bytes()
     then = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-    expired = workload.issue(ca.load_root(mesh_home / "ca"), "spiffe://cluster.local/ns/bookinfo/sa/ratings", then)
+    identity = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings"
+    expired = workload.issue(ca.load_root(mesh_home / "ca"), identity, then)
     home = MeshHome(mesh_home)
     agent.stop(home)  # or it would renew the expired certificate before analyze sees it
     deadline = time.monotonic() + 10

@@ -125,7 +125,7 @@ def test_proxy_config_shows_what_the_running_sidecar_uses(demo: dict, mesh_home:
     assert sorted(e["workload"] for e in endpoints.values() if e["service"] == "reviews") == [
         "reviews-v1", "reviews-v2", "reviews-v3"]
     secrets = json.loads(meshctl("proxy-config", "productpage", "secrets", "-o", "json", home=mesh_home).out)
-    assert secrets["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/productpage"
+    assert secrets["identity"] == "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage"
     assert len(secrets["trust_bundle"]) == 1 and "key" not in json.dumps(secrets).lower()
     table = meshctl("proxy-config", "bookinfo.productpage", home=mesh_home)
     assert table.code == 0 and "LISTENERS" in table.out and "virtualInbound" in table.out and "90%" in table.out

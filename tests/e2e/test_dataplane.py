@@ -46,7 +46,9 @@ def test_demo_meshes_bookinfo_and_answers_through_the_published_port(demo: dict)
     assert {"details", "reviews-v1", "reviews-v2", "reviews-v3"} <= seen
     assert seen & {"ratings", "ratings-2", "ratings-3"} and seen <= {"details", "reviews-v1", "reviews-v2",
                                                                       "reviews-v3", "ratings", "ratings-2", "ratings-3"}
-    assert all(e["mtls"] and e["source"].startswith(f"{TD}/bookinfo/sa/") for e in internal)
+    assert all(e["mtls"] and e["source"].startswith(f"{TD}/bookinfo/sa/bookinfo-") for e in internal)
+    # each runs as its `mesh.service-account` label (Istio's bookinfo accounts), and demo shows that identity
+    assert all(p["identity"] == f"{TD}/bookinfo/sa/bookinfo-{p['app']}" for p in demo["proxies"])
 
 
 def test_receiving_sidecars_log_the_callers_spiffe_id(demo: dict, engine: DockerClient, mesh_home: Path) -> None:
@@ -55,7 +57,7 @@ def test_receiving_sidecars_log_the_callers_spiffe_id(demo: dict, engine: Docker
                             ("reviews-v2-proxy", "productpage")]:
         entries = inbound(app, sidecar)
         assert entries, f"{sidecar} logged no inbound requests"
-        assert all(e["mtls"] and e["source"] == f"{TD}/bookinfo/sa/{caller}" for e in entries), entries[:2]
+        assert all(e["mtls"] and e["source"] == f"{TD}/bookinfo/sa/bookinfo-{caller}" for e in entries), entries[:2]
         assert all(e["status"] == 200 for e in entries)
 
 

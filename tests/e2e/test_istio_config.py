@@ -108,8 +108,8 @@ spec:
 """
 
 
-@pytest.mark.parametrize("source", ['principals: ["cluster.local/ns/default/sa/productpage"]',
-                                    'serviceAccounts: ["default/productpage"]'])
+@pytest.mark.parametrize("source", ['principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]',
+                                    'serviceAccounts: ["default/bookinfo-productpage"]'])
 def test_docs_policies_in_namespace_default_apply_to_the_project(shop: App, mesh_home: Path, source: str) -> None:
     apply(mesh_home, DOCS_POLICY % source, "-n", "bookinfo")
     assert call(shop, "productpage", "http://details:9080/details/0")[0] == "200"

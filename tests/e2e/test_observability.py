@@ -122,7 +122,7 @@ def test_one_request_yields_one_trace_with_a_span_per_hop(bi: App, mesh_home: Pa
         else:  # the callee's side: child of the caller's client span, and called by that identity
             assert parent["kind"] == "CLIENT" and parent["remoteEndpoint"]["serviceName"] == service, (s, parent)
             caller = parent["localEndpoint"]["serviceName"].split(".")[0]
-            assert s["tags"]["peer.identity"].endswith(f"/sa/{caller}") and s["tags"]["mtls"] == "true"
+            assert s["tags"]["peer.identity"].endswith(f"/sa/bookinfo-{caller}") and s["tags"]["mtls"] == "true"
         # a child starts after its parent and ends before it (one host clock; 1 ms of slack)
         assert s["timestamp"] >= parent["timestamp"] - 1000
         assert s["timestamp"] + s["duration"] <= parent["timestamp"] + parent["duration"] + 1000
@@ -205,8 +205,8 @@ def test_logs_edges_and_top(bi: App, mesh_home: Path) -> None:
     assert cli_json(mesh_home, "logs", "productpage", "--path", "/no-such-path") == []
     edges = cli_json(mesh_home, "edges")
     edge = next(e for e in edges if e["source"] == "productpage" and e["destination"] == "details")
-    assert edge["secured"] and edge["source_identity"].endswith("/ns/bookinfo/sa/productpage")
-    assert edge["destination_identity"].endswith("/ns/bookinfo/sa/details") and edge["requests"] > 0
+    assert edge["secured"] and edge["source_identity"].endswith("/ns/bookinfo/sa/bookinfo-productpage")
+    assert edge["destination_identity"].endswith("/ns/bookinfo/sa/bookinfo-details") and edge["requests"] > 0
     loader = threading.Thread(target=load, kwargs={"seconds": 6})
     loader.start()
     busiest = cli_json(mesh_home, "top", "--duration", "4")

@@ -52,7 +52,7 @@ def test_identity_certificate_key_and_snapshot(installed_home: Path, tmp_path: P
     assert proxy.stat().st_mode & 0o777 == 0o700
     cert = x509.load_pem_x509_certificate((proxy / "cert.pem").read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [u.value for u in sans] == ["spiffe://cluster.local/ns/shop/sa/reviews"]
+    assert [u.value for u in sans] == ["spiffe://cluster.local/ns/shop/sa/bookinfo-reviews"]  # its account label
     snap = contract.parse(json.loads((proxy / "snapshot.json").read_text()))  # the data plane's own parser
     assert (snap.app, snap.version, snap.mode) == ("reviews", "v2", "PERMISSIVE")
     reviews = next(s for s in snap.services if s.name == "reviews")

@@ -395,3 +395,16 @@ def test_analyze_conflicts_and_subsets_are_per_project() -> None:
     assert codes(vs("a", "alpha", ["reviews"]), vs("b", "beta", ["reviews.alpha"]), dr("d", "alpha"))[0] == \
         ("MSH0109", "VirtualService beta/b")
     assert codes(vs("a", "alpha", ["reviews"]), dr("d", "beta")) == [("MSH0101", "VirtualService alpha/a")]
+
+
+def test_authz_allow_names_the_callers_service_account(home: Path) -> None:
+    """A caller labelled `mesh.service-account` is allowed by that account, not its app name (which would match
+    nobody); a project where the caller has no label keeps the app name."""
+    accounted = [pod("productpage", "productpage")]
+    accounted[0] = Pod(**{**accounted[0].__dict__, "account": "bookinfo-productpage"})
+    (home / "proxies" / "alpha" / "productpage" / "proxy.json").write_text(
+        json.dumps(describe(accounted[0], [*accounted, *PODS[1:]], "alpha", "cluster.local")))
+    ok(home, "authz", "allow", "--from", "productpage", "--to", "reviews")
+    [policy] = Store(home / "config").read().resources
+    assert policy["spec"]["rules"][0]["from"][0]["source"]["principals"] == [
+        "cluster.local/ns/alpha/sa/bookinfo-productpage", "cluster.local/ns/beta/sa/productpage"]

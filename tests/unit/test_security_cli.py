@@ -38,7 +38,7 @@ def test_authz_allow_and_check(installed_home: Path, tmp_path: Path) -> None:
                   home=installed_home)
     policy = yaml.safe_load(dry.out)
     assert policy["spec"] == {"selector": {"matchLabels": {"app": "reviews"}}, "action": "ALLOW", "rules": [
-        {"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/productpage"]}}],
+        {"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/bookinfo-productpage"]}}],  # its account
          "to": [{"operation": {"methods": ["GET"]}}]}]}
     assert meshctl("authz", "allow", "--from", "productpage", "--to", "reviews", "--method", "GET",
                    home=installed_home).code == 0
