@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from addons.egress import REGISTRY_ONLY
 from addons.endpoints import Endpoints
 from addons.engine.call import Call
 from addons.engine.plan import INBOUND_PORT, ConnectionInfo
 from addons.live import LiveSnapshot
 from addons.meters import CLUSTER, PARTY_LABELS, Meters, app_of, clip, fqdn, namespace_of
+
+PASSTHROUGH, BLACKHOLE = "PassthroughCluster", "BlackHoleCluster"  # Istio's clusters for unregistered hosts
 
 
 @dataclass(slots=True)
@@ -40,11 +43,23 @@ class Observer:
         if call.parties is None:
             # Answered before an upstream was chosen (a fault, no route): the service the app was calling
             upstream = call.upstream or (call.conn.destination if call.conn is not None else None)
-            call.parties = self._parties(call.conn, upstream, call.upstream_identity)
+            call.parties = self._parties(call.conn, upstream, call.upstream_identity, self._leaving(call))
         return call.parties
 
+    def _leaving(self, call: Call) -> tuple[str, str] | None:
+        """How Istio names a call leaving the mesh, as (service, namespace): a ServiceEntry host by its name (routed
+        there by the egress decision), a request REGISTRY_ONLY refused as BlackHoleCluster; None: any other."""
+        snap = self.live.current
+        host = str((call.route or {}).get("host") or "")
+        entry = next((e for e in snap.egress if host in e.hosts), None) if host else None
+        if entry is not None:
+            return host, entry.name.split("/", 1)[0] if "/" in entry.name else "unknown"
+        if call.flags == "NR" and snap.mesh.outbound_policy == REGISTRY_ONLY:
+            return BLACKHOLE, "unknown"
+        return None
+
     def _parties(self, info: ConnectionInfo | None, upstream: tuple[str, int] | None,
-                 upstream_identity: str) -> dict[str, str]:
+                 upstream_identity: str, leaving: tuple[str, str] | None = None) -> dict[str, str]:
         snap = self.live.current
         project = snap.name.split(".", 1)[0]
         # This proxy's own side of the call; Istio's canonical service and revision are the app and version labels.
@@ -69,10 +84,11 @@ class Observer:
             endpoint = self.endpoints.departed_endpoint(upstream[0])
         mtls = endpoint is not None and bool(upstream_identity)
         if endpoint is None:
-            # Istio's name for traffic leaving the mesh: fixed labels, so outside addresses cannot grow the
-            # metric series without bound.
-            service = {"destination_service": "PassthroughCluster", "destination_service_name": "PassthroughCluster",
-                       "destination_service_namespace": "unknown"}
+            # Istio's names for traffic leaving the mesh: a registered host's (from config), else fixed labels,
+            # so outside addresses cannot grow the metric series without bound.
+            name, namespace = leaving or (PASSTHROUGH, "unknown")
+            service = {"destination_service": name, "destination_service_name": name,
+                       "destination_service_namespace": namespace}
             far = dict.fromkeys(("workload", "workload_namespace", "app", "version", "principal",
                                  "canonical_service", "canonical_revision", "cluster"), "unknown")
         else:

@@ -7,7 +7,8 @@ returns it as JSON and GET / the page (dashboard.html), which polls it. Every se
 `error`, so one failing source never blanks the page.
 
 Graph nodes are service versions (`reviews:v2`; `project/reviews:v2` when several compose projects are
-shown), plus `unknown` for callers outside the mesh and `PassthroughCluster` for calls leaving it.
+shown), plus `unknown` for callers outside the mesh and, for calls leaving it, a ServiceEntry host by its name or
+Istio's `PassthroughCluster` / `BlackHoleCluster` (REGISTRY_ONLY refused it).
 Edges (`productpage:v1->reviews:v2`) are every pair that has ever talked, with the last interval's
 RPS, error rate and p99, and whether that traffic was mutual TLS.
 """
@@ -33,7 +34,8 @@ from meshctl.telemetry import golden
 from meshctl.telemetry.scrape import Sample
 
 HISTORY_POINTS = 150
-EXTERNAL = {"unknown": "outside the mesh", "PassthroughCluster": "outside the mesh (passthrough)"}
+EXTERNAL = {"unknown": "outside the mesh", "PassthroughCluster": "outside the mesh (passthrough)",
+            "BlackHoleCluster": "outside the mesh (refused: REGISTRY_ONLY)"}
 
 
 @dataclass
@@ -91,9 +93,9 @@ class Naming:
 
     def workload(self, project: str, workload: str) -> tuple[str, dict[str, Any]]:
         """(node id, node fields) of a workload seen in metrics."""
-        if workload in EXTERNAL:
+        if workload in EXTERNAL or not project:  # a ServiceEntry host has no project: named as Istio does
             return workload, {"app": workload, "version": "", "project": "", "kind": "external",
-                              "label": EXTERNAL[workload]}
+                              "label": EXTERNAL.get(workload, f"outside the mesh: {workload}")}
         proxy = self.by_workload.get((project, workload))
         app, version = (proxy.app, proxy.version) if proxy else (workload, "")
         return self.service(project, app, version), {"app": app, "version": version, "project": project,

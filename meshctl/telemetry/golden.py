@@ -18,7 +18,7 @@ BUCKETS = "istio_request_duration_milliseconds_bucket"
 # TCP relayed at L4: connections and bytes (received from the client, sent to it), counted when each closes
 TCP = {"istio_tcp_connections_opened_total": "tcp_opened", "istio_tcp_connections_closed_total": "tcp_closed",
        "istio_tcp_received_bytes_total": "tcp_received", "istio_tcp_sent_bytes_total": "tcp_sent"}
-PASSTHROUGH = "PassthroughCluster"
+OUTSIDE = ("PassthroughCluster", "BlackHoleCluster")  # Istio's clusters for hosts outside its registry
 Key = tuple[str, ...]
 KeyFn = Callable[[dict[str, str]], Key | None]
 
@@ -151,10 +151,18 @@ def by_edge(labels: dict[str, str]) -> Key | None:
                 labels.get("destination_service_namespace", ""), labels.get("destination_workload", ""),
                 labels.get("source_principal", ""), labels.get("destination_principal", ""),
                 labels.get("connection_security_policy", ""))
-    if service_name(labels) == PASSTHROUGH:
-        return (labels.get("source_workload_namespace", ""), labels.get("source_workload", ""), "", PASSTHROUGH,
-                labels.get("source_principal", ""), "unknown", labels.get("connection_security_policy", ""))
+    if leaves_the_mesh(labels):  # PassthroughCluster, BlackHoleCluster, or a ServiceEntry host by its name
+        return (labels.get("source_workload_namespace", ""), labels.get("source_workload", ""), "",
+                service_name(labels), labels.get("source_principal", ""), "unknown",
+                labels.get("connection_security_policy", ""))
     return None
+
+
+def leaves_the_mesh(labels: dict[str, str]) -> bool:
+    """A call its caller reported to no meshed workload: Istio's clusters for unregistered hosts, or a far side
+    whose labels are `unknown` (a ServiceEntry host)."""
+    return not inbound(labels) and bool(service_name(labels)) and (
+        service_name(labels) in OUTSIDE or labels.get("destination_workload", "unknown") == "unknown")
 
 
 def summary(g: Golden, seconds: float | None) -> dict[str, float | int | None]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshctl.errors import InvalidInput
+from meshctl.telemetry.golden import OUTSIDE
 
 STATUS_RE = re.compile(r"^([1-5])xx$|^([1-5][0-9][0-9])$")
 
@@ -66,8 +67,8 @@ def top_routes(entries: list[dict[str, Any]], seconds: float) -> list[dict[str, 
             continue
         if e.get("direction") == "inbound":
             key = (e.get("source_workload") or "unknown", e.get("destination_service") or "?")
-        elif e.get("destination_service") == "PassthroughCluster":
-            key = (e.get("source_workload") or "?", e.get("authority") or "PassthroughCluster")
+        elif e.get("destination_service") in OUTSIDE or e.get("destination_workload") == "unknown":
+            key = (e.get("source_workload") or "?", e.get("authority") or e.get("destination_service") or "?")
         else:
             continue
         path = str(e.get("path", "")).split("?", 1)[0]

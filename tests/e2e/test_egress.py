@@ -164,6 +164,10 @@ def test_registry_only(external: Path, testbed: App, mesh_home: Path) -> None:
     assert code != 0 and "tls ok" not in out, out
     refused = [e for e in testbed.logs("client-proxy") if e.get("status") == 502 and e.get("reason")]
     assert any("other.example.test" in e["reason"] and "REGISTRY_ONLY" in e["reason"] for e in refused), refused[-3:]
+    # in the metrics, as Istio names them: the ServiceEntry host, BlackHoleCluster (refused), PassthroughCluster
+    edges = json.loads(meshctl("edges", "-p", PROJECT, "-o", "json", home=mesh_home).out)
+    leaving = {e["destination"] for e in edges if e["source"] == "client" and e["destination_identity"] == "unknown"}
+    assert {"api.example.test", "BlackHoleCluster", "PassthroughCluster"} <= leaving, edges
 
     done = meshctl("install", "--outbound-traffic-policy", "ALLOW_ANY", home=mesh_home)
     assert done.code == 0, done.err

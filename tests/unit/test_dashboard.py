@@ -258,3 +258,24 @@ def test_a_port_in_use_is_one_clear_error(server: d.Server, fake: Fake) -> None:
 
 def test_the_page_ships_with_the_package() -> None:
     assert b"data-edge" in d.page()
+
+
+def test_calls_leaving_the_mesh_are_nodes_named_as_istio_names_them(fake: Fake) -> None:
+    """What details' sidecar reports (reporter=source) for its calls out: a ServiceEntry host by its name, the
+    hosts REGISTRY_ONLY refused as BlackHoleCluster, the others as PassthroughCluster."""
+    def outbound(service: str, count: float, code: str = "200") -> Sample:
+        return Sample(REQUESTS, {"reporter": "source", "source_workload": "details", "source_workload_namespace": NS,
+                                 "source_principal": f"{SA}details", "destination_service": service,
+                                 "destination_service_name": service, "destination_service_namespace": "unknown",
+                                 "destination_workload": "unknown", "connection_security_policy": "none",
+                                 "response_code": code}, count)
+    out = [outbound("api.example", 5), outbound("BlackHoleCluster", 2, "502"), outbound("PassthroughCluster", 1)]
+    first = scrape(100)
+    first[f"{NS}.details"] = first[f"{NS}.details"] + out
+    state = fake.polls(fake.board(first), 1)
+    edges, nodes = by_id(state["graph"]["edges"]), by_id(state["graph"]["nodes"])
+    assert {e: edges[e]["requests_total"] for e in edges if e.startswith("details:v1->")} == {
+        "details:v1->api.example": 5, "details:v1->BlackHoleCluster": 2, "details:v1->PassthroughCluster": 1}
+    assert {n: (nodes[n]["kind"], nodes[n]["label"]) for n in ("api.example", "BlackHoleCluster")} == {
+        "api.example": ("external", "outside the mesh: api.example"),
+        "BlackHoleCluster": ("external", "outside the mesh (refused: REGISTRY_ONLY)")}

@@ -59,6 +59,16 @@ def test_top_counts_each_call_once_from_the_servers_side() -> None:
                                                                                           1.0)
 
 
+
+def test_top_shows_calls_leaving_the_mesh_from_the_callers_side_by_host() -> None:
+    call = {"direction": "outbound", "method": "GET", "path": "/v1", "status": 200, "duration_ms": 3,
+            "source_workload": "pp", "destination_workload": "unknown"}
+    rows = top_routes([{**call, "destination_service": "api.example", "authority": "api.example"},
+                       {**call, "destination_service": "BlackHoleCluster", "authority": "x.example", "status": 502},
+                       {**call, "destination_service": "PassthroughCluster", "authority": "y.example"}], 1.0)
+    assert sorted(r["destination"] for r in rows) == ["api.example", "x.example", "y.example"]
+
+
 def test_trace_tree_and_prefix_lookup() -> None:
     spans = [{"traceId": "ab" * 16, "id": "1", "timestamp": 1, "duration": 10, "localEndpoint": {"serviceName": "a.p"},
               "name": "GET /", "tags": {}},

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
+from addons.engine.egress import Egress
 from addons.engine.observe import Observer
-from addons.engine.plan import INBOUND_PORT
+from addons.engine.plan import INBOUND_PORT, L7Http
 from addons.meters import LABELS, TCP_LABELS, Meters
+from meshctl.telemetry import golden
+from tests.unit.engine.calls import request_head
 from tests.unit.engine.test_hooks import REVIEWS, WEB, Live, call_to, endpoints_of
 
 # What the web pod's sidecar (project p) says about its calls to reviews-v1, seen from either end
@@ -100,3 +105,30 @@ def test_traffic_leaving_the_mesh_is_passthrough_with_bounded_labels() -> None:
     assert {labels[k] for k in labels if k.startswith("destination_") and "service" not in k} == {"unknown"}
     assert labels["destination_service_namespace"] == "unknown"
     assert labels["connection_security_policy"] == "none"
+
+
+API = {"name": "shop/api", "hosts": ["api.example"], "endpoints": [],
+       "ports": [{"number": 80, "protocol": "HTTP", "target": 80}]}
+
+
+@pytest.mark.parametrize("policy", ["ALLOW_ANY", "REGISTRY_ONLY"])
+def test_calls_leaving_the_mesh_are_named_as_istio_names_them(policy: str) -> None:
+    """A ServiceEntry host by its name and namespace (config-bounded), a request REGISTRY_ONLY refuses as
+    BlackHoleCluster, any other host as PassthroughCluster: never the address or Host the app chose."""
+    live = Live(egress=[API], mesh={"outbound_traffic_policy": policy})
+    meters = Meters(io.StringIO())
+    obs, egress = Observer(live, endpoints_of(live, {}), meters), Egress(lambda: live.current)  # type: ignore[arg-type]
+    for host, code in (("API.example:80", 200), ("elsewhere.example", 502 if policy == "REGISTRY_ONLY" else 200)):
+        call = call_to(80, request_head(host=host), live=live)
+        egress.decide(call, L7Http(("198.51.100.7", 80)))
+        call.upstream = None if code == 502 else ("198.51.100.7", 80)
+        call.finish(code)
+        obs.request_done(call)
+    named = {(s["destination_service"], s["destination_service_name"], s["destination_service_namespace"],
+              s["response_code"], s["destination_workload"]) for s in series(meters, "istio_requests_total")}
+    other = ("BlackHoleCluster", "502") if policy == "REGISTRY_ONLY" else ("PassthroughCluster", "200")
+    assert named == {("api.example", "api.example", "shop", "200", "unknown"),
+                     (other[0], other[0], "unknown", other[1], "unknown")}
+    # who calls them: an edge each, from the caller, as `meshctl edges` and the dashboard show it
+    edges = {golden.by_edge(s)[3] for s in series(meters, "istio_requests_total")}  # type: ignore[index]
+    assert edges == {"api.example", other[0]}
