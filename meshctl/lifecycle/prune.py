@@ -56,6 +56,12 @@ def remove(ctx: Context, found: list[Leftovers]) -> list[Leftovers]:
     what was removed."""
     live = live_projects(ctx)
     gone = [f for f in found if f.project not in live]
+    # Config first: a project is found by its proxy directories, so removing them first and failing before the
+    # config edit would leave config that no later prune finds. This way a failure leaves directories to retry.
+    names = {f.project for f in gone if f.resources}
+    if names:  # one revision for all; the push recompiles the remaining proxies without them
+        changes.edit(ctx, lambda current: [r for r in current if namespace_of(r) not in names],
+                     f"prune the config of gone projects {', '.join(sorted(names))}")
     with locked(ctx.home.ca_dir / ".lock"):  # the certificate agent renews under this lock: never mid-removal
         for leftovers in gone:
             target = ctx.home.proxies_dir / leftovers.project
@@ -65,8 +71,4 @@ def remove(ctx: Context, found: list[Leftovers]) -> list[Leftovers]:
                 pass
             except OSError as exc:
                 raise os_error(exc, target, "remove") from exc
-    names = {f.project for f in gone if f.resources}
-    if names:  # one revision for all; the push recompiles the remaining proxies without them
-        changes.edit(ctx, lambda current: [r for r in current if namespace_of(r) not in names],
-                     f"prune the config of gone projects {', '.join(sorted(names))}")
     return gone

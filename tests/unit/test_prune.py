@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +136,22 @@ def test_an_engine_that_does_not_answer_removes_nothing(mesh: Mesh) -> None:
 def test_no_mesh_here(tmp_path: Path) -> None:
     ran = Mesh(tmp_path / "nothing").prune("--yes", live=repeat(set()))
     assert ran.code == ExitCode.NOT_INSTALLED and "meshctl install" in one_line(ran.err)
+
+
+def test_a_removal_that_fails_halfway_leaves_nothing_a_later_prune_cannot_find(mesh: Mesh,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.rmtree
+
+    def rmtree(path: Path) -> None:  # the first project's directories go, the second's cannot be removed
+        if Path(path).name == "kept":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real(path)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    ran = mesh.prune("--yes", live=repeat(set()))
+    assert ran.code == ExitCode.PERMISSION and ran.err.splitlines()[-1].startswith("error: cannot remove")
+    monkeypatch.setattr(shutil, "rmtree", real)
+    again = mesh.prune("--yes", live=repeat(set()))
+    assert again.code == 0, again.err
+    assert mesh.config() == []  # the config of `gone`, whose directories went first, was not left behind
+    assert not (mesh.home / "proxies" / "gone").exists() and not (mesh.home / "proxies" / "kept").exists()
