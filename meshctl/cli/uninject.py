@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from meshctl.context import Context
+from meshctl.errors import InvalidInput
 from meshctl.fsutil import atomic_write
+from meshctl.inject.uninject import replaced_original
 from meshctl.inject.uninject import uninject as run_uninject
 
 
@@ -23,6 +25,11 @@ def uninject(
     """Give back the compose file inject was given: byte for byte when the meshed file is as inject wrote it."""
     c: Context = ctx.obj
     result = run_uninject(file, force)
+    named = replaced_original(result, output, file) if output is not None else None
+    if named is not None:  # the message below says those files were never changed: keep it true
+        raise InvalidInput(f"{output} is {named}, a file inject read: uninject gives back compose's resolved model "
+                           "of the project (merged, interpolated), which would replace it",
+                           "write the model elsewhere with -o, or keep using your own files as they are")
     if output is None:
         stream = c.out.file
         stream.flush()

@@ -70,6 +70,16 @@ def uninject(path: str, force: bool = False) -> Unmeshed:
                     files=[str(f) for f in files] if isinstance(files, list) else [], model=entry.get("model") is True)
 
 
+def replaced_original(result: Unmeshed, output: Path, meshed: str) -> str | None:
+    """The file inject read that `output` names, when writing there would replace it with compose's resolved
+    model (merged, interpolated: not that file). Relative names are tried from here and from the meshed file."""
+    if not result.model:
+        return None
+    bases = [Path.cwd()] + ([Path(meshed).resolve().parent] if meshed != "-" else [])
+    target = output.resolve()
+    return next((f for f in result.files for base in bases if (base / f).resolve() == target), None)
+
+
 def _sidecars(services: dict[str, Any]) -> dict[str, str]:
     """app service -> its sidecar service, by what inject wrote: the sidecar label and `service:` mode."""
     sidecars = {name for name, svc in services.items() if isinstance(svc, dict)

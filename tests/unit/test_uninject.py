@@ -166,3 +166,18 @@ def test_several_source_files_give_their_merged_model_and_say_the_originals_are_
     ran = run_cli(home, "uninject", str(path))
     assert ran.code == 0 and ran.out == model
     assert "compose's merged model of a.yaml, b.yaml" in ran.err and "never changed" in ran.err
+
+
+def test_the_merged_model_never_replaces_a_file_it_was_read_from(home: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("services:\n  web:\n    image: ${IMAGE}\n")
+    merged = load.parse("services:\n  web:\n    image: nginx:1.27\n", "a.yaml + b.yaml", tmp_path)
+    path = tmp_path / "meshed.yaml"
+    path.write_text(inject(context(home), replace(merged, files=("a.yaml", "b.yaml")), "shop", "PERMISSIVE",
+                           tmp_path).text)
+    for named in ("a.yaml", str(tmp_path / "a.yaml")):
+        ran = run_cli(home, "uninject", str(path), "-o", named)
+        assert ran.code == ExitCode.INVALID_INPUT and "a.yaml" in one_line(ran.err) and "-o" in one_line(ran.err)
+    assert (tmp_path / "a.yaml").read_text() == "services:\n  web:\n    image: ${IMAGE}\n"
+    assert run_cli(home, "uninject", str(path), "-o", "model.yaml").code == 0
