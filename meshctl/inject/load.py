@@ -32,23 +32,31 @@ class ComposeFile:
     files: tuple[str, ...] = ()
 
 
-def load(path: str) -> ComposeFile:
+def read_source(path: str, hint: str = "give the path of a compose file, or - for stdin") -> tuple[str, str, Path]:
+    """(text, source, directory) of a file named on the command line, or of stdin for `-`."""
     if path == "-":
-        text, source, directory = read_stdin(), "<stdin>", Path.cwd()
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise InvalidInput(f"{path}: no such file", "give the path of a compose file, or - for stdin")
-        text, source, directory = read_text(file), path, file.resolve().parent
-    return parse(text, source, directory)
+        return read_stdin(), "<stdin>", Path.cwd()
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInput(f"{path}: no such file", hint)
+    return read_text(file), path, file.resolve().parent
 
 
-def parse(text: str, source: str, directory: Path) -> ComposeFile:
+def load_yaml(text: str, source: str) -> Any:
+    """ruamel's round-trip tree of `text`; a syntax error is one line naming `source` and the place."""
     try:
-        data = yamlrt.load(text)
+        return yamlrt.load(text)
     except YAMLProblem as exc:
         where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
         raise InvalidInput(f"{source}: invalid YAML{where}: {exc.problem}", "fix the YAML syntax") from exc
+
+
+def load(path: str) -> ComposeFile:
+    return parse(*read_source(path))
+
+
+def parse(text: str, source: str, directory: Path) -> ComposeFile:
+    data = load_yaml(text, source)
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
         raise InvalidInput(f"{source} is not a compose file: it has no top-level `services` mapping",
                            "give a docker compose file (services: {name: {image: …}})")

@@ -25,7 +25,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from meshctl.config.safeyaml import YAMLProblem
 from meshctl.errors import InvalidInput
-from meshctl.fsutil import read_stdin, read_text
+from meshctl.fsutil import read_text
 from meshctl.inject import load, rewrite, yamlrt
 from meshctl.runtime.compose import ComposeTool, find_compose
 
@@ -118,22 +118,13 @@ def _needs_compose(parsed: load.ComposeFile, active: set[str]) -> str:
     return ""
 
 
-def _read(file: str) -> tuple[str, str, Path]:
-    if file == "-":
-        return read_stdin(), "<stdin>", Path.cwd()
-    path = Path(file)
-    if not path.is_file():
-        raise InvalidInput(f"{file}: no such file", "give the path of a compose file, or - for stdin")
-    return read_text(path), file, path.resolve().parent
-
-
 def load_project(request: Request, tool: ComposeTool | None = None) -> Loaded:
     """`tool` is for tests; by default the compose found on this machine, v2 first."""
     if not request.files:
         raise InvalidInput("no compose file given", "name one (meshctl inject compose.yaml) or several with -f")
     if "-" in request.files and len(request.files) > 1:
         raise InvalidInput("- (stdin) cannot be combined with other -f files", "save stdin to a file first")
-    texts = [_read(f) for f in request.files]
+    texts = [load.read_source(f) for f in request.files]
     parsed = [load.parse(*t) for t in texts]  # YAML errors name their file before compose is asked
     if len(parsed) > 1 and any(rewrite.MARKER in p.data for p in parsed):
         raise InvalidInput(f"{next(p.source for p in parsed if rewrite.MARKER in p.data)} is already meshed",

@@ -16,11 +16,9 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.tokens import CommentToken
 
 from meshctl import const
-from meshctl.config.safeyaml import YAMLProblem
 from meshctl.errors import Conflict, InvalidInput
-from meshctl.fsutil import read_stdin, read_text
 from meshctl.inject import comments, original, rewrite, yamlrt
-from meshctl.inject.load import labels_of
+from meshctl.inject.load import labels_of, load_yaml, read_source
 
 INJECTED_LABELS = (f"{const.LABEL_PREFIX}.injected", f"{const.LABEL_PREFIX}.sidecar-hash")
 
@@ -35,17 +33,8 @@ class Unmeshed:
 
 def read(path: str) -> tuple[str, str, CommentedMap]:
     """(source, text, document) of a meshed file; anything else is an error naming it."""
-    if path == "-":
-        text, source = read_stdin(), "<stdin>"
-    else:
-        if not Path(path).is_file():
-            raise InvalidInput(f"{path}: no such file", "give the path of a file `meshctl inject` wrote")
-        text, source = read_text(Path(path)), path
-    try:
-        data = yamlrt.load(text)
-    except YAMLProblem as exc:
-        where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
-        raise InvalidInput(f"{source}: invalid YAML{where}: {exc.problem}", "fix the YAML syntax") from exc
+    text, source, _ = read_source(path, "give the path of a file `meshctl inject` wrote")
+    data = load_yaml(text, source)
     if not isinstance(data, CommentedMap) or not rewrite.is_meshed(data) or not isinstance(data[rewrite.MARKER], dict) \
             or not isinstance(data.get("services"), dict):
         raise InvalidInput(f"{source} was not meshed by meshctl (no `{rewrite.MARKER}` mapping): nothing to undo",

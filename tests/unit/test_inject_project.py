@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshctl.errors import InvalidInput
-from meshctl.inject import project, rewrite, yamlrt
+from meshctl.inject import load, project, rewrite, yamlrt
 from meshctl.inject.injector import inject
 from meshctl.inject.project import Request, load_project
 from meshctl.runtime.compose import ComposeTool
@@ -105,7 +105,7 @@ def test_compose_gets_every_option_as_given(fake: FakeCompose, tmp_path: Path) -
 
 
 def test_stdin_alone_is_piped_to_compose(fake: FakeCompose, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(project, "read_stdin", lambda: "services:\n  web: {image: 'x:${TAG:-1}'}\n")
+    monkeypatch.setattr(load, "read_stdin", lambda: "services:\n  web: {image: 'x:${TAG:-1}'}\n")
     loaded = load_project(Request(("-",)), V2)
     assert loaded.compose.source == "<stdin>" and fake.calls[0][-5:] == ["-f", "-", "config", "--format", "json"]
     with pytest.raises(InvalidInput, match="cannot be combined"):

@@ -126,6 +126,13 @@ def test_old_and_damaged_markers_and_unmeshed_files(home: Path, tmp_path: Path) 
     plain.write_text("services:\n  web:\n    image: nginx\n")
     with pytest.raises(InvalidInput, match="not meshed by meshctl"):
         uninject(str(plain))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("services: [\n")
+    with pytest.raises(InvalidInput, match=r"broken.yaml: invalid YAML at line \d+"):  # as inject says it
+        uninject(str(broken))
+    with pytest.raises(InvalidInput, match="no such file") as missing:
+        uninject(str(tmp_path / "missing.yaml"))
+    assert "meshctl inject` wrote" in str(missing.value.hint)
 
 
 def test_cli_writes_stdout_or_output_and_never_the_input_unless_named(home: Path, tmp_path: Path) -> None:
