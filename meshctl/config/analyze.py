@@ -14,7 +14,7 @@ from meshctl.config.egress import tls_blocks
 from meshctl.config.hosts import canonical, same_service
 from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
-from meshctl.config.resources import Resource, namespace_of, qualified_name, semantic_problems
+from meshctl.config.resources import ROOT_NAMESPACES, Resource, namespace_of, qualified_name, semantic_problems
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ def _host_findings(r: Resource, hosts: list[str], inventory: Inventory) -> list[
 
 
 POLICY_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry")
-ROOT = (None, "istio-system")
 PRINCIPAL_RE = re.compile(r"^[^/]+/ns/([^/]+)/sa/([^/]+)$")
 
 
@@ -81,12 +80,12 @@ def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
     def found(text: str, hint: str) -> None:
         out.append(Message("MSH0113", "Warning", _name(r), text, hint))
 
-    if ns not in ROOT and ns not in inventory.projects:
+    if ns not in ROOT_NAMESPACES and ns not in inventory.projects:
         found(f"its namespace {ns!r} is no meshed compose project, so it applies to no workload",
               "apply it with -n PROJECT (a `namespace: default` is read as PROJECT), or set metadata.namespace")
         return out
     wanted = (spec.get("selector") or {}).get("matchLabels") or {}
-    pods = [labels for p, each in inventory.labels.items() if ns in ROOT or p == ns for labels in each]
+    pods = [labels for p, each in inventory.labels.items() if ns in ROOT_NAMESPACES or p == ns for labels in each]
     if wanted and not any(all(labels.get(k) == v for k, v in wanted.items()) for labels in pods):
         found(f"selector {wanted} matches no meshed workload", "check the compose labels of the services you meant")
     for rule in spec.get("rules") or [] if r["kind"] == "AuthorizationPolicy" else []:

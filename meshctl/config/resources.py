@@ -30,6 +30,10 @@ NAMESPACE_RE = re.compile(r"^[a-z0-9_-]+$")  # a compose project name, as inject
 Key = tuple[str, str | None, str]
 
 
+# Where a resource applies mesh-wide: no namespace, or Istio's root namespace (as istioctl writes them).
+ROOT_NAMESPACES = (None, "istio-system")
+
+
 def namespace_of(resource: Resource) -> str | None:
     """The resource's namespace (compose project); None: none (an empty one, stored by older versions, too)."""
     return resource["metadata"].get("namespace") or None

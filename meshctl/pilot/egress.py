@@ -11,19 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from addons.egress import HTTP_PROTOCOLS
-from meshctl.pilot.security import ROOT_NAMESPACES, policy_name
+from meshctl.config.resources import ROOT_NAMESPACES, namespace_of
+from meshctl.pilot.security import policy_name
 
 Resource = dict[str, Any]
 # Istio reads a port's protocol from its name's prefix when none is given (http-web, tcp-db), else TCP.
 NAME_PREFIXES = ("http2", "https", "http", "grpc", "tls", "tcp", "mongo", "mysql", "redis")
 
 
-def _ns(r: Resource) -> str | None:
-    return r["metadata"].get("namespace") or None
-
-
 def _in_scope(r: Resource, project: str) -> bool:
-    return _ns(r) in ROOT_NAMESPACES or _ns(r) == project
+    return namespace_of(r) in ROOT_NAMESPACES or namespace_of(r) == project
 
 
 def protocol(port: dict[str, Any]) -> str:
@@ -36,7 +33,7 @@ def protocol(port: dict[str, Any]) -> str:
 def _rule_for(resources: list[Resource], project: str, host: str) -> Resource | None:
     rules = [r for r in resources if r["kind"] == "DestinationRule" and _in_scope(r, project)
              and str(r["spec"].get("host", "")).lower().rstrip(".") == host]
-    return next((r for r in rules if _ns(r) == project), None) or next(iter(rules), None)
+    return next((r for r in rules if namespace_of(r) == project), None) or next(iter(rules), None)
 
 
 def _tls(rule: Resource | None, host: str, number: int) -> dict[str, Any] | None:
@@ -66,6 +63,6 @@ def egress(resources: list[Resource], project: str) -> list[dict[str, Any]]:
                 # TLS is originated on the HTTP path; TCP, TLS and HTTPS ports pass through as the app sent them
                 tls = _tls(rule, host, p["number"]) if port["protocol"] in HTTP_PROTOCOLS else None
                 ports.append({**port, **({"tls": tls} if tls else {})})
-            out.append((_ns(r) != project, {"name": policy_name(r), "hosts": [host], "ports": ports,
+            out.append((namespace_of(r) != project, {"name": policy_name(r), "hosts": [host], "ports": ports,
                                             "endpoints": endpoints}))
     return [entry for _, entry in sorted(out, key=lambda pair: pair[0])]

@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from addons.jwt import JwtError, jwks_uri_problem, parse_jwks
+from meshctl.config.resources import ROOT_NAMESPACES, namespace_of
 from meshctl.inject.rewrite import Pod
 
-ROOT_NAMESPACES = (None, "istio-system")
 Resource = dict[str, Any]
 
 
 def _scope(r: Resource, project: str) -> int | None:
     """How specifically `r` applies to this project: 0 mesh-wide, 1 namespace; None: not at all."""
-    ns = r["metadata"].get("namespace") or None  # older versions could store an empty one: no namespace
+    ns = namespace_of(r)  # older versions could store an empty one: no namespace
     if ns in ROOT_NAMESPACES:
         return 0
     return 1 if ns == project else None
