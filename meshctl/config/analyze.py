@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshctl.config.egress import tls_blocks
+from addons.egress import HTTP_PROTOCOLS
+from meshctl.config.egress import protocol, tls_blocks
 from meshctl.config.hosts import canonical, same_service
 from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
@@ -106,6 +107,39 @@ def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
     return out
 
 
+def _external_findings(r: Resource, hosts: list[str], protocols: dict[str, dict[int, str]]) -> list[Message]:
+    """MSH0121: what a VirtualService or DestinationRule sets for ServiceEntry hosts and the sidecar does not apply.
+    A call leaving the mesh goes to the host as the registry says (addons.engine.egress), never through the router:
+    of all this, only a DestinationRule's tls SIMPLE on an HTTP port applies."""
+    if not hosts:
+        return []
+    if r["kind"] == "VirtualService":
+        return [Message("MSH0121", "Warning", _name(r), f"{', '.join(map(repr, hosts))}: a ServiceEntry host; calls "
+                        "leaving the mesh go straight to it, so these routes, timeouts, retries, faults and header "
+                        "changes have no effect", "drop the VirtualService for it (only a DestinationRule's tls "
+                        "applies to hosts outside the mesh)")]
+    spec, host, out = r["spec"], hosts[0], []
+    unused = [k for k in ("loadBalancer", "connectionPool", "outlierDetection")
+              if k in (spec.get("trafficPolicy") or {})] + (["subsets"] if spec.get("subsets") else [])
+    if unused:
+        out.append(Message("MSH0121", "Warning", _name(r), f"{', '.join(unused)} for {host!r}, a ServiceEntry host, "
+                           "have no effect: only trafficPolicy.tls applies to hosts outside the mesh",
+                           "keep only trafficPolicy.tls"))
+    ports = protocols[host]
+    policy = spec.get("trafficPolicy") or {}
+    simple = [("trafficPolicy.tls", [n for n, proto in ports.items() if proto in HTTP_PROTOCOLS])
+              for t in [policy.get("tls") or {}] if t.get("mode") == "SIMPLE"]
+    simple += [(f"portLevelSettings port {n}", [n] if ports.get(n, "") in HTTP_PROTOCOLS else [])
+               for s in policy.get("portLevelSettings") or [] if (s.get("tls") or {}).get("mode") == "SIMPLE"
+               for n in [int((s.get("port") or {}).get("number") or 0)]]
+    listed = ", ".join(f"{n} {proto}" for n, proto in sorted(ports.items(), key=lambda item: str(item[0])))
+    out += [Message("MSH0121", "Warning", _name(r), f"{where} mode SIMPLE for {host!r} has no effect: the sidecar "
+                    f"originates TLS on the ServiceEntry's HTTP ports only, and its ports are {listed or 'none'}",
+                    "set tls on the HTTP port the app calls with http://, or drop the tls block")
+            for where, applies in simple if not applies]
+    return out
+
+
 def _destinations(vs: Resource) -> list[dict[str, Any]]:
     return [d["destination"] for rule in vs["spec"].get("http", []) for d in rule.get("route", [])]
 
@@ -114,8 +148,11 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
     out: list[Message] = []
     rules = [(canonical(r["spec"]["host"], namespace_of(r)), r) for r in resources if r["kind"] == "DestinationRule"]
     seen_hosts: dict[tuple[str | None, str], str] = {}
-    external = {str(h).lower().rstrip(".") for r in resources if r["kind"] == "ServiceEntry"
-                for h in r["spec"].get("hosts", [])}
+    external: dict[str, dict[int, str]] = {}  # ServiceEntry host -> its ports' protocols
+    for r in resources:
+        for h in r["spec"].get("hosts", []) if r["kind"] == "ServiceEntry" else []:
+            external.setdefault(str(h).lower().rstrip("."), {}).update(
+                (p.get("number"), protocol(p)) for p in r["spec"].get("ports") or [])
     for r in resources:
         kind = find_kind(r["kind"])
         if kind is not None:
@@ -136,6 +173,8 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
             out.append(Message("MSH0120", "Warning", _name(r), f"tls mode SIMPLE for {hosts[0]!r}, which no "
                                "ServiceEntry lists: it has no effect (a meshed host gets mesh mutual TLS)",
                                f"add a ServiceEntry for {hosts[0]!r}, or drop the tls block"))
+        out += _external_findings(r, [h.lower().rstrip(".") for h in hosts if h.lower().rstrip(".") in external],
+                                  external)
         if r["kind"] != "VirtualService":
             continue
         for host in hosts:

@@ -22,6 +22,8 @@ from meshctl.config.schema import NAME_RE
 
 PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n([A-Za-z0-9+/=\r\n]+?)-----END \1-----")
 CA_MAX_BYTES = 256 * 1024
+# Istio reads a port's protocol from its name's prefix when none is given (http-web, tcp-db), else TCP.
+NAME_PREFIXES = ("http2", "https", "http", "grpc", "tls", "tcp", "mongo", "mysql", "redis")
 MESH_INTERNAL_WHY = ("MESH_INTERNAL is not supported: the mesh's own services are its compose services; a "
                      "ServiceEntry describes hosts outside it (MESH_EXTERNAL)")
 
@@ -32,6 +34,14 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def protocol(port: dict[str, Any]) -> str:
+    """A ServiceEntry port's protocol: as given, else from its name's prefix, else TCP (Istio's rule)."""
+    if port.get("protocol"):
+        return str(port["protocol"]).upper()
+    name = str(port.get("name") or "").lower()
+    return next((p.upper() for p in NAME_PREFIXES if name == p or name.startswith(p + "-")), "TCP")
 
 
 def service_entry_problems(spec: dict[str, Any], where: str) -> list[str]:

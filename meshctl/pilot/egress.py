@@ -11,23 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from addons.egress import HTTP_PROTOCOLS
+from meshctl.config.egress import protocol
 from meshctl.config.resources import ROOT_NAMESPACES, namespace_of
 from meshctl.pilot.security import policy_name
 
 Resource = dict[str, Any]
-# Istio reads a port's protocol from its name's prefix when none is given (http-web, tcp-db), else TCP.
-NAME_PREFIXES = ("http2", "https", "http", "grpc", "tls", "tcp", "mongo", "mysql", "redis")
 
 
 def _in_scope(r: Resource, project: str) -> bool:
     return namespace_of(r) in ROOT_NAMESPACES or namespace_of(r) == project
-
-
-def protocol(port: dict[str, Any]) -> str:
-    if port.get("protocol"):
-        return str(port["protocol"]).upper()
-    name = str(port.get("name") or "").lower()
-    return next((p.upper() for p in NAME_PREFIXES if name == p or name.startswith(p + "-")), "TCP")
 
 
 def _rule_for(resources: list[Resource], project: str, host: str) -> Resource | None:

@@ -3,6 +3,7 @@ compiled `egress` of a snapshot (read back by the sidecar's contract), and the m
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,29 @@ def test_analyze_does_not_call_a_service_entry_host_unmeshed(tmp_path: Path) -> 
     codes = {(m.code, m.resource) for m in found}
     assert ("MSH0104", "DestinationRule api") not in codes
     assert any(m.code == "MSH0120" and m.resource == "DestinationRule nowhere" for m in found), found
+
+
+def test_analyze_flags_what_the_sidecar_does_not_apply_to_a_service_entry_host(tmp_path: Path) -> None:
+    """MSH0121: a call leaving the mesh never goes through the router, so a VirtualService for the host, and a
+    DestinationRule's pool, balancer, outlier and subsets for it, change nothing; SIMPLE needs an HTTP port."""
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "api"},
+          "spec": {"hosts": ["api.example.com"], "http": [{"timeout": "3s",
+                                                          "route": [{"destination": {"host": "api.example.com"}}]}]}}
+    pooled = dr({"mode": "SIMPLE"})
+    pooled["spec"]["trafficPolicy"]["connectionPool"] = {"tcp": {"maxConnections": 1}}
+    tcp_only = copy.deepcopy(SE)
+    tcp_only["metadata"]["name"] = "db"  # type: ignore[index]
+    tcp_only["spec"].update(hosts=["db.example.com"], ports=[{"number": 5432, "name": "tcp-db"}])  # type: ignore[attr-defined]
+    db = dr({"mode": "SIMPLE"}, host="db.example.com") | {"metadata": {"name": "db"}}
+    on_tcp = dr(None, host="api.example.com") | {"metadata": {"name": "api-5432"}}
+    on_tcp["spec"]["trafficPolicy"]["portLevelSettings"] = [{"port": {"number": 5432}, "tls": {"mode": "SIMPLE"}}]
+    found = analyze_resources(load_docs(tmp_path, SE, vs, pooled, tcp_only, db, on_tcp),
+                              Inventory(projects={"shop": {"web"}}))
+    flagged = {m.resource: m.text for m in found if m.code == "MSH0121"}
+    assert set(flagged) == {"VirtualService api", "DestinationRule api", "DestinationRule db",
+                            "DestinationRule api-5432"}, found
+    assert "timeouts" in flagged["VirtualService api"] and "connectionPool" in flagged["DestinationRule api"]
+    assert "HTTP ports only" in flagged["DestinationRule db"] and "5432 TCP" in flagged["DestinationRule db"]
+    assert flagged["DestinationRule api-5432"].startswith("portLevelSettings port 5432 mode SIMPLE")
+    assert not [m for m in analyze_resources(load_docs(tmp_path, SE, dr({"mode": "SIMPLE"})), None)
+                if m.code == "MSH0121"]  # SIMPLE on the host's HTTP port is what applies
