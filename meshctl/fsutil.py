@@ -11,9 +11,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from meshctl.errors import InvalidInput, MeshError, PermissionProblem
@@ -80,6 +81,23 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, durable: bool
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
+
+
+def user_file_mode(target: Path, sources: Iterable[Path] = ()) -> int:
+    """The mode to write a user's file with (inject's and uninject's output): the target's own when it exists,
+    so a rewrite keeps it; else the narrowest of the files it was made from, so a private compose file's output
+    stays private; else 0o644."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        pass
+    mode = None
+    for source in sources:
+        try:
+            mode = stat.S_IMODE(source.stat().st_mode) & 0o666 & (0o777 if mode is None else mode)
+        except OSError:
+            continue
+    return 0o644 if mode is None else mode
 
 
 def _fsync_dir(directory: Path) -> None:

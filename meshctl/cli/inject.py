@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from meshctl.context import Context
-from meshctl.fsutil import atomic_write
+from meshctl.fsutil import atomic_write, user_file_mode
 from meshctl.inject.injector import inject as run_inject
 from meshctl.inject.project import Request, load_project
 
@@ -52,7 +52,8 @@ def inject(
         c.out.file.write(result.text)
         c.out.file.flush()
     else:
-        atomic_write(output, result.text)
+        sources = [Path(f) for f in loaded.compose.files or (loaded.compose.source,) if f != "<stdin>"]
+        atomic_write(output, result.text, user_file_mode(output, sources))
     if result.unchanged:
         c.err.print("already meshed: returned unchanged")
         return

@@ -9,7 +9,7 @@ import typer
 
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
-from meshctl.fsutil import atomic_write
+from meshctl.fsutil import atomic_write, user_file_mode
 from meshctl.inject.uninject import replaced_original
 from meshctl.inject.uninject import uninject as run_uninject
 
@@ -40,7 +40,7 @@ def uninject(
         else:
             stream.write(result.data.decode())
     else:
-        atomic_write(output, result.data)
+        atomic_write(output, result.data, user_file_mode(output, [Path(file)] if file != "-" else []))
     where = str(output or "stdout")
     if result.model:
         what = "merged model" if len(result.files) > 1 else "resolved model"

@@ -188,3 +188,18 @@ def test_the_merged_model_never_replaces_a_file_it_was_read_from(home: Path, tmp
         assert ran.code == ExitCode.INVALID_INPUT and "a.yaml" in one_line(ran.err) and "-o" in one_line(ran.err)
     assert (tmp_path / "a.yaml").read_text() == "services:\n  web:\n    image: ${IMAGE}\n"
     assert run_cli(home, "uninject", str(path), "-o", "model.yaml").code == 0
+
+
+def test_outputs_keep_the_mode_of_the_file_they_replace_or_of_their_source(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "compose.yaml"
+    source.write_text("services:\n  web:\n    image: nginx\n    environment: {TOKEN: s3cret}\n")
+    source.chmod(0o600)  # private: what inject and uninject write from it must not be readable by others
+    meshed, back, existing = tmp_path / "meshed.yaml", tmp_path / "back.yaml", tmp_path / "existing.yaml"
+    assert run_cli(home, "inject", str(source), "-o", str(meshed), "-p", "shop").code == 0
+    assert meshed.stat().st_mode & 0o777 == 0o600
+    assert run_cli(home, "uninject", str(meshed), "-o", str(back)).code == 0
+    assert back.stat().st_mode & 0o777 == 0o600 and back.read_bytes() == source.read_bytes()
+    existing.write_text("old\n")
+    existing.chmod(0o640)  # a file that is replaced keeps its own mode
+    assert run_cli(home, "uninject", str(meshed), "-o", str(existing)).code == 0
+    assert existing.stat().st_mode & 0o777 == 0o640 and existing.read_bytes() == source.read_bytes()
