@@ -12,6 +12,7 @@ Compose resolves relative paths to absolute ones there, so the meshed file works
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -135,8 +136,8 @@ def load_project(request: Request, tool: ComposeTool | None = None) -> Loaded:
     names = " + ".join(p.source for p in parsed)
     if len(parsed) == 1:
         why = _needs_compose(parsed[0], _profiles(request, env))
-        if not why:
-            return Loaded(parsed[0], explicit)
+        if not why:  # as it is, but its relative paths and default name are the project directory's, as compose's
+            return Loaded(dataclasses.replace(parsed[0], directory=directory), explicit)
         note = f"meshed compose's model of {names}, {why} (comments are not carried over)"
     else:
         note = f"meshed the merged model of {names} (comments are not carried over)"

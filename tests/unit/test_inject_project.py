@@ -154,6 +154,15 @@ def test_the_project_directory_holds_dotenv(fake: FakeCompose, tmp_path: Path) -
     assert loaded.project_name == "indir"
 
 
+def test_a_plain_file_takes_its_name_and_paths_from_the_project_directory(fake: FakeCompose, tmp_path: Path) -> None:
+    (tmp_path / "proj" / "sub").mkdir(parents=True)
+    write(tmp_path / "proj" / "sub", compose_yaml=SIMPLE)
+    loaded = load_project(Request((str(tmp_path / "proj" / "sub" / "compose.yaml"),),
+                                  project_directory=tmp_path / "proj"), V2)
+    assert fake.calls == [] and loaded.compose.directory == (tmp_path / "proj").resolve()
+    assert load.project_name(loaded.compose, loaded.project_name) == "proj"  # compose's name, not "sub"
+
+
 # --- refusals, one line each ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("stderr", "expected", "fix"), [
