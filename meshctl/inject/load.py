@@ -64,8 +64,8 @@ def parse(text: str, source: str, directory: Path) -> ComposeFile:
 
 
 def project_name(compose: ComposeFile, explicit: str | None) -> str:
-    """Compose's own rule: -p, then the file's `name:`, then COMPOSE_PROJECT_NAME, then the directory."""
-    raw = explicit or compose.data.get("name") or os.environ.get("COMPOSE_PROJECT_NAME") or compose.directory.name
+    """Compose's own rule: -p, then COMPOSE_PROJECT_NAME, then the file's `name:`, then the directory."""
+    raw = explicit or os.environ.get("COMPOSE_PROJECT_NAME") or compose.data.get("name") or compose.directory.name
     name = re.sub(r"[^a-z0-9_-]", "", str(raw).lower())
     if not name:
         raise InvalidInput(f"{compose.source}: cannot derive a project name from {raw!r}", "pass --project-name")

@@ -126,6 +126,8 @@ def test_project_name_from_dotenv_then_environment_then_flag(fake: FakeCompose, 
     assert load_project(Request(files), V2).project_name == "fromdotenv"  # as compose: the variable beats name:
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", "fromshell")
     assert load_project(Request(files), V2).project_name == "fromshell"
+    named = load.parse("name: fromfile\n" + SIMPLE, "c.yaml", tmp_path)
+    assert load.project_name(named, None) == "fromshell"  # inject of a path (demo, bench) follows the same rule
     assert load_project(Request(files, project_name="fromflag"), V2).project_name == "fromflag"
     (tmp_path / ".env").unlink()
     monkeypatch.delenv("COMPOSE_PROJECT_NAME")
