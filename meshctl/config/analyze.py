@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addons.egress import HTTP_PROTOCOLS
-from meshctl.config.egress import protocol, tls_blocks
+from meshctl.config.egress import protocol, tls_settings
 from meshctl.config.hosts import canonical, same_service
 from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
@@ -126,17 +126,13 @@ def _external_findings(r: Resource, hosts: list[str], protocols: dict[str, dict[
                            "have no effect: only trafficPolicy.tls applies to hosts outside the mesh",
                            "keep only trafficPolicy.tls"))
     ports = protocols[host]
-    policy = spec.get("trafficPolicy") or {}
-    simple = [("trafficPolicy.tls", [n for n, proto in ports.items() if proto in HTTP_PROTOCOLS])
-              for t in [policy.get("tls") or {}] if t.get("mode") == "SIMPLE"]
-    simple += [(f"portLevelSettings port {n}", [n] if ports.get(n, "") in HTTP_PROTOCOLS else [])
-               for s in policy.get("portLevelSettings") or [] if (s.get("tls") or {}).get("mode") == "SIMPLE"
-               for n in [int((s.get("port") or {}).get("number") or 0)]]
+    http = [n for n, proto in ports.items() if proto in HTTP_PROTOCOLS]
     listed = ", ".join(f"{n} {proto}" for n, proto in sorted(ports.items(), key=lambda item: str(item[0])))
-    out += [Message("MSH0121", "Warning", _name(r), f"{where} mode SIMPLE for {host!r} has no effect: the sidecar "
+    out += [Message("MSH0121", "Warning", _name(r), f"{t.path}: mode SIMPLE for {host!r} has no effect: the sidecar "
                     f"originates TLS on the ServiceEntry's HTTP ports only, and its ports are {listed or 'none'}",
                     "set tls on the HTTP port the app calls with http://, or drop the tls block")
-            for where, applies in simple if not applies]
+            for t in tls_settings(spec) if t.subset is None and t.tls.get("mode") == "SIMPLE"
+            and not (http if t.port is None else t.port in http)]
     return out
 
 
@@ -169,7 +165,7 @@ def analyze_resources(resources: list[Resource], inventory: Inventory | None) ->
         if inventory is not None:  # a ServiceEntry's host is not meant to be a meshed service
             out += _host_findings(r, [h for h in hosts if h.lower().rstrip(".") not in external], inventory)
         if r["kind"] == "DestinationRule" and hosts[0].lower().rstrip(".") not in external and \
-                any(t.get("mode") == "SIMPLE" for t in tls_blocks(r["spec"])):
+                any(t.tls.get("mode") == "SIMPLE" for t in tls_settings(r["spec"])):
             out.append(Message("MSH0120", "Warning", _name(r), f"tls mode SIMPLE for {hosts[0]!r}, which no "
                                "ServiceEntry lists: it has no effect (a meshed host gets mesh mutual TLS)",
                                f"add a ServiceEntry for {hosts[0]!r}, or drop the tls block"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,25 +120,46 @@ def ca_pem(value: str, base: Path | None) -> tuple[str | None, str | None]:
     return (None, f"{path} {problem}") if problem else (text, None)
 
 
-def tls_blocks(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def traffic_policies(spec: dict[str, Any]) -> list[tuple[str, int | None, dict[str, Any]]]:
+    """A DestinationRule's traffic policies as (field path, subset index or None, policy): the host's, then each
+    subset's."""
+    subsets = spec.get("subsets") or []
+    return [("spec.trafficPolicy", None, spec.get("trafficPolicy") or {})] + [
+        (f"spec.subsets[{i}].trafficPolicy", i, s.get("trafficPolicy") or {}) for i, s in enumerate(subsets)]
+
+
+@dataclass(frozen=True)
+class TlsAt:
+    """One `tls` block of a DestinationRule and where it is."""
+    path: str  # spec.trafficPolicy.tls, spec.subsets[1].trafficPolicy.portLevelSettings[0].tls, ...
+    tls: dict[str, Any]
+    subset: int | None = None  # the subset's index; None: the host's own policy
+    port: int | None = None  # portLevelSettings' port number; None: the policy's own tls
+
+
+def tls_settings(spec: dict[str, Any]) -> list[TlsAt]:
     """Every `tls` block of a DestinationRule: the host's, its ports', each subset's and theirs."""
-    policies = [spec.get("trafficPolicy") or {}] + [s.get("trafficPolicy") or {} for s in spec.get("subsets") or []]
-    return [t for p in policies for t in [p.get("tls")] + [s.get("tls") for s in p.get("portLevelSettings") or []]
-            if isinstance(t, dict)]
+    out = []
+    for path, subset, policy in traffic_policies(spec):
+        if isinstance(policy.get("tls"), dict):
+            out.append(TlsAt(f"{path}.tls", policy["tls"], subset))
+        for j, setting in enumerate(policy.get("portLevelSettings") or []):
+            if isinstance(setting.get("tls"), dict):
+                out.append(TlsAt(f"{path}.portLevelSettings[{j}].tls", setting["tls"], subset,
+                                 (setting.get("port") or {}).get("number")))
+    return out
 
 
 def inline_ca(resource: dict[str, Any], base: Path | None, label: str) -> list[str]:
     """A DestinationRule's caCertificates made PEM in place (a path is read now); the problems, if any."""
     if resource.get("kind") != "DestinationRule":
         return []
-    problems = []
-    for i, subset in enumerate(resource["spec"].get("subsets") or []):
-        policy = subset.get("trafficPolicy") or {}
-        if any((t or {}).get("mode") == "SIMPLE" for t in [policy.get("tls")] + [
-                s.get("tls") for s in policy.get("portLevelSettings") or []]):
-            problems.append(f"{label}: spec.subsets[{i}]: tls mode SIMPLE applies to a ServiceEntry host as a whole "
-                            "(hosts outside the mesh have no subsets); set it in spec.trafficPolicy")
-    for tls in tls_blocks(resource["spec"]):
+    settings = tls_settings(resource["spec"])
+    problems = [f"{label}: spec.subsets[{i}]: tls mode SIMPLE applies to a ServiceEntry host as a whole (hosts "
+                "outside the mesh have no subsets); set it in spec.trafficPolicy"
+                for i in dict.fromkeys(t.subset for t in settings if t.subset is not None
+                                       and t.tls.get("mode") == "SIMPLE")]
+    for tls in (t.tls for t in settings):
         if isinstance(tls.get("caCertificates"), str):
             pem, problem = ca_pem(tls["caCertificates"], base)
             if problem:

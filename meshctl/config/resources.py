@@ -194,32 +194,21 @@ def service_account_problems(src: dict[str, Any], where: str) -> list[str]:
     return problems
 
 
-def traffic_policies(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """A DestinationRule's traffic policies with their field paths: the host's, then each subset's."""
-    subsets = spec.get("subsets") or []
-    return [("spec.trafficPolicy", spec.get("trafficPolicy") or {})] + [
-        (f"spec.subsets[{i}].trafficPolicy", s.get("trafficPolicy") or {}) for i, s in enumerate(subsets)]
-
-
 def tls_problems(spec: dict[str, Any], where: str) -> list[str]:
     """Inside the mesh a client sidecar speaks ISTIO_MUTUAL (mesh mTLS) or, with DISABLE, plain text.
 
     SIMPLE and MUTUAL (TLS the sidecar originates with the app's own certificates) are for hosts outside the mesh.
     """
-    problems = []
-    for path, policy in traffic_policies(spec):
-        ports = policy.get("portLevelSettings") or []
-        problems += [f"{where}.{path}.portLevelSettings[{j}].port.number: required"
-                     for j, p in enumerate(ports) if not (p.get("port") or {}).get("number")]
-        blocks = [(f"{path}.tls", policy.get("tls"))] + [(f"{path}.portLevelSettings[{j}].tls", p.get("tls"))
-                                                          for j, p in enumerate(ports)]
-        for at, tls in ((a, t) for a, t in blocks if t is not None):
-            mode = tls.get("mode", "DISABLE")
-            if mode == "MUTUAL":  # SIMPLE: TLS origination to a ServiceEntry host (addons.engine.egress)
-                problems.append(f"{where}.{at}.mode: MUTUAL (TLS origination with client certificates) is not "
-                                "supported; SIMPLE originates TLS to a ServiceEntry host, checking its certificate")
-            problems += [f"{where}.{at}.{k}: applies only with mode SIMPLE (TLS origination)"
-                         for k in ("sni", "caCertificates", "insecureSkipVerify") if k in tls and mode != "SIMPLE"]
+    problems = [f"{where}.{path}.portLevelSettings[{j}].port.number: required"
+                for path, _, policy in egress.traffic_policies(spec)
+                for j, p in enumerate(policy.get("portLevelSettings") or []) if not (p.get("port") or {}).get("number")]
+    for at in egress.tls_settings(spec):
+        mode = at.tls.get("mode", "DISABLE")
+        if mode == "MUTUAL":  # SIMPLE: TLS origination to a ServiceEntry host (addons.engine.egress)
+            problems.append(f"{where}.{at.path}.mode: MUTUAL (TLS origination with client certificates) is not "
+                            "supported; SIMPLE originates TLS to a ServiceEntry host, checking its certificate")
+        problems += [f"{where}.{at.path}.{k}: applies only with mode SIMPLE (TLS origination)"
+                     for k in ("sni", "caCertificates", "insecureSkipVerify") if k in at.tls and mode != "SIMPLE"]
     return problems
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from addons.egress import HTTP_PROTOCOLS
-from meshctl.config.egress import protocol
+from meshctl.config.egress import protocol, tls_settings
 from meshctl.config.resources import ROOT_NAMESPACES, namespace_of
 from meshctl.pilot.security import policy_name
 
@@ -30,10 +30,10 @@ def _rule_for(resources: list[Resource], project: str, host: str) -> Resource | 
 
 def _tls(rule: Resource | None, host: str, number: int) -> dict[str, Any] | None:
     """The sidecar's TLS to `host:number` (DestinationRule tls SIMPLE), or None: plain text as the app sent it."""
-    policy = (rule or {}).get("spec", {}).get("trafficPolicy") or {}
-    port_level = next((s for s in policy.get("portLevelSettings") or []
-                       if (s.get("port") or {}).get("number") == number and "tls" in s), None)
-    tls = (port_level or {}).get("tls", policy.get("tls"))
+    host_wide = [t for t in tls_settings((rule or {}).get("spec", {})) if t.subset is None]
+    chosen = next((t for t in host_wide if t.port == number), None) or next((t for t in host_wide if t.port is None),
+                                                                            None)
+    tls = chosen.tls if chosen else None
     if not tls or tls.get("mode") != "SIMPLE":
         return None
     return {"sni": tls.get("sni") or host, "ca": tls.get("caCertificates"), "verify": not tls.get("insecureSkipVerify")}

@@ -199,6 +199,19 @@ def test_analyze_flags_what_the_sidecar_does_not_apply_to_a_service_entry_host(t
                             "DestinationRule api-5432"}, found
     assert "timeouts" in flagged["VirtualService api"] and "connectionPool" in flagged["DestinationRule api"]
     assert "HTTP ports only" in flagged["DestinationRule db"] and "5432 TCP" in flagged["DestinationRule db"]
-    assert flagged["DestinationRule api-5432"].startswith("portLevelSettings port 5432 mode SIMPLE")
+    assert flagged["DestinationRule api-5432"].startswith("spec.trafficPolicy.portLevelSettings[0].tls: mode SIMPLE")
     assert not [m for m in analyze_resources(load_docs(tmp_path, SE, dr({"mode": "SIMPLE"})), None)
                 if m.code == "MSH0121"]  # SIMPLE on the host's HTTP port is what applies
+
+
+def test_one_walker_finds_every_tls_block_of_a_destination_rule_with_where_it_is() -> None:
+    from meshctl.config.egress import TlsAt, tls_settings
+
+    spec = {"trafficPolicy": {"tls": {"mode": "SIMPLE"}, "portLevelSettings": [{"port": {"number": 80}},
+                                                                               {"port": {"number": 443},
+                                                                                "tls": {"mode": "DISABLE"}}]},
+            "subsets": [{"name": "v1"}, {"name": "v2", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}]}
+    assert tls_settings(spec) == [
+        TlsAt("spec.trafficPolicy.tls", {"mode": "SIMPLE"}),
+        TlsAt("spec.trafficPolicy.portLevelSettings[1].tls", {"mode": "DISABLE"}, port=443),
+        TlsAt("spec.subsets[1].trafficPolicy.tls", {"mode": "ISTIO_MUTUAL"}, subset=1)]
