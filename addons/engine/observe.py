@@ -71,9 +71,11 @@ class Observer:
             # The caller's workload and version: its pod address, when the certificate says it is one of ours.
             caller = self.endpoints.by_ip.get(info.peer[0]) if peer else None
             caller = caller if caller and caller.service.identity == peer else None
-            app = caller.service.name if caller else app_of(peer)
+            # else the app whose identity it is (its account may differ: `mesh.service-account`), else the account
+            app = caller.service.name if caller else next(
+                (s.name for s in snap.services if peer and s.identity == peer), app_of(peer))
             version = caller.workload.version if caller else "unknown"
-            source = {"workload": caller.workload.host if caller else app_of(peer), "app": app, "version": version,
+            source = {"workload": caller.workload.host if caller else app, "app": app, "version": version,
                       "workload_namespace": namespace_of(peer), "principal": peer or "unknown",
                       "canonical_service": app, "canonical_revision": version,
                       "cluster": CLUSTER if peer else "unknown"}

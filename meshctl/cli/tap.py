@@ -49,7 +49,8 @@ def _cell(text: str, width: int) -> str:
 
 
 def short_peer(rec: dict[str, Any]) -> str:
-    """The other side: `app` (same project) or `project/app` from its SPIFFE ID, else its address."""
+    """The other side: its SPIFFE ID's account (the app, unless `mesh.service-account` names another), with its
+    project when that is not the proxy's, else its address."""
     peer = str(rec.get("peer") or "")
     if "/sa/" in peer:
         namespace = peer.split("/ns/", 1)[-1].split("/", 1)[0]

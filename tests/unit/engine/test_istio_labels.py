@@ -132,3 +132,25 @@ def test_calls_leaving_the_mesh_are_named_as_istio_names_them(policy: str) -> No
     # who calls them: an edge each, from the caller, as `meshctl edges` and the dashboard show it
     edges = {golden.by_edge(s)[3] for s in series(meters, "istio_requests_total")}  # type: ignore[index]
     assert edges == {"api.example", other[0]}
+
+
+def test_a_caller_known_only_by_its_identity_is_named_by_its_app_not_its_account() -> None:
+    """A caller whose address is not (yet) in the endpoint table: the service that identity belongs to names it,
+    even when its account differs from its app (`mesh.service-account`); an identity of no known service keeps
+    its account."""
+    account = "spiffe://cluster.local/ns/p/sa/bookinfo-web"
+    live = Live(proxy={"name": "p.reviews-v1", "project": "p", "service": "reviews-v1", "app": "reviews",
+                       "version": "v1", "identity": REVIEWS},
+                services=[{"name": "web", "identity": account, "workloads": [{"host": "web", "version": "v1"}]},
+                          {"name": "reviews", "identity": REVIEWS, "workloads": [{"host": "reviews-v1",
+                                                                                    "version": "v1"}]}])
+    meters = Meters(io.StringIO())
+    obs = Observer(live, endpoints_of(live, {}), meters)  # type: ignore[arg-type]
+    for peer in (account, "spiffe://cluster.local/ns/p/sa/stranger"):
+        call = call_to(9080, listener=INBOUND_PORT, tls_peer=peer, live=live)
+        call.finish(200)
+        obs.request_done(call)
+    named = {(s["source_app"], s["source_workload"], s["source_canonical_service"], s["source_principal"])
+             for s in series(meters, "istio_requests_total")}
+    assert named == {("web", "web", "web", account),
+                     ("stranger", "stranger", "stranger", "spiffe://cluster.local/ns/p/sa/stranger")}
