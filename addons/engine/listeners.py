@@ -175,7 +175,7 @@ class CaptureListener:
         self.max_connections = max_connections
         self.open = 0
         self.refused = 0
-        self.relays: set[Relay] = set()
+        self.relays: dict[Relay, ConnectionInfo] = {}  # checked again when config changes (still_allowed)
         self.h2_relays: dict[Relay, ConnectionInfo] = {}  # HTTP/2 relayed at L4: replanned when config changes
         self.plans: list[type] = []  # the kinds of plan carried out, most recent last (bounded; for tests)
         self._sock: socket.socket | None = None
@@ -345,7 +345,7 @@ class CaptureListener:
         def done() -> None:
             self.open -= 1
             if box:
-                self.relays.discard(box[0])
+                self.relays.pop(box[0], None)
                 self.h2_relays.pop(box[0], None)
             if events is not None and opened is not None:
                 relay = box[0] if box else None
@@ -358,10 +358,31 @@ class CaptureListener:
         relay = await l4.relay_to(down, held, plan.address, identity, context, on_done=done)
         if relay is not None and not relay.done:
             box.append(relay)
-            self.relays.add(relay)
+            self.relays[relay] = info
             if h2 or info.alpn == H2_ALPN or (info.first_bytes is not None and classify(info.first_bytes) == "h2"):
                 self.h2_relays[relay] = info
         return True
+
+    def close_refused_relays(self, snap: Snapshot) -> int:
+        """Close the relays `snap` would not have let in (plaintext on a port now STRICT, a policy that now denies,
+        a host REGISTRY_ONLY does not admit), as Envoy drains the connections of a changed listener: a connection
+        opened under the old config does not outlive it."""
+        closing = [relay for relay, info in self.relays.items()
+                   if not self.still_allowed(dataclasses.replace(info, snapshot=snap))]
+        for relay in closing:
+            relay.close()
+        return len(closing)
+
+    def still_allowed(self, info: ConnectionInfo) -> bool:
+        """The same decision as at accept (plan, then the TCP gate inbound), on `info`'s snapshot; fails closed."""
+        try:
+            if isinstance(decide(info), Refuse):
+                return False
+            return info.listener == OUTBOUND_PORT or self.sidecar.tcp_gate is None or \
+                self.sidecar.tcp_gate(info) is None
+        except Exception:
+            log.exception("checking a relayed connection against new config failed; closing it")
+            return False
 
     def close_h2_relays(self, now_l7: Callable[[ConnectionInfo], bool]) -> int:
         """Close the HTTP/2 connections relayed at L4 that config now wants at L7 (a VirtualService routes

@@ -162,9 +162,13 @@ class Mesh:
         return self.h2.connection(decide, info)
 
     def replan_h2(self, snap: snapshot.Snapshot) -> None:
-        """A new snapshot: HTTP/2 connections relayed at L4 that it wants at L7 are closed (clients reconnect)."""
+        """A new snapshot: connections relayed at L4 that it refuses, and HTTP/2 ones it wants at L7, are closed
+        (clients reconnect, and are judged by the new config)."""
         wants = inbound_wants_l7(snap)
         for listener in self.listeners:
+            if refused := listener.close_refused_relays(snap):
+                log.warning("closed %d connection(s) relayed on %d that the new config refuses", refused,
+                            listener.port)
             if listener.port == INBOUND_PORT:
                 closed = listener.close_h2_relays(lambda info: wants)
             else:

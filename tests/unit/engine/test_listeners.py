@@ -243,6 +243,46 @@ def test_strict_refuses_plaintext_and_callers_without_our_certificate(pki: Pki) 
     run(go())
 
 
+def test_relayed_connections_the_new_config_refuses_are_closed_and_the_others_kept(pki: Pki) -> None:
+    """A plaintext TCP connection opened while the port was PERMISSIVE does not outlive a change to STRICT; an mTLS
+    one stays, until a policy denies it; a gate that fails closes it (fail closed)."""
+    verdict: list[str | None] = [None]
+
+    def gate(info: ConnectionInfo) -> str | None:
+        if verdict[0] == "raise":
+            raise RuntimeError("policy bug")
+        return verdict[0]
+
+    async def echoes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> bool:
+        writer.write(data)
+        try:
+            return await asyncio.wait_for(reader.readexactly(len(data)), 2) == data
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
+
+    async def go() -> None:
+        app = App()
+        async with mesh(pki, await app.start(), tcp_gate=gate) as m:
+            plain = await connect(m.inb.address[1])  # straight to the inbound port, no certificate
+            secure = await connect(m.out.address[1])  # through the outbound sidecar: mutual TLS
+            assert await echoes(*plain, b"\x00plain") and await echoes(*secure, b"\x00secure")
+            assert m.inb.close_refused_relays(snap("reviews", "PERMISSIVE")) == 0  # nothing changed: none closed
+            assert m.inb.close_refused_relays(snap("reviews", "STRICT")) == 1
+            assert await closed(plain[0]) and await echoes(*secure, b"\x00still")
+            verdict[0] = "deny-all"
+            assert m.inb.close_refused_relays(snap("reviews", "STRICT")) == 1
+            assert await closed(secure[0])
+            verdict[0] = None
+            secure = await connect(m.out.address[1])
+            assert await echoes(*secure, b"\x00again")
+            verdict[0] = "raise"
+            assert m.inb.close_refused_relays(snap("reviews", "STRICT")) == 1 and await closed(secure[0])
+            await asyncio.sleep(0.05)
+            assert not m.inb.relays
+
+    run(go())
+
+
 def test_the_tcp_gate_is_asked_for_inbound_l4_and_fails_closed(pki: Pki) -> None:
     seen: list[ConnectionInfo] = []
 
