@@ -13,11 +13,13 @@ import re
 from typing import Any
 
 DEFAULT = "default"
-PRINCIPAL_NS = re.compile(r"(^|/)ns/default/sa/")
+# The namespace segment of a principal, wherever more follows: `ns/default/sa/X` and the namespace-wide
+# `ns/default/*` alike (left as written, the latter would name a project called `default`, not this one)
+PRINCIPAL_NS = re.compile(r"(^|/)ns/default(?=/)")
 
 
 def _principal(value: Any, project: str) -> Any:
-    return PRINCIPAL_NS.sub(lambda m: f"{m.group(1)}ns/{project}/sa/", value) if isinstance(value, str) else value
+    return PRINCIPAL_NS.sub(lambda m: f"{m.group(1)}ns/{project}", value) if isinstance(value, str) else value
 
 
 def _account(value: Any, project: str) -> Any:
