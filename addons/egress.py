@@ -151,6 +151,18 @@ async def resolve(host: str) -> set[str] | None:
     return {str(info[4][0]) for info in infos}
 
 
+def _table(entries: tuple[External, ...], resolved: dict[str, set[str]]) -> dict[str, dict[int, int]]:
+    """address -> {port the app calls: port to connect to}, for the entries' names as `resolved`."""
+    allowed: dict[str, dict[int, int]] = {}
+    for entry in entries:
+        for name in entry.endpoints or entry.hosts:
+            for ip in resolved.get(name, ()):
+                ports = allowed.setdefault(ip, {})
+                for p in entry.ports:
+                    ports.setdefault(p.number, p.target)
+    return allowed
+
+
 class Resolver:
     """Which (address, port) pairs the registry's hosts and endpoints stand for, resolved through DNS in the
     background. A DNS failure keeps what was known; a name that no longer resolves drops out."""
@@ -166,6 +178,9 @@ class Resolver:
         if entries != self.entries:
             self.entries = entries
             self._refreshed_at = 0.0
+            # at once, from what was resolved: a host or port no longer listed admits no new connection while
+            # DNS is asked again; a new host is admitted once it has resolved (fail closed)
+            self.allowed = _table(entries, self._resolved)
 
     async def _refresh(self) -> None:
         entries = self.entries
@@ -173,15 +188,10 @@ class Resolver:
         results = await asyncio.gather(*(resolve(n) for n in names))
         resolved = {n: self._resolved.get(n, set()) if ips is None else ips for n, ips in zip(names, results,
                                                                                               strict=True)}
-        allowed: dict[str, dict[int, int]] = {}
-        for entry in entries:
-            for name in entry.endpoints or entry.hosts:
-                for ip in resolved[name]:
-                    ports = allowed.setdefault(ip, {})
-                    for p in entry.ports:
-                        ports.setdefault(p.number, p.target)
+        if entries is not self.entries:  # replaced while resolving: its table stands until the next round
+            return
         self._resolved = resolved
-        self.allowed = allowed
+        self.allowed = _table(entries, resolved)
         self._refreshed_at = time.monotonic()
 
     async def refresh(self) -> None:

@@ -1,0 +1,113 @@
+"""REGISTRY_ONLY and TLS origination from an attacker's side (addons.egress, addons.engine.egress): however the
+app spells a Host, the sidecar dials only a registered host (or refuses and dials nothing); connections that
+are not HTTP pass only to addresses a ServiceEntry host resolves to now; an origination context verifies."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
+
+from addons.egress import External, ExternalPort, Originate, Resolver, normal_host
+from addons.engine.call import Call
+from addons.engine.egress import Egress, origination_context
+from addons.engine.plan import L7Http
+from addons.engine.proxy import Response, Route
+from tests.unit.engine.calls import request_head
+from tests.unit.engine.helpers import run
+from tests.unit.engine.test_egress import make_ca, outbound, snap
+from tests.unit.engine.test_plan import HTTP
+from tests.unit.fuzzing import FUZZ
+
+APP_DIALLED = ("198.51.100.7", 80)  # the address the app connected to: never dialled for an unlisted Host
+
+
+def decide(policy: str, host: str, port: int = 80) -> Route | Response:
+    s = snap(policy)
+    call = Call(outbound(s, HTTP, port=port), request_head(host=host, headers=[(b"host", host.encode())]))
+    return Egress(lambda: s).decide(call, L7Http((APP_DIALLED[0], port)))
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example", "api.example.evil.example", "evil.api.example", "api.example@evil.example",
+    "evil.example#api.example", "api-example", "[api.example]", "[::1]", "[::1]:80",
+    "198.51.100.7", "198.51.100.7:80", "api.example:80:80", "api.example%2e", "api%2eexample", "",
+    "api.example\x00", "api.example evil.example", "xn--api.example", "api.exampl\u0435",
+])
+def test_an_unlisted_host_is_refused_and_nothing_is_dialled(host: str) -> None:
+    answer = decide("REGISTRY_ONLY", host)
+    assert isinstance(answer, Response) and answer.status == 502
+
+
+@pytest.mark.parametrize("host", ["api.example", "API.EXAMPLE", "api.example.", "api.example:80", "api.example.:80",
+                                  " api.example ", "api.example:443"])
+def test_a_listed_host_in_any_spelling_goes_to_the_registered_host_only(host: str) -> None:
+    answer = decide("REGISTRY_ONLY", host)
+    # the port in Host is the app's to name: what is dialled is the registered port's target, by the host's name
+    assert isinstance(answer, Route) and answer.address == ("api.example", 443)
+
+
+def test_the_port_is_the_connections_not_the_hosts() -> None:
+    # Host says :80 but the app connected to 5432 (a TCP port of the entry) or 8080 (none): refused
+    for port in (5432, 8080):
+        answer = decide("REGISTRY_ONLY", "api.example:80", port)
+        assert isinstance(answer, Response) and answer.status == 502
+
+
+@FUZZ
+@given(st.text(alphabet=st.sampled_from(list("api.exmplAPI:8[]@ -%\t0x")), max_size=24))
+def test_any_host_goes_to_the_registered_host_or_nowhere(host: str) -> None:
+    answer = decide("REGISTRY_ONLY", host)
+    if isinstance(answer, Route):
+        assert answer.address == ("api.example", 443) and normal_host(host) == "api.example"
+    else:
+        assert answer.status == 502 and normal_host(host) != "api.example"
+
+
+# --- connections that are not HTTP: the resolver -----------------------------------------------------------------
+
+DB = External("p/db", ("localhost",), (ExternalPort(5432, "TCP", 6432),))
+
+
+def test_addresses_not_resolved_from_a_listed_host_are_refused() -> None:
+    async def go() -> list[int | None]:
+        resolver = Resolver()
+        resolver.replace((DB,))
+        return [await resolver.target(address, True) for address in
+                [("127.0.0.1", 5432), ("::1", 5432), ("::ffff:127.0.0.1", 5432), ("127.0.0.1", 6432),
+                 ("127.0.0.2", 5432), ("0.0.0.0", 5432)]]
+
+    assert run(go()) == [6432, None, None, None, None, None]
+
+
+def test_a_removed_service_entry_admits_no_new_connection() -> None:
+    """Once the registry no longer lists a host, its addresses are refused at once, not after the next DNS
+    round (up to REFRESH_EVERY_S): a connection opened in between would outlive the ServiceEntry."""
+    async def go() -> tuple[int | None, int | None, int | None]:
+        resolver = Resolver()
+        resolver.replace((DB,))
+        before = await resolver.target(("127.0.0.1", 5432), True)
+        resolver.replace(())
+        gone = await resolver.target(("127.0.0.1", 5432), False)
+        other = External("p/other", ("localhost",), (ExternalPort(25, "TCP", 25),))
+        resolver.replace((other,))  # same address, another port: the old port is gone with its entry
+        return before, gone, await resolver.target(("127.0.0.1", 5432), False)
+
+    assert run(go()) == (6432, None, None)
+
+
+# --- TLS origination -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ca", [None, "ca"])
+def test_origination_verifies_the_certificate_and_the_name(ca: Any) -> None:
+    if ca:
+        ca = make_ca("t")[0].public_bytes(serialization.Encoding.PEM).decode()
+    ctx = origination_context(Originate("api.example", ca))
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    if ca:  # a given CA replaces the system's store: a public CA's certificate for the host is not enough
+        assert len(ctx.get_ca_certs()) == 1
