@@ -14,7 +14,7 @@ import logging
 import time
 
 from addons.engine.call import Call
-from addons.engine.plan import ConnectionInfo, strict_refuses
+from addons.engine.plan import ConnectionInfo, classify, own_workload, port_protocol, strict_refuses
 from addons.engine.proxy import Response
 from addons.jwt import (
     Jwks,
@@ -126,6 +126,13 @@ class Authorizer:
         """For a TCP connection, judged once when it opens (TCP has no X-Forwarded-For: the original client is
         the peer). The reason to refuse, or None."""
         snap = self.live.current
+        if output_headers(snap.jwt) and port_protocol(info.destination[1], [own_workload(snap)]) != "tcp" and \
+                not (info.first_bytes is not None and classify(info.first_bytes) == "tls"):
+            # HTTP relayed at L4 (a client silent, or half a request line, until detection gave up) would carry
+            # its own headers of the names the app is told the sidecar writes, none of them removed
+            return (f"port {info.destination[1]} of {snap.app} is detected, and a RequestAuthentication writes "
+                    "headers from tokens (outputClaimToHeaders, outputPayloadToHeader): only HTTP is taken; "
+                    "declare the port tcp if it is not HTTP")
         if not snap.authorization:
             return None
         decision = decide(snap.authorization, Subject(principal=principal(info.tls_peer or None),

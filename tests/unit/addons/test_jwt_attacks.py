@@ -1,0 +1,63 @@
+"""RequestAuthentication's written headers from an attacker's side, past the L7 path: a client that keeps
+silent (or sends half a request line) until the sidecar gives up detecting HTTP is relayed at L4, where no
+header is removed; its own `x-jwt-claim-*` would reach the app as if the sidecar had written them."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from addons import snapshot
+from addons.engine.authorize import Authorizer
+from addons.engine.plan import INBOUND_PORT, L4_ALPN, ConnectionInfo, L4Tcp, decide
+from tests.unit import jwtkit
+from tests.unit.addons.test_contract import GOOD
+from tests.unit.addons.test_jwt_outputs import COOKIE_RULE, OUT_RULE
+from tests.unit.engine.calls import Live
+
+PORT = 9080  # a port no workload declares: its protocol is detected
+
+
+def live(rule: dict[str, Any] | None, mode: str = "PERMISSIVE", declared: str | None = None,
+         authorization: list[dict[str, Any]] | None = None) -> Live:
+    raw = copy.deepcopy(GOOD)
+    raw["inbound"]["mode"] = mode
+    raw["jwt"] = [{"policy": "ra", **rule}] if rule else []
+    raw["authorization"] = authorization or []
+    if declared:
+        raw["services"][0]["workloads"][0]["port_protocols"] = {str(PORT): declared}
+    return Live(raw)
+
+
+def connection(s: snapshot.Snapshot, first: bytes | None, mtls: bool) -> ConnectionInfo:
+    return ConnectionInfo(INBOUND_PORT, ("172.18.0.9", PORT), ("172.18.0.5", 40000), first, s,
+                          tls_peer="spiffe://cluster.local/ns/p/sa/client" if mtls else None,
+                          alpn=L4_ALPN if mtls else None)
+
+
+@pytest.mark.parametrize("first", [None, b"G", b"GE"])
+@pytest.mark.parametrize("mtls", [False, True])
+def test_http_relayed_at_l4_cannot_carry_a_written_header_to_the_app(first: bytes | None, mtls: bool) -> None:
+    lv = live(OUT_RULE)
+    info = connection(lv.current, first, mtls)
+    assert isinstance(decide(info), L4Tcp)  # silence, or a prefix of HTTP when time ran out: TCP
+    assert Authorizer(lv).tcp_gate(info) is not None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rule", [None, jwtkit.RULE, COOKIE_RULE])
+def test_tcp_is_judged_as_before_when_no_rule_writes_headers(rule: dict[str, Any] | None) -> None:
+    lv = live(rule)
+    assert Authorizer(lv).tcp_gate(connection(lv.current, None, False)) is None  # type: ignore[arg-type]
+
+
+def test_a_port_declared_tcp_is_relayed_as_declared() -> None:
+    lv = live(OUT_RULE, declared="tcp")
+    assert Authorizer(lv).tcp_gate(connection(lv.current, None, True)) is None  # type: ignore[arg-type]
+
+
+def test_the_refusal_names_the_fix() -> None:
+    lv = live(OUT_RULE)
+    reason = Authorizer(lv).tcp_gate(connection(lv.current, None, False))  # type: ignore[arg-type]
+    assert reason is not None and "outputClaimToHeaders" in reason and "tcp" in reason and "\n" not in reason
