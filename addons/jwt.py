@@ -403,8 +403,10 @@ def claim_text(claims: Mapping[str, Any], path: str) -> str | None:
         value = value[part]
     if isinstance(value, bool):
         text = "true" if value else "false"
+    elif isinstance(value, int):  # as signed, any size (float() of a 400-digit claim overflows)
+        text = str(value)
     elif _is_number(value):
-        text = str(int(value)) if float(value).is_integer() else repr(float(value))
+        text = str(int(value)) if value.is_integer() else repr(value)
     elif isinstance(value, str):
         text = value
     else:

@@ -12,6 +12,7 @@ import pytest
 from addons import snapshot
 from addons.engine.authorize import Authorizer
 from addons.engine.plan import INBOUND_PORT, L4_ALPN, ConnectionInfo, L4Tcp, decide
+from addons.jwt import claim_text
 from tests.unit import jwtkit
 from tests.unit.addons.test_contract import GOOD
 from tests.unit.addons.test_jwt_outputs import COOKIE_RULE, OUT_RULE
@@ -61,3 +62,10 @@ def test_the_refusal_names_the_fix() -> None:
     lv = live(OUT_RULE)
     reason = Authorizer(lv).tcp_gate(connection(lv.current, None, False))  # type: ignore[arg-type]
     assert reason is not None and "outputClaimToHeaders" in reason and "tcp" in reason and "\n" not in reason
+
+
+@pytest.mark.parametrize(("value", "text"), [(10**400, str(10**400)), (-(2**70), str(-(2**70))), (3.0, "3"),
+                                             (0.5, "0.5"), (float("nan"), None), (float("inf"), None)])
+def test_a_number_claim_of_any_size_is_copied_not_refused(value: Any, text: str | None) -> None:
+    # a float() of a huge whole number raised: the request got 403 "policy could not be evaluated"
+    assert claim_text({"n": value}, "n") == text
