@@ -8,15 +8,19 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from addons import snapshot
 from addons.engine.authorize import Authorizer
 from addons.engine.plan import INBOUND_PORT, L4_ALPN, ConnectionInfo, L4Tcp, decide
-from addons.jwt import claim_text
+from addons.jwt import claim_text, cookie_key, cookies_of
 from tests.unit import jwtkit
 from tests.unit.addons.test_contract import GOOD
-from tests.unit.addons.test_jwt_outputs import COOKIE_RULE, OUT_RULE
+from tests.unit.addons.test_jwt_outputs import COOKIE_RULE, OUT_RULE, TOKEN, judge
 from tests.unit.engine.calls import Live
+from tests.unit.engine.test_h2_attacks import NEED_JWT
+from tests.unit.fuzzing import FUZZ
 
 PORT = 9080  # a port no workload declares: its protocol is detected
 
@@ -69,3 +73,29 @@ def test_the_refusal_names_the_fix() -> None:
 def test_a_number_claim_of_any_size_is_copied_not_refused(value: Any, text: str | None) -> None:
     # a float() of a huge whole number raised: the request got 403 "policy could not be evaluated"
     assert claim_text({"n": value}, "n") == text
+
+
+# --- fromCookies: whatever surrounds the one token cookie, the token never reaches the app -----------------------
+
+cookie_names = st.sampled_from(["session", "Session", "SESSION", "se%73sion", "auth_token", "auth.token", "auth token",
+                                "other", "sessionx", "xsession", " session", "session ", "\tsession"])
+cookie_values = st.sampled_from(["1", "", '"q"', "a=b", "x y", "%3B", "TOKEN"])
+TOKEN_PLACEHOLDER = "TOKEN"
+separators = st.sampled_from(["; ", ";", ", ", ",", " ;", ";;", "; ;"])
+
+
+@FUZZ
+@given(st.lists(st.tuples(cookie_names, cookie_values), max_size=5), separators,
+       st.integers(min_value=0, max_value=5), st.booleans(), st.booleans())
+def test_a_cookie_token_is_either_refused_or_taken_out(others: list[tuple[str, str]], sep: str, at: int,
+                                                       quoted: bool, split: bool) -> None:
+    token = TOKEN if not quoted else f'"{TOKEN}"'
+    pairs = [f"{n}={TOKEN if v == TOKEN_PLACEHOLDER else v}" for n, v in others]
+    pairs.insert(min(at, len(pairs)), f"session={token}")
+    fields = [("cookie", p) for p in pairs] if split else [("cookie", sep.join(pairs))]
+    status, got, _ = judge(COOKIE_RULE, fields, authorization=NEED_JWT)
+    assert status in (None, 401)
+    if status is None:  # no cookie the rule reads is left, and the token with it (unless sent under another name)
+        assert not [n for n, _ in cookies_of(got) if cookie_key(n) in {"session", "auth_token"}]
+        if all(v != TOKEN_PLACEHOLDER for _, v in others):
+            assert not any(TOKEN in v for _, v in got)
