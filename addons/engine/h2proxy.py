@@ -495,6 +495,8 @@ class H2Proxy:
         forwarder = Forwarder(self.pool, call, request)
         if isinstance(decision, Response):
             await self._local(down, sid, call, decision)
+            if decision.close:  # nothing more on this connection (plaintext now STRICT): GOAWAY, as HTTP/1.1 closes
+                down.goaway()
             return
         if isinstance(decision, Route):
             call.upstream, call.upstream_identity = decision.address, decision.identity
