@@ -199,15 +199,18 @@ class Resolver:
             self._refreshing = asyncio.ensure_future(self._refresh())
         await self._refreshing
 
+    def known(self, address: tuple[str, int]) -> int | None:
+        """The port to connect to for `address`, from the table as it is (no DNS), else None."""
+        return self.allowed.get(address[0], {}).get(address[1])
+
     async def target(self, address: tuple[str, int], look_again: bool) -> int | None:
         """The port to connect to when `address` is a host of the registry on one of its ports, else None.
         `look_again`: resolve now (rate-limited) if it is not known yet, as a freshly listed host may not be."""
-        ip, port = address
-        found = self.allowed.get(ip, {}).get(port)
+        found = self.known(address)
         if found is None and look_again and self.entries and \
                 time.monotonic() - self._refreshed_at > ON_DEMAND_MIN_GAP_S:
             await self.refresh()
-            found = self.allowed.get(ip, {}).get(port)
+            found = self.known(address)
         return found
 
     async def run_forever(self) -> None:

@@ -90,6 +90,8 @@ class Sidecar:
     lookup: Callable[[str], Awaitable[Endpoint | None]] = no_endpoint  # addons.endpoints' owner, for outbound
     # Outbound outside the mesh: the ServiceEntry port to connect to (addons.egress.Resolver.target)
     external: Callable[[tuple[str, int], bool], Awaitable[int | None]] = no_external
+    # The same, from what is known now without asking DNS (Resolver.known): for relays judged again on a change
+    external_known: Callable[[tuple[str, int]], int | None] = lambda address: None
     networks: LocalNetworks = field(default_factory=LocalNetworks)
     server_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # inbound: ALPN ("http/1.1", L4_ALPN)
     l4_tls: Callable[[], ssl.SSLContext | None] = lambda: None  # outbound L4: l4.l4_client_context
@@ -367,11 +369,18 @@ class CaptureListener:
         """Close the relays `snap` would not have let in (plaintext on a port now STRICT, a policy that now denies,
         a host REGISTRY_ONLY does not admit), as Envoy drains the connections of a changed listener: a connection
         opened under the old config does not outlive it."""
-        closing = [relay for relay, info in self.relays.items()
-                   if not self.still_allowed(dataclasses.replace(info, snapshot=snap))]
+        closing = [relay for relay, info in self.relays.items() if not self.still_allowed(self._under(info, snap))]
         for relay in closing:
             relay.close()
         return len(closing)
+
+    def _under(self, info: ConnectionInfo, snap: Snapshot) -> ConnectionInfo:
+        """`info` as if it opened under `snap`: outside the mesh, with the registry's port as it is now (the one
+        found at accept stands for a ServiceEntry that may be gone)."""
+        info = dataclasses.replace(info, snapshot=snap)
+        if info.listener == OUTBOUND_PORT and info.endpoint is None:
+            info = dataclasses.replace(info, external_port=self.sidecar.external_known(info.destination))
+        return info
 
     def still_allowed(self, info: ConnectionInfo) -> bool:
         """The same decision as at accept (plan, then the TCP gate inbound), on `info`'s snapshot; fails closed."""

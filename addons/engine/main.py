@@ -87,6 +87,7 @@ class Mesh:
         self.h2 = H2Proxy(H2Pool(certs.h2_client), path_mode=lambda: live.current.mesh.path_normalization,
                           on_done=self.done, on_start=self._h2_started)
         sidecar = Sidecar(snapshot=lambda: live.current, lookup=self.owner, external=self.registry.target,
+                          external_known=self.registry.known,
                           networks=networks,
                           server_tls=certs.server, l4_tls=certs.l4_client, h2_tls=certs.h2_client, l7=self.l7,
                           l7_decide=self.decide_for, tcp_gate=self.authorizer.tcp_gate, tcp=self.observer,

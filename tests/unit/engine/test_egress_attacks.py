@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from addons.egress import External, ExternalPort, Originate, Resolver, normal_host
 from addons.engine.call import Call
 from addons.engine.egress import Egress, origination_context
-from addons.engine.plan import L7Http
+from addons.engine.listeners import CaptureListener, Sidecar
+from addons.engine.plan import OUTBOUND_PORT, L7Http
 from addons.engine.proxy import Response, Route
 from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import run
@@ -111,3 +112,29 @@ def test_origination_verifies_the_certificate_and_the_name(ca: Any) -> None:
     assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     if ca:  # a given CA replaces the system's store: a public CA's certificate for the host is not enough
         assert len(ctx.get_ca_certs()) == 1
+
+
+# --- relays opened before a change: judged by the registry as it is now -----------------------------------------
+
+class FakeRelay:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("egress", "kept"), [(None, True), ([], False)])
+def test_a_relay_to_a_removed_service_entry_is_closed(egress: list[dict[str, Any]] | None, kept: bool) -> None:
+    """Under REGISTRY_ONLY, a TCP connection let through to a ServiceEntry host does not outlive the entry:
+    the port found at accept is looked up again, in the table the new snapshot left (no DNS)."""
+    resolver = Resolver()
+    resolver._resolved = {"api.example": {"198.51.100.7"}}  # as a DNS round left it
+    resolver.replace(snap("REGISTRY_ONLY").egress)
+    assert resolver.known(("198.51.100.7", 5432)) == 6432
+    s = snap("REGISTRY_ONLY", egress)
+    resolver.replace(s.egress)
+    listener = CaptureListener(OUTBOUND_PORT, Sidecar(snapshot=lambda: s, external_known=resolver.known))
+    relay = FakeRelay()
+    listener.relays[relay] = outbound(snap("REGISTRY_ONLY"), b"\x00db", external_port=6432)  # type: ignore[index]
+    assert listener.close_refused_relays(s) == (0 if kept else 1)
+    assert relay.closed is not kept
