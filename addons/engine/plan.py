@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from addons.egress import REGISTRY_ONLY
+from addons.egress import HTTP_PROTOCOLS, REGISTRY_ONLY
 from addons.endpoints import Endpoint
 from addons.policy import ClusterPolicy, merged_policy
 from addons.rbac import needs_request_fields
@@ -309,8 +309,11 @@ def _unregistered(info: ConnectionInfo, kind: Kind) -> Refuse:
 
 
 def _outside(info: ConnectionInfo, kind: Kind, http: bool) -> Plan:
-    """Outside the mesh: HTTP/1 is judged per request (its Host); anything else by the address it goes to."""
-    if http:
+    """Outside the mesh: HTTP/1 is judged per request (its Host); anything else by the address it goes to, and
+    so is HTTP to an address a ServiceEntry lists on a port that is HTTP for none (TCP: any bytes, to targetPort)."""
+    port = info.destination[1]
+    if http and (info.external_port is None or any(p.number == port and p.protocol in HTTP_PROTOCOLS
+                                                   for e in info.snapshot.egress for p in e.ports)):
         return L7Http(info.destination)
     if info.external_port is not None:
         return Passthrough((info.destination[0], info.external_port))

@@ -16,7 +16,8 @@ from addons.egress import External, ExternalPort, Originate, Resolver, normal_ho
 from addons.engine.call import Call
 from addons.engine.egress import Egress, origination_context
 from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import OUTBOUND_PORT, L7Http
+from addons.engine.plan import OUTBOUND_PORT, L7Http, Passthrough
+from addons.engine.plan import decide as decide_plan
 from addons.engine.proxy import Response, Route
 from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import run
@@ -138,3 +139,23 @@ def test_a_relay_to_a_removed_service_entry_is_closed(egress: list[dict[str, Any
     listener.relays[relay] = outbound(snap("REGISTRY_ONLY"), b"\x00db", external_port=6432)  # type: ignore[index]
     assert listener.close_refused_relays(s) == (0 if kept else 1)
     assert relay.closed is not kept
+
+
+# --- HTTP to a TCP port of a ServiceEntry ---------------------------------------------------------------------
+
+ES = {"name": "p/es", "hosts": ["es.example"], "endpoints": [], "ports": [{"number": 7000, "protocol": "TCP",
+                                                                         "target": 7001}]}
+
+
+@pytest.mark.parametrize("policy", ["ALLOW_ANY", "REGISTRY_ONLY"])
+def test_http_to_a_tcp_port_of_a_listed_address_passes_to_its_target_port(policy: str) -> None:
+    """A TCP port takes any bytes, HTTP too, to its targetPort: HTTP was judged by Host as if the port were HTTP
+    (502 under REGISTRY_ONLY, the app's port and not targetPort under ALLOW_ANY)."""
+    s = snap(policy, [ES])
+    assert decide_plan(outbound(s, HTTP, external_port=7001, port=7000)) == Passthrough(("198.51.100.7", 7001))
+    # not listed there: judged per request as before
+    assert isinstance(decide_plan(outbound(s, HTTP, external_port=None, port=7000)), L7Http)
+    # a port that is HTTP for some entry stays judged by Host, whatever else the address is
+    both = snap(policy, [ES, {**ES, "name": "p/web", "hosts": ["web.example"],
+                              "ports": [{"number": 7000, "protocol": "HTTP", "target": 7000}]}])
+    assert isinstance(decide_plan(outbound(both, HTTP, external_port=7001, port=7000)), L7Http)
