@@ -142,9 +142,14 @@ def jwks_problems(text: str) -> list[str]:
     return problems
 
 
-# Headers a claim must never write: framing, hop-by-hop, the host and cookies the app reads as the client's.
+# Headers a claim must never write: framing, hop-by-hop, the host and cookies the app reads as the client's;
+# and the mesh's own: the trace context and request id the sidecar writes (a claim would replace them), the
+# client address it reads for remoteIpBlocks, and Envoy's peer-identity header apps on Istio trust.
 RESERVED_OUTPUTS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
-                              "trailer", "upgrade", "proxy-connection", "cookie"})
+                              "trailer", "upgrade", "proxy-connection", "cookie",
+                              "x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                              "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-forwarded-for", "forwarded",
+                              "x-forwarded-client-cert"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: header and cookie names
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from addons import snapshot
 from addons.engine.authorize import Authorizer
 from addons.engine.plan import INBOUND_PORT, L4_ALPN, ConnectionInfo, L4Tcp, decide
-from addons.jwt import claim_text, cookie_key, cookies_of
+from addons.jwt import claim_text, cookie_key, cookies_of, rule_output_problems
 from tests.unit import jwtkit
 from tests.unit.addons.test_contract import GOOD
 from tests.unit.addons.test_jwt_outputs import COOKIE_RULE, OUT_RULE, TOKEN, judge
@@ -99,3 +99,13 @@ def test_a_cookie_token_is_either_refused_or_taken_out(others: list[tuple[str, s
         assert not [n for n, _ in cookies_of(got) if cookie_key(n) in {"session", "auth_token"}]
         if all(v != TOKEN_PLACEHOLDER for _, v in others):
             assert not any(TOKEN in v for _, v in got)
+
+
+@pytest.mark.parametrize("header", ["x-forwarded-client-cert", "X_Forwarded_Client_Cert", "x-forwarded-for",
+                                    "Forwarded", "x-request-id", "traceparent", "x-b3-traceid", "b3",
+                                    "content-length", "Transfer-Encoding", "host", "cookie"])
+def test_a_claim_cannot_write_a_header_the_mesh_owns(header: str) -> None:
+    """Applied, a claim would replace what the sidecar wrote (trace context, request id) or what an app trusts
+    as the mesh's (Envoy's peer identity, the client's address): refused at apply, in any spelling."""
+    for rule in ({"outputClaimToHeaders": [{"header": header, "claim": "sub"}]}, {"outputPayloadToHeader": header}):
+        assert any("the proxy or the client owns it" in p for p in rule_output_problems(rule))
