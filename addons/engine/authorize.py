@@ -124,8 +124,9 @@ class Authorizer:
 
     def tcp_gate(self, info: ConnectionInfo) -> str | None:
         """For a TCP connection, judged once when it opens (TCP has no X-Forwarded-For: the original client is
-        the peer). The reason to refuse, or None."""
-        snap = self.live.current
+        the peer). The reason to refuse, or None. Judged on the connection's snapshot: at accept the current one,
+        on a config change the new one, before it is current (listeners.close_refused_relays)."""
+        snap = info.snapshot
         if output_headers(snap.jwt) and port_protocol(info.destination[1], [own_workload(snap)]) != "tcp" and \
                 not (info.first_bytes is not None and classify(info.first_bytes) == "tls"):
             # HTTP relayed at L4 (a client silent, or half a request line, until detection gave up) would carry

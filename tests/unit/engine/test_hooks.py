@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import io
 import json
 from typing import Any
@@ -271,12 +272,14 @@ def test_authorization_denies_with_rbac_allows_the_rest_and_judges_tcp_once() ->
     assert authz.request(stranger) is not None and stranger.flags == "RBAC"
     plaintext = call_to(9080, head(), INBOUND_PORT, None)
     assert authz.request(plaintext) is not None
-    info = call_to(5432, listener=INBOUND_PORT, tls_peer=WEB).conn
+    info = call_to(5432, listener=INBOUND_PORT, tls_peer=WEB, live=live).conn
     assert info is not None and "deny-admin" in (authz.tcp_gate(info) or "")  # an HTTP-only DENY denies all TCP
-    live.current = Live(authorization=list(live.current.authorization[1:])).current
-    assert authz.tcp_gate(info) is None
-    other = call_to(5432, listener=INBOUND_PORT, tls_peer=None).conn
-    assert other is not None and "no rule" in (authz.tcp_gate(other) or "")
+    # judged on the connection's snapshot (the new one, when a config change judges open connections again)
+    changed = Live(authorization=list(live.current.authorization[1:])).current
+    assert authz.tcp_gate(dataclasses.replace(info, snapshot=changed)) is None
+    assert "deny-admin" in (authz.tcp_gate(info) or "")  # whatever live.current is
+    other = call_to(5432, listener=INBOUND_PORT, tls_peer=None, live=live).conn
+    assert other is not None and "no rule" in (authz.tcp_gate(dataclasses.replace(other, snapshot=changed)) or "")
 
 
 def test_jwt_rejects_bad_tokens_with_401_and_strips_a_verified_one() -> None:

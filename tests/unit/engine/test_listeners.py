@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 from addons import snapshot
 from addons.endpoints import Endpoint
 from addons.engine import l4, plan
+from addons.engine.authorize import Authorizer
 from addons.engine.listeners import CaptureListener, Sidecar
 from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L4Tcp, L7Http, Passthrough, Refuse
 from addons.engine.pool import Pool
@@ -279,6 +281,33 @@ def test_relayed_connections_the_new_config_refuses_are_closed_and_the_others_ke
             assert m.inb.close_refused_relays(snap("reviews", "STRICT")) == 1 and await closed(secure[0])
             await asyncio.sleep(0.05)
             assert not m.inb.relays
+
+    run(go())
+
+
+def test_a_policy_applied_later_closes_the_tcp_connections_it_denies(pki: Pki) -> None:
+    """The real authorizer as the gate: an AuthorizationPolicy that arrives while a TCP connection is open is
+    judged on that connection at once (on the new snapshot, before it becomes current), as at accept."""
+    class Live:
+        def __init__(self) -> None:
+            self.current, self.on_apply = snap("reviews"), []
+
+    live = Live()
+    authorizer = Authorizer(live)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        app = App()
+        async with mesh(pki, await app.start(), tcp_gate=authorizer.tcp_gate) as m:
+            reader, writer = await connect(m.out.address[1])
+            writer.write(b"\x00hello")
+            assert await reader.readexactly(6) == b"\x00hello"
+            principal = f"{TD}/productpage".removeprefix("spiffe://")
+            denying = dataclasses.replace(live.current, authorization=({
+                "name": "deny-productpage", "action": "DENY", "rules": [{"from": [{"source": {"principals": [
+                    principal]}}]}]},))
+            assert m.inb.close_refused_relays(live.current) == 0
+            assert m.inb.close_refused_relays(denying) == 1
+            assert await closed(reader)
 
     run(go())
 
