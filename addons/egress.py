@@ -5,7 +5,9 @@ The snapshot's `egress` list, parsed into small typed values, and the two lookup
   dials the host itself (DNS), never the address the app connected to, so a request cannot name an allowed
   host and go elsewhere; a port's `target` (targetPort, an endpoint's port) is where it connects, with TLS when
   a DestinationRule's `tls.mode: SIMPLE` says so (`Originate`);
-- any other connection (TLS, TCP) under REGISTRY_ONLY: its destination address and port against the
+- the app's own TLS under REGISTRY_ONLY: its ClientHello's server name (SNI) and port against the entries'
+  hosts and ports (addons.engine.plan), dialled by name as HTTP is: an address a CDN shares proves nothing;
+- any other connection (TCP) under REGISTRY_ONLY: its destination address and port against the
   addresses the entries' hosts resolve to (`Resolver`, in the background; an address it has not resolved is
   not in the registry: fail closed).
 Depends only on the stdlib.

@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 
 from addons.egress import REGISTRY_ONLY
 from addons.endpoints import Endpoint
-from addons.engine import l4
+from addons.engine import clienthello, l4
 from addons.engine.plan import (
     H2_ALPN,
     L7H2,
@@ -44,6 +44,7 @@ from addons.engine.plan import (
     classify,
     decide,
     sniff_timeout,
+    wants_hello,
 )
 from addons.engine.proxy import Decide, Downstream, Listener, Route
 from addons.engine.relay import Relay
@@ -54,6 +55,7 @@ log = logging.getLogger("meshctl.engine.listeners")
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; read at level SOL_IP, gives a struct sockaddr_in
 PEEK_BYTES = 64  # enough for a TLS record header or an HTTP method and its space
+HELLO_TIMEOUT_S = 2.0  # the whole ClientHello (REGISTRY_ONLY, TLS leaving the mesh) must have come by then
 PEEK_RETRY_S = 0.005  # a partial first read (readable, but undecided) is looked at again after this
 HANDSHAKE_TIMEOUT_S = 5.0
 ACCEPT_BATCH = 64
@@ -141,8 +143,18 @@ def _wake(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 
-async def peek(sock: socket.socket, timeout: float) -> bytes | None:
-    """The first bytes waiting on `sock`, left in place; at most `timeout` seconds. None if none came (or EOF)."""
+def _first_bytes(data: bytes) -> int:
+    return 0 if data and (classify(data) != "undecided" or len(data) >= PEEK_BYTES) else PEEK_BYTES
+
+
+def _whole_hello(data: bytes) -> int:
+    hello = clienthello.parse(data)
+    return hello.need if hello.status == "more" else 0
+
+
+async def peek(sock: socket.socket, timeout: float, want: Callable[[bytes], int] = _first_bytes) -> bytes | None:
+    """The first bytes waiting on `sock`, left in place; at most `timeout` seconds. None if none came (or EOF).
+    `want(bytes so far)`: how many to look at next, 0 when they are enough (by default: what `classify` needs)."""
     loop = asyncio.get_running_loop()
     seen: bytes | None = None
     fd = sock.fileno()
@@ -155,15 +167,18 @@ async def peek(sock: socket.socket, timeout: float) -> bytes | None:
                     await ready
                 finally:
                     loop.remove_reader(fd)
+                size = want(seen or b"") or PEEK_BYTES
                 try:
-                    data = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+                    data = sock.recv(size, socket.MSG_PEEK)
                 except (BlockingIOError, InterruptedError):
                     continue
                 if not data:  # EOF with nothing sent
                     return seen
                 seen = data
-                if classify(data) != "undecided" or len(data) >= PEEK_BYTES:
+                if not want(data):
                     return data
+                if len(data) >= size:  # all that was asked for is there, and it tells how much more: look again now
+                    continue
                 await asyncio.sleep(PEEK_RETRY_S)  # still readable: wait for more rather than spin
     return seen
 
@@ -238,6 +253,9 @@ class CaptureListener:
                 wait = sniff_timeout(info)
                 if wait:
                     info = dataclasses.replace(info, first_bytes=await peek(sock, wait))
+                if wants_hello(info):  # judged by its server name: the whole ClientHello, still left in place
+                    first = await peek(sock, HELLO_TIMEOUT_S, _whole_hello) or info.first_bytes
+                    info = dataclasses.replace(info, first_bytes=first, hello=clienthello.parse(first or b""))
                 plan: Plan = decide(info)
             except Exception as exc:
                 log.exception("refusing a connection: could not decide how to handle it")

@@ -11,7 +11,9 @@ Outbound (15001), from our app:
   the app's own TLS    -> passed through untouched
   outside the mesh      -> HTTP/1 -> L7 in plaintext (addons.egress matches its Host per request); anything else
                           passed through, to the port a ServiceEntry's targetPort names; under REGISTRY_ONLY
-                          refused unless a ServiceEntry's host resolves to the address (fail closed)
+                          TLS goes only to the host its SNI names if a ServiceEntry lists it on that port
+                          (dialled by name), and TCP is refused unless a ServiceEntry's host resolves to the
+                          address (fail closed)
   a meshed destination -> HTTP/1 -> L7 over pooled mTLS; anything else -> L4 over mTLS (one connection each)
                           HTTP/2 (h2c) -> L7 over multiplexed mTLS (ALPN h2) when a VirtualService routes the
                           service, else L4 over mTLS with ALPN h2, so the far side knows what is inside
@@ -34,8 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from addons.egress import HTTP_PROTOCOLS, REGISTRY_ONLY
+from addons.egress import HTTP_PROTOCOLS, REGISTRY_ONLY, dial_address
 from addons.endpoints import Endpoint
+from addons.engine.clienthello import Hello
 from addons.policy import ClusterPolicy, merged_policy
 from addons.rbac import needs_request_fields
 from addons.snapshot import Snapshot, Workload
@@ -92,6 +95,7 @@ class ConnectionInfo:
     alpn: str | None = None  # inbound inside our mTLS: the protocol the caller chose
     networks: LocalNetworks = field(default_factory=LocalNetworks)
     external_port: int | None = None  # outbound outside the mesh: the ServiceEntry port to connect to, if any
+    hello: Hello | None = None  # outbound TLS outside the mesh under REGISTRY_ONLY: its whole ClientHello, parsed
 
 
 @dataclass(frozen=True)
@@ -308,10 +312,35 @@ def _unregistered(info: ConnectionInfo, kind: Kind) -> Refuse:
                   "REGISTRY_ONLY): neither a meshed service nor a ServiceEntry host on that port")
 
 
+def wants_hello(info: ConnectionInfo) -> bool:
+    """Whether `info` is judged by its ClientHello's server name: the app's own TLS leaving the mesh under
+    REGISTRY_ONLY (its address may be a CDN's, shared by any site: it proves nothing)."""
+    return (info.listener == OUTBOUND_PORT and info.endpoint is None and info.first_bytes is not None
+            and info.snapshot.mesh.outbound_policy == REGISTRY_ONLY and classify(info.first_bytes) == "tls")
+
+
+def _by_name(info: ConnectionInfo) -> Plan:
+    """TLS under REGISTRY_ONLY: to the ServiceEntry host its SNI names, if that entry lists the port (any protocol),
+    dialled by name (or an endpoint) on the port's target, never the address the app chose; else refused."""
+    ip, port = info.destination
+    hello = info.hello
+    if hello is not None and hello.status == "sni":
+        for entry in info.snapshot.egress:
+            found = entry.port(port) if hello.host in entry.hosts else None
+            if found is not None:
+                return Passthrough(dial_address(entry, found, info.peer[1]))
+    what = hello.describe() if hello is not None else "no ClientHello read"
+    return Refuse(f"TLS from {info.peer[0]} to {ip}:{port} with {what}: not in the mesh's registry "
+                  "(outboundTrafficPolicy REGISTRY_ONLY): no ServiceEntry lists that server name on that port")
+
+
 def _outside(info: ConnectionInfo, kind: Kind, http: bool) -> Plan:
-    """Outside the mesh: HTTP/1 is judged per request (its Host); anything else by the address it goes to, and
-    so is HTTP to an address a ServiceEntry lists on a port that is HTTP for none (TCP: any bytes, to targetPort)."""
+    """Outside the mesh: HTTP/1 is judged per request (its Host), TLS under REGISTRY_ONLY by its SNI; anything
+    else by the address it goes to, and so is HTTP to an address a ServiceEntry lists on a port that is HTTP for
+    none (TCP: any bytes, to targetPort)."""
     port = info.destination[1]
+    if kind == "tls" and info.snapshot.mesh.outbound_policy == REGISTRY_ONLY:
+        return _by_name(info)
     if http and (info.external_port is None or any(p.number == port and p.protocol in HTTP_PROTOCOLS
                                                    for e in info.snapshot.egress for p in e.ports)):
         return L7Http(info.destination)
