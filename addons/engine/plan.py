@@ -49,6 +49,7 @@ PROXY_PORTS = (15000, 15099)
 L4_ALPN = "meshctl-l4"  # offered by a sidecar's L4 tunnel: the far side relays at once
 H2_ALPN = "h2"  # offered by a sidecar carrying HTTP/2 (L7 or L4): the far side knows without looking
 H2_PREFACE = b"PRI * HTTP/2.0"
+NAMED_PROTOCOLS = HTTP_PROTOCOLS | {"HTTPS", "TLS"}  # ServiceEntry ports whose hosts are matched by Host or SNI
 
 # How long a client that has said nothing may stay silent before its connection is taken as TCP. Clients of
 # client-first protocols (HTTP, TLS, PostgreSQL, Redis) send within a round trip of connecting, far below
@@ -211,10 +212,23 @@ def _inbound_mode(info: ConnectionInfo) -> str:
     return info.snapshot.port_modes.get(info.destination[1], info.snapshot.mode)  # PeerAuthentication per port
 
 
+def named_only(info: ConnectionInfo) -> bool:
+    """Outbound outside the mesh under REGISTRY_ONLY, to a port every ServiceEntry listing it judges by a name
+    (HTTP's Host, TLS's SNI): an address, which a CDN shares with any site, admits nothing there."""
+    if info.listener != OUTBOUND_PORT or info.endpoint is not None or \
+            info.snapshot.mesh.outbound_policy != REGISTRY_ONLY:
+        return False
+    port = info.destination[1]
+    protocols = {p.protocol for e in info.snapshot.egress for p in e.ports if p.number == port}
+    return bool(protocols) and protocols <= NAMED_PROTOCOLS
+
+
 def sniff_timeout(info: ConnectionInfo) -> float:
     """How long to wait for the client's first bytes before deciding; 0 = decide now, without them."""
     if info.listener not in (INBOUND_PORT, OUTBOUND_PORT) or _proxy_port(info.destination[1]):
         return 0.0  # refused at once
+    if named_only(info):
+        return HTTP_FIRST_BYTES_S  # a name must be read: a client that waits does not pass as TCP by its address
     protocol = _protocol(info)
     if info.listener == INBOUND_PORT and info.tls_peer is None:
         if protocol == "tcp" and _inbound_mode(info) == "DISABLE":
@@ -344,6 +358,11 @@ def _outside(info: ConnectionInfo, kind: Kind, http: bool) -> Plan:
     if http and (info.external_port is None or any(p.number == port and p.protocol in HTTP_PROTOCOLS
                                                    for e in info.snapshot.egress for p in e.ports)):
         return L7Http(info.destination)
+    if info.external_port is not None and kind == "other" and named_only(info):
+        ip = info.destination[0]
+        return Refuse(f"TCP from {info.peer[0]} to {ip}:{port}: neither HTTP nor TLS, on a port ServiceEntries list "
+                      "only for HTTP or TLS, whose hosts are judged by name, not by address (outboundTrafficPolicy "
+                      "REGISTRY_ONLY)")
     if info.external_port is not None:
         return Passthrough((info.destination[0], info.external_port))
     if info.snapshot.mesh.outbound_policy == REGISTRY_ONLY:

@@ -15,7 +15,7 @@ import pytest
 
 from addons.engine.clienthello import Hello
 from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import OUTBOUND_PORT, Passthrough, Refuse, decide
+from addons.engine.plan import HTTP_FIRST_BYTES_S, OUTBOUND_PORT, Passthrough, Refuse, decide, sniff_timeout
 from tests.unit.engine.helpers import run
 from tests.unit.engine.test_clienthello import real_hello, records
 from tests.unit.engine.test_egress import outbound, snap
@@ -73,6 +73,24 @@ def test_allow_any_and_tcp_are_unchanged() -> None:
     assert decide(tls_info("ALLOW_ANY", None)) == Passthrough((CDN, 8443))
     tcp = outbound(snap("REGISTRY_ONLY", [cdn_entry(protocol="TCP")]), b"\x00db", 8443, 443)
     assert decide(tcp) == Passthrough((CDN, 8443))  # not TLS: by its address, as before
+
+
+@pytest.mark.parametrize("first", [
+    b"\x00db", None,  # TCP, or a client silent past the sniffing (its ClientHello would come later)
+    b"\x16\x03\x04\x00\x05",  # a record version classify does not take for TLS, that servers may
+    b"\x16",  # the first byte alone when time ran out
+])
+@pytest.mark.parametrize("protocol", ["TLS", "HTTPS", "HTTP"])
+def test_neither_http_nor_tls_on_a_port_judged_by_name_is_refused(first: bytes | None, protocol: str) -> None:
+    info = outbound(snap("REGISTRY_ONLY", [cdn_entry(protocol=protocol)]), first, 8443, 443)
+    plan = decide(info)
+    assert isinstance(plan, Refuse) and "neither HTTP nor TLS" in plan.reason and "REGISTRY_ONLY" in plan.reason
+    assert sniff_timeout(info) == HTTP_FIRST_BYTES_S  # a slow client is waited for, and judged by its name
+    # where some entry lists the port as TCP, by address as before; and ALLOW_ANY is unchanged
+    mixed = snap("REGISTRY_ONLY", [cdn_entry(protocol=protocol), {**cdn_entry(protocol="TCP"), "name": "p/db"}])
+    assert decide(dataclasses.replace(info, snapshot=mixed)) == Passthrough((CDN, 8443))
+    assert decide(dataclasses.replace(info, snapshot=snap("ALLOW_ANY", [cdn_entry(protocol=protocol)]))) == \
+        Passthrough((CDN, 8443))
 
 
 def test_a_relay_admitted_by_sni_is_judged_again_by_it() -> None:
@@ -150,6 +168,29 @@ def test_a_registered_sni_is_admitted_and_dialled_by_name(split: int) -> None:
         async with egress("REGISTRY_ONLY") as e:
             assert await exchange(e.listener.address[1], chunks, pause=0.02) == b"".join(chunks)
             assert e.upstream.connections == 1 and e.chosen.connections == 0  # by name, to the target port
+
+    run(go())
+
+
+@pytest.mark.parametrize("host", ["evil.example", "localhost"])
+def test_a_client_silent_past_the_sniffing_is_still_judged_by_its_sni(host: str, monkeypatch: Any) -> None:
+    """Waiting out the sniffing timeout before the ClientHello no longer makes it TCP judged by its address."""
+    monkeypatch.setattr("addons.engine.plan.SNIFF_TIMEOUT_S", 0.05)
+    hello = real_hello(host)
+
+    async def go() -> None:
+        async with egress("REGISTRY_ONLY") as e:
+            reader, writer = await asyncio.open_connection("127.0.0.1", e.listener.address[1])
+            await asyncio.sleep(0.3)
+            writer.write(hello)
+            got = b""
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(3):
+                    while len(got) < len(hello) and (data := await reader.read(65536)):
+                        got += data
+            writer.close()
+            assert got == (hello if host == "localhost" else b"")
+            assert e.chosen.connections == 0 and e.upstream.connections == (host == "localhost")
 
     run(go())
 
