@@ -195,6 +195,56 @@ def test_plain_tcp_gets_mtls_at_l4(testbed: App) -> None:
     assert any(e["mtls"] and e["source"] == f"{TD}/e2etestbed/sa/client" for e in tcp), tcp[-3:]
 
 
+HOLD = """
+import socket, sys, time
+s = socket.create_connection(("web", 6379), 5)
+s.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
+assert s.recv(64).startswith(b"+PONG"), "no PONG"
+print("open", flush=True)
+s.settimeout(1)
+started = time.monotonic()
+while time.monotonic() - started < 25:
+    try:
+        if not s.recv(64):
+            print("closed"); sys.exit(0)
+    except socket.timeout:
+        continue
+    except OSError:
+        print("closed"); sys.exit(0)
+print("still open")
+"""
+
+
+def test_a_plaintext_tcp_connection_does_not_outlive_a_change_to_strict(testbed: App, mesh_home: Path) -> None:
+    """An outsider's plaintext TCP connection, let in while web was PERMISSIVE, is closed when web turns STRICT
+    (as Envoy drains a changed listener), not kept until it ends by itself."""
+    result: list[tuple[int, str]] = []
+    holder = threading.Thread(target=lambda: result.append(testbed.exec("outsider", "python3", "-c", HOLD)))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not established_to_6379(testbed):
+            assert time.monotonic() < deadline and holder.is_alive(), result
+            time.sleep(0.2)
+        done = meshctl("mtls", "set", "web", "--mode", "STRICT", "-p", "e2etestbed", home=mesh_home)
+        assert done.code == 0, done.err
+        holder.join(30)
+        assert result and result[0][1].split() == ["open", "closed"], result
+        code, out = testbed.exec("outsider", "python3", "-c", HOLD)  # a new one is refused outright
+        assert code != 0 and "open" not in out.split(), out
+    finally:
+        meshctl("delete", "peerauthentication", "web", "-n", "e2etestbed", home=mesh_home)
+        assert meshctl("proxy-status", "-p", "e2etestbed", "--wait", "--timeout", "10", home=mesh_home).code == 0
+        holder.join(30)
+
+
+def established_to_6379(app: App) -> bool:
+    """The outsider holds an established TCP connection to port 6379 (its /proc/net/tcp: port 18EB, state 01)."""
+    code, out = app.exec("outsider", "cat", "/proc/net/tcp")
+    return code == 0 and any(f[2].endswith(":18EB") and f[3] == "01" for f in (line.split() for line in
+                                                                              out.splitlines()[1:]) if len(f) > 3)
+
+
 # --- lifecycle -------------------------------------------------------------------------------------------------
 
 def test_app_starts_only_after_its_sidecar_is_ready(testbed: App) -> None:

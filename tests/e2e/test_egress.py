@@ -144,7 +144,10 @@ def test_tls_origination_to_a_service_entry_host(external: Path, testbed: App, m
 
 
 def test_registry_only(external: Path, testbed: App, mesh_home: Path) -> None:
-    apply(mesh_home, SERVICE_ENTRY + "---" + tls_rule((external / "ca.pem").read_text()))
+    # also the app's own TLS on 443: admitted by the name in its ClientHello (SNI), not by the address
+    port_80 = "targetPort: 443}\n"
+    with_tls = SERVICE_ENTRY.replace(port_80, port_80 + "  - {number: 443, name: tls, protocol: TLS}\n")
+    apply(mesh_home, with_tls + "---" + tls_rule((external / "ca.pem").read_text()))
     # ALLOW_ANY (the default): a host no ServiceEntry lists is reached as the app addressed it
     status, body = call(testbed, "client", "http://other.example.test/")
     assert status == "200" and "plain ok" in body, body
@@ -159,9 +162,11 @@ def test_registry_only(external: Path, testbed: App, mesh_home: Path) -> None:
     status, body = call(testbed, "client", "http://api.example.test/")  # listed: still works, over TLS
     assert status == "200" and "tls ok" in body, body
     assert call(testbed, "client", "http://web:8080/echo")[0] == "200"  # meshed services are in the registry
-    # TLS (and any TCP) to an address no ServiceEntry host resolves to is closed
+    # TLS to a listed host is admitted by its SNI; another name on the same address (fronting) is closed
+    code, out = testbed.exec("client", "curl", "-sk", "--max-time", "5", "https://api.example.test/")
+    assert code == 0 and "tls ok host=api.example.test sni=api.example.test" in out, out
     code, out = testbed.exec("client", "curl", "-sk", "--max-time", "5", "https://other.example.test/")
-    assert code != 0 and "tls ok" not in out, out
+    assert code != 0 and "tls ok" not in out, out  # other.example.test is an alias of the same container
     refused = [e for e in testbed.logs("client-proxy") if e.get("status") == 502 and e.get("reason")]
     assert any("other.example.test" in e["reason"] and "REGISTRY_ONLY" in e["reason"] for e in refused), refused[-3:]
     # in the metrics, as Istio names them: the ServiceEntry host, BlackHoleCluster (refused), PassthroughCluster
