@@ -43,7 +43,7 @@ class Observer:
         if call.parties is None:
             # Answered before an upstream was chosen (a fault, no route): the service the app was calling
             upstream = call.upstream or (call.conn.destination if call.conn is not None else None)
-            call.parties = self._parties(call.conn, upstream, call.upstream_identity, self._leaving(call))
+            call.parties = self._parties(call.conn, upstream, call.upstream_identity, call)
         return call.parties
 
     def _leaving(self, call: Call) -> tuple[str, str] | None:
@@ -59,7 +59,7 @@ class Observer:
         return None
 
     def _parties(self, info: ConnectionInfo | None, upstream: tuple[str, int] | None,
-                 upstream_identity: str, leaving: tuple[str, str] | None = None) -> dict[str, str]:
+                 upstream_identity: str, call: Call | None = None) -> dict[str, str]:
         snap = self.live.current
         project = snap.name.split(".", 1)[0]
         # This proxy's own side of the call; Istio's canonical service and revision are the app and version labels.
@@ -88,7 +88,7 @@ class Observer:
         if endpoint is None:
             # Istio's names for traffic leaving the mesh: a registered host's (from config), else fixed labels,
             # so outside addresses cannot grow the metric series without bound.
-            name, namespace = leaving or (PASSTHROUGH, "unknown")
+            name, namespace = (self._leaving(call) if call is not None else None) or (PASSTHROUGH, "unknown")
             service = {"destination_service": name, "destination_service_name": name,
                        "destination_service_namespace": namespace}
             far = dict.fromkeys(("workload", "workload_namespace", "app", "version", "principal",

@@ -76,8 +76,9 @@ def _select(c: Context, services: list[str]) -> list[citadel.WorkloadCertInfo]:
     def names(i: citadel.WorkloadCertInfo) -> set[str]:  # project.service, compose service, app, account
         return {i.proxy, i.directory.name, proxy_info(i.directory)["pod"]["app"], i.identity.rsplit("/sa/", 1)[-1]}
 
-    chosen = [i for i in found if names(i) & set(services)]
-    named = set().union(*(names(i) for i in chosen))
+    each = [(i, names(i)) for i in found]  # one read of each proxy.json
+    chosen = [i for i, n in each if n & set(services)]
+    named = set().union(*(n for _, n in each if n & set(services)))
     unknown = [s for s in services if s not in named]
     if unknown:
         raise InvalidInput(f"no meshed workload called {unknown[0]!r}", "see `meshctl certs status`")

@@ -45,9 +45,9 @@ def _store(c: Context, resource: dict[str, Any], dry_run: bool) -> None:
                 highlight=False)
 
 
-def _known_app(c: Context, app: str, project: str | None = None) -> list[str]:
-    """The projects that mesh `app` (only `project`, when given); an error when none does."""
-    pods = [(p, pod) for p, pod in _pods(c) if project is None or p == project]
+def _known_app(meshed: list[tuple[str, Pod]], app: str, project: str | None = None) -> list[str]:
+    """The projects of `meshed` (from _pods) that mesh `app` (only `project`, when given); an error when none does."""
+    pods = [(p, pod) for p, pod in meshed if project is None or p == project]
     projects = sorted({p for p, pod in pods if pod.app == app})
     if not projects:
         known = ", ".join(sorted({pod.app for _, pod in pods})) or "none"
@@ -72,7 +72,7 @@ def mtls_set(
     c: Context = ctx.obj
     c.home.settings()
     if service:
-        _known_app(c, service, namespace)
+        _known_app(_pods(c), service, namespace)
     spec: dict[str, Any] = {"mtls": {"mode": mode.upper()}}
     if service:
         spec["selector"] = {"matchLabels": {"app": service}}
@@ -103,10 +103,10 @@ def authz_allow(
     """Allow callers to a service (an ALLOW AuthorizationPolicy): everything else to it is then denied."""
     c: Context = ctx.obj
     settings = c.home.settings()
-    projects = _known_app(c, to, project)
-    for caller in from_:
-        _known_app(c, caller, project)
     pods = _pods(c)
+    projects = _known_app(pods, to, project)
+    for caller in from_:
+        _known_app(pods, caller, project)
     # a caller's principal names its service account (the `mesh.service-account` label, else its app)
     principals = [f"{settings.trust_domain}/ns/{p}/sa/{account}" for caller in from_ for p in projects
                   for account in sorted({pod.service_account for pp, pod in pods if pp == p and pod.app == caller}
@@ -147,7 +147,7 @@ def authz_check(ctx: typer.Context, service: Annotated[str, typer.Argument(help=
     """The policies in force for SERVICE and what they allow or deny, in the order they are evaluated."""
     c: Context = ctx.obj
     c.home.settings()
-    _known_app(c, service)
+    _known_app(_pods(c), service)
     resources: list[Resource] = changes.current(c)
     seen: dict[Key, dict[str, Any]] = {}
     modes = set()
