@@ -138,9 +138,12 @@ def test_a_call_between_two_services_is_mutual_tls(meshed: App) -> None:
     for caller in ("client", "debug"):
         meshed.wait_for(lambda c=caller: meshed.exec(c, "curl", "-sf", "-o", "/dev/null",  # type: ignore[misc]
                                                      "http://web:8080/echo")[0] == 0, f"{caller} reaches web")
-    seen = [e for sidecar in ("web-proxy", "web-2-proxy") for e in inbound(meshed, sidecar)]
+    def seen() -> list[tuple[bool, str]]:  # the access log is written after the answer: read until it is there
+        return [(e["mtls"], e["source"]) for sidecar in ("web-proxy", "web-2-proxy") for e in inbound(meshed, sidecar)]
     for caller in ("client", "debug"):
-        assert any(e["mtls"] and e["source"] == f"{TD}/{PROJECT}/sa/{caller}" for e in seen), seen[-3:]
+        meshed.wait_for(lambda c=caller: any(e == (True, f"{TD}/{PROJECT}/sa/{c}")  # type: ignore[misc]
+                                             for e in seen()), f"web logged an mTLS call from {caller}", timeout=5)
+    assert all(mtls for mtls, _ in seen()), seen()
 
 
 def test_every_app_field_inject_does_not_own_reads_the_same_in_compose(meshed: App, project: Path) -> None:

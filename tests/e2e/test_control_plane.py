@@ -38,6 +38,12 @@ def fleet(engine: DockerClient, mesh_home: Path, tmp_path_factory: pytest.TempPa
             App(engine, require_compose(), "e2efleet", workdir / "meshed.yaml").down()
 
 
+def outbound_failures(app: App, sidecar: str) -> list[tuple]:
+    """What a sidecar logged about the calls it sent that did not end in 200: enough to tell why."""
+    return [(e.get("status"), e.get("flags"), e.get("upstream"), e.get("error"), e.get("reason"))
+            for e in app.logs(sidecar) if e.get("direction") == "outbound" and e.get("status") != 200]
+
+
 def vs(name: str, weight: int) -> str:
     return yaml.safe_dump({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                            "metadata": {"name": name}, "spec": {"hosts": [name], "http": [{"route": [
@@ -145,7 +151,8 @@ def test_replicas_are_pods_of_their_own_and_all_discovered(
         app.wait_for(lambda: app.exec("client", "curl", "-sf", "-o", "/dev/null", "http://web:8080/echo")[0] == 0,
                       "web answers")
         for _ in range(60):  # a new connection, and a fresh DNS answer, each time
-            assert app.exec("client", "curl", "-sf", "-o", "/dev/null", "http://web:8080/echo")[0] == 0
+            code, out = app.exec("client", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://web:8080/echo")
+            assert code == 0 and out.strip() == "200", (out, outbound_failures(app, "client-proxy"))
         for instance in ("web", "web-2", "web-3"):
             served = [e for e in app.logs(f"{instance}-proxy") if e.get("direction") == "inbound"]
             assert served, f"{instance} got no traffic"
