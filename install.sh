@@ -123,7 +123,7 @@ fi
 case $mode in
   demo) exec "$VENV/bin/meshctl" demo ;;
   test)
-    say "ruff"; "$VENV/bin/ruff" check meshctl addons tests
+    say "ruff"; "$VENV/bin/ruff" check meshctl sidecar tests
     say "mypy"; "$VENV/bin/mypy"
     # the dashboard's e2e test drives a real headless chromium
     have chromium || apt_install --no-install-recommends chromium fonts-liberation || say "chromium is missing: the dashboard test needs it"

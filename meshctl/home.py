@@ -16,11 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from addons.egress import OUTBOUND_POLICIES
-from addons.snapshot import PATH_MODES, MeshConfig
 from meshctl import __version__, const
 from meshctl.errors import InvalidInput, NotInstalled
 from meshctl.fsutil import atomic_write, read_text
+from sidecar.egress import OUTBOUND_POLICIES
+from sidecar.snapshot import PATH_MODES, MeshConfig
 
 
 def default_home() -> Path:
@@ -45,11 +45,11 @@ class MeshSettings:
     cert_ttl: str = "24h"  # workload certificates' lifetime; renewed at half of it
     addons: list[str] = field(default_factory=list)  # optional components (const.ADDONS) kept running
     prometheus_port: int = const.PROMETHEUS_PORT  # the prometheus addon's web port, on 127.0.0.1
-    # Istio's meshConfig.pathNormalization, with a safer default than Istio's BASE (addons.normalize)
+    # Istio's meshConfig.pathNormalization, with a safer default than Istio's BASE (sidecar.normalize)
     path_normalization: str = MeshConfig.path_normalization
     num_trusted_proxies: int = 0  # X-Forwarded-For hops trusted to name the original client (remoteIpBlocks)
     # Istio's meshConfig.outboundTrafficPolicy.mode: ALLOW_ANY, or REGISTRY_ONLY (only meshed services and
-    # ServiceEntry hosts may be called; addons.egress)
+    # ServiceEntry hosts may be called; sidecar.egress)
     outbound_traffic_policy: str = MeshConfig.outbound_policy
     installed_by: str = field(default_factory=lambda: __version__)
 

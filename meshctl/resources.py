@@ -1,17 +1,19 @@
-"""Files meshctl ships beside its package in the source checkout: the addons and the samples."""
+"""Directories meshctl ships inside its packages, found the same way in a source checkout and in an installed
+wheel: the sidecar's sources (the image is built from them) and the samples (`meshctl demo` meshes bookinfo)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import sidecar
 from meshctl.errors import MeshError
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SIDECAR = Path(sidecar.__file__).resolve().parent
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
-def source_dir(name: str) -> Path:
-    path = SOURCE_ROOT / name
+def shipped(path: Path) -> Path:
     if not path.is_dir():
-        raise MeshError(f"meshctl's {name}/ directory is missing (looked in {SOURCE_ROOT})",
-                        "install meshctl from its source checkout with ./install.sh (pip install -e .)")
+        raise MeshError(f"meshctl's {path.name}/ directory is missing (looked for {path})",
+                        "reinstall meshctl: `pip install meshctl-*.whl`, or ./install.sh in a source checkout")
     return path

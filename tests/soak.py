@@ -31,7 +31,7 @@ PROXY_PROC = """
 import glob, os
 for f in glob.glob('/proc/[0-9]*/cmdline'):
     c = open(f, 'rb').read()
-    if b'addons.main' in c and b'glob' not in c:
+    if b'sidecar.main' in c and b'glob' not in c:
         pid = f.split('/')[2]
         rss = [int(l.split()[1]) for l in open(f'/proc/{pid}/status') if l.startswith('VmRSS')][0]
         print(pid, rss, len(os.listdir(f'/proc/{pid}/fd')))

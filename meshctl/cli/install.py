@@ -11,9 +11,9 @@ import typer
 from rich.markup import escape
 from rich.status import Status
 
-from meshctl.addons import parse_addons
 from meshctl.context import Context
 from meshctl.errors import UsageError
+from meshctl.extras import parse_addons
 from meshctl.lifecycle import install as installer
 from meshctl.lifecycle import uninstall as uninstaller
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table

@@ -1,6 +1,6 @@
 """`meshctl tap SERVICE`: the live requests and responses through a service's sidecars, both directions.
 
-The sidecars do the filtering and the redaction (addons.engine.tap); this command opens one stream per
+The sidecars do the filtering and the redaction (sidecar.engine.tap); this command opens one stream per
 sidecar, prints rows (or JSON lines) as they arrive, and with --save writes them as mitmproxy flows.
 """
 
@@ -15,13 +15,13 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from addons.engine.tap import DEFAULT_BODY, MAX_BODY, MAX_DURATION_S, MAX_RECORDS, TapError, TapSpec
 from meshctl.cli.observe import ProjectOption, seconds
 from meshctl.context import Context
 from meshctl.errors import Conflict, InvalidInput, MeshError, UsageError
 from meshctl.telemetry import mesh
 from meshctl.telemetry.flows import FlowFile
 from meshctl.telemetry.tap import Event, Tap, Target
+from sidecar.engine.tap import DEFAULT_BODY, MAX_BODY, MAX_DURATION_S, MAX_RECORDS, TapError, TapSpec
 
 OPEN_TIMEOUT_S = 10.0  # every sidecar answers (start or refusal) within this, or counts as unreachable
 WIDTHS = (12, 16, 3, 22, 7, 44, 6, 9, 0)

@@ -10,12 +10,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from addons.egress import HTTP_PROTOCOLS
 from meshctl.config.egress import protocol, tls_settings
 from meshctl.config.hosts import canonical, same_service
 from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import ROOT_NAMESPACES, Resource, namespace_of, qualified_name, semantic_problems
+from sidecar.egress import HTTP_PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
 
 def _external_findings(r: Resource, hosts: list[str], protocols: dict[str, dict[int, str]]) -> list[Message]:
     """MSH0121: what a VirtualService or DestinationRule sets for ServiceEntry hosts and the sidecar does not apply.
-    A call leaving the mesh goes to the host as the registry says (addons.engine.egress), never through the router:
+    A call leaving the mesh goes to the host as the registry says (sidecar.engine.egress), never through the router:
     of all this, only a DestinationRule's tls SIMPLE on an HTTP port applies."""
     if not hosts:
         return []

@@ -11,13 +11,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from addons.jwt import jwks_problems, jwks_uri_problem, rule_output_problems
 from meshctl.config import egress, safeyaml
 from meshctl.config.default_ns import DEFAULT, map_default
 from meshctl.config.kinds import KINDS, Kind, find_kind, refused_kind
 from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
 from meshctl.errors import InvalidInput
 from meshctl.fsutil import read_stdin, read_text
+from sidecar.jwt import jwks_problems, jwks_uri_problem, rule_output_problems
 
 Resource = dict[str, Any]
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -204,7 +204,7 @@ def tls_problems(spec: dict[str, Any], where: str) -> list[str]:
                 for j, p in enumerate(policy.get("portLevelSettings") or []) if not (p.get("port") or {}).get("number")]
     for at in egress.tls_settings(spec):
         mode = at.tls.get("mode", "DISABLE")
-        if mode == "MUTUAL":  # SIMPLE: TLS origination to a ServiceEntry host (addons.engine.egress)
+        if mode == "MUTUAL":  # SIMPLE: TLS origination to a ServiceEntry host (sidecar.engine.egress)
             problems.append(f"{where}.{at.path}.mode: MUTUAL (TLS origination with client certificates) is not "
                             "supported; SIMPLE originates TLS to a ServiceEntry host, checking its certificate")
         problems += [f"{where}.{at.path}.{k}: applies only with mode SIMPLE (TLS origination)"

@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from addons.policy import RETRY_CONDITIONS as RETRY_ON
 from meshctl.config.hosts import canonical
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, namespace_of, qualified_name, semantic_problems
 from meshctl.config.schema import header_name_problem, header_value_problem, parse_duration, regex_problem
 from meshctl.errors import InvalidInput
+from sidecar.policy import RETRY_CONDITIONS as RETRY_ON
 
 API_VERSION = "networking.istio.io/v1"
 MATCH_RE = re.compile(r"^(?P<field>header|query|path|uri|method)(?::(?P<name>[A-Za-z0-9_.-]+))?"

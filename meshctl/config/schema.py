@@ -13,8 +13,8 @@ import ipaddress
 import re
 from typing import Any
 
-from addons import grpc, regex
-from addons.policy import RETRY_CONDITIONS, STATUS_RE
+from sidecar import grpc, regex
+from sidecar.policy import RETRY_CONDITIONS, STATUS_RE
 
 DURATION_RE = re.compile(r"^(\d+(\.\d+)?)(ms|s|m|h)$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

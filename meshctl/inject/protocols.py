@@ -1,6 +1,6 @@
 """Which protocol a port of a meshed service carries, as its compose file declares it.
 
-Two ways, compiled into the snapshot's `services[].workloads[].port_protocols` (addons.snapshot.PROTOCOLS),
+Two ways, compiled into the snapshot's `services[].workloads[].port_protocols` (sidecar.snapshot.PROTOCOLS),
 which the caller's and the callee's sidecars both read:
 
 - compose's long port syntax: `ports: [{target: 3306, app_protocol: mysql}]` (compose v2 only: docker-compose

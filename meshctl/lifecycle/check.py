@@ -15,10 +15,10 @@ from enum import StrEnum
 import docker.errors
 
 from meshctl import const
-from meshctl.addons import prometheus
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import MeshError
+from meshctl.extras import prometheus
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
 from meshctl.runtime import images, network

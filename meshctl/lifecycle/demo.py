@@ -18,7 +18,7 @@ from pathlib import Path
 from meshctl.context import Context
 from meshctl.errors import Timeout
 from meshctl.inject.injector import inject
-from meshctl.resources import source_dir
+from meshctl.resources import SAMPLES, shipped
 from meshctl.runtime.compose import compose_down, require_compose, run_compose
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.proxies import Proxy, list_proxies
@@ -50,7 +50,7 @@ def compose_file(ctx: Context) -> Path:
 def up(ctx: Context, progress: Progress) -> None:
     out = demo_dir(ctx)
     out.mkdir(parents=True, exist_ok=True)
-    result = inject(ctx, str(source_dir("samples") / "bookinfo" / "compose.yaml"), PROJECT, "PERMISSIVE", out)
+    result = inject(ctx, str(shipped(SAMPLES) / "bookinfo" / "compose.yaml"), PROJECT, "PERMISSIVE", out)
     compose_file(ctx).write_text(result.text)
     progress(f"starting {len(result.pods)} meshed services (building the sample image on first run)")
     run_compose(require_compose(), PROJECT, compose_file(ctx), "up", "-d", "--build", "--remove-orphans")

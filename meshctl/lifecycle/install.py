@@ -17,20 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from addons.egress import OUTBOUND_POLICIES
-from addons.snapshot import PATH_MODES
 from meshctl import const
-from meshctl.addons import prometheus
 from meshctl.config.schema import parse_duration
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import Conflict, PermissionProblem, UsageError
+from meshctl.extras import prometheus
 from meshctl.fsutil import ensure_dir
 from meshctl.home import MeshSettings
 from meshctl.pilot.push import push
 from meshctl.pki import ca as pki
-from meshctl.resources import source_dir
+from meshctl.resources import SIDECAR, shipped
 from meshctl.runtime import images, network
+from sidecar.egress import OUTBOUND_POLICIES
+from sidecar.snapshot import PATH_MODES
 
 Progress = Callable[[str], None]
 TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
@@ -199,7 +199,7 @@ class ProxyImageStep:
         if base is None:
             return None
         wheels = sorted(p.name for p in wheelhouse.glob("*.whl")) if wheelhouse else list(const.PROXY_PYTHON_PACKAGES)
-        return images.tree_hash([source_dir("addons"), images.DOCKERFILES / "proxy.Dockerfile"],
+        return images.tree_hash([shipped(SIDECAR), images.DOCKERFILES / "proxy.Dockerfile"],
                                 extra=[base.id, *wheels])
 
     def pending(self) -> str | None:
@@ -209,7 +209,7 @@ class ProxyImageStep:
         if wanted and current and images.image_label(current, const.LABEL_BUILD_HASH) == wanted:
             return None
         what = "rebuild" if current else "build"
-        return f"{what} {self.settings.proxy_image} (the engine and addons, from a host-built wheelhouse)"
+        return f"{what} {self.settings.proxy_image} (the engine, from a host-built wheelhouse)"
 
     def apply(self, progress: Progress) -> str:
         wheelhouse = images.ensure_wheelhouse(self.ctx.cache_dir, progress)
@@ -222,7 +222,7 @@ class ProxyImageStep:
             build_ctx = Path(tmp)
             shutil.copy(images.DOCKERFILES / "proxy.Dockerfile", build_ctx / "Dockerfile")
             shutil.copytree(wheelhouse, build_ctx / "wheelhouse")
-            shutil.copytree(source_dir("addons"), build_ctx / "addons",
+            shutil.copytree(shipped(SIDECAR), build_ctx / "sidecar",
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             images.build_image(self.ctx.docker(), self.settings.proxy_image, build_ctx, "proxy-image", build_hash,
                                {"BASE": self.settings.base_image}, progress)

@@ -1,4 +1,4 @@
-"""Compile ServiceEntries (and the DestinationRules of their hosts) into a proxy's `egress` (addons.egress).
+"""Compile ServiceEntries (and the DestinationRules of their hosts) into a proxy's `egress` (sidecar.egress).
 
 Scope as for security resources: one without a namespace applies mesh-wide, one in a project to that project;
 the project's own DestinationRule for a host wins over a mesh-wide one. One entry per host, so each host carries
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from addons.egress import HTTP_PROTOCOLS
 from meshctl.config.egress import protocol, tls_settings
 from meshctl.config.resources import ROOT_NAMESPACES, namespace_of
 from meshctl.pilot.security import policy_name
+from sidecar.egress import HTTP_PROTOCOLS
 
 Resource = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""Compile what one proxy needs into its snapshot (format 1, read by addons/snapshot.py).
+"""Compile what one proxy needs into its snapshot (format 1, read by sidecar/snapshot.py).
 
 Inputs: the pod's static description written by inject (proxy.json) and the store's current revision.
 A proxy gets only the routes and destination policies of the services in its own project, the
@@ -36,7 +36,7 @@ def describe(pod: Pod, pods: list[Pod], project: str, trust_domain: str) -> dict
 
 
 def mesh_config(settings: MeshSettings | None) -> dict[str, Any]:
-    """The mesh-wide settings a sidecar applies (addons.snapshot.MeshConfig)."""
+    """The mesh-wide settings a sidecar applies (sidecar.snapshot.MeshConfig)."""
     chosen = settings or MeshSettings()
     return {"path_normalization": chosen.path_normalization, "num_trusted_proxies": chosen.num_trusted_proxies,
             "outbound_traffic_policy": chosen.outbound_traffic_policy}

@@ -1,6 +1,6 @@
 """`meshctl tap`'s client: one stream per sidecar from its host-only /tap path, merged onto one queue.
 
-Each sidecar streams newline-delimited JSON (addons.engine.tap): a `start` line once the session is open,
+Each sidecar streams newline-delimited JSON (sidecar.engine.tap): a `start` line once the session is open,
 `call` lines, `tick` lines while idle, an `end` line. A thread per sidecar reads its stream and puts Events
 on a queue; the command reads them in order of arrival. A session the sidecar ended at its own time limit
 is opened again when the user asked for no duration. `stop()` shuts every socket, so the sidecars see the
@@ -18,8 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from addons.engine.tap import TICK_S, TapSpec
 from meshctl import const
+from sidecar.engine.tap import TICK_S, TapSpec
 
 READ_TIMEOUT_S = 3 * TICK_S  # a sidecar writes a tick every TICK_S while idle: silence this long means it is gone
 

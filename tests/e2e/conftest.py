@@ -16,11 +16,11 @@ import docker.models.containers
 import pytest
 from docker import DockerClient
 
-from addons.snapshot import PROXY_DIR
 from meshctl import const
 from meshctl.home import MeshHome, default_cache
 from meshctl.runtime import images
 from meshctl.runtime.compose import ComposeTool, compose_down, require_compose, run_compose
+from sidecar.snapshot import PROXY_DIR
 from tests.conftest import meshctl
 
 

@@ -256,7 +256,7 @@ def test_app_starts_only_after_its_sidecar_is_ready(testbed: App) -> None:
 
 def test_crashed_proxy_restarts_and_serves_within_2s(testbed: App) -> None:
     kill = ("import os, signal\nfor p in os.listdir('/proc'):\n if p.isdigit() and int(p) != os.getpid() and "
-            "b'addons.main' in open(f'/proc/{p}/cmdline','rb').read(): os.kill(int(p), signal.SIGKILL)")
+            "b'sidecar.main' in open(f'/proc/{p}/cmdline','rb').read(): os.kill(int(p), signal.SIGKILL)")
     code, out = testbed.exec("web-proxy", "python3", "-c", kill)
     assert code == 0, out
     killed_at = time.monotonic()
@@ -320,7 +320,7 @@ def test_proxy_runs_as_1337_when_the_mesh_home_belongs_to_another_user(
         app.compose("up", "-d")
         app.wait_healthy()
         uids = ("import glob\nfor f in glob.glob('/proc/[0-9]*/cmdline'):\n"
-                " c = open(f, 'rb').read()\n if b'addons.main' in c and b'glob' not in c:\n"
+                " c = open(f, 'rb').read()\n if b'sidecar.main' in c and b'glob' not in c:\n"
                 "  print([l.split()[1] for l in open(f[:-7] + 'status') if l.startswith('Uid')][0])")
         code, uid = app.exec("solo-proxy", "python3", "-c", uids)
         assert (code, uid.strip()) == (0, "1337")

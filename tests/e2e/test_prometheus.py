@@ -19,10 +19,11 @@ import pytest
 import yaml
 from docker import DockerClient
 
-from meshctl.addons import prometheus as prom
+from meshctl.extras import prometheus as prom
 from meshctl.home import MeshHome
+from meshctl.resources import SAMPLES
 from meshctl.runtime.compose import require_compose
-from tests.conftest import REPO, meshctl
+from tests.conftest import meshctl
 from tests.e2e import istio_dashboards as istio
 from tests.e2e.conftest import App, up_meshed
 
@@ -45,10 +46,10 @@ def until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -
 @pytest.fixture(scope="module")
 def shop(engine: DockerClient, mesh_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     workdir = tmp_path_factory.mktemp("prombookinfo")
-    source = yaml.safe_load((REPO / "samples" / "bookinfo" / "compose.yaml").read_text())
+    source = yaml.safe_load((SAMPLES / "bookinfo" / "compose.yaml").read_text())
     for svc in source["services"].values():
         svc.pop("ports", None)  # 9080 on the host belongs to `meshctl demo`
-        svc["build"]["context"] = str(REPO / "samples" / "bookinfo" / "app")
+        svc["build"]["context"] = str(SAMPLES / "bookinfo" / "app")
     (workdir / "compose.yaml").write_text(yaml.safe_dump(source))
     tool = require_compose()
     try:

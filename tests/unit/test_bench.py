@@ -26,7 +26,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from addons.engine.plan import classify
 from meshctl.bench import echo_client, nginx, workload
 from meshctl.bench import run as bench_run
 from meshctl.bench.run import LOADS, MODES, Plan, compare
@@ -36,6 +35,7 @@ from meshctl.config import changes
 from meshctl.context import Context
 from meshctl.errors import EngineError, MeshError, UsageError
 from meshctl.status import ExitCode
+from sidecar.engine.plan import classify
 from tests.unit.fuzzing import FEW, TEXT, one_line, run_cli
 
 WRK = """Running 5s test @ http://server:8080/1k

@@ -11,7 +11,6 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from addons import snapshot as contract
 from meshctl.config.analyze import Inventory, analyze_resources
 from meshctl.config.resources import load
 from meshctl.errors import InvalidInput, UsageError
@@ -19,6 +18,7 @@ from meshctl.home import MeshSettings
 from meshctl.lifecycle.install import validate_outbound_policy
 from meshctl.pilot.egress import egress
 from meshctl.pilot.snapshot import compile_snapshot
+from sidecar import snapshot as contract
 from tests.unit.engine.test_egress import make_ca
 from tests.unit.test_namespaces import info
 

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from addons import snapshot
-from addons.jwt import Jwks, JwtError, authenticate, check_claims, decode, parse_jwks
-from addons.live import LiveSnapshot
-from addons.spans import extract
+from sidecar import snapshot
+from sidecar.jwt import Jwks, JwtError, authenticate, check_claims, decode, parse_jwks
+from sidecar.live import LiveSnapshot
+from sidecar.spans import extract
 from tests.unit.fuzzing import FUZZ, JUNK_BYTES, ODD_TEXT, TEXT, json_values, mutants
 
 # --- the snapshot -----------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons import snapshot as contract
 from meshctl.errors import MeshError
 from meshctl.inject.injector import inject
 from meshctl.status import ExitCode
+from sidecar import snapshot as contract
 from tests.conftest import REPO, meshctl
 from tests.unit.fuzzing import (
     BIG_YAML,

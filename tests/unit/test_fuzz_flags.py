@@ -14,9 +14,6 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from addons import snapshot as contract
-from addons.policy import RetryPolicy, seconds
-from meshctl.addons import parse_addons
 from meshctl.cli.observe import seconds as flag_seconds
 from meshctl.cli.rollout import _steps
 from meshctl.cli.telemetry import telemetry_resource
@@ -27,12 +24,15 @@ from meshctl.config.resources import check_document
 from meshctl.config.schema import MAX_DURATION_S, UNITS, parse_duration, validate
 from meshctl.config.store import Store
 from meshctl.errors import InvalidInput, MeshError, UsageError
+from meshctl.extras import parse_addons
 from meshctl.inject.injector import inject
 from meshctl.lifecycle import install
 from meshctl.pilot.push import proxy_dirs
 from meshctl.status import ExitCode
 from meshctl.telemetry import slo
 from meshctl.telemetry.logs import LogFilter
+from sidecar import snapshot as contract
+from sidecar.policy import RetryPolicy, seconds
 from tests.unit.fuzzing import CLI, FUZZ, ODD_TEXT, TEXT, context, make_home, one_line, run_cli, tree_state
 from tests.unit.test_inject import BOOKINFO
 

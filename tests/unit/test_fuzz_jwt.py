@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from addons.jwt import Jwks, JwtError, authenticate, jwks_problems, parse_jwks
+from sidecar.jwt import Jwks, JwtError, authenticate, jwks_problems, parse_jwks
 from tests.unit.fuzzing import FUZZ, ODD_TEXT, TEXT, json_values, mutants
 from tests.unit.jwtkit import (
     AUDIENCE,
@@ -60,7 +60,7 @@ def number(value: Any) -> bool:
 
 
 def valid_claims(c: Any) -> bool:
-    """RFC 7519 with Istio's rules, written out independently of addons.jwt."""
+    """RFC 7519 with Istio's rules, written out independently of sidecar.jwt."""
     if not isinstance(c, dict) or c.get("iss") != ISSUER:
         return False
     if any(k in c and not number(c[k]) for k in ("exp", "nbf", "iat")):

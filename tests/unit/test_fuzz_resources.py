@@ -18,11 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons import snapshot as contract
-from addons.jwt import Jwks, JwtError, authenticate
-from addons.policy import ClusterPolicy, RetryPolicy, merged_policy, seconds
-from addons.rbac import Subject, decide
-from addons.routes import request_matches
 from meshctl.config import resources
 from meshctl.config.analyze import analyze_resources
 from meshctl.config.changes import apply
@@ -34,6 +29,11 @@ from meshctl.pilot.snapshot import compile_snapshot, describe
 from meshctl.status import ExitCode
 from meshctl.telemetry import slo
 from meshctl.telemetry.golden import Golden
+from sidecar import snapshot as contract
+from sidecar.jwt import Jwks, JwtError, authenticate
+from sidecar.policy import ClusterPolicy, RetryPolicy, merged_policy, seconds
+from sidecar.rbac import Subject, decide
+from sidecar.routes import request_matches
 from tests.conftest import meshctl
 from tests.unit.fuzzing import (
     BIG_YAML,

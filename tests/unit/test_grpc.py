@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons import grpc
-from addons.engine.route import abort_response
-from addons.policy import RetryPolicy
 from meshctl.config.resources import check_document
+from sidecar import grpc
+from sidecar.engine.route import abort_response
+from sidecar.policy import RetryPolicy
 
 
 @pytest.mark.parametrize(("value", "code"), [

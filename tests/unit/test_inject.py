@@ -9,12 +9,13 @@ import pytest
 import yaml
 from cryptography import x509
 
-from addons import snapshot as contract
+from meshctl.resources import SAMPLES
 from meshctl.status import ExitCode
-from tests.conftest import REPO, meshctl
+from sidecar import snapshot as contract
+from tests.conftest import meshctl
 from tests.unit.test_cli_errors import one_error_line
 
-BOOKINFO = REPO / "samples" / "bookinfo" / "compose.yaml"
+BOOKINFO = SAMPLES / "bookinfo" / "compose.yaml"
 
 
 def inject(home: Path, source: Path | str, out: Path, *flags: str) -> dict:

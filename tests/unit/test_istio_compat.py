@@ -10,9 +10,6 @@ from typing import Any
 
 import pytest
 
-from addons import snapshot as contract
-from addons.rbac import Subject, decide
-from addons.routes import request_matches, select_rule
 from meshctl.config.analyze import Inventory, analyze_resources
 from meshctl.config.resources import check_document, load
 from meshctl.errors import InvalidInput
@@ -20,6 +17,9 @@ from meshctl.inject.load import load as load_compose
 from meshctl.inject.rewrite import Pod, plan_pods
 from meshctl.pilot.security import authorization, selects
 from meshctl.pilot.snapshot import compile_snapshot, describe
+from sidecar import snapshot as contract
+from sidecar.rbac import Subject, decide
+from sidecar.routes import request_matches, select_rule
 
 
 def doc(kind: str, spec: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from addons.rbac import Subject, decide, remote_address
 from meshctl.config.kinds import KINDS
 from meshctl.inject.rewrite import Pod
 from meshctl.pilot.security import selects
+from sidecar.rbac import Subject, decide, remote_address
 from tests.unit import jwtkit
 
 PP = "cluster.local/ns/shop/sa/productpage"
@@ -152,7 +152,7 @@ RA = next(k for k in KINDS if k.name == "RequestAuthentication")
 
 
 def _authn(rule: dict[str, Any], headers: list[tuple[str, str]], query: list[tuple[str, str]]) -> str | None:
-    from addons.jwt import Jwks, JwtError, authenticate
+    from sidecar.jwt import Jwks, JwtError, authenticate
 
     try:
         return authenticate([rule], Jwks(), headers, query, jwtkit.NOW)[0]
@@ -197,7 +197,7 @@ def test_every_jwt_rule_field_has_an_effect() -> None:
 
 def _outputs(rule: dict[str, Any], token: str) -> list[tuple[str, str]]:
     """The header fields a verified token adds for the app."""
-    from addons.jwt import Jwks, outputs, verify_request
+    from sidecar.jwt import Jwks, outputs, verify_request
 
     verified = verify_request([rule], Jwks(), [("authorization", f"Bearer {token}")], [], jwtkit.NOW)
     return outputs(rule, token, verified.claims) if verified else []
@@ -205,7 +205,7 @@ def _outputs(rule: dict[str, Any], token: str) -> list[tuple[str, str]]:
 
 def _forwarded(rule: dict[str, Any], token: str) -> bool:
     """Whether the app still gets the token once the sidecar has verified it."""
-    from addons.jwt import token_to_strip
+    from sidecar.jwt import token_to_strip
 
     target = f"/a?access_token={token}&keep=1" if rule.get("fromParams") else "/a?keep=1"
     strip = token_to_strip([rule], [("authorization", f"Bearer {token}")], target)

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from addons import snapshot as contract
 from meshctl.inject import injector, protocols
 from meshctl.pilot.push import proxy_info
 from meshctl.pilot.snapshot import compile_snapshot
 from meshctl.runtime.compose import ComposeTool
 from meshctl.status import ExitCode
+from sidecar import snapshot as contract
 from tests.conftest import meshctl
 from tests.unit.test_cli_errors import one_error_line
 

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from meshctl import const
-from meshctl.addons import parse_addons
-from meshctl.addons import prometheus as prom
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError, UsageError
+from meshctl.extras import parse_addons
+from meshctl.extras import prometheus as prom
 from meshctl.home import MeshHome, MeshSettings
 from meshctl.lifecycle import check
 from meshctl.lifecycle import install as installer

@@ -11,13 +11,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons import regex
-from addons.routes import string_matches
 from meshctl.config import routes
 from meshctl.config.resources import check_document
 from meshctl.config.schema import regex_problem
 from meshctl.errors import InvalidInput
 from meshctl.status import ExitCode
+from sidecar import regex
+from sidecar.routes import string_matches
 from tests.conftest import meshctl
 from tests.unit.fuzzing import FUZZ
 from tests.unit.test_cli_errors import one_error_line

@@ -19,15 +19,15 @@ from mitmproxy.http import HTTPFlow
 from mitmproxy.io import FlowReader
 from rich.console import Console
 
-from addons import admin
-from addons.engine import tap as engine_tap
-from addons.engine.tap import TapHub, TapSpec
 from meshctl.cli import tap as cli_tap
 from meshctl.context import Context
 from meshctl.errors import MeshError, UsageError
 from meshctl.status import ExitCode
 from meshctl.telemetry.flows import FlowFile
 from meshctl.telemetry.tap import Target
+from sidecar import admin
+from sidecar.engine import tap as engine_tap
+from sidecar.engine.tap import TapHub, TapSpec
 from tests.conftest import meshctl
 from tests.unit.engine.test_tap import SECRET, call
 

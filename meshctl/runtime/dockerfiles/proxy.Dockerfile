@@ -1,4 +1,4 @@
-# The meshctl sidecar: meshctl's proxy engine (addons), built offline from a host-built wheelhouse.
+# The meshctl sidecar: meshctl's proxy engine (the sidecar package), built offline from a host-built wheelhouse.
 ARG BASE=meshctl/base:bookworm
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/meshctl PATH=/opt/meshctl/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -11,11 +11,11 @@ RUN python3 -m venv /opt/meshctl/venv \
     && rm -rf /tmp/wheelhouse \
     && groupadd --gid 1337 meshproxy && useradd --uid 1337 --gid 1337 --no-create-home \
          --home-dir /nonexistent --shell /usr/sbin/nologin meshproxy
-COPY addons /opt/meshctl/addons
-# The proxy runs with -O (addons.sidecar): assertions are skipped. Its bytecode is compiled here, since the
+COPY sidecar /opt/meshctl/sidecar
+# The proxy runs with -O (sidecar.supervisor): assertions are skipped. Its bytecode is compiled here, since the
 # proxy uid cannot write any at run time.
-RUN /opt/meshctl/venv/bin/python -O -m compileall -q /opt/meshctl/venv/lib /opt/meshctl/addons \
-    && /opt/meshctl/venv/bin/python -m compileall -q /opt/meshctl/addons
+RUN /opt/meshctl/venv/bin/python -O -m compileall -q /opt/meshctl/venv/lib /opt/meshctl/sidecar \
+    && /opt/meshctl/venv/bin/python -m compileall -q /opt/meshctl/sidecar
 EXPOSE 15001 15006 15021 15090
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python3", "-m", "addons.sidecar"]
+ENTRYPOINT ["python3", "-m", "sidecar.supervisor"]

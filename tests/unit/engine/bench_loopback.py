@@ -1,4 +1,4 @@
-"""Loopback micro-benchmark of the engine (a script, not a test): direct vs through addons.engine.proxy.
+"""Loopback micro-benchmark of the engine (a script, not a test): direct vs through sidecar.engine.proxy.
 
     .venv/bin/python -m tests.unit.engine.bench_loopback [--seconds 3] [--loads c1,c16]
 
@@ -44,9 +44,9 @@ class OriginProtocol(asyncio.Protocol):
 def serve(role: str, port: int, target: int, certs: str, ready: Any) -> None:
     import uvloop
 
-    from addons.engine.pool import Pool
-    from addons.engine.proxy import Listener, Route, tune_malloc
-    from addons.engine.tls import directory_contexts
+    from sidecar.engine.pool import Pool
+    from sidecar.engine.proxy import Listener, Route, tune_malloc
+    from sidecar.engine.tls import directory_contexts
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from addons import snapshot
-from addons.engine.call import Call
-from addons.engine.http1 import RequestHead
-from addons.engine.plan import INBOUND_PORT, ConnectionInfo
+from sidecar import snapshot
+from sidecar.engine.call import Call
+from sidecar.engine.http1 import RequestHead
+from sidecar.engine.plan import INBOUND_PORT, ConnectionInfo
 
 
 class Live:
-    """addons.live.LiveSnapshot's interface, without a file."""
+    """sidecar.live.LiveSnapshot's interface, without a file."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.current = snapshot.parse(raw)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from addons.engine.tls import directory_contexts
 from meshctl.pki import ca
-from tests.unit.addons.test_mtls import NOW, proxy_dir
+from sidecar.engine.tls import directory_contexts
+from tests.unit.sidecar.test_mtls import NOW, proxy_dir
 
 T = TypeVar("T")
 TD = "spiffe://cluster.local/ns/shop/sa"

@@ -1,6 +1,6 @@
 """One engine sidecar for test_netns.py: `python -m tests.unit.engine.netns_sidecar ROLE CERT_DIR SNAPSHOT`.
 
-ROLE is "outbound" (listens on 15001, knows the mesh's endpoints through addons.endpoints) or "inbound"
+ROLE is "outbound" (listens on 15001, knows the mesh's endpoints through sidecar.endpoints) or "inbound"
 (15006, terminates mutual TLS). It prints "ready" once listening, runs until its stdin closes, then prints
 the kinds of plan it carried out, one line, and exits. Original destinations come from SO_ORIGINAL_DST.
 """
@@ -12,14 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-from addons import snapshot
-from addons.endpoints import Endpoint, Endpoints
-from addons.engine import l4, plan
-from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT
-from addons.engine.pool import Pool
-from addons.engine.proxy import Listener, Response
-from addons.engine.tls import directory_contexts
+from sidecar import snapshot
+from sidecar.endpoints import Endpoint, Endpoints
+from sidecar.engine import l4, plan
+from sidecar.engine.listeners import CaptureListener, Sidecar
+from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT
+from sidecar.engine.pool import Pool
+from sidecar.engine.proxy import Listener, Response
+from sidecar.engine.tls import directory_contexts
 
 
 async def main(role: str, cert_dir: Path, snapshot_path: Path) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from addons import snapshot
-from addons.engine.plan import L7H2, L4Tcp, L7Http, Passthrough, decide
-from addons.engine.proxy import Route
-from addons.engine.route import Router
-from addons.policy import ClusterPolicy, merged_policy
+from sidecar import snapshot
+from sidecar.engine.plan import L7H2, L4Tcp, L7Http, Passthrough, decide
+from sidecar.engine.proxy import Route
+from sidecar.engine.route import Router
+from sidecar.policy import ClusterPolicy, merged_policy
 from tests.unit.engine.test_hooks import BASE, REVIEWS, Live, call_to, endpoints_of, head
 from tests.unit.engine.test_plan import BINARY, DB_ID, H2, HTTP, SNAP, endpoint, out
 
@@ -94,8 +94,8 @@ def test_router_applies_the_chosen_subsets_tls() -> None:
 
 
 def test_a_plaintext_connection_is_refused_once_its_port_turns_strict() -> None:
-    from addons.engine.authorize import Authorizer
-    from addons.engine.call import Call
+    from sidecar.engine.authorize import Authorizer
+    from sidecar.engine.call import Call
     from tests.unit.engine.test_plan import WEB_ID, inb
 
     opened = inb(9080, HTTP)  # PERMISSIVE when it opened: plain text was taken

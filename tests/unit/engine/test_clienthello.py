@@ -1,4 +1,4 @@
-"""The ClientHello SNI parser (addons.engine.clienthello): real hellos from the stdlib's ssl module, whole, split
+"""The ClientHello SNI parser (sidecar.engine.clienthello): real hellos from the stdlib's ssl module, whole, split
 into records and cut at every byte, hand-built broken ones, and fuzz (never raises, asks only for bounded more)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.engine.clienthello import MAX_HELLO, MAX_WIRE, Hello, dns_name, parse
+from sidecar.engine.clienthello import MAX_HELLO, MAX_WIRE, Hello, dns_name, parse
 from tests.unit.fuzzing import FUZZ
 
 

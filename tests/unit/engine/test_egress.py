@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from addons import snapshot
-from addons.egress import External, ExternalPort, Originate, Resolver, http_target, normal_host
-from addons.engine.egress import Egress, origination_context
-from addons.engine.plan import OUTBOUND_PORT, ConnectionInfo, L7Http, Passthrough, Refuse, decide
-from addons.engine.pool import Pool, PoolError
-from addons.engine.proxy import Response, Route
+from sidecar import snapshot
+from sidecar.egress import External, ExternalPort, Originate, Resolver, http_target, normal_host
+from sidecar.engine.egress import Egress, origination_context
+from sidecar.engine.plan import OUTBOUND_PORT, ConnectionInfo, L7Http, Passthrough, Refuse, decide
+from sidecar.engine.pool import Pool, PoolError
+from sidecar.engine.proxy import Response, Route
 from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import Origin, run
 from tests.unit.engine.test_plan import BINARY, HTTP, SNAP, TLS, endpoint, out
@@ -111,7 +111,7 @@ def test_normal_host_and_matching() -> None:
 
 
 def egress_call(s: snapshot.Snapshot, host: str) -> tuple[Route | Response, Any]:
-    from addons.engine.call import Call
+    from sidecar.engine.call import Call
     info = outbound(s, HTTP)
     call = Call(info, request_head(host=host, headers=[(b"host", host.encode())]))
     return Egress(lambda: s).decide(call, L7Http(("198.51.100.7", 80))), call
@@ -143,7 +143,7 @@ def test_endpoints_are_used_in_turn_and_plain_ports_use_the_listeners_pool() -> 
              "ports": [{"number": 80, "protocol": "HTTP", "target": 8080}]}
     s = snap("REGISTRY_ONLY", [entry])
     egress = Egress(lambda: s)
-    from addons.engine.call import Call
+    from sidecar.engine.call import Call
     seen = []
     for _ in range(2):
         call = Call(outbound(s, HTTP), request_head(host="db.example", headers=[(b"host", b"db.example")]))

@@ -1,4 +1,4 @@
-"""REGISTRY_ONLY and TLS origination from an attacker's side (addons.egress, addons.engine.egress): however the
+"""REGISTRY_ONLY and TLS origination from an attacker's side (sidecar.egress, sidecar.engine.egress): however the
 app spells a Host, the sidecar dials only a registered host (or refuses and dials nothing); connections that
 are not HTTP pass only to addresses a ServiceEntry host resolves to now; an origination context verifies."""
 
@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons.egress import External, ExternalPort, Originate, Resolver, normal_host
-from addons.engine.call import Call
-from addons.engine.egress import Egress, origination_context
-from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import OUTBOUND_PORT, L7Http, Passthrough
-from addons.engine.plan import decide as decide_plan
-from addons.engine.proxy import Response, Route
+from sidecar.egress import External, ExternalPort, Originate, Resolver, normal_host
+from sidecar.engine.call import Call
+from sidecar.engine.egress import Egress, origination_context
+from sidecar.engine.listeners import CaptureListener, Sidecar
+from sidecar.engine.plan import OUTBOUND_PORT, L7Http, Passthrough
+from sidecar.engine.plan import decide as decide_plan
+from sidecar.engine.proxy import Response, Route
 from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import run
 from tests.unit.engine.test_egress import make_ca, outbound, snap

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from addons.engine.clienthello import Hello
-from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import HTTP_FIRST_BYTES_S, OUTBOUND_PORT, Passthrough, Refuse, decide, sniff_timeout
+from sidecar.engine.clienthello import Hello
+from sidecar.engine.listeners import CaptureListener, Sidecar
+from sidecar.engine.plan import HTTP_FIRST_BYTES_S, OUTBOUND_PORT, Passthrough, Refuse, decide, sniff_timeout
 from tests.unit.engine.helpers import run
 from tests.unit.engine.test_clienthello import real_hello, records
 from tests.unit.engine.test_egress import outbound, snap
@@ -175,7 +175,7 @@ def test_a_registered_sni_is_admitted_and_dialled_by_name(split: int) -> None:
 @pytest.mark.parametrize("host", ["evil.example", "localhost"])
 def test_a_client_silent_past_the_sniffing_is_still_judged_by_its_sni(host: str, monkeypatch: Any) -> None:
     """Waiting out the sniffing timeout before the ClientHello no longer makes it TCP judged by its address."""
-    monkeypatch.setattr("addons.engine.plan.SNIFF_TIMEOUT_S", 0.05)
+    monkeypatch.setattr("sidecar.engine.plan.SNIFF_TIMEOUT_S", 0.05)
     hello = real_hello(host)
 
     async def go() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from addons.engine.http1 import ProtocolError, RequestReader, ResponseReader, normal_target
-from addons.normalize import MODES, Refused, normalize_target
+from sidecar.engine.http1 import ProtocolError, RequestReader, ResponseReader, normal_target
+from sidecar.normalize import MODES, Refused, normalize_target
 from tests.unit.fuzzing import FUZZ
 
 SMALL = {"max_line": 64, "max_head": 256, "max_fields": 6}  # small limits, so the limit paths run often

@@ -15,17 +15,17 @@ from typing import Any
 import grpc
 import pytest
 
-from addons.engine import h2proxy
-from addons.engine.call import Call
-from addons.engine.h2pool import H2Pool
-from addons.engine.h2proxy import H2Decide, H2Proxy
-from addons.engine.observe import Observer
-from addons.engine.plan import L7H2
-from addons.engine.proxy import Response, Route
-from addons.engine.route import Router
-from addons.engine.trace import Tracer
-from addons.meters import Meters
-from addons.spans import SpanStore
+from sidecar.engine import h2proxy
+from sidecar.engine.call import Call
+from sidecar.engine.h2pool import H2Pool
+from sidecar.engine.h2proxy import H2Decide, H2Proxy
+from sidecar.engine.observe import Observer
+from sidecar.engine.plan import L7H2
+from sidecar.engine.proxy import Response, Route
+from sidecar.engine.route import Router
+from sidecar.engine.trace import Tracer
+from sidecar.meters import Meters
+from sidecar.spans import SpanStore
 from tests.unit.engine.test_hooks import REVIEWS, Live, endpoints_of, vs
 
 Handler = Callable[[bytes, grpc.ServicerContext], bytes]

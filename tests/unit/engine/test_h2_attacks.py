@@ -1,6 +1,6 @@
 """An attacker's pass over the HTTP/2 path: a hostile client speaking raw HTTP/2 (the `h2` library with its own
 checks off, or hand-built frames) to an H2Proxy on 127.0.0.1, in front of an h2c app that records every request
-it is sent. Authorization is the sidecar's own (addons.engine.authorize on a snapshot with policies), so "denied"
+it is sent. Authorization is the sidecar's own (sidecar.engine.authorize on a snapshot with policies), so "denied"
 means the app never saw the request, and "allowed" means the app saw exactly what the policy judged.
 
 Each class of attack is one test, its variants parametrised or looped: request targets and pseudo-headers, the
@@ -35,16 +35,16 @@ import h2.settings
 import pytest
 from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from addons import rbac
-from addons.engine import authorize, h2conn, h2proxy
-from addons.engine.authorize import Authorizer
-from addons.engine.call import Call
-from addons.engine.h2pool import H2Pool
-from addons.engine.h2proxy import Body, H2Decide, H2Proxy
-from addons.engine.plan import INBOUND_PORT, L7H2, ConnectionInfo
-from addons.engine.proxy import Route
-from addons.engine.route import Router
-from addons.rbac import Subject
+from sidecar import rbac
+from sidecar.engine import authorize, h2conn, h2proxy
+from sidecar.engine.authorize import Authorizer
+from sidecar.engine.call import Call
+from sidecar.engine.h2pool import H2Pool
+from sidecar.engine.h2proxy import Body, H2Decide, H2Proxy
+from sidecar.engine.plan import INBOUND_PORT, L7H2, ConnectionInfo
+from sidecar.engine.proxy import Route
+from sidecar.engine.route import Router
+from sidecar.rbac import Subject
 from tests.unit.engine.test_hooks import REVIEWS, WEB, Live, endpoints_of, vs
 from tests.unit.jwtkit import P256, RULE, claims, sign
 

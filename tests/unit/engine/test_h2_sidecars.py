@@ -15,16 +15,16 @@ from typing import Any
 import grpc
 import pytest
 
-from addons import snapshot
-from addons.endpoints import Endpoint
-from addons.engine import l4
-from addons.engine.call import Call
-from addons.engine.h2pool import H2Pool
-from addons.engine.h2proxy import H2Proxy
-from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import INBOUND_PORT, L7H2, OUTBOUND_PORT, L4Tcp, TerminateTls, inbound_wants_l7, routed
-from addons.engine.proxy import Route
-from addons.engine.tls import client_context
+from sidecar import snapshot
+from sidecar.endpoints import Endpoint
+from sidecar.engine import l4
+from sidecar.engine.call import Call
+from sidecar.engine.h2pool import H2Pool
+from sidecar.engine.h2proxy import H2Proxy
+from sidecar.engine.listeners import CaptureListener, Sidecar
+from sidecar.engine.plan import INBOUND_PORT, L7H2, OUTBOUND_PORT, L4Tcp, TerminateTls, inbound_wants_l7, routed
+from sidecar.engine.proxy import Route
+from sidecar.engine.tls import client_context
 from tests.unit.engine.helpers import TD, Pki, make_pki, run
 
 REVIEWS_ID = f"{TD}/reviews"

@@ -13,20 +13,20 @@ from typing import Any
 
 import pytest
 
-from addons import snapshot
-from addons.endpoints import Endpoint, Endpoints
-from addons.engine.authorize import Authorizer
-from addons.engine.call import Call, Headers
-from addons.engine.client import UpstreamError, fetch
-from addons.engine.http1 import RequestHead, ResponseHead
-from addons.engine.observe import Observer
-from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L7Http
-from addons.engine.pool import Pool
-from addons.engine.proxy import Response, Route, Routed
-from addons.engine.route import Router, upstream_request
-from addons.engine.trace import Tracer
-from addons.meters import Meters
-from addons.spans import SpanStore
+from sidecar import snapshot
+from sidecar.endpoints import Endpoint, Endpoints
+from sidecar.engine.authorize import Authorizer
+from sidecar.engine.call import Call, Headers
+from sidecar.engine.client import UpstreamError, fetch
+from sidecar.engine.http1 import RequestHead, ResponseHead
+from sidecar.engine.observe import Observer
+from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L7Http
+from sidecar.engine.pool import Pool
+from sidecar.engine.proxy import Response, Route, Routed
+from sidecar.engine.route import Router, upstream_request
+from sidecar.engine.trace import Tracer
+from sidecar.meters import Meters
+from sidecar.spans import SpanStore
 from tests.unit.engine.helpers import Origin, run
 from tests.unit.jwtkit import P256, RULE, claims, sign
 
@@ -48,7 +48,7 @@ BASE: dict[str, Any] = {
 
 
 class Live:
-    """addons.live.LiveSnapshot's interface, without a file."""
+    """sidecar.live.LiveSnapshot's interface, without a file."""
 
     def __init__(self, **changes: Any) -> None:
         raw = copy.deepcopy(BASE) | changes

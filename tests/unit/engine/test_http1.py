@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from addons.engine.http1 import (
+from sidecar.engine.http1 import (
     CHUNK_SLICE,
     LAST_CHUNK,
     MAX_FIELDS,
@@ -347,7 +347,7 @@ def test_the_engine_imports_neither_meshctl_nor_mitmproxy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, addons.engine.proxy, addons.engine.relay, addons.engine.pool, addons.engine.tls; "
+    code = ("import sys, sidecar.engine.proxy, sidecar.engine.relay, sidecar.engine.pool, sidecar.engine.tls; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'meshctl', 'mitmproxy', 'OpenSSL', 'h11'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

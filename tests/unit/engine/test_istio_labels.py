@@ -7,11 +7,11 @@ import io
 
 import pytest
 
-from addons.engine.egress import Egress
-from addons.engine.observe import Observer
-from addons.engine.plan import INBOUND_PORT, L7Http
-from addons.meters import LABELS, TCP_LABELS, Meters
 from meshctl.telemetry import golden
+from sidecar.engine.egress import Egress
+from sidecar.engine.observe import Observer
+from sidecar.engine.plan import INBOUND_PORT, L7Http
+from sidecar.meters import LABELS, TCP_LABELS, Meters
 from tests.unit.engine.calls import request_head
 from tests.unit.engine.test_hooks import REVIEWS, WEB, Live, call_to, endpoints_of
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from addons import snapshot
-from addons.endpoints import Endpoint
-from addons.engine import l4, plan
-from addons.engine.authorize import Authorizer
-from addons.engine.listeners import CaptureListener, Sidecar
-from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L4Tcp, L7Http, Passthrough, Refuse
-from addons.engine.pool import Pool
-from addons.engine.proxy import Listener, Response
+from sidecar import snapshot
+from sidecar.endpoints import Endpoint
+from sidecar.engine import l4, plan
+from sidecar.engine.authorize import Authorizer
+from sidecar.engine.listeners import CaptureListener, Sidecar
+from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L4Tcp, L7Http, Passthrough, Refuse
+from sidecar.engine.pool import Pool
+from sidecar.engine.proxy import Listener, Response
 from tests.unit.engine.helpers import TD, Origin, Pki, closed, connect, make_pki, read_response, request, run
 
 REVIEWS_ID = f"{TD}/reviews"

@@ -31,7 +31,7 @@ SNIFF_S = 1.0  # the sidecars' sniffing timeout in this test: "no wait" and "wai
 
 NS_SCRIPT = textwrap.dedent("""
     import asyncio, os, socket, subprocess, sys, time
-    from addons.engine.listeners import original_destination
+    from sidecar.engine.listeners import original_destination
 
     client_dir, server_dir, client_snap, server_snap, sniff = sys.argv[1:6]
     SNIFF = float(sniff)

@@ -1,4 +1,4 @@
-"""The per-connection decision (addons.engine.plan), table-tested against today's rules (addons.listeners)
+"""The per-connection decision (sidecar.engine.plan), table-tested against today's rules (sidecar.engine.listeners)
 and the server-first rules of issue 15, then fuzzed for the properties that must hold for any input."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from addons import snapshot
-from addons.endpoints import Endpoint
-from addons.engine.plan import (
+from sidecar import snapshot
+from sidecar.endpoints import Endpoint
+from sidecar.engine.plan import (
     HTTP_FIRST_BYTES_S,
     INBOUND_PORT,
     L4_ALPN,
@@ -324,7 +324,7 @@ def test_the_capture_modules_import_neither_meshctl_nor_mitmproxy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, addons.engine.listeners, addons.engine.l4, addons.engine.plan; "
+    code = ("import sys, sidecar.engine.listeners, sidecar.engine.l4, sidecar.engine.plan; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'meshctl', 'mitmproxy', 'OpenSSL'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

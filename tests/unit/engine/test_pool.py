@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.engine.pool import Pool, PoolError, Upstream
+from sidecar.engine.pool import Pool, PoolError, Upstream
 from tests.unit.engine.helpers import TD, Origin, Pki, make_pki, run, wait_for
 
 REVIEWS = f"{TD}/reviews"

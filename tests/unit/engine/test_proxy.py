@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from addons.engine.call import Call
-from addons.engine.pool import Pool
-from addons.engine.proxy import Decide, Listener, Response, Route
+from sidecar.engine.call import Call
+from sidecar.engine.pool import Pool
+from sidecar.engine.proxy import Decide, Listener, Response, Route
 from tests.unit.engine.helpers import (
     TD,
     Origin,

@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from addons.engine.relay import Relay
+from sidecar.engine.relay import Relay
 from tests.unit.engine.helpers import Pki, connect, make_pki, run, wait_for
 
 MB = 1024 * 1024

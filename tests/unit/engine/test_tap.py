@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from addons import admin
-from addons.engine import tap
-from addons.engine.call import Call
-from addons.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo
-from addons.engine.pool import Pool
-from addons.engine.proxy import Listener, Response, Route, Routed
-from addons.engine.tap import MASK, TapError, TapHub, TapSpec
+from sidecar import admin
+from sidecar.engine import tap
+from sidecar.engine.call import Call
+from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo
+from sidecar.engine.pool import Pool
+from sidecar.engine.proxy import Listener, Response, Route, Routed
+from sidecar.engine.tap import MASK, TapError, TapHub, TapSpec
 from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import TD, Origin, Pki, connect, make_pki, read_response, request, run, wait_for
 
