@@ -8,6 +8,15 @@ from typing import Final
 
 from meshctl import __version__
 
+# Istio's data-plane numbers: defined once by the sidecar's contract (the sidecar cannot import meshctl).
+from sidecar.contract import PORT_ADMIN as PORT_ADMIN
+from sidecar.contract import PORT_HEALTH as PORT_HEALTH
+from sidecar.contract import PORT_INBOUND as PORT_INBOUND
+from sidecar.contract import PORT_METRICS as PORT_METRICS
+from sidecar.contract import PORT_OUTBOUND as PORT_OUTBOUND
+from sidecar.contract import PROXY_PORTS as PROXY_PORTS
+from sidecar.contract import PROXY_UID as PROXY_UID
+
 LABEL_PREFIX: Final = "io.meshctl"
 LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"  # "true" on everything meshctl creates
 LABEL_COMPONENT: Final = f"{LABEL_PREFIX}.component"  # network | base-image | proxy-image | sidecar | sample | addon-*
@@ -42,13 +51,6 @@ DEBIAN_MIRROR: Final = "http://deb.debian.org/debian"
 PROXY_PYTHON_PACKAGES: Final = ("h2>=4.1,<5", "prometheus_client>=0.20", "pyyaml>=6", "uvloop>=0.21",
                                  "google-re2>=1.1", "pyjwt[crypto]>=2.9", "httptools>=0.6")
 
-# Istio's data-plane numbers.
-PORT_ADMIN: Final = 15000
-PORT_OUTBOUND: Final = 15001
-PORT_INBOUND: Final = 15006
-PORT_HEALTH: Final = 15021
-PORT_METRICS: Final = 15090
-PROXY_UID: Final = 1337
 # Each generated sidecar's compose `mem_limit`: a sidecar under attack is OOM-killed (and restarted) instead of
 # taking the host down. It idles near 64 MB and must stay under 100 MB under attack (issue 14), so 256m is
 # headroom for real load (HTTP/2, `tap`), not a budget.

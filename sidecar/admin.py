@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sidecar.contract import PORT_ADMIN, PORT_HEALTH, PORT_METRICS
 from sidecar.engine import tap
 
 log = logging.getLogger("meshctl.admin")
@@ -96,11 +97,11 @@ class Admin:
 
     async def start(self) -> None:
         self.servers = [
-            await serve("0.0.0.0", 15021, {"/healthz/ready": self._ready, "/status": self._status}),
-            await serve("0.0.0.0", 15090, {"/stats/prometheus": self._metrics, "/metrics": self._metrics,
-                                            "/spans": self._spans}, self.gateways, {"/tap": self._tap}),
-            await serve("127.0.0.1", 15000, {"/config_dump": self._config_dump, "/stats": self._stats,
-                                             "/ready": self._ready}),
+            await serve("0.0.0.0", PORT_HEALTH, {"/healthz/ready": self._ready, "/status": self._status}),
+            await serve("0.0.0.0", PORT_METRICS, {"/stats/prometheus": self._metrics, "/metrics": self._metrics,
+                                                  "/spans": self._spans}, self.gateways, {"/tap": self._tap}),
+            await serve("127.0.0.1", PORT_ADMIN, {"/config_dump": self._config_dump, "/stats": self._stats,
+                                                   "/ready": self._ready}),
         ]
 
     def close(self) -> None:

@@ -30,11 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-INBOUND_PORT = 15006
-OUTBOUND_PORT = 15001
+from sidecar.contract import PORT_HEALTH, PORT_METRICS
+from sidecar.contract import PORT_INBOUND as INBOUND_PORT
+from sidecar.contract import PORT_OUTBOUND as OUTBOUND_PORT
+
 # Peers may reach health (15021) and metrics (15090) directly; every other proxy port is captured, and
 # the listener refuses connections aimed at the proxy itself, so nothing can make it dial itself.
-PROXY_SERVED_PORTS = (15021, 15090)
+PROXY_SERVED_PORTS = (PORT_HEALTH, PORT_METRICS)
 MESH_CHAINS = ("MESH_INBOUND", "MESH_OUTPUT")
 JUMPS = {"PREROUTING": ("MESH_INBOUND", "-p tcp -j MESH_INBOUND"), "OUTPUT": ("MESH_OUTPUT", "-p tcp -j MESH_OUTPUT")}
 # Docker's embedded DNS (user-defined networks): it only matches 127.0.0.11, which MESH_OUTPUT exempts anyway.

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from sidecar.contract import Identity, IdentityError, parse_spiffe
 
 # Istio's standard labels, all of them, with compose's values (namespace = compose project; the README's
 # "Metrics" section has the table): Istio's dashboards and Kiali select and group by every one of these.
@@ -49,7 +50,8 @@ def clip(text: str | None, limit: int = MAX_ATTRIBUTE) -> str | None:
 
 def app_of(identity: str | None) -> str:
     """spiffe://td/ns/project/sa/app -> app (the caller's logical service)."""
-    return identity.rsplit("/sa/", 1)[-1] if identity and "/sa/" in identity else "unknown"
+    parsed = _identity(identity)
+    return parsed.account if parsed else "unknown"
 
 
 def fqdn(service: str, namespace: str) -> str:
@@ -59,8 +61,15 @@ def fqdn(service: str, namespace: str) -> str:
 
 def namespace_of(identity: str | None) -> str:
     """spiffe://td/ns/project/sa/app -> project."""
-    match = re.search(r"/ns/([^/]+)/sa/", identity or "")
-    return match.group(1) if match else "unknown"
+    parsed = _identity(identity)
+    return parsed.namespace if parsed else "unknown"
+
+
+def _identity(identity: str | None) -> Identity | None:
+    try:
+        return parse_spiffe(identity) if identity else None
+    except IdentityError:
+        return None
 
 
 class Meters:

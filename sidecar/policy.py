@@ -19,11 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.contract import parse_duration
 from sidecar.grpc import RETRY_ON as GRPC_RETRY_ON
 
-DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 STATUS_RE = re.compile(r"[1-5][0-9][0-9]")
-UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 UNLIMITED = 2**32 - 1  # Istio's default for every connection-pool limit
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 # Every retryOn condition the sidecar acts on (Envoy's HTTP ones and Istio's gRPC ones); config refuses others.
@@ -35,8 +34,10 @@ def seconds(text: Any, default: float | None = None) -> float | None:
     """Istio's duration strings ('250ms', '1.5s'); the control plane validated them already."""
     if not isinstance(text, str):
         return default
-    m = DURATION_RE.match(text.strip())
-    return float(m.group(1)) * UNITS[m.group(2)] if m else default
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return default
 
 
 def merged_policy(rule: Mapping[str, Any] | None, subset: str | None) -> dict[str, Any]:

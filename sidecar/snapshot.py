@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import egress
+from sidecar.contract import FORMAT_VERSION, MTLS_MODES
 
-FORMAT_VERSION = 1
 # Where the sidecar finds its mounted files (certificate, key, bundle, snapshot). Defined here, in a
 # stdlib-only module, so the supervisor process does not load TLS and mitmproxy just to know a path.
 PROXY_DIR = Path(os.environ.get("MESHCTL_PROXY_DIR", "/etc/meshctl"))
-MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+MODES = MTLS_MODES
 PROTOCOLS = ("tcp", "http")  # a port's declared protocol: tcp connects upstream at once (server-first protocols)
 
 

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import capture, snapshot
+from sidecar.contract import PROXY_UID
 
 CERT_DIR = snapshot.PROXY_DIR  # only the stdlib is imported here: this process stays small
 
-PROXY_UID = 1337
 MIRROR_DIR = Path("/run/meshctl")
 FILES = ("cert.pem", "key.pem", "bundle.pem", "snapshot.json")
 TICK_S = 0.1

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from meshctl.bench.grpc_server import PORT as GRPC_PORT
 from meshctl.pki.ca import RootCA, create_root
-from meshctl.pki.workload import issue, spiffe_id
+from meshctl.pki.workload import issue
+from sidecar.contract import spiffe_id
 
 CONF_DIR = "/etc/meshbench"
 HTTP_PORT = 8080  # what the caller dials on the client-side proxy, as on the server itself

@@ -16,8 +16,8 @@ import typer
 from meshctl.config.schema import parse_duration
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
+from meshctl.mesh import MeshedPods, account_of, read_proxy_info
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
-from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pilot.status import ProxyStatus, proxy_statuses
 from meshctl.pki import agent, citadel
 from meshctl.status import ExitCode
@@ -74,7 +74,7 @@ def _select(c: Context, services: list[str]) -> list[citadel.WorkloadCertInfo]:
         return found
 
     def names(i: citadel.WorkloadCertInfo) -> set[str]:  # project.service, compose service, app, account
-        return {i.proxy, i.directory.name, proxy_info(i.directory)["pod"]["app"], i.identity.rsplit("/sa/", 1)[-1]}
+        return {i.proxy, i.directory.name, read_proxy_info(i.directory).pod.app, account_of(i.identity) or i.identity}
 
     each = [(i, names(i)) for i in found]  # one read of each proxy.json
     chosen = [i for i, n in each if n & set(services)]
@@ -133,8 +133,9 @@ def _rotate_root(c: Context, overlap: float, timeout: float) -> None:
         c.err.print(f"stage {citadel.STAGES.index(stage) + 1}/3 {stage}", highlight=False)
         _await_stage(c, stage, state.get("new", ""), state.get("old", ""), overlap, timeout)
     assert state is not None
-    c.out.print(f"root rotated: {state.get('old')} -> {state.get('new')}; {len(proxy_dirs(c.home))} workload "
-                "certificates re-issued", highlight=False)
+    reissued = len(MeshedPods.of(c.home).directories())
+    c.out.print(f"root rotated: {state.get('old')} -> {state.get('new')}; {reissued} workload certificates re-issued",
+                highlight=False)
 
 
 def _await_stage(c: Context, stage: str, new: str, old: str, overlap: float, timeout: float) -> None:

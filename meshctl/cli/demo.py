@@ -15,8 +15,8 @@ from meshctl.errors import MeshError
 from meshctl.lifecycle import demo as lib
 from meshctl.lifecycle import install as installer
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
-from meshctl.pki.workload import spiffe_id
 from meshctl.status import ExitCode
+from sidecar.contract import spiffe_id
 
 
 def demo(

@@ -14,9 +14,9 @@ from rich.text import Text
 
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, Timeout
+from meshctl.mesh import proxy_dir
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
 from meshctl.pilot import proxyconfig
-from meshctl.pilot.proxyfiles import proxy_dir
 from meshctl.pilot.push import desired
 from meshctl.pilot.status import ProxyStatus, age, proxy_statuses, until
 from meshctl.status import ExitCode

@@ -18,8 +18,8 @@ from meshctl.config import changes, routes
 from meshctl.config.schema import parse_duration
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
+from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
-from meshctl.pilot.push import meshed_versions
 from meshctl.rollout.driver import Driver, settle_without_driver
 from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore
 from meshctl.status import ExitCode
@@ -135,7 +135,7 @@ def start(
     """Start a rollout of SERVICE to a new version and drive it to the end (Ctrl-C leaves it resumable)."""
     c: Context = ctx.obj
     c.home.settings()
-    versions = meshed_versions(c.home).get(service, set())
+    versions = MeshedPods.of(c.home).versions().get(service, set())
     if not versions:
         raise InvalidInput(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
     if to not in versions:

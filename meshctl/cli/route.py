@@ -14,8 +14,8 @@ from meshctl.config import changes, routes
 from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
+from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
-from meshctl.pilot.push import meshed_versions, proxy_dirs, proxy_info
 
 app = typer.Typer(help="Route a service's traffic: weights, matches, timeouts, retries, faults, mirroring.",
                   no_args_is_help=True)
@@ -40,10 +40,7 @@ def _changed(before: list[Resource], after: list[Resource], service: str, projec
 
 def _versions(c: Context, service: str, project: str | None) -> set[str]:
     """The versions of `service` that are meshed (in `project`, when given)."""
-    if project is None:
-        return meshed_versions(c.home).get(service, set())
-    infos = [proxy_info(d) for d in proxy_dirs(c.home)]
-    return {i["pod"]["version"] for i in infos if i["project"] == project and i["pod"]["app"] == service}
+    return {i.pod.version for i in MeshedPods.of(c.home) if project in (None, i.project) and i.pod.app == service}
 
 
 def _in(project: str | None) -> str:

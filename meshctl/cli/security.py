@@ -10,10 +10,9 @@ from meshctl.config import changes
 from meshctl.config.resources import Key, Resource, check_document, key, qualified_name
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import MeshedPods, Pod, principal
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot import security
-from meshctl.pilot.push import proxy_dirs, proxy_info
 
 mtls_app = typer.Typer(help="Mutual TLS mode (PeerAuthentication), mesh-wide, per service or per port.",
                        no_args_is_help=True)
@@ -24,11 +23,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resulting YAM
 
 
 def _pods(c: Context) -> list[tuple[str, Pod]]:
-    out = []
-    for directory in proxy_dirs(c.home):
-        info = proxy_info(directory)
-        out.append((info["project"], Pod(**info["pod"])))
-    return out
+    return [(info.project, info.pod) for info in MeshedPods.of(c.home)]
 
 
 def _store(c: Context, resource: dict[str, Any], dry_run: bool) -> None:
@@ -108,7 +103,7 @@ def authz_allow(
     for caller in from_:
         _known_app(pods, caller, project)
     # a caller's principal names its service account (the `mesh.service-account` label, else its app)
-    principals = [f"{settings.trust_domain}/ns/{p}/sa/{account}" for caller in from_ for p in projects
+    principals = [principal(settings.trust_domain, p, account) for caller in from_ for p in projects
                   for account in sorted({pod.service_account for pp, pod in pods if pp == p and pod.app == caller}
                                         or {caller})]
     operation: dict[str, Any] = {}

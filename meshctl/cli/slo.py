@@ -12,8 +12,8 @@ from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, key, namespace_of
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
+from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
-from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.status import ExitCode
 from meshctl.telemetry import golden, mesh, slo
 
@@ -71,7 +71,7 @@ def set_(
     if dry_run:
         c.out.print(to_yaml(resource), end="", highlight=False)
         return
-    meshed = {(i["project"], i["pod"]["app"]) for i in map(proxy_info, proxy_dirs(c.home))}
+    meshed = {(i.project, i.pod.app) for i in MeshedPods.of(c.home)}
     if not any(app == service and project in (None, p) for p, app in meshed):
         where = f" in project {project!r}" if project else ""
         raise InvalidInput(f"no meshed service is called {service!r}{where}", "see `meshctl proxy-status`")

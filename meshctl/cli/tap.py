@@ -18,9 +18,11 @@ from rich.text import Text
 from meshctl.cli.observe import ProjectOption, seconds
 from meshctl.context import Context
 from meshctl.errors import Conflict, InvalidInput, MeshError, UsageError
+from meshctl.mesh import parse_identity
 from meshctl.telemetry import mesh
 from meshctl.telemetry.flows import FlowFile
 from meshctl.telemetry.tap import Event, Tap, Target
+from sidecar.contract import IdentityError
 from sidecar.engine.tap import DEFAULT_BODY, MAX_BODY, MAX_DURATION_S, MAX_RECORDS, TapError, TapSpec
 
 OPEN_TIMEOUT_S = 10.0  # every sidecar answers (start or refusal) within this, or counts as unreachable
@@ -51,12 +53,13 @@ def _cell(text: str, width: int) -> str:
 def short_peer(rec: dict[str, Any]) -> str:
     """The other side: its SPIFFE ID's account (the app, unless `mesh.service-account` names another), with its
     project when that is not the proxy's, else its address."""
-    peer = str(rec.get("peer") or "")
-    if "/sa/" in peer:
-        namespace = peer.split("/ns/", 1)[-1].split("/", 1)[0]
-        app = peer.rsplit("/sa/", 1)[1]
+    try:
+        peer = parse_identity(str(rec.get("peer") or ""))
+    except IdentityError:
+        pass
+    else:
         own = str(rec.get("proxy") or "").split(".", 1)[0]
-        return app if namespace == own else f"{namespace}/{app}"
+        return peer.account if peer.namespace == own else f"{peer.namespace}/{peer.account}"
     address = str(rec.get("peer_address") or "-").rsplit(":", 1)[0]
     return f"{address} (plain)"
 

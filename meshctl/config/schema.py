@@ -14,28 +14,15 @@ import re
 from typing import Any
 
 from sidecar import grpc, regex
+from sidecar.contract import parse_duration as parse_duration  # Istio's durations, as the sidecar reads them
 from sidecar.policy import RETRY_CONDITIONS, STATUS_RE
 
-DURATION_RE = re.compile(r"^(\d+(\.\d+)?)(ms|s|m|h)$")
-UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-MAX_DURATION_S = 315_576_000_000  # protobuf's Duration (Istio's): 10,000 years
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 PORT_RE = re.compile(r"[0-9]{1,5}")
 HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token
 HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR/LF would split the message; Envoy refuses these
 
 Schema = dict[str, Any]
-
-
-def parse_duration(text: str) -> float:
-    """'1.5s' -> 1.5, '250ms' -> 0.25 (Istio's duration strings; at least one unit is required)."""
-    m = DURATION_RE.match(text.strip())
-    if not m:
-        raise ValueError(f"{text!r} is not a duration; write it like 250ms, 1.5s, 2m or 1h")
-    seconds = float(m.group(1)) * UNITS[m.group(3)]
-    if not seconds <= MAX_DURATION_S:  # also inf: more digits than a float holds
-        raise ValueError(f"{text!r} is longer than a duration can be (10,000 years)")
-    return seconds
 
 
 def is_port(value: Any) -> bool:

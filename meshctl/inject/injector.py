@@ -13,8 +13,9 @@ from meshctl.errors import InvalidInput, MeshError
 from meshctl.fsutil import locked
 from meshctl.inject import load, original, paths, protocols, rewrite, yamlrt
 from meshctl.inject.risks import capture_risk
-from meshctl.pilot.proxyfiles import proxy_dir, write_proxy_files
-from meshctl.pilot.snapshot import compile_snapshot, describe
+from meshctl.mesh import Pod, ProxyInfo, proxy_dir
+from meshctl.pilot.proxyfiles import write_proxy_files
+from meshctl.pilot.snapshot import compile_snapshot, verified
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
 from meshctl.runtime import images
@@ -25,7 +26,7 @@ from meshctl.runtime.compose import find_compose
 class Result:
     text: str
     project: str
-    pods: list[rewrite.Pod]
+    pods: list[Pod]
     skipped: list[str]
     unchanged: bool = False
     warnings: tuple[str, ...] = ()  # already printed on the context's stderr console
@@ -88,14 +89,14 @@ def inject(ctx: Context, path: str | load.ComposeFile, project_name: str | None,
     raw = compose.text.encode() if compose.files else original.source_bytes(compose.source, compose.text)
     data[rewrite.MARKER].update(original.record(list(compose.files) or [compose.source], raw, bool(compose.files)))
     text = original.seal(yamlrt.dump(data, like=compose.text))
-    # Everything is validated: only now write certificates and snapshots.
+    infos = [ProxyInfo(project, settings.trust_domain, pod, tuple(pods)) for pod in pods]
+    snaps = [verified(i, compile_snapshot(i, revision.resources, revision.revision, settings)) for i in infos]
+    # Everything is validated, each snapshot by its sidecar's own parser: only now write certificates and snapshots.
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.UTC)
     with locked(ctx.home.ca_dir / ".lock"):  # as every issuance: the agent never sees a pair half-written
-        for pod in pods:
-            info = describe(pod, pods, project, settings.trust_domain)
-            snap = compile_snapshot(info, revision.resources, revision.revision, settings)
-            cert = workload.issue(root, snap["proxy"]["identity"], now, citadel.cert_ttl(ctx.home))
-            write_proxy_files(dirs[pod.service], cert, citadel.trust_bundle(ctx.home), info, snap)
+        for info, snap in zip(infos, snaps, strict=True):
+            cert = workload.issue(root, info.identity, now, citadel.cert_ttl(ctx.home))
+            write_proxy_files(dirs[info.pod.service], cert, citadel.trust_bundle(ctx.home), info.to_json(), snap)
     agent.ensure_running(ctx.home)  # renews these certificates at half their life from now on
     services = compose.data["services"]
     warnings = tuple(w for name in dict.fromkeys(p.host for p in pods) if (w := capture_risk(name, services[name])))

@@ -18,10 +18,11 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from meshctl import const
 from meshctl.config.schema import is_port
 
 LABEL_PORT_PROTOCOLS = "mesh.port-protocols"
-PROXY_PORTS = range(15000, 15100)
+PROXY_PORTS = const.PROXY_PORTS
 
 # Names as compose's `app_protocol`, Kubernetes' `appProtocol` and Istio's port names spell them
 # (case-insensitive), each mapped to what the sidecar does with the port.

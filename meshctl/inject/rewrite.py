@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml.comments import Comment, CommentedMap, Format, merge_attrib
@@ -21,15 +20,16 @@ from meshctl import __version__, const
 from meshctl.config.schema import is_port
 from meshctl.inject import comments, protocols, yamlrt
 from meshctl.inject.load import ComposeFile, depends_on_names, labels_of, replicas_of
+from meshctl.mesh import LABEL_APP, LABEL_VERSION, Pod
+from sidecar.contract import MTLS_MODES
 
-# Istio's label and annotation habits, shortened for compose labels.
-LABEL_APP, LABEL_VERSION = "app", "version"
+# Istio's label and annotation habits, shortened for compose labels (app and version: meshctl.mesh).
 LABEL_INJECT = "mesh.inject"
 LABEL_MTLS = "mesh.mtls-mode"
 LABEL_ACCOUNT = "mesh.service-account"  # the identity's account (Istio's ServiceAccount); default: the app
 LABEL_EXCLUDE_INBOUND = "mesh.exclude-inbound-ports"
 LABEL_EXCLUDE_OUTBOUND = "mesh.exclude-outbound-ports"
-MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+MODES = MTLS_MODES
 MARKER = "x-meshctl"
 SIDECAR_SUFFIX = "-proxy"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -37,39 +37,6 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 # Keys that belong to whoever owns the network namespace.
 NAMESPACE_KEYS = ("ports", "expose", "hostname", "domainname", "dns", "dns_search", "dns_opt", "extra_hosts",
                   "links", "external_links", "mac_address")
-
-
-@dataclass(frozen=True)
-class Pod:
-    """One meshed compose service: what the snapshot compiler and the proxy files need to know."""
-    service: str
-    sidecar: str
-    app: str
-    version: str
-    mode: str
-    exclude_inbound: tuple[int, ...]
-    exclude_outbound: tuple[int, ...]
-    published: tuple[int, ...]
-    workload: str = ""  # the compose service it is an instance of (its DNS name); "" means `service` itself
-    instance: int = 1
-    port_protocols: tuple[tuple[int, str], ...] = ()  # declared: (port, "tcp" | "http"), see inject.protocols
-    labels: tuple[tuple[str, str], ...] = ()  # the compose service's labels, which selectors and subsets match
-    account: str = ""  # the service account of its identity ("" = the app)
-
-    @property
-    def host(self) -> str:
-        return self.workload or self.service
-
-    @property
-    def service_account(self) -> str:
-        return self.account or self.app
-
-    @property
-    def label_map(self) -> dict[str, str]:
-        """Its labels, with `app` and `version` as meshctl reads them (defaults included)."""
-        return {str(k): str(v) for k, v in self.labels} | {LABEL_APP: self.app, LABEL_VERSION: self.version}
-
-
 
 
 def is_meshed(data: dict[str, Any]) -> bool:
@@ -83,7 +50,7 @@ def wants_injection(svc: dict[str, Any]) -> bool:
 def _ports(value: str, where: str, problems: list[str]) -> tuple[int, ...]:
     out = []
     for part in filter(None, (p.strip() for p in value.split(","))):
-        if not is_port(part) or 15000 <= int(part) <= 15099:
+        if not is_port(part) or int(part) in const.PROXY_PORTS:
             problems.append(f"{where}: {part!r} is not a port (1-65535, outside the proxy's 15000-15099)")
         else:
             out.append(int(part))

@@ -8,8 +8,7 @@ from docker.models.containers import Container
 from meshctl import const
 from meshctl.config.analyze import Inventory
 from meshctl.context import Context
-from meshctl.inject.rewrite import Pod
-from meshctl.pilot.push import proxy_dirs, proxy_info
+from meshctl.mesh import CERT_PEM, MeshedPods
 from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.proxies import list_proxies
 
@@ -17,25 +16,25 @@ from meshctl.runtime.proxies import list_proxies
 def build(ctx: Context, project: str | None = None) -> Inventory:
     inv = Inventory()
     projects: set[str] = set()
-    for directory in proxy_dirs(ctx.home):
-        info = proxy_info(directory)
-        pod = info["pod"]
+    meshed = MeshedPods.of(ctx.home)
+    for directory in meshed.directories():
+        info = meshed.read(directory)
+        pod = info.pod
         # Every project's services exist for the resources that route to them; -p only narrows the findings.
-        inv.versions.setdefault(pod["app"], set()).add(pod["version"])
-        inv.projects.setdefault(info["project"], set()).add(pod["app"])
-        described = Pod(**pod)
-        inv.accounts.setdefault(info["project"], set()).add(described.service_account)
-        inv.labels.setdefault(info["project"], []).append(described.label_map)
-        if project and info["project"] != project:
+        inv.versions.setdefault(pod.app, set()).add(pod.version)
+        inv.projects.setdefault(info.project, set()).add(pod.app)
+        inv.accounts.setdefault(info.project, set()).add(pod.service_account)
+        inv.labels.setdefault(info.project, []).append(pod.label_map)
+        if project and info.project != project:
             continue
-        projects.add(info["project"])
-        if pod["mode"] == "STRICT":
-            inv.strict.setdefault(info["project"], []).append(pod["service"])
+        projects.add(info.project)
+        if pod.mode == "STRICT":
+            inv.strict.setdefault(info.project, []).append(pod.service)
         try:
-            cert = x509.load_pem_x509_certificate((directory / "cert.pem").read_bytes())
+            cert = x509.load_pem_x509_certificate((directory / CERT_PEM).read_bytes())
         except (OSError, ValueError):
             continue
-        name = f"{info['project']}.{pod['service']}"
+        name = info.name
         inv.certs[name] = cert.not_valid_after_utc.timestamp()
         inv.cert_lifetimes[name] = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
     for proxy in list_proxies(ctx.docker()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshctl.config.resources import ROOT_NAMESPACES
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import Pod
 from meshctl.pilot.security import Resource, selects
 
 DEFAULT_SAMPLING = 100.0  # Istio's demo profile: every trace, so `meshctl trace` shows something at once

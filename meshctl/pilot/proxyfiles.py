@@ -1,4 +1,4 @@
-"""The files one sidecar may read, in <home>/proxies/<project>/<service>/, mounted read-only at /etc/meshctl.
+"""Write the files one sidecar may read, in <home>/proxies/<project>/<service>/ (meshctl.mesh), mounted at /etc/meshctl.
 
 Only this directory is mounted into the sidecar, so each sidecar reads only its own key; the CA key is
 never among them. Files belong to the proxy uid (1337) when meshctl runs as root, so the proxy, which
@@ -14,11 +14,8 @@ from typing import Any
 
 from meshctl import const
 from meshctl.fsutil import atomic_write, ensure_dir, os_error
+from meshctl.mesh import BUNDLE_PEM, CERT_PEM, KEY_PEM, PROXY_JSON, SNAPSHOT_JSON
 from meshctl.pki.workload import WorkloadCert
-
-
-def proxy_dir(proxies_root: Path, project: str, service: str) -> Path:
-    return proxies_root / project / service
 
 
 def own(path: Path) -> None:
@@ -34,10 +31,9 @@ def write_proxy_files(directory: Path, cert: WorkloadCert, bundle: bytes, info: 
     ensure_dir(directory.parent, 0o700)
     ensure_dir(directory, 0o700)
     own(directory)
-    files = [("key.pem", cert.key_pem(), 0o600), ("cert.pem", cert.cert_pem(), 0o644),
-             ("bundle.pem", bundle, 0o644),
-             ("proxy.json", json.dumps(info, indent=1).encode(), 0o644),
-             ("snapshot.json", json.dumps(snapshot, indent=1).encode(), 0o644)]
+    files = [(KEY_PEM, cert.key_pem(), 0o600), (CERT_PEM, cert.cert_pem(), 0o644), (BUNDLE_PEM, bundle, 0o644),
+             (PROXY_JSON, json.dumps(info, indent=1).encode(), 0o644),
+             (SNAPSHOT_JSON, json.dumps(snapshot, indent=1).encode(), 0o644)]
     for name, data, mode in files:
         atomic_write(directory / name, data, mode=mode)
         own(directory / name)

@@ -15,8 +15,9 @@ from meshctl.config.store import Store
 from meshctl.errors import MeshError
 from meshctl.fsutil import atomic_write, read_text
 from meshctl.home import MeshHome
+from meshctl.mesh import SNAPSHOT_JSON, MeshedPods
 from meshctl.pilot.proxyfiles import own
-from meshctl.pilot.snapshot import compile_snapshot
+from meshctl.pilot.snapshot import compile_snapshot, verified
 
 
 @dataclass(frozen=True)
@@ -26,44 +27,32 @@ class Pushed:
     written: int
 
 
-def proxy_dirs(home: MeshHome) -> list[Path]:
-    return sorted(p.parent for p in home.proxies_dir.glob("*/*/proxy.json"))
-
-
-def proxy_info(directory: Path) -> dict[str, Any]:
-    """A proxy's static description, written by inject (project, trust domain, its pod, the project's pods)."""
-    return dict(json.loads(read_text(directory / "proxy.json")))
-
-
-def meshed_versions(home: MeshHome) -> dict[str, set[str]]:
-    """app -> the versions injected for it, from the proxies' static descriptions (no engine needed)."""
-    versions: dict[str, set[str]] = {}
-    for directory in proxy_dirs(home):
-        pod = proxy_info(directory)["pod"]
-        versions.setdefault(pod["app"], set()).add(pod["version"])
-    return versions
-
-
 def desired(directory: Path) -> dict[str, Any] | None:
     try:
-        return dict(json.loads(read_text(directory / "snapshot.json")))
+        return dict(json.loads(read_text(directory / SNAPSHOT_JSON)))
     except (ValueError, MeshError):
         return None
 
 
 def write_snapshot(directory: Path, snapshot: dict[str, Any]) -> None:
-    atomic_write(directory / "snapshot.json", json.dumps(snapshot, indent=1), mode=0o644, durable=False)
-    own(directory / "snapshot.json")
+    atomic_write(directory / SNAPSHOT_JSON, json.dumps(snapshot, indent=1), mode=0o644, durable=False)
+    own(directory / SNAPSHOT_JSON)
 
 
 def push(home: MeshHome) -> Pushed:
     revision = Store(home.config_dir).read()
     settings = home.settings()
-    dirs = proxy_dirs(home)
-    written = 0
+    pods = MeshedPods.of(home)
+    dirs = pods.directories()
+    # Every snapshot is compiled and read by the sidecar's own parser before any is written: one proxy's
+    # refusal leaves every proxy on the snapshot it has.
+    compiled = []
     for directory in dirs:
-        info = proxy_info(directory)
-        snapshot = compile_snapshot(info, revision.resources, revision.revision, settings)
+        info = pods.read(directory)
+        compiled.append((directory, verified(info, compile_snapshot(info, revision.resources, revision.revision,
+                                                                    settings))))
+    written = 0
+    for directory, snapshot in compiled:
         current = desired(directory)
         if current is None or current.get("hash") != snapshot["hash"]:
             write_snapshot(directory, snapshot)

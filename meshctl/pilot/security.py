@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshctl.config.resources import ROOT_NAMESPACES, namespace_of
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import Pod
 from sidecar.jwt import JwtError, jwks_uri_problem, parse_jwks
 
 Resource = dict[str, Any]

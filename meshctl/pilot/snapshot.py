@@ -1,4 +1,4 @@
-"""Compile what one proxy needs into its snapshot (format 1, read by sidecar/snapshot.py).
+"""Compile what one proxy needs into its snapshot (the format sidecar/snapshot.py reads, checked by it here).
 
 Inputs: the pod's static description written by inject (proxy.json) and the store's current revision.
 A proxy gets only the routes and destination policies of the services in its own project, the
@@ -12,27 +12,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Collection
-from dataclasses import asdict
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from meshctl.config.hosts import qualified, target
 from meshctl.config.resources import namespace_of, qualified_name
+from meshctl.errors import Conflict
 from meshctl.home import MeshSettings
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import Pod, ProxyInfo
 from meshctl.pilot import egress, observability, security
-from meshctl.pki.workload import spiffe_id
-
-FORMAT = 1
-
-
-def proxy_name(project: str, service: str) -> str:
-    return f"{project}.{service}"
-
-
-def describe(pod: Pod, pods: list[Pod], project: str, trust_domain: str) -> dict[str, Any]:
-    """The static part, written once at inject time as proxy.json."""
-    return {"project": project, "trust_domain": trust_domain, "pod": asdict(pod), "pods": [asdict(p) for p in pods]}
+from sidecar import snapshot as contract
+from sidecar.contract import FORMAT_VERSION
 
 
 def mesh_config(settings: MeshSettings | None) -> dict[str, Any]:
@@ -42,30 +32,31 @@ def mesh_config(settings: MeshSettings | None) -> dict[str, Any]:
             "outbound_traffic_policy": chosen.outbound_traffic_policy}
 
 
-def compile_snapshot(info: dict[str, Any], resources: list[dict[str, Any]], revision: int,
+def compile_snapshot(info: ProxyInfo | Mapping[str, Any], resources: list[dict[str, Any]], revision: int,
                      settings: MeshSettings | None = None) -> dict[str, Any]:
-    project, trust_domain = info["project"], info["trust_domain"]
-    pod = Pod(**info["pod"])
-    apps: dict[str, list[dict[str, Any]]] = {}
-    for other in info["pods"]:
-        apps.setdefault(other["app"], []).append(other)
+    """`info` is the proxy's typed proxy.json, or its JSON form (as inject builds it, or a test)."""
+    if not isinstance(info, ProxyInfo):
+        info = ProxyInfo.from_json(info)
+    project, trust_domain, pod = info.project, info.trust_domain, info.pod
+    apps: dict[str, list[Pod]] = {}
+    for other in info.pods:
+        apps.setdefault(other.app, []).append(other)
 
     mine = networking(resources, project, apps)
     mode, port_modes = security.peer_modes(resources, project, pod)
     body: dict[str, Any] = {
-        "format": FORMAT,
+        "format": FORMAT_VERSION,
         "revision": revision,
         "trust_domain": trust_domain,
-        "proxy": {"name": proxy_name(project, pod.service), "project": project, "service": pod.service,
-                  "app": pod.app, "version": pod.version,
-                  "identity": spiffe_id(trust_domain, project, pod.service_account)},
+        "proxy": {"name": info.name, "project": project, "service": pod.service,
+                  "app": pod.app, "version": pod.version, "identity": info.identity},
         "inbound": {"mode": mode, "port_modes": port_modes, "exclude_ports": list(pod.exclude_inbound),
                     "published_ports": list(pod.published)},
         "outbound": {"exclude_ports": list(pod.exclude_outbound)},
-        "services": [{"name": app, "identity": spiffe_id(trust_domain, project, Pod(**members[0]).service_account),
+        "services": [{"name": app, "identity": info.identity_of(members[0]),
                       # replicas of one workload share its DNS name: one entry resolves them all
                       "workloads": [workload_entry(resources, project, m) for m in
-                                    {(m.get("workload") or m["service"], m["version"]): m for m in members}.values()]}
+                                    {(m.host, m.version): m for m in members}.values()]}
                      for app, members in sorted(apps.items())],
         "routes": [spec for kind, spec in mine if kind == "VirtualService"],
         "destinations": [spec for kind, spec in mine if kind == "DestinationRule"],
@@ -106,17 +97,35 @@ def networking(resources: list[dict[str, Any]], project: str, apps: Collection[s
     return [(kind, spec) for _, kind, spec in sorted(picked, key=lambda p: p[0])]
 
 
-def workload_entry(resources: list[dict[str, Any]], project: str, member: dict[str, Any]) -> dict[str, Any]:
+def workload_entry(resources: list[dict[str, Any]], project: str, member: Pod) -> dict[str, Any]:
     """How to call one workload: its DNS name, subset, its mTLS modes (a DISABLE port takes plaintext) and the
     protocols its ports declare ("tcp" connects upstream at once: a server that speaks first is not kept waiting).
     Callers read the entry to call it, and its own sidecar reads it for inbound connections."""
-    mode, ports = security.peer_modes(resources, project, Pod(**member))
-    return {"host": member.get("workload") or member["service"], "version": member["version"], "mode": mode,
-            "labels": Pod(**member).label_map,
+    mode, ports = security.peer_modes(resources, project, member)
+    return {"host": member.host, "version": member.version, "mode": mode,
+            "labels": member.label_map,
             "port_modes": ports,
-            "port_protocols": {str(port): protocol for port, protocol in member.get("port_protocols") or ()}}
+            "port_protocols": {str(port): protocol for port, protocol in member.port_protocols}}
 
 
 def content_hash(body: dict[str, Any]) -> str:
     content = {k: v for k, v in body.items() if k != "hash"}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SnapshotRefused(Conflict):
+    """A compiled snapshot its sidecar would refuse. CONFLICT: the store (on disk) holds config that the data
+    plane cannot take, though each resource passed meshctl's checks; no input file is to blame (not 3), and the
+    same store compiles to the same refusal until it changes."""
+
+
+def verified(info: ProxyInfo, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """`snapshot`, once the sidecar's own parser has read it as the sidecar will (through JSON); a snapshot its
+    sidecar would refuse is never written, and the refusal names the proxy and the sidecar's reason."""
+    try:
+        contract.parse(json.loads(json.dumps(snapshot)))
+    except (contract.SnapshotError, TypeError, ValueError) as exc:  # TypeError/ValueError: not JSON at all
+        raise SnapshotRefused(f"proxy {info.name}: its sidecar would refuse the compiled snapshot (revision "
+                              f"{snapshot.get('revision')}): {exc}", "no proxy was updated; change the resource it "
+                              "names or go back with `meshctl rollback REV`") from None
+    return snapshot

@@ -17,7 +17,7 @@ from cryptography import x509
 
 from meshctl import const
 from meshctl.context import Context
-from meshctl.pilot.proxyfiles import proxy_dir
+from meshctl.mesh import CERT_PEM, SNAPSHOT_JSON, proxy_dir
 from meshctl.pilot.push import desired
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.proxies import Proxy, list_proxies
@@ -52,7 +52,7 @@ def fetch_status(address: str, timeout: float = 1.5) -> dict[str, Any] | None:
 
 def _cert_expiry(ctx: Context, proxy: Proxy) -> float | None:
     try:
-        pem = (proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service) / "cert.pem").read_bytes()
+        pem = (proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service) / CERT_PEM).read_bytes()
     except OSError:
         return None
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
@@ -92,7 +92,7 @@ def proxy_statuses(ctx: Context, only: str | None = None, project: str | None = 
     mine = [p for p in list_proxies(ctx.docker(), project)
             if (project is None or p.project == project)
             and (only is None or only in (p.name, p.service, p.container))
-            and (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / "snapshot.json").is_file()]
+            and (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / SNAPSHOT_JSON).is_file()]
     with ThreadPoolExecutor(max_workers=32) as pool:
         return list(pool.map(lambda p: status_of(ctx, p, network), mine))
 

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from meshctl.config.schema import parse_duration
 from meshctl.fsutil import atomic_write, locked, read_text
 from meshctl.home import MeshHome
+from meshctl.mesh import BUNDLE_PEM, CERT_PEM, KEY_PEM, MeshedPods, read_proxy_info
 from meshctl.pilot.proxyfiles import own
-from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pki import ca as pki
 from meshctl.pki import workload
 
@@ -70,7 +70,7 @@ def trusted_serials(bundle: bytes) -> set[str]:
 
 def read_info(directory: Path, roots: dict[bytes, str]) -> WorkloadCertInfo | None:
     try:
-        cert = x509.load_pem_x509_certificate((directory / "cert.pem").read_bytes())
+        cert = x509.load_pem_x509_certificate((directory / CERT_PEM).read_bytes())
     except (OSError, ValueError):
         return None
     try:
@@ -96,7 +96,7 @@ def _roots_by_key_id(bundle: bytes) -> dict[bytes, str]:
 
 def workload_certs(home: MeshHome) -> Iterator[WorkloadCertInfo]:
     roots = _roots_by_key_id(trust_bundle(home) + _next_root_pem(home))
-    for directory in proxy_dirs(home):
+    for directory in MeshedPods.of(home).directories():
         info = read_info(directory, roots)
         if info is not None:
             yield info
@@ -114,23 +114,21 @@ def _next_root_pem(home: MeshHome) -> bytes:
 
 
 def _identity(directory: Path) -> str:
-    info = proxy_info(directory)
-    pod = info["pod"]  # the account as Pod.service_account reads it (proxy.json from any version)
-    return workload.spiffe_id(info["trust_domain"], info["project"], pod.get("account") or pod["app"])
+    return read_proxy_info(directory).identity
 
 
 def write_cert(directory: Path, cert: workload.WorkloadCert) -> None:
     """Key first, then certificate: a sidecar that reads the pair in between finds them mismatched, keeps
     the pair in force and loads the new one a second later."""
-    atomic_write(directory / "key.pem", cert.key_pem(), mode=0o600)
-    own(directory / "key.pem")
-    atomic_write(directory / "cert.pem", cert.cert_pem(), mode=0o644)
-    own(directory / "cert.pem")
+    atomic_write(directory / KEY_PEM, cert.key_pem(), mode=0o600)
+    own(directory / KEY_PEM)
+    atomic_write(directory / CERT_PEM, cert.cert_pem(), mode=0o644)
+    own(directory / CERT_PEM)
 
 
 def write_bundle(directory: Path, bundle: bytes) -> None:
-    atomic_write(directory / "bundle.pem", bundle, mode=0o644)
-    own(directory / "bundle.pem")
+    atomic_write(directory / BUNDLE_PEM, bundle, mode=0o644)
+    own(directory / BUNDLE_PEM)
 
 
 def reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:
@@ -145,7 +143,7 @@ def _reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[
     for directory in directories:
         cert = workload.issue(root, _identity(directory), now, ttl)
         write_cert(directory, cert)
-        if (directory / "bundle.pem").read_bytes() != bundle:
+        if (directory / BUNDLE_PEM).read_bytes() != bundle:
             write_bundle(directory, bundle)
         serials.append(f"{cert.cert.serial_number:x}")
     return serials
@@ -154,8 +152,8 @@ def _reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[
 def pair_matches(directory: Path) -> bool:
     """Whether key.pem is the key of cert.pem: not so after a writer was killed between the two files."""
     try:
-        key = serialization.load_pem_private_key((directory / "key.pem").read_bytes(), password=None)
-        cert = x509.load_pem_x509_certificate((directory / "cert.pem").read_bytes())
+        key = serialization.load_pem_private_key((directory / KEY_PEM).read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate((directory / CERT_PEM).read_bytes())
     except (OSError, ValueError, TypeError):
         return False
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -200,7 +198,7 @@ def _save_state(home: MeshHome, state: dict[str, str] | None) -> None:
 
 def _distribute_bundle(home: MeshHome, bundle: bytes) -> None:
     atomic_write(home.ca_dir / BUNDLE_FILE, bundle, mode=0o644)
-    for directory in proxy_dirs(home):
+    for directory in MeshedPods.of(home).directories():
         write_bundle(directory, bundle)
 
 
@@ -237,5 +235,5 @@ def root_stage(home: MeshHome, stage: str, now: dt.datetime) -> dict[str, str]:
             state["stage"] = "done"
         _save_state(home, None if state.get("stage") == "done" else state)
     if stage == "reissue":
-        reissue(home, proxy_dirs(home), now)
+        reissue(home, MeshedPods.of(home).directories(), now)
     return state

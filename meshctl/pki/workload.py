@@ -12,12 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshctl.pki.ca import RootCA
+from sidecar.contract import spiffe_id
 
 DEFAULT_TTL = dt.timedelta(hours=24)
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 @dataclass(frozen=True)

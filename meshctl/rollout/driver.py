@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from meshctl.config import changes, routes
 from meshctl.context import Context
-from meshctl.pilot.push import meshed_versions
+from meshctl.mesh import MeshedPods
 from meshctl.rollout.gates import counters, delta, judge
 from meshctl.rollout.state import DONE, Rollout, RolloutStore
 from meshctl.runtime.proxies import list_proxies
@@ -26,7 +26,7 @@ def set_weight(ctx: Context, r: Rollout, weight: int) -> None:
     """The service's catch-all rule: stable and canary by weight; its other settings are kept."""
     to = [r.canary] if weight >= 100 else [r.stable] if weight <= 0 else [f"{r.stable}={100 - weight}",
                                                                           f"{r.canary}={weight}"]
-    versions = meshed_versions(ctx.home).get(r.service, set())
+    versions = MeshedPods.of(ctx.home).versions().get(r.service, set())
     edit = routes.RouteEdit(to=to)
     changes.edit(ctx, lambda current: routes.set_route(current, r.service, edit, versions),
                  f"rollout {r.service}: {r.canary} at {max(0, min(100, weight))}%")

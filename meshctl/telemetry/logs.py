@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshctl.errors import InvalidInput
+from meshctl.mesh import account_of
 from meshctl.telemetry.golden import OUTSIDE
 
 STATUS_RE = re.compile(r"^([1-5])xx$|^([1-5][0-9][0-9])$")
@@ -43,7 +44,7 @@ class LogFilter:
             names = ([entry.get("source_workload"), entry.get("source")] if inbound else
                      [entry.get("destination_service"), entry.get("destination_workload"), entry.get("destination")])
             peer = self.peer
-            if not any(n and (n == peer or n.endswith(f"/sa/{peer}") or n.startswith(f"{peer}-")) for n in names):
+            if not any(n and (n == peer or account_of(str(n)) == peer or n.startswith(f"{peer}-")) for n in names):
                 return False
         return True
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.contract import PORT_INBOUND as INBOUND_PORT
 from sidecar.engine.http1 import RequestHead, ResponseHead
-from sidecar.engine.plan import INBOUND_PORT, ConnectionInfo
+from sidecar.engine.plan import ConnectionInfo
 
 
 class Headers:

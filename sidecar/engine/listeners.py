@@ -26,13 +26,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from sidecar.contract import PORT_OUTBOUND as OUTBOUND_PORT
 from sidecar.egress import REGISTRY_ONLY
 from sidecar.endpoints import Endpoint
 from sidecar.engine import clienthello, l4
 from sidecar.engine.plan import (
     H2_ALPN,
     L7H2,
-    OUTBOUND_PORT,
     ConnectionInfo,
     L4Tcp,
     L7Http,

@@ -23,6 +23,8 @@ from typing import Any
 
 from sidecar import capture, snapshot
 from sidecar.admin import Admin
+from sidecar.contract import PORT_INBOUND as INBOUND_PORT
+from sidecar.contract import PORT_OUTBOUND as OUTBOUND_PORT
 from sidecar.egress import Resolver
 from sidecar.endpoints import Endpoint, Endpoints
 from sidecar.engine.authorize import Authorizer
@@ -34,9 +36,7 @@ from sidecar.engine.h2proxy import H2Decide, H2Downstream, H2Proxy
 from sidecar.engine.listeners import CaptureListener, Sidecar
 from sidecar.engine.observe import Observer
 from sidecar.engine.plan import (
-    INBOUND_PORT,
     L7H2,
-    OUTBOUND_PORT,
     ConnectionInfo,
     L7Http,
     LocalNetworks,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from sidecar.contract import PORT_INBOUND as INBOUND_PORT
 from sidecar.egress import REGISTRY_ONLY
 from sidecar.endpoints import Endpoints
 from sidecar.engine.call import Call
-from sidecar.engine.plan import INBOUND_PORT, ConnectionInfo
+from sidecar.engine.plan import ConnectionInfo
 from sidecar.live import LiveSnapshot
 from sidecar.meters import CLUSTER, PARTY_LABELS, Meters, app_of, clip, fqdn, namespace_of
 

@@ -36,6 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sidecar.contract import PORT_INBOUND as INBOUND_PORT
+from sidecar.contract import PORT_OUTBOUND as OUTBOUND_PORT
+from sidecar.contract import PROXY_PORTS
 from sidecar.egress import HTTP_PROTOCOLS, REGISTRY_ONLY, dial_address
 from sidecar.endpoints import Endpoint
 from sidecar.engine.clienthello import Hello
@@ -43,9 +46,6 @@ from sidecar.policy import ClusterPolicy, merged_policy
 from sidecar.rbac import needs_request_fields
 from sidecar.snapshot import Snapshot, Workload
 
-INBOUND_PORT = 15006
-OUTBOUND_PORT = 15001
-PROXY_PORTS = (15000, 15099)
 L4_ALPN = "meshctl-l4"  # offered by a sidecar's L4 tunnel: the far side relays at once
 H2_ALPN = "h2"  # offered by a sidecar carrying HTTP/2 (L7 or L4): the far side knows without looking
 H2_PREFACE = b"PRI * HTTP/2.0"
@@ -205,7 +205,7 @@ def _protocol(info: ConnectionInfo) -> str | None:
 
 
 def _proxy_port(port: int) -> bool:
-    return PROXY_PORTS[0] <= port <= PROXY_PORTS[1]
+    return port in PROXY_PORTS
 
 
 def _inbound_mode(info: ConnectionInfo) -> str:

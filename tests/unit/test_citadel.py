@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshctl.home import MeshHome
-from meshctl.pilot.push import proxy_dirs
+from meshctl.mesh import MeshedPods
 from meshctl.pki import ca, citadel
 from tests.unit.test_inject import BOOKINFO, inject
 
@@ -40,7 +40,7 @@ def test_renewal_happens_at_half_life_only(installed_home: Path, tmp_path: Path)
     assert sorted(renewed) == sorted(certs)
     after = {i.proxy: i.serial for i in citadel.workload_certs(home)}
     assert all(after[p] != certs[p].serial for p in certs)
-    for d in proxy_dirs(home):  # the key stays the proxy's own, 0600
+    for d in MeshedPods.of(home).directories():  # the key stays the proxy's own, 0600
         assert stat.S_IMODE((d / "key.pem").stat().st_mode) == 0o600
 
 
@@ -50,17 +50,17 @@ def test_root_rotation_stages(installed_home: Path, tmp_path: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     state = citadel.root_stage(home, "trust-both", now)
     assert citadel.rotation_state(home) == state and state["old"] == f"{old.cert.serial_number:x}"
-    for d in proxy_dirs(home):
+    for d in MeshedPods.of(home).directories():
         assert len(x509.load_pem_x509_certificates((d / "bundle.pem").read_bytes())) == 2
         assert issued_by(d / "cert.pem", old)  # certificates do not change yet
     assert citadel.root_stage(home, "trust-both", now) == state  # a resumed stage changes nothing more
     citadel.root_stage(home, "reissue", now)
     new = ca.load_root(home.ca_dir)
     assert f"{new.cert.serial_number:x}" == state["new"]
-    assert all(issued_by(d / "cert.pem", new) for d in proxy_dirs(home))
+    assert all(issued_by(d / "cert.pem", new) for d in MeshedPods.of(home).directories())
     assert not (home.ca_dir / "next-key.pem").exists()
     citadel.root_stage(home, "retire", now)
-    for d in proxy_dirs(home):
+    for d in MeshedPods.of(home).directories():
         roots = x509.load_pem_x509_certificates((d / "bundle.pem").read_bytes())
         assert [r.serial_number for r in roots] == [new.cert.serial_number]
     assert citadel.rotation_state(home) is None and not list((home.ca_dir / "retired").glob("*-key.pem"))

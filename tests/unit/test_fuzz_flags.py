@@ -21,17 +21,19 @@ from meshctl.config import routes
 from meshctl.config.changes import undefined_subsets
 from meshctl.config.kinds import HTTP_ROUTE
 from meshctl.config.resources import check_document
-from meshctl.config.schema import MAX_DURATION_S, UNITS, parse_duration, validate
+from meshctl.config.schema import parse_duration, validate
 from meshctl.config.store import Store
 from meshctl.errors import InvalidInput, MeshError, UsageError
 from meshctl.extras import parse_addons
 from meshctl.inject.injector import inject
 from meshctl.lifecycle import install
-from meshctl.pilot.push import proxy_dirs
+from meshctl.mesh import MeshedPods
 from meshctl.status import ExitCode
 from meshctl.telemetry import slo
 from meshctl.telemetry.logs import LogFilter
 from sidecar import snapshot as contract
+from sidecar.contract import DURATION_UNITS as UNITS
+from sidecar.contract import MAX_DURATION_S
 from sidecar.policy import RetryPolicy, seconds
 from tests.unit.fuzzing import CLI, FUZZ, ODD_TEXT, TEXT, context, make_home, one_line, run_cli, tree_state
 from tests.unit.test_inject import BOOKINFO
@@ -240,7 +242,7 @@ def test_route_set_cli_is_one_line_or_a_valid_store(meshed_home: Path, service: 
         assert tree_state(config) == before
         return
     all_valid(Store(config).read().resources)
-    for directory in proxy_dirs(context(meshed_home).home):
+    for directory in MeshedPods.of(context(meshed_home).home).directories():
         contract.load(directory / "snapshot.json")
 
 

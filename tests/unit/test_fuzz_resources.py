@@ -24,8 +24,8 @@ from meshctl.config.changes import apply
 from meshctl.config.resources import check_document
 from meshctl.config.store import Store
 from meshctl.errors import InvalidInput
-from meshctl.inject.rewrite import Pod
-from meshctl.pilot.snapshot import compile_snapshot, describe
+from meshctl.mesh import Pod, describe
+from meshctl.pilot.snapshot import compile_snapshot
 from meshctl.status import ExitCode
 from meshctl.telemetry import slo
 from meshctl.telemetry.golden import Golden

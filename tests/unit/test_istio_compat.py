@@ -14,9 +14,10 @@ from meshctl.config.analyze import Inventory, analyze_resources
 from meshctl.config.resources import check_document, load
 from meshctl.errors import InvalidInput
 from meshctl.inject.load import load as load_compose
-from meshctl.inject.rewrite import Pod, plan_pods
+from meshctl.inject.rewrite import plan_pods
+from meshctl.mesh import Pod, describe
 from meshctl.pilot.security import authorization, selects
-from meshctl.pilot.snapshot import compile_snapshot, describe
+from meshctl.pilot.snapshot import compile_snapshot
 from sidecar import snapshot as contract
 from sidecar.rbac import Subject, decide
 from sidecar.routes import request_matches, select_rule

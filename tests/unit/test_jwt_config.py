@@ -14,7 +14,7 @@ import yaml
 
 from meshctl.config.resources import check_document
 from meshctl.config.store import Store
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import Pod
 from meshctl.pilot.security import request_authentication
 from meshctl.status import ExitCode
 from tests.conftest import meshctl

@@ -20,8 +20,8 @@ from meshctl.config.analyze import Inventory, analyze_resources
 from meshctl.config.hosts import canonical, target
 from meshctl.config.resources import key
 from meshctl.config.store import Store
-from meshctl.inject.rewrite import Pod
-from meshctl.pilot.snapshot import compile_snapshot, describe
+from meshctl.mesh import Pod, describe
+from meshctl.pilot.snapshot import compile_snapshot
 from meshctl.status import ExitCode
 from tests.unit.fuzzing import FUZZ, make_home, one_line, run_cli, tree_state
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from meshctl.errors import InvalidInput
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import Pod
 from meshctl.pilot.observability import tracing
 from meshctl.telemetry import golden, slo, traces
 from meshctl.telemetry.logs import LogFilter, top_routes

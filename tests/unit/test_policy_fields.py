@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from meshctl.config.kinds import KINDS
-from meshctl.inject.rewrite import Pod
+from meshctl.mesh import Pod
 from meshctl.pilot.security import selects
 from sidecar.rbac import Subject, decide, remote_address
 from tests.unit import jwtkit

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from meshctl.inject import injector, protocols
-from meshctl.pilot.push import proxy_info
+from meshctl.mesh import read_proxy_info
 from meshctl.pilot.snapshot import compile_snapshot
 from meshctl.runtime.compose import ComposeTool
 from meshctl.status import ExitCode
@@ -143,14 +143,14 @@ def test_declarations_reach_the_callers_and_the_callees_snapshots(installed_home
         (client,) = by_app["client"].workloads
         assert client.port_protocols == ()
         assert next(s for s in raw["services"] if s["name"] == "client")["workloads"][0]["port_protocols"] == {}
-    assert proxy_info(installed_home / "proxies" / "shop" / "cache-2")["pod"]["port_protocols"] == [[6380, "tcp"]]
+    assert read_proxy_info(installed_home / "proxies" / "shop" / "cache-2").pod.port_protocols == ((6380, "tcp"),)
 
 
 def test_a_recompiled_snapshot_keeps_the_declarations(installed_home: Path, tmp_path: Path) -> None:
     """`apply` and every push compile again from proxy.json: the declarations travel through it."""
     assert _inject(installed_home, tmp_path)[0] == 0
     directory = installed_home / "proxies" / "shop" / "client"
-    again = compile_snapshot(proxy_info(directory), [], 1)
+    again = compile_snapshot(read_proxy_info(directory), [], 1)
     assert again["services"] == _snapshot(installed_home, "client")["services"]
     assert meshctl("mtls", "set", "db", "--mode", "strict", "-p", "shop", home=installed_home).code == 0
     db = next(s for s in _snapshot(installed_home, "client")["services"] if s["name"] == "db")["workloads"][0]
@@ -159,7 +159,7 @@ def test_a_recompiled_snapshot_keeps_the_declarations(installed_home: Path, tmp_
 
 def test_a_proxy_json_from_before_declarations_compiles_with_none(installed_home: Path, tmp_path: Path) -> None:
     assert _inject(installed_home, tmp_path)[0] == 0
-    info = proxy_info(installed_home / "proxies" / "shop" / "client")
+    info = json.loads((installed_home / "proxies" / "shop" / "client" / "proxy.json").read_text())
     for pod in [info["pod"], *info["pods"]]:
         del pod["port_protocols"]
     snap = contract.parse(compile_snapshot(info, [], 1))

@@ -44,7 +44,7 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput, PermissionProblem
 from meshctl.fsutil import atomic_write, locked
 from meshctl.home import MeshHome
-from meshctl.pilot.push import meshed_versions
+from meshctl.mesh import MeshedPods
 from meshctl.pki import ca, citadel, workload
 from meshctl.status import ExitCode
 from tests.conftest import Done, meshctl
@@ -237,7 +237,7 @@ def test_mixed_concurrent_cli_commands_all_land(installed_home: Path, tmp_path: 
     (tmp_path / "extra.yaml").write_text(vs_doc("extra", "extra"))
     assert cli(home, "apply", "-f", str(tmp_path / "base.yaml")).code == 0  # revision 1
     assert cli(home, "apply", "-f", str(tmp_path / "extra.yaml")).code == 0  # revision 2: rollback 1 changes it
-    versions = meshed_versions(MeshHome(home))
+    versions = MeshedPods.of(MeshHome(home)).versions()
     ops: dict[str, dict[str, Any]] = {}
     commands = []
     for i in range(5):
