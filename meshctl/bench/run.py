@@ -19,6 +19,7 @@ from meshctl.bench.workload import Load
 from meshctl.config import changes
 from meshctl.context import Context
 from meshctl.errors import MeshError, UsageError
+from meshctl.mesh import principal
 from meshctl.pilot.status import proxy_statuses
 from meshctl.runtime.engine import engine_errors
 
@@ -189,7 +190,7 @@ def _mode_config(ctx: Context, mode: str) -> None:
             {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
              "metadata": {"name": "bench-server", "namespace": ns},
              "spec": {"selector": {"matchLabels": {"app": "server"}}, "action": "ALLOW",
-                      "rules": [{"from": [{"source": {"principals": [f"{domain}/ns/{ns}/sa/client"]}}]}]}},
+                      "rules": [{"from": [{"source": {"principals": [principal(domain, ns, "client")]}}]}]}},
             {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "bench-grpc"},
              "spec": {"hosts": [workload.GRPC], "http": [{
                  "match": [{"uri": {"prefix": f"/{grpc_server.SERVICE}/"}}],

@@ -44,7 +44,7 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput, PermissionProblem
 from meshctl.fsutil import atomic_write, locked
 from meshctl.home import MeshHome
-from meshctl.mesh import MeshedPods
+from meshctl.mesh import MeshedPods, Pod, describe
 from meshctl.pki import ca, citadel, workload
 from meshctl.status import ExitCode
 from tests.conftest import Done, meshctl
@@ -484,8 +484,9 @@ def test_workload_cert_killed_between_key_and_cert_is_renewed(installed_home: Pa
     home = MeshHome(installed_home)
     directory = home.proxies_dir / "shop" / "ratings"
     directory.mkdir(parents=True)
-    (directory / "proxy.json").write_text(json.dumps({"project": "shop", "trust_domain": "cluster.local",
-                                                      "pod": {"app": "ratings", "version": "v1"}}))
+    pod = Pod(service="ratings", sidecar="ratings-proxy", app="ratings", version="v1", mode="PERMISSIVE",
+              exclude_inbound=(), exclude_outbound=(), published=())
+    (directory / "proxy.json").write_text(json.dumps(describe(pod, [pod], "shop", "cluster.local")))
     now = dt.datetime.now(dt.UTC)
     root = ca.load_root(home.ca_dir)
     old, new = (workload.issue(root, "spiffe://cluster.local/ns/shop/sa/ratings", now) for _ in range(2))
