@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meshctl.config.schema import Schema
+from sidecar.contract import MTLS_MODES
 
 STRING_MATCH: Schema = {"exact": "string", "prefix": "string", "regex": "regex"}
 PERCENT: Schema = {"value": "percent"}
@@ -51,7 +52,7 @@ PER_PORT = "per-port settings carry only `tls`; set this for the whole host in t
 NOT_ON_COMPOSE = "compose has no gateways or meshes beyond this one"
 LABELS: Schema = {"*": "string"}  # any compose label of the service: selection fails closed on one it lacks
 SELECTOR: Schema = {"matchLabels": LABELS}
-MTLS_MODE = "enum:STRICT|PERMISSIVE|DISABLE|UNSET"
+MTLS_MODE = "enum:" + "|".join((*MTLS_MODES, "UNSET"))  # UNSET: inherit (Istio's)
 STRINGS: list[str] = ["string"]
 SOURCE: Schema = {k: STRINGS for k in ("principals", "notPrincipals", "namespaces", "notNamespaces",
                                         "requestPrincipals", "notRequestPrincipals", "serviceAccounts",

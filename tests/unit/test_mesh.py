@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import sidecar
 from meshctl import const, mesh
-from meshctl.config import schema
+from meshctl.config import kinds, schema
 from meshctl.config.store import Store
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.home import MeshHome
@@ -207,6 +207,7 @@ def test_meshctl_uses_the_sidecars_contract_objects() -> None:
                  "PROXY_UID"):
         assert getattr(const, name) is getattr(contract, name), name
     assert rewrite.MODES is contract.MTLS_MODES and sidecar_snapshot.MODES is contract.MTLS_MODES
+    assert kinds.MTLS_MODE == "enum:STRICT|PERMISSIVE|DISABLE|UNSET"  # PeerAuthentication's: the modes and UNSET
     assert sidecar_snapshot.FORMAT_VERSION is contract.FORMAT_VERSION
     assert schema.parse_duration is contract.parse_duration
     assert protocols.PROXY_PORTS is contract.PROXY_PORTS and plan.PROXY_PORTS is contract.PROXY_PORTS
