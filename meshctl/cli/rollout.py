@@ -14,11 +14,12 @@ from rich.live import Live
 from rich.table import Table
 from typer.core import TyperGroup
 
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.config.schema import parse_duration
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pilot import changes
 from meshctl.pilot.push import meshed_versions
 from meshctl.rollout.driver import Driver, settle_without_driver
 from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore

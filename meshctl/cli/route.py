@@ -10,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
+from meshctl.pilot import changes
 from meshctl.pilot.push import meshed_versions, proxy_dirs, proxy_info
 
 app = typer.Typer(help="Route a service's traffic: weights, matches, timeouts, retries, faults, mirroring.",

@@ -13,9 +13,8 @@ from typing import Any
 
 from meshctl.config.store import Store
 from meshctl.errors import MeshError
-from meshctl.fsutil import atomic_write, read_text
+from meshctl.fsutil import atomic_write, own_by_proxy, read_text
 from meshctl.home import MeshHome
-from meshctl.pilot.proxyfiles import own
 from meshctl.pilot.snapshot import compile_snapshot
 
 
@@ -53,7 +52,7 @@ def desired(directory: Path) -> dict[str, Any] | None:
 
 def write_snapshot(directory: Path, snapshot: dict[str, Any]) -> None:
     atomic_write(directory / "snapshot.json", json.dumps(snapshot, indent=1), mode=0o644, durable=False)
-    own(directory / "snapshot.json")
+    own_by_proxy(directory / "snapshot.json")
 
 
 def push(home: MeshHome) -> Pushed:

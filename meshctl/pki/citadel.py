@@ -22,9 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshctl.config.schema import parse_duration
-from meshctl.fsutil import atomic_write, locked, read_text
+from meshctl.fsutil import atomic_write, locked, own_by_proxy, read_text
 from meshctl.home import MeshHome
-from meshctl.pilot.proxyfiles import own
 from meshctl.pilot.push import proxy_dirs, proxy_info
 from meshctl.pki import ca as pki
 from meshctl.pki import workload
@@ -123,14 +122,14 @@ def write_cert(directory: Path, cert: workload.WorkloadCert) -> None:
     """Key first, then certificate: a sidecar that reads the pair in between finds them mismatched, keeps
     the pair in force and loads the new one a second later."""
     atomic_write(directory / "key.pem", cert.key_pem(), mode=0o600)
-    own(directory / "key.pem")
+    own_by_proxy(directory / "key.pem")
     atomic_write(directory / "cert.pem", cert.cert_pem(), mode=0o644)
-    own(directory / "cert.pem")
+    own_by_proxy(directory / "cert.pem")
 
 
 def write_bundle(directory: Path, bundle: bytes) -> None:
     atomic_write(directory / "bundle.pem", bundle, mode=0o644)
-    own(directory / "bundle.pem")
+    own_by_proxy(directory / "bundle.pem")
 
 
 def reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:

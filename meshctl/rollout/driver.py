@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.context import Context
+from meshctl.pilot import changes
 from meshctl.pilot.push import meshed_versions
 from meshctl.rollout.gates import counters, delta, judge
 from meshctl.rollout.state import DONE, Rollout, RolloutStore

@@ -49,17 +49,16 @@ class Sources:
 
 
 def live_sources(ctx: Context, project: str | None) -> Sources:
-    from meshctl.cli.slo import status_rows
     from meshctl.config import changes
     from meshctl.pilot.status import proxy_statuses
-    from meshctl.telemetry import mesh
+    from meshctl.telemetry import mesh, slo
 
     def statuses() -> list[dict[str, Any]]:
         rows = [s.as_dict() for s in proxy_statuses(ctx)]
         return [r for r in rows if project is None or r["name"].startswith(f"{project}.")]
 
     def slos() -> list[dict[str, Any]]:
-        rows = status_rows(ctx, None, 1.0)
+        rows = slo.status_rows(ctx, None, 1.0)
         return [r for r in rows if project is None or r.get("project") in (None, project)]
 
     return Sources(proxies=lambda: mesh.running(ctx, project), metrics=lambda ps: mesh.metrics(ctx, ps),

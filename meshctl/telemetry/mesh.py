@@ -7,6 +7,7 @@ writes its access log to its container's output, where Docker keeps it.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from meshctl.errors import InvalidInput
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.proxies import Proxy, list_proxies
+from meshctl.telemetry import golden
 from meshctl.telemetry.scrape import Sample, scrape
 
 T = TypeVar("T")
@@ -45,6 +47,14 @@ def each(ctx: Context, proxies: list[Proxy], read: Callable[[str], T]) -> dict[s
 
 def metrics(ctx: Context, proxies: list[Proxy]) -> dict[str, list[Sample]]:
     return each(ctx, proxies, scrape)
+
+
+def measure(ctx: Context, proxies: list[Proxy], window_s: float, key: golden.KeyFn) -> dict[golden.Key, golden.Golden]:
+    """What the proxies counted over the next `window_s` seconds (0: since each one started), tallied by `key`."""
+    before = metrics(ctx, proxies) if window_s else None
+    if window_s:
+        time.sleep(window_s)
+    return golden.window(metrics(ctx, proxies), before, key)
 
 
 def spans_of(address: str, timeout: float = 3.0) -> list[dict[str, Any]]:

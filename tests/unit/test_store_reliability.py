@@ -36,7 +36,7 @@ import pytest
 from rich.console import Console
 
 from meshctl.cli import run
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import key, load
 from meshctl.config.store import Resource, Revision, Store
@@ -44,6 +44,7 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput, PermissionProblem
 from meshctl.fsutil import atomic_write, locked
 from meshctl.home import MeshHome
+from meshctl.pilot import changes
 from meshctl.pilot.push import meshed_versions
 from meshctl.pki import ca, citadel, workload
 from meshctl.status import ExitCode
