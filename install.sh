@@ -125,6 +125,7 @@ case $mode in
   test)
     say "ruff"; "$VENV/bin/ruff" check meshctl sidecar tests
     say "mypy"; "$VENV/bin/mypy"
+    say "import layers"; "$VENV/bin/lint-imports" --no-logo  # pyproject's [tool.importlinter]: no upward import, no cycle
     # the dashboard's e2e test drives a real headless chromium
     have chromium || apt_install --no-install-recommends chromium fonts-liberation || say "chromium is missing: the dashboard test needs it"
     # the slowest tests are listed at the end: where a CI run that nears its budget can be trimmed

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from meshctl import const
 from meshctl.errors import InvalidInput, MeshError, PermissionProblem
 
 # Errors about the file system rather than the file: exit code PERMISSION ("cannot be read or written").
@@ -38,6 +39,17 @@ def os_error(exc: OSError, path: Path | str, doing: str) -> MeshError:
     if exc.errno == errno.EDQUOT:
         return PermissionProblem(f"cannot {doing} {path}: disk quota exceeded", "free some disk space and retry")
     return MeshError(f"cannot {doing} {path}: {exc.strerror or exc}")
+
+
+
+def own_by_proxy(path: Path) -> None:
+    """Give a file of a proxy's directory to the proxy uid when meshctl runs as root: the sidecar, which never
+    runs as root, must read its 0600 key (Pilot writes these files, Citadel rotates the certificates in them)."""
+    if os.geteuid() == 0:
+        try:
+            os.chown(path, const.PROXY_UID, const.PROXY_UID)
+        except OSError as exc:
+            raise os_error(exc, path, "chown") from exc
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> bool:

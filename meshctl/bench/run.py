@@ -16,10 +16,10 @@ from docker.models.containers import Container
 
 from meshctl.bench import cgroup, grpc_server, workload
 from meshctl.bench.workload import Load
-from meshctl.config import changes
 from meshctl.context import Context
 from meshctl.errors import MeshError, UsageError
 from meshctl.mesh import principal
+from meshctl.pilot import changes
 from meshctl.pilot.status import proxy_statuses
 from meshctl.runtime.engine import engine_errors
 

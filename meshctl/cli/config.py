@@ -7,13 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from meshctl.config import changes
 from meshctl.config.kinds import KINDS, Kind, find_kind
 from meshctl.config.resources import load, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import UsageError
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pilot import changes
 
 KIND_HELP = "Resource kind: " + ", ".join(f"{k.name.lower()} ({'/'.join(k.aliases[1:])})" for k in KINDS) + "."
 

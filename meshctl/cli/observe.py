@@ -63,17 +63,9 @@ def _tcp(r: dict[str, Any]) -> list[str]:
 
 # --- stat ---------------------------------------------------------------------------------------------------
 
-def measure(c: Context, proxies: list[Any], window_s: float, key: golden.KeyFn) -> dict[golden.Key, golden.Golden]:
-    """What the proxies counted over the next `window_s` seconds (0: since each one started)."""
-    before = mesh.metrics(c, proxies) if window_s else None
-    if window_s:
-        time.sleep(window_s)
-    return golden.window(mesh.metrics(c, proxies), before, key)
-
-
 def stat_rows(c: Context, service: str | None, project: str | None, window_s: float) -> list[dict[str, Any]]:
     proxies = mesh.running(c, project, service)
-    tallied = measure(c, proxies, window_s, golden.by_service_version)
+    tallied = mesh.measure(c, proxies, window_s, golden.by_service_version)
     pods: dict[tuple[str, ...], int] = {}
     for p in proxies:  # every running version gets a row, busy or not
         pods[(p.project, p.app, p.version)] = pods.get((p.project, p.app, p.version), 0) + 1
@@ -110,7 +102,7 @@ def stat(
 # --- edges --------------------------------------------------------------------------------------------------
 
 def edge_rows(c: Context, project: str | None, window_s: float) -> list[dict[str, Any]]:
-    tallied = measure(c, mesh.running(c, project), window_s, golden.by_edge)
+    tallied = mesh.measure(c, mesh.running(c, project), window_s, golden.by_edge)
     rows = []
     for key, g in sorted(tallied.items()):
         if window_s and not g.busy:

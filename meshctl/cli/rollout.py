@@ -14,12 +14,13 @@ from rich.live import Live
 from rich.table import Table
 from typer.core import TyperGroup
 
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.config.schema import parse_duration
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.pilot import changes
 from meshctl.rollout.driver import Driver, settle_without_driver
 from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore
 from meshctl.status import ExitCode

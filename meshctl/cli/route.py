@@ -10,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
+from meshctl.pilot import changes
 
 app = typer.Typer(help="Route a service's traffic: weights, matches, timeouts, retries, faults, mirroring.",
                   no_args_is_help=True)

@@ -6,13 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from meshctl.config import changes
 from meshctl.config.resources import Key, Resource, check_document, key, qualified_name
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.mesh import MeshedPods, Pod, principal
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
-from meshctl.pilot import security
+from meshctl.pilot import changes, security
 
 mtls_app = typer.Typer(help="Mutual TLS mode (PeerAuthentication), mesh-wide, per service or per port.",
                        no_args_is_help=True)

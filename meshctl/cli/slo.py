@@ -2,55 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from meshctl.cli.observe import measure
-from meshctl.config import changes
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, key, namespace_of
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
+from meshctl.pilot import changes
 from meshctl.status import ExitCode
-from meshctl.telemetry import golden, mesh, slo
+from meshctl.telemetry import slo
 
 app = typer.Typer(help="Service level objectives: error budgets and burn rates.", no_args_is_help=True)
-KIND = "ServiceLevelObjective"
-
-
-def objectives(c: Context, service: str | None = None, project: str | None = None) -> list[Resource]:
-    """The SLOs (of `service`; of those in `project`'s namespace, when given)."""
-    found = [r for r in changes.current(c) if r["kind"] == KIND and (service is None or r["spec"]["service"] == service)
-             and (project is None or namespace_of(r) == project)]
-    if service and not found:
-        where = f" in project {project!r}" if project else ""
-        raise InvalidInput(f"no SLO for {service!r}{where}",
-                           f"set one with `meshctl slo set {service} --availability 99.9`")
-    return found
-
-
-def counts_source(c: Context) -> tuple[slo.Counts, str]:
-    """Prometheus over the window when the addon runs; else the sidecars' counters since they started."""
-    from meshctl.extras import prometheus  # the addon module is optional at run time
-
-    url = prometheus.url(c.home)
-    if url:
-        return slo.prometheus_counts(url), "prometheus"
-
-    def since_start(service: str, project: str | None, seconds: float) -> golden.Golden:
-        proxies = [p for p in mesh.running(c, project) if p.app == service]
-        tallied = measure(c, proxies, 0, lambda labels: ("all",) if golden.inbound(labels) else None)
-        return tallied.get(("all",), golden.Golden())
-
-    return since_start, "proxies (since start)"
-
-
-def status_rows(c: Context, service: str | None, max_burn: float) -> list[dict[str, Any]]:
-    counts, source = counts_source(c)
-    return [{**row, "source": source} for r in objectives(c, service) for row in slo.evaluate(r, counts, max_burn)]
 
 
 @app.command("set")
@@ -88,7 +54,7 @@ def set_(
 def list_(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
     """The SLOs defined in this mesh."""
     c: Context = ctx.obj
-    found = objectives(c)
+    found = slo.objectives(c)
     rows = [{"service": r["spec"]["service"], "project": r["metadata"].get("namespace"),
              "availability": r["spec"].get("availability"), "latency": r["spec"].get("latency"),
              "window": r["spec"]["window"]} for r in found]
@@ -106,9 +72,9 @@ def delete(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The 
            = None) -> None:
     """Remove a service's SLO."""
     c: Context = ctx.obj
-    kind = find_kind(KIND)
+    kind = find_kind(slo.KIND)
     assert kind is not None
-    found = objectives(c, service, project)
+    found = slo.objectives(c, service, project)
     if project is None:  # without -p, as before: the SLO with no project, when there is one
         found = [r for r in found if namespace_of(r) is None] or found
     if len(found) > 1:
@@ -129,7 +95,7 @@ def status(
 ) -> None:
     """Error budget left and burn rate per objective; exits 1 when one burns too fast, to gate a deploy."""
     c: Context = ctx.obj
-    rows = status_rows(c, service, max_burn)
+    rows = slo.status_rows(c, service, max_burn)
 
     def pct(v: float | None, digits: int = 2) -> str:
         return "-" if v is None else f"{v:.{digits}f}%"

@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from meshctl.config import changes
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import ROOT_NAMESPACES, Resource, check_document, key, namespace_of, qualified_name
 from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
+from meshctl.pilot import changes
 from meshctl.pilot.observability import DEFAULT_SAMPLING
 
 app = typer.Typer(help="Tracing settings (Istio's Telemetry API).", no_args_is_help=True)

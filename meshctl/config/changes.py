@@ -1,4 +1,8 @@
-"""Changes to the store (apply, delete, rollback), each one revision, each followed by a push to proxies."""
+"""Changes to the store (apply, delete, rollback), each one revision.
+
+Galley only stores: pushing the new revision to the proxies is Pilot's (`meshctl.pilot.changes` commits
+through these, then pushes), so the config layer never reaches up into the one that compiles it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from meshctl.config.resources import Key, Resource, key, namespace_of, qualified
 from meshctl.config.store import Revision, Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, UsageError
-from meshctl.pilot.push import Pushed, push
 
 ANY_NAMESPACE = "*"  # get/delete without -n: whichever namespace holds the name, if only one does
 
@@ -20,7 +23,7 @@ def _store(ctx: Context) -> Store:
     return Store(ctx.home.config_dir)
 
 
-def apply(ctx: Context, resources: list[Resource]) -> tuple[Revision, list[tuple[Resource, str]], Pushed]:
+def apply(ctx: Context, resources: list[Resource]) -> tuple[Revision, list[tuple[Resource, str]]]:
     outcome: list[tuple[Resource, str]] = []
 
     def change(current: list[Resource]) -> list[Resource]:
@@ -44,7 +47,7 @@ def apply(ctx: Context, resources: list[Resource]) -> tuple[Revision, list[tuple
 
     names = ", ".join(f"{r['kind']}/{qualified_name(r)}" for r in resources)
     revision = _store(ctx).commit(change, f"apply {names}", ctx.clock())
-    return revision, outcome, push(ctx.home)
+    return revision, outcome
 
 
 def undefined_subsets(resources: list[Resource], changed: set[Key]) -> list[str]:
@@ -68,10 +71,9 @@ def undefined_subsets(resources: list[Resource], changed: set[Key]) -> list[str]
     return problems
 
 
-def edit(ctx: Context, change: Callable[[list[Resource]], list[Resource]], message: str) -> tuple[Revision, Pushed]:
+def edit(ctx: Context, change: Callable[[list[Resource]], list[Resource]], message: str) -> Revision:
     """Any other change (route set, rollout steps): `change` validates and raises, or returns the new list."""
-    revision = _store(ctx).commit(change, message, ctx.clock())
-    return revision, push(ctx.home)
+    return _store(ctx).commit(change, message, ctx.clock())
 
 
 def current(ctx: Context) -> list[Resource]:
@@ -79,7 +81,7 @@ def current(ctx: Context) -> list[Resource]:
 
 
 def delete(ctx: Context, kind: Kind, name: str,
-           namespace: str | None = ANY_NAMESPACE) -> tuple[Revision, Pushed, Resource]:
+           namespace: str | None = ANY_NAMESPACE) -> tuple[Revision, Resource]:
     """Delete one resource (returned too); without a namespace, the one of that name if only one namespace
     has one."""
     gone: list[Resource] = []
@@ -94,14 +96,13 @@ def delete(ctx: Context, kind: Kind, name: str,
     label = qualified_name(seen[0]) if len(seen) == 1 else name if namespace in (None, ANY_NAMESPACE) else \
         f"{namespace}/{name}"
     revision = store.commit(change, f"delete {kind.name}/{label}", ctx.clock())
-    return revision, push(ctx.home), gone[0]
+    return revision, gone[0]
 
 
-def rollback(ctx: Context, to: int) -> tuple[Revision, Pushed]:
+def rollback(ctx: Context, to: int) -> Revision:
     store = _store(ctx)
     target = store.read(to)
-    revision = store.commit(lambda _: target.resources, f"rollback to revision {to}", ctx.clock())
-    return revision, push(ctx.home)
+    return store.commit(lambda _: target.resources, f"rollback to revision {to}", ctx.clock())
 
 
 def _in(r: Resource, namespace: str | None) -> bool:

@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshctl.config import changes
 from meshctl.config.resources import Resource, namespace_of, qualified_name
 from meshctl.context import Context
 from meshctl.fsutil import locked, os_error
+from meshctl.pilot import changes
 from meshctl.runtime.engine import engine_errors
 
 PROJECT_LABEL = "com.docker.compose.project"

@@ -8,32 +8,22 @@ never runs as root, can read its 0600 key.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from meshctl import const
-from meshctl.fsutil import atomic_write, ensure_dir, os_error
+from meshctl.fsutil import atomic_write, ensure_dir, own_by_proxy
 from meshctl.mesh import BUNDLE_PEM, CERT_PEM, KEY_PEM, PROXY_JSON, SNAPSHOT_JSON
 from meshctl.pki.workload import WorkloadCert
-
-
-def own(path: Path) -> None:
-    if os.geteuid() == 0:
-        try:
-            os.chown(path, const.PROXY_UID, const.PROXY_UID)
-        except OSError as exc:
-            raise os_error(exc, path, "chown") from exc
 
 
 def write_proxy_files(directory: Path, cert: WorkloadCert, bundle: bytes, info: dict[str, Any],
                       snapshot: dict[str, Any]) -> None:
     ensure_dir(directory.parent, 0o700)
     ensure_dir(directory, 0o700)
-    own(directory)
+    own_by_proxy(directory)
     files = [(KEY_PEM, cert.key_pem(), 0o600), (CERT_PEM, cert.cert_pem(), 0o644), (BUNDLE_PEM, bundle, 0o644),
              (PROXY_JSON, json.dumps(info, indent=1).encode(), 0o644),
              (SNAPSHOT_JSON, json.dumps(snapshot, indent=1).encode(), 0o644)]
     for name, data, mode in files:
         atomic_write(directory / name, data, mode=mode)
-        own(directory / name)
+        own_by_proxy(directory / name)

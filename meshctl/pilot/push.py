@@ -13,10 +13,9 @@ from typing import Any
 
 from meshctl.config.store import Store
 from meshctl.errors import MeshError
-from meshctl.fsutil import atomic_write, read_text
+from meshctl.fsutil import atomic_write, own_by_proxy, read_text
 from meshctl.home import MeshHome
 from meshctl.mesh import SNAPSHOT_JSON, MeshedPods
-from meshctl.pilot.proxyfiles import own
 from meshctl.pilot.snapshot import compile_snapshot, verified
 
 
@@ -36,7 +35,7 @@ def desired(directory: Path) -> dict[str, Any] | None:
 
 def write_snapshot(directory: Path, snapshot: dict[str, Any]) -> None:
     atomic_write(directory / SNAPSHOT_JSON, json.dumps(snapshot, indent=1), mode=0o644, durable=False)
-    own(directory / SNAPSHOT_JSON)
+    own_by_proxy(directory / SNAPSHOT_JSON)
 
 
 def push(home: MeshHome) -> Pushed:

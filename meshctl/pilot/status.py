@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.error
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from meshctl.context import Context
 from meshctl.mesh import CERT_PEM, SNAPSHOT_JSON, proxy_dir
 from meshctl.pilot.push import desired
 from meshctl.runtime.direct import OPENER
-from meshctl.runtime.proxies import Proxy, list_proxies
+from meshctl.runtime.proxies import Proxy, list_proxies, read_each
 
 
 @dataclass
@@ -93,8 +92,7 @@ def proxy_statuses(ctx: Context, only: str | None = None, project: str | None = 
             if (project is None or p.project == project)
             and (only is None or only in (p.name, p.service, p.container))
             and (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / SNAPSHOT_JSON).is_file()]
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        return list(pool.map(lambda p: status_of(ctx, p, network), mine))
+    return read_each(mine, lambda p: status_of(ctx, p, network), workers=32)
 
 
 def age(ts: float | None, now: float) -> str:

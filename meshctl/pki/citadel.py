@@ -22,10 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshctl.config.schema import parse_duration
-from meshctl.fsutil import atomic_write, locked, read_text
+from meshctl.fsutil import atomic_write, locked, own_by_proxy, read_text
 from meshctl.home import MeshHome
 from meshctl.mesh import BUNDLE_PEM, CERT_PEM, KEY_PEM, MeshedPods, read_proxy_info
-from meshctl.pilot.proxyfiles import own
 from meshctl.pki import ca as pki
 from meshctl.pki import workload
 
@@ -121,14 +120,14 @@ def write_cert(directory: Path, cert: workload.WorkloadCert) -> None:
     """Key first, then certificate: a sidecar that reads the pair in between finds them mismatched, keeps
     the pair in force and loads the new one a second later."""
     atomic_write(directory / KEY_PEM, cert.key_pem(), mode=0o600)
-    own(directory / KEY_PEM)
+    own_by_proxy(directory / KEY_PEM)
     atomic_write(directory / CERT_PEM, cert.cert_pem(), mode=0o644)
-    own(directory / CERT_PEM)
+    own_by_proxy(directory / CERT_PEM)
 
 
 def write_bundle(directory: Path, bundle: bytes) -> None:
     atomic_write(directory / BUNDLE_PEM, bundle, mode=0o644)
-    own(directory / BUNDLE_PEM)
+    own_by_proxy(directory / BUNDLE_PEM)
 
 
 def reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:

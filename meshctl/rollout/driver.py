@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.context import Context
 from meshctl.mesh import MeshedPods
+from meshctl.pilot import changes
 from meshctl.rollout.gates import counters, delta, judge
 from meshctl.rollout.state import DONE, Rollout, RolloutStore
 from meshctl.runtime.proxies import list_proxies
-from meshctl.telemetry.scrape import scrape
+from meshctl.telemetry import mesh
 
 TICK_S = 0.5
 MAX_WAITS = 3  # intervals a step may wait for enough canary traffic before it fails
@@ -36,9 +36,7 @@ def canary_counters(ctx: Context, r: Rollout) -> dict[str, dict[str, float]]:
     network = ctx.home.settings().network
     pods = [p for p in list_proxies(ctx.docker()) if p.app == r.service and p.version == r.canary
             and p.state == "running" and p.address_on(network)]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        read = list(pool.map(lambda p: (p.name, counters(scrape(p.address_on(network) or ""))), pods))
-    return dict(read)
+    return {name: counters(samples) for name, samples in mesh.metrics(ctx, pods).items()}
 
 
 class Driver:

@@ -14,27 +14,38 @@ from meshctl.telemetry import golden
 from meshctl.telemetry.golden import Golden
 from meshctl.telemetry.scrape import Sample
 
+IN: golden.Key = ("in",)  # the one key of a canary's tally: its inbound view
+
 
 def counters(samples: Iterable[Sample]) -> dict[str, float]:
     """What a gate needs from one sidecar (its inbound view), flat so the rollout state can store it."""
-    g = golden.tally(samples, lambda labels: ("in",) if golden.inbound(labels) else None).get(("in",), Golden())
+    return _flat(golden.tally(samples, lambda labels: IN if golden.inbound(labels) else None).get(IN, Golden()))
+
+
+def _flat(g: Golden) -> dict[str, float]:
     return {"requests": g.requests, "errors": g.errors,
             **{f"le:{'+Inf' if math.isinf(b) else b}": c for b, c in g.buckets.items()}}
 
 
+def _golden(flat: dict[str, float]) -> Golden:
+    return Golden(requests=flat.get("requests", 0.0), errors=flat.get("errors", 0.0),
+                  buckets={float(k[3:]): v for k, v in flat.items() if k.startswith("le:")})
+
+
 def delta(now: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> dict[str, float]:
-    total: dict[str, float] = {}
+    """The canary's counts since the step's baseline, summed over its pods (golden.since: a restart counts
+    from zero)."""
+    total = Golden()
     for pod, values in now.items():
-        base = before.get(pod, {})
-        restarted = values.get("requests", 0) < base.get("requests", 0)
-        for k, v in values.items():
-            total[k] = total.get(k, 0.0) + (v if restarted else v - base.get(k, 0.0))
-    return total
+        base = {IN: _golden(before[pod])} if pod in before else {}
+        for g in golden.since({IN: _golden(values)}, base).values():
+            total.add(g)
+    return _flat(total)
 
 
 def p99_ms(d: dict[str, float]) -> float | None:
     """Interpolated within its bucket, like Prometheus's histogram_quantile (and `meshctl stat`)."""
-    return Golden(buckets={float(k[3:]): v for k, v in d.items() if k.startswith("le:")}).quantile(0.99)
+    return _golden(d).quantile(0.99)
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,24 @@ def window(now: dict[str, list[Sample]], before: dict[str, list[Sample]] | None,
     """Per key, what happened between two reads of each proxy (or since it started, without `before`)."""
     total: dict[Key, Golden] = {}
     for proxy, samples in now.items():
-        current = tally(samples, key)
         base = tally(before.get(proxy, []), key) if before else {}
-        restarted = _count(current) < _count(base)
-        for k, g in current.items():
-            row = total.setdefault(k, Golden())
-            row.add(g)
-            if not restarted and k in base:
-                row.add(base[k], -1.0)
+        for k, g in since(tally(samples, key), base).items():
+            total.setdefault(k, Golden()).add(g)
     return total
+
+
+def since(now: dict[Key, Golden], before: dict[Key, Golden]) -> dict[Key, Golden]:
+    """One proxy's counts between two reads of it: `now` less `before`, or all of `now` when its counters went
+    down (it restarted in between, so it counted from zero). The one counter delta: `stat`, the dashboard,
+    SLOs and a canary's gates all take theirs from here."""
+    restarted = _count(now) < _count(before)
+    out: dict[Key, Golden] = {}
+    for k, g in now.items():
+        row = out[k] = Golden()
+        row.add(g)
+        if not restarted and k in before:
+            row.add(before[k], -1.0)
+    return out
 
 
 def _count(rows: dict[Key, Golden]) -> float:

@@ -7,9 +7,9 @@ writes its access log to its container's output, where Docker keeps it.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from meshctl import const
@@ -17,7 +17,8 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.engine import engine_errors
-from meshctl.runtime.proxies import Proxy, list_proxies
+from meshctl.runtime.proxies import Proxy, list_proxies, read_each
+from meshctl.telemetry import golden
 from meshctl.telemetry.scrape import Sample, scrape
 
 T = TypeVar("T")
@@ -37,14 +38,20 @@ def running(ctx: Context, project: str | None = None, service: str | None = None
 def each(ctx: Context, proxies: list[Proxy], read: Callable[[str], T]) -> dict[str, T]:
     """read(address) for every proxy, in parallel: proxy name -> result."""
     network = ctx.home.settings().network
-    pairs = [(p.name, p.address_on(network)) for p in proxies]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda pair: (pair[0], read(pair[1] or "")), pairs))
-    return dict(results)
+    results = read_each(proxies, lambda p: read(p.address_on(network) or ""))
+    return {p.name: result for p, result in zip(proxies, results, strict=True)}
 
 
 def metrics(ctx: Context, proxies: list[Proxy]) -> dict[str, list[Sample]]:
     return each(ctx, proxies, scrape)
+
+
+def measure(ctx: Context, proxies: list[Proxy], window_s: float, key: golden.KeyFn) -> dict[golden.Key, golden.Golden]:
+    """What the proxies counted over the next `window_s` seconds (0: since each one started), tallied by `key`."""
+    before = metrics(ctx, proxies) if window_s else None
+    if window_s:
+        time.sleep(window_s)
+    return golden.window(metrics(ctx, proxies), before, key)
 
 
 def spans_of(address: str, timeout: float = 3.0) -> list[dict[str, Any]]:

@@ -19,14 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshctl.config import changes
+from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.schema import parse_duration
+from meshctl.context import Context
 from meshctl.errors import InvalidInput
 from meshctl.runtime.direct import OPENER
-from meshctl.telemetry.golden import BUCKETS, REQUESTS, Golden, is_error
+from meshctl.telemetry import mesh
+from meshctl.telemetry.golden import BUCKETS, REQUESTS, Golden, inbound, is_error
 
 LATENCY_RE = re.compile(r"^\s*p(\d{1,2}(?:\.\d+)?)\s*<\s*(\S+)\s*$")
 SHORT_WINDOW_FRACTION = 1 / 12
 MIN_SHORT_WINDOW_S = 30.0
+KIND = "ServiceLevelObjective"
 Counts = Callable[[str, str | None, float], Golden]  # (service, project, seconds) -> its requests in the window
 
 
@@ -63,7 +68,7 @@ def resource(service: str, availability: float | None, latency: str | None, wind
         percentile, threshold = parse_latency(latency)
         spec["latency"] = {"percentile": percentile, "threshold": threshold}
     metadata = {"name": service, **({"namespace": project} if project else {})}
-    return {"apiVersion": "meshctl.io/v1", "kind": "ServiceLevelObjective", "metadata": metadata, "spec": spec}
+    return {"apiVersion": "meshctl.io/v1", "kind": KIND, "metadata": metadata, "spec": spec}
 
 
 @dataclass(frozen=True)
@@ -160,3 +165,37 @@ def prometheus_counts(base_url: str) -> Counts:
         return g
 
     return counts
+
+
+# --- the store's objectives and their state ------------------------------------------------------------
+
+def objectives(c: Context, service: str | None = None, project: str | None = None) -> list[Resource]:
+    """The SLOs (of `service`; of those in `project`'s namespace, when given)."""
+    found = [r for r in changes.current(c) if r["kind"] == KIND and (service is None or r["spec"]["service"] == service)
+             and (project is None or namespace_of(r) == project)]
+    if service and not found:
+        where = f" in project {project!r}" if project else ""
+        raise InvalidInput(f"no SLO for {service!r}{where}",
+                           f"set one with `meshctl slo set {service} --availability 99.9`")
+    return found
+
+
+def counts_source(c: Context) -> tuple[Counts, str]:
+    """Prometheus over the window when the addon runs; else the sidecars' counters since they started."""
+    from meshctl.extras import prometheus  # the addon module is optional at run time
+
+    url = prometheus.url(c.home)
+    if url:
+        return prometheus_counts(url), "prometheus"
+
+    def since_start(service: str, project: str | None, seconds: float) -> Golden:
+        proxies = [p for p in mesh.running(c, project) if p.app == service]
+        tallied = mesh.measure(c, proxies, 0, lambda labels: ("all",) if inbound(labels) else None)
+        return tallied.get(("all",), Golden())
+
+    return since_start, "proxies (since start)"
+
+
+def status_rows(c: Context, service: str | None, max_burn: float) -> list[dict[str, Any]]:
+    counts, source = counts_source(c)
+    return [{**row, "source": source} for r in objectives(c, service) for row in evaluate(r, counts, max_burn)]

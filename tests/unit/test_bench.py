@@ -31,9 +31,9 @@ from meshctl.bench import run as bench_run
 from meshctl.bench.run import LOADS, MODES, Plan, compare
 from meshctl.bench.workload import Load, compose_text, parse_echo, parse_wrk
 from meshctl.cli.bench import render
-from meshctl.config import changes
 from meshctl.context import Context
 from meshctl.errors import EngineError, MeshError, UsageError
+from meshctl.pilot import changes
 from meshctl.status import ExitCode
 from sidecar.engine.plan import classify
 from tests.unit.fuzzing import FEW, TEXT, one_line, run_cli

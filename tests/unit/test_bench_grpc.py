@@ -14,10 +14,10 @@ import yaml
 from meshctl.bench import grpc_server, h2load, nginx, workload
 from meshctl.bench import run as bench_run
 from meshctl.bench.run import GRPC_LOAD, LOADS, Plan
-from meshctl.config import changes
 from meshctl.context import Context
 from meshctl.errors import MeshError
 from meshctl.home import MeshHome, MeshSettings
+from meshctl.pilot import changes
 from tests.unit.test_bench import Node, block, named, one, parse_conf, server
 
 RECORDED = Path(__file__).parent / "h2load_output"

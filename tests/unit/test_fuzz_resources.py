@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from meshctl.config import resources
 from meshctl.config.analyze import analyze_resources
-from meshctl.config.changes import apply
 from meshctl.config.resources import check_document
 from meshctl.config.store import Store
 from meshctl.errors import InvalidInput
 from meshctl.mesh import Pod, describe
+from meshctl.pilot.changes import apply
 from meshctl.pilot.snapshot import compile_snapshot
 from meshctl.status import ExitCode
 from meshctl.telemetry import slo

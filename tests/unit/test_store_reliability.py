@@ -36,7 +36,7 @@ import pytest
 from rich.console import Console
 
 from meshctl.cli import run
-from meshctl.config import changes, routes
+from meshctl.config import routes
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import key, load
 from meshctl.config.store import Resource, Revision, Store
@@ -45,6 +45,7 @@ from meshctl.errors import InvalidInput, PermissionProblem
 from meshctl.fsutil import atomic_write, locked
 from meshctl.home import MeshHome
 from meshctl.mesh import MeshedPods, Pod, describe
+from meshctl.pilot import changes
 from meshctl.pki import ca, citadel, workload
 from meshctl.status import ExitCode
 from tests.conftest import Done, meshctl
