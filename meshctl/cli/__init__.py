@@ -6,18 +6,20 @@ line on stderr and its exit code; a traceback appears only with --debug.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from meshctl import __version__
+from meshctl.cli.version import short
 from meshctl.context import Context
 from meshctl.errors import MeshError
 from meshctl.fsutil import FILE_SYSTEM_ERRNOS, os_error
@@ -35,6 +37,13 @@ app = typer.Typer(
 )
 
 
+def _print_version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        out = ctx.obj.out if isinstance(ctx.obj, Context) else Console(soft_wrap=True)
+        out.print(short(), markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -43,6 +52,8 @@ def root(
                                                    "(default: ~/.meshctl).")] = None,
     debug: Annotated[bool, typer.Option("--debug", envvar="MESHCTL_DEBUG",
                                         help="Show tracebacks and engine details on errors.")] = False,
+    _version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                           help="Print meshctl's version and exit.")] = False,
 ) -> None:
     if ctx.obj is None:  # tests pass their own Context
         ctx.obj = Context(home=MeshHome(home or default_home()), debug=debug)
@@ -56,6 +67,7 @@ def _register() -> None:
         bench,
         certs,
         check,
+        completion,
         config,
         dashboard,
         demo,
@@ -75,7 +87,7 @@ def _register() -> None:
     )
 
     for module in (install, inject, uninject, demo, config, route, rollout, certs, security, proxy, observe, tap,
-                   telemetry, slo, dashboard, bench, analyze, check, prune, version):
+                   telemetry, slo, dashboard, bench, analyze, check, prune, version, completion):
         module.register(app)
 
 
@@ -83,14 +95,12 @@ _register()
 
 
 def _click_families() -> list[ModuleType]:
-    """Typer >= 0.20 vendors click as typer._click; older ones use click itself. Catch both."""
-    families: list[ModuleType] = [click.exceptions]
-    try:
-        from typer._click import exceptions as vendored  # type: ignore[import-not-found,unused-ignore]
-
-        families.append(vendored)
-    except ImportError:
-        pass
+    """Typer >= 0.20 vendors click as typer._click (and no longer installs click); older ones use click itself.
+    Catch whichever are importable."""
+    families: list[ModuleType] = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError):
+            families.append(importlib.import_module(name))
     return families
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from meshctl import __version__, const
@@ -22,10 +24,23 @@ def _sidecar_version(c: Context) -> str:
     return images.image_label(image, const.LABEL_VERSION) or "unknown"
 
 
-def version(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
+def short() -> str:
+    """`meshctl --version` and `meshctl version --short`: the client alone, no engine asked."""
+    return f"meshctl {__version__}"
+
+
+def version(
+    ctx: typer.Context,
+    output: OutputOption = OutputFormat.table,
+    short_form: Annotated[bool, typer.Option("--short", help="Print only the client's version "
+                                                             "(as `meshctl --version`); no engine is asked.")] = False,
+) -> None:
     """Print the meshctl client version and the sidecar image version."""
     c: Context = ctx.obj
-    data = {"client": __version__, "sidecar": _sidecar_version(c)}
+    if short_form and output is OutputFormat.table:
+        c.out.print(short(), markup=False, highlight=False)
+        return
+    data = {"client": __version__} if short_form else {"client": __version__, "sidecar": _sidecar_version(c)}
     emit(c.out, output, data, lambda: simple_table(["component", "version"], list(data.items())))
 
 

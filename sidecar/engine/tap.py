@@ -30,10 +30,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-from sidecar.engine.call import Call
+if TYPE_CHECKING:  # annotations only: meshctl imports this module (tap's client) and needs no HTTP parser
+    from sidecar.engine.call import Call
 
 log = logging.getLogger("meshctl.tap")
 
