@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import shutil
@@ -146,6 +147,10 @@ def ensure_wheelhouse(cache_dir: Path, progress: Progress,
     if sys.version_info[:2] != (3, 11):
         raise UsageError(f"the wheelhouse must be built with Python 3.11 to match the image, not "
                          f"{sys.version_info[0]}.{sys.version_info[1]}", "install meshctl in a Python 3.11 venv")
+    if importlib.util.find_spec("pip") is None:  # a venv made --without-pip (uv's tools are)
+        raise UsageError(f"the sidecar image's wheelhouse is built with pip, which meshctl's Python "
+                         f"({sys.executable}) lacks", "install meshctl with pip or pipx, or run "
+                         "`python -m ensurepip` with that Python")
     ensure_dir(target, 0o755)
     progress(f"building the wheelhouse: {' '.join(packages)}")
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(target),
