@@ -3,7 +3,8 @@
 #
 #   ./install.sh           set up: venv, Docker engine, `meshctl install`, meshctl on PATH
 #   ./install.sh --demo    set up, then run `meshctl demo` (bookinfo, meshed)
-#   ./install.sh --test    set up, then run the checks and the whole test suite (what CI runs)
+#   ./install.sh --test    set up, then check the wheel (installed in a fresh venv, run from outside this
+#                          checkout), run the checks and the whole test suite (what CI runs)
 #
 # As root on Debian/Ubuntu it installs what is missing (docker.io, docker-compose, debootstrap) and
 # starts dockerd in the background. As a user in the docker group it uses the engine that is there.
@@ -120,9 +121,47 @@ else
   say "add meshctl to your PATH with:  export PATH=\"$VENV/bin:\$PATH\""
 fi
 
+# --- the package: what `pip install meshctl-*.whl` users get -------------------------------------------
+WHEEL_BUILD=/tmp/meshctl-wheel-build
+WHEEL_VENV=/tmp/meshctl-wheel-venv
+# Build the wheel, install it into a fresh venv and run it from / (nothing of this checkout on its path): its
+# `meshctl version` must find the sidecar image the install above built, and its `meshctl check` must pass.
+check_wheel() {
+  local want got
+  rm -rf "$WHEEL_BUILD" "$WHEEL_VENV"
+  mkdir -p "$WHEEL_BUILD/src" "$WHEEL_BUILD/dist"
+  # from a clean copy: setuptools' build/ directory keeps modules deleted since, and they would ship
+  cp -r pyproject.toml README.md meshctl sidecar "$WHEEL_BUILD/src/"
+  find "$WHEEL_BUILD/src" -name __pycache__ -prune -exec rm -rf {} +
+  say "building the meshctl wheel"
+  "$VENV/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$WHEEL_BUILD/dist" "$WHEEL_BUILD/src" \
+    2> >(grep -v "is ignored: it is neither" >&2) || die "building the wheel failed (see pip's lines above)"
+  say "installing $(cd "$WHEEL_BUILD/dist" && echo meshctl-*.whl) into a fresh venv, $WHEEL_VENV"
+  "$py" -m venv "$WHEEL_VENV" || die "cannot create $WHEEL_VENV"
+  "$WHEEL_VENV/bin/pip" install --quiet --disable-pip-version-check "$WHEEL_BUILD"/dist/meshctl-*.whl \
+    2> >(grep -v "is ignored: it is neither" >&2) || die "installing the wheel into $WHEEL_VENV failed"
+  want=$("$VENV/bin/python" -c 'import meshctl; print(meshctl.__version__)')
+  say "meshctl version (the wheel's, from /)"
+  got=$(cd / && env -u PYTHONPATH "$WHEEL_VENV/bin/meshctl" version -o json) \
+    || die "\`meshctl version\` from the wheel install failed (run $WHEEL_VENV/bin/meshctl version --debug)"
+  printf '%s' "$got" | (cd / && env -u PYTHONPATH "$WHEEL_VENV/bin/python" -c '
+import json, sys, meshctl
+want, got, where = sys.argv[1], json.load(sys.stdin), meshctl.__file__
+if not where.startswith(sys.prefix):
+    sys.exit(f"the wheel venv imports meshctl from {where}, not from its own site-packages")
+if got != {"client": want, "sidecar": want}:
+    sys.exit(f"meshctl version from the wheel says {got}; want client and sidecar {want}")
+print(f"client and sidecar {want}, meshctl from {where}")' "$want") || die "the wheel install is not what was built"
+  say "meshctl check (the wheel's, from /)"
+  (cd / && env -u PYTHONPATH "$WHEEL_VENV/bin/meshctl" check) \
+    || die "\`meshctl check\` from the wheel install failed (the × lines above say what); $WHEEL_VENV is kept"
+  rm -rf "$WHEEL_BUILD"
+}
+
 case $mode in
   demo) exec "$VENV/bin/meshctl" demo ;;
   test)
+    check_wheel
     say "ruff"; "$VENV/bin/ruff" check meshctl sidecar tests
     say "mypy"; "$VENV/bin/mypy"
     say "import layers"; "$VENV/bin/lint-imports" --no-logo  # pyproject's [tool.importlinter]: no upward import, no cycle
