@@ -49,6 +49,7 @@ from meshctl.pilot import changes
 from meshctl.pki import ca, citadel, workload
 from meshctl.status import ExitCode
 from tests.conftest import Done, meshctl
+from tests.unit.cli import meshctl as in_process
 from tests.unit.test_analyze import DR
 from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_inject import BOOKINFO
@@ -85,9 +86,7 @@ def quiet_context(home: Path, out: io.StringIO | None = None, err: io.StringIO |
 
 def cli(home: Path, *argv: str) -> Done:
     """The whole CLI (parsing, command, error handler) in this process: as a subprocess, without its start-up."""
-    out, err = io.StringIO(), io.StringIO()
-    code = run(list(argv), obj=quiet_context(home, out, err))
-    return Done(code, out.getvalue(), err.getvalue())
+    return in_process(*argv, home=home)
 
 
 def vs_doc(name: str, host: str, extra: str = "") -> str:
