@@ -43,6 +43,9 @@ def context(home: Path) -> Context:
     return Context(home=MeshHome(home), out=console(), err=console(), docker_factory=no_engine)
 
 
+Ran = Done  # the name tests written before tests/unit/cli.py use for its result
+
+
 def run_cli(home: Path, *argv: str) -> Done:
     """`meshctl ARGV` in this process, through the real entry point (never raises), no engine."""
     return meshctl(*argv, home=home, engine=no_engine)

@@ -327,11 +327,11 @@ def test_no_apt_and_no_cached_deb_says_what_to_do(tmp_path: Path, monkeypatch: p
 
 # --- the install plan, with a fake engine -----------------------------------------------------------------
 
-def prom_image(ref: str, build_hash: str | None = None) -> FakeImage:
+def addon_image(ref: str, build_hash: str | None = None) -> FakeImage:
     return FakeImage(ref, {const.LABEL_BUILD_HASH: build_hash} if build_hash else {})
 
 
-def prom_container(labels: dict[str, str], status: str = "running", port: int = 9090) -> FakeContainer:
+def addon_container(labels: dict[str, str], status: str = "running", port: int = 9090) -> FakeContainer:
     """A container named as the add-on's, with its component label (find_container filters on it)."""
     ports = {"9090/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
     return FakeContainer(prom.CONTAINER, {const.LABEL_COMPONENT: prom.COMPONENT, **labels}, status,
@@ -355,7 +355,7 @@ def running_container(ctx: Context, settings: MeshSettings, image: FakeImage, **
     (prom.config_dir(ctx.home) / prom.CONFIG_FILE).write_text(text)
     labels = {const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(ctx.home.root),
               const.LABEL_CONFIG_HASH: prom.container_hash(ctx.home, text, image.id, settings, "/var/run/docker.sock")}
-    return prom_container(labels, **kw)
+    return addon_container(labels, **kw)
 
 
 def addon_steps(ctx: Context, settings: MeshSettings) -> dict[str, str | None]:
@@ -370,7 +370,7 @@ def test_plan_without_the_addon_has_no_prometheus_steps(prom_ctx: Context) -> No
 def test_plan_builds_the_image_and_starts_the_container(prom_ctx: Context, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     fake_apt(tmp_path, monkeypatch, fail_first=False)
-    ctx = with_engine(prom_ctx, FakeEngine({const.BASE_IMAGE: prom_image("base")}, []))
+    ctx = with_engine(prom_ctx, FakeEngine({const.BASE_IMAGE: addon_image("base")}, []))
     settings = MeshSettings(addons=["prometheus"])
     steps = addon_steps(ctx, settings)
     assert steps["prometheus image"] == "build meshctl/prometheus:0.1.0 from Debian's prometheus package " \
@@ -384,10 +384,10 @@ def test_plan_is_a_no_op_when_image_and_container_match(prom_ctx: Context) -> No
     debs: list[Path | None] = [make_deb(prom_ctx.cache_dir / "prometheus_2.42.0_amd64.deb", PROM_FILES)]
     for name in prom.UI_PACKAGES:
         debs.append(make_deb(prom_ctx.cache_dir / f"{name}_1_all.deb", {}))
-    engine = FakeEngine({const.BASE_IMAGE: prom_image("base")}, [])
+    engine = FakeEngine({const.BASE_IMAGE: addon_image("base")}, [])
     ctx = with_engine(prom_ctx, engine)
     wanted = prom.image_hash(engine, settings, debs)
-    image = prom_image("prom", wanted)
+    image = addon_image("prom", wanted)
     engine.images.found[const.PROMETHEUS_IMAGE] = image
     engine.containers.found.append(running_container(ctx, settings, image))
     assert addon_steps(ctx, settings) == {"prometheus image": None, "prometheus": None}
@@ -403,21 +403,21 @@ def test_plan_is_a_no_op_when_image_and_container_match(prom_ctx: Context) -> No
 
 def test_dropping_the_addon_removes_only_this_homes_container(prom_ctx: Context, tmp_path: Path) -> None:
     ctx = prom_ctx
-    image = prom_image("prom")
+    image = addon_image("prom")
     mine = running_container(ctx, MeshSettings(addons=["prometheus"]), image)
     engine = FakeEngine({const.PROMETHEUS_IMAGE: image}, [mine])
     with_engine(ctx, engine)
     plan = [s for s in installer.plan(ctx, MeshSettings()) if s.title == "prometheus"]
     assert [s.pending() for s in plan] == ["remove meshctl-prometheus (the prometheus addon is no longer selected)"]
     assert plan[0].apply(lambda _: None) == "removed meshctl-prometheus" and mine.removed
-    other = prom_container({const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(tmp_path / "elsewhere")})
+    other = addon_container({const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(tmp_path / "elsewhere")})
     engine.containers.found = [other]
     assert addon_steps(ctx, MeshSettings()) == {}
 
 
 def test_url_only_while_the_addon_is_selected_and_its_container_runs(prom_ctx: Context) -> None:
     home = prom_ctx.home
-    engine = FakeEngine({}, [prom_container({}, port=19090)])
+    engine = FakeEngine({}, [addon_container({}, port=19090)])
     assert prom.url(home, engine) is None  # not selected in this home
     home.save_settings(MeshSettings(addons=["prometheus"], prometheus_port=19090))
     assert prom.url(home, engine) == "http://127.0.0.1:19090"
