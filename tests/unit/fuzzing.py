@@ -1,6 +1,6 @@
 """What the fuzz tests share: an in-process CLI on a mesh home, the store's bytes, and hypothesis strategies.
 
-The CLI runs in this process (`meshctl.cli.run`, the entry point the real command uses) so hundreds of
+The CLI runs in this process (tests/unit/cli.py: the entry point the real command uses) so hundreds of
 examples stay fast; a few cases per area also run the real `meshctl` in a subprocess.
 """
 
@@ -11,7 +11,6 @@ import io
 import json
 import os
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from meshctl.cli import run
 from meshctl.context import Context
-from meshctl.errors import EngineError
 from meshctl.home import MeshHome
+from tests.unit.cli import Done, meshctl, no_engine
 
 SCALE = float(os.environ.get("MESHCTL_FUZZ_SCALE", "1"))  # e.g. 20 for a long hunt; the unit suite runs with 1
 
@@ -38,11 +36,6 @@ CLI = examples(40)  # a whole command per example
 SLOW_S = 10.0  # one example taking longer than this is a hang for our purposes
 
 
-def no_engine() -> Any:
-    """Unit tests never reach Docker (another process may be using it)."""
-    raise EngineError("no engine in unit tests")
-
-
 def context(home: Path) -> Context:
     def console() -> Console:
         return Console(file=io.StringIO(), width=400, soft_wrap=True, no_color=True, highlight=False)
@@ -50,18 +43,12 @@ def context(home: Path) -> Context:
     return Context(home=MeshHome(home), out=console(), err=console(), docker_factory=no_engine)
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
+Ran = Done  # the name tests written before tests/unit/cli.py use for its result
 
 
-def run_cli(home: Path, *argv: str) -> Ran:
-    """`meshctl ARGV` in this process, as the real entry point runs it (never raises)."""
-    ctx = context(home)
-    code = run(list(argv), obj=ctx)
-    return Ran(code, ctx.out.file.getvalue(), ctx.err.file.getvalue())  # type: ignore[attr-defined]
+def run_cli(home: Path, *argv: str) -> Done:
+    """`meshctl ARGV` in this process, through the real entry point (never raises), no engine."""
+    return meshctl(*argv, home=home, engine=no_engine)
 
 
 def one_line(err: str) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
+from tests.unit.fakes import FakeContainer
 
 DR = """apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -56,13 +57,10 @@ def test_clean_files_say_so(tmp_path: Path) -> None:
     assert done.code == 0 and "No validation issues found" in done.out
 
 
-class FakeContainer:
-    """The attributes `_stranded` reads from a docker-py Container."""
-
-    def __init__(self, cid: str, name: str, started: str, mode: str = "default") -> None:
-        self.id, self.name = cid, name
-        self.labels = {"com.docker.compose.service": name}
-        self.attrs = {"State": {"StartedAt": started}, "HostConfig": {"NetworkMode": mode}}
+def pod(cid: str, name: str, started: str, mode: str = "default") -> FakeContainer:
+    """A compose service's container as `_stranded` reads it: when it started, whose network it joined."""
+    return FakeContainer(name, {"com.docker.compose.service": name}, cid=cid,
+                         attrs={"State": {"StartedAt": started}, "HostConfig": {"NetworkMode": mode}})
 
 
 def test_an_app_whose_sidecar_container_started_after_it_is_stranded() -> None:
@@ -70,10 +68,10 @@ def test_an_app_whose_sidecar_container_started_after_it_is_stranded() -> None:
     from meshctl.pilot.inventory import _instant, _stranded
 
     assert _instant("2026-11-25T00:53:52.5Z") < _instant("2026-11-25T00:53:52.51Z")  # Docker trims zeros
-    pods = [FakeContainer("s1", "api-proxy", "2026-11-25T01:00:00.1Z"),
-            FakeContainer("a1", "api", "2026-11-25T01:00:00.25Z", "container:s1"),  # started after: fine
-            FakeContainer("s2", "web-proxy", "2026-11-25T01:00:09.5Z"),  # restarted by Docker after its app
-            FakeContainer("a2", "web", "2026-11-25T01:00:00.51Z", "container:s2")]
+    pods = [pod("s1", "api-proxy", "2026-11-25T01:00:00.1Z"),
+            pod("a1", "api", "2026-11-25T01:00:00.25Z", "container:s1"),  # started after: fine
+            pod("s2", "web-proxy", "2026-11-25T01:00:09.5Z"),  # restarted by Docker after its app
+            pod("a2", "web", "2026-11-25T01:00:00.51Z", "container:s2")]
     stranded = _stranded(pods)  # type: ignore[arg-type]
     assert stranded == {"web": "web"}
     [message] = analyze_mesh(Inventory(stranded={"p": stranded}), dt.datetime.now(dt.UTC))

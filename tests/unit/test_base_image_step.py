@@ -4,21 +4,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
-
-import pytest
 
 from meshctl import const
-from meshctl.home import MeshSettings
+from meshctl.context import Context
+from meshctl.home import MeshHome, MeshSettings
 from meshctl.lifecycle import install
 from meshctl.runtime import images
+from tests.unit.fakes import FakeEngine, FakeImage
 
 
-def step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base_image: str, label: str | None) -> install.BaseImageStep:
-    image = None if label is None else SimpleNamespace(attrs={"Config": {"Labels": {const.LABEL_BUILD_HASH: label}}})
-    monkeypatch.setattr(images, "find_image", lambda client, ref: image)
-    ctx: Any = SimpleNamespace(docker=lambda: object(), cache_dir=tmp_path)
+def step(tmp_path: Path, base_image: str, label: str | None) -> install.BaseImageStep:
+    found = {} if label is None else {base_image: FakeImage("base", {const.LABEL_BUILD_HASH: label})}
+    ctx = Context(home=MeshHome(tmp_path / "home"), cache_dir=tmp_path, docker_factory=lambda: FakeEngine(found))
     return install.BaseImageStep(ctx, MeshSettings(base_image=base_image))
 
 
@@ -27,12 +24,12 @@ def test_the_package_list_feeds_the_build_hash() -> None:
     assert images.base_build_hash() != images.base_build_hash([p for p in const.BASE_PACKAGES if p != "nftables"])
 
 
-def test_our_base_image_is_rebuilt_when_its_packages_changed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert step(monkeypatch, tmp_path, const.BASE_IMAGE, images.base_build_hash()).pending() is None
+def test_our_base_image_is_rebuilt_when_its_packages_changed(tmp_path: Path) -> None:
+    assert step(tmp_path, const.BASE_IMAGE, images.base_build_hash()).pending() is None
     stale = images.base_build_hash([p for p in const.BASE_PACKAGES if p != "nftables"])
-    assert "build meshctl/base" in (step(monkeypatch, tmp_path, const.BASE_IMAGE, stale).pending() or "")
-    assert step(monkeypatch, tmp_path, const.BASE_IMAGE, None).pending()  # no image yet
+    assert "build meshctl/base" in (step(tmp_path, const.BASE_IMAGE, stale).pending() or "")
+    assert step(tmp_path, const.BASE_IMAGE, None).pending()  # no image yet
 
 
-def test_an_image_the_user_named_is_left_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert step(monkeypatch, tmp_path, "registry.example/base:1", "whatever").pending() is None
+def test_an_image_the_user_named_is_left_alone(tmp_path: Path) -> None:
+    assert step(tmp_path, "registry.example/base:1", "whatever").pending() is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshctl.status import ExitCode
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 
 NO_ENGINE = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 

@@ -13,7 +13,8 @@ import yaml
 
 from meshctl.config.schema import parse_duration
 from meshctl.status import ExitCode
-from tests.conftest import REPO, meshctl
+from tests.conftest import REPO
+from tests.unit.cli import meshctl
 from tests.unit.test_analyze import DR
 from tests.unit.test_cli_errors import one_error_line
 

@@ -19,7 +19,8 @@ from meshctl.errors import MeshError
 from meshctl.inject.injector import inject
 from meshctl.status import ExitCode
 from sidecar import snapshot as contract
-from tests.conftest import REPO, meshctl
+from tests.conftest import REPO
+from tests.unit.cli import meshctl
 from tests.unit.fuzzing import (
     BIG_YAML,
     CLI,

@@ -34,7 +34,7 @@ from sidecar.jwt import Jwks, JwtError, authenticate
 from sidecar.policy import ClusterPolicy, RetryPolicy, merged_policy, seconds
 from sidecar.rbac import Subject, decide
 from sidecar.routes import request_matches
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.fuzzing import (
     BIG_YAML,
     CLI,

@@ -12,7 +12,7 @@ from cryptography import x509
 from meshctl.resources import SAMPLES
 from meshctl.status import ExitCode
 from sidecar import snapshot as contract
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.test_cli_errors import one_error_line
 
 BOOKINFO = SAMPLES / "bookinfo" / "compose.yaml"

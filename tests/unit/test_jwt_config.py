@@ -17,7 +17,7 @@ from meshctl.config.store import Store
 from meshctl.mesh import Pod
 from meshctl.pilot.security import request_authentication
 from meshctl.status import ExitCode
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.jwtkit import ISSUER, JWKS, P256, RSA_KEY, jwk, jwks
 from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_inject import BOOKINFO, inject

@@ -18,7 +18,7 @@ from meshctl.pilot.snapshot import compile_snapshot
 from meshctl.runtime.compose import ComposeTool
 from meshctl.status import ExitCode
 from sidecar import snapshot as contract
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.test_cli_errors import one_error_line
 
 COMPOSE = """\

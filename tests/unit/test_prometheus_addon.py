@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import pytest
 import yaml
 
@@ -27,7 +26,8 @@ from meshctl.lifecycle import check
 from meshctl.lifecycle import install as installer
 from meshctl.runtime import images
 from meshctl.status import ExitCode
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
+from tests.unit.fakes import FakeContainer, FakeEngine, FakeImage
 from tests.unit.test_cli_errors import NO_ENGINE, one_error_line
 
 # --- --addons and settings -------------------------------------------------------------------------------
@@ -327,45 +327,15 @@ def test_no_apt_and_no_cached_deb_says_what_to_do(tmp_path: Path, monkeypatch: p
 
 # --- the install plan, with a fake engine -----------------------------------------------------------------
 
-class FakeImage:
-    def __init__(self, ref: str, build_hash: str | None = None) -> None:
-        self.id = f"sha256:{ref}"
-        self.attrs = {"Config": {"Labels": {const.LABEL_BUILD_HASH: build_hash} if build_hash else {}}}
+def addon_image(ref: str, build_hash: str | None = None) -> FakeImage:
+    return FakeImage(ref, {const.LABEL_BUILD_HASH: build_hash} if build_hash else {})
 
 
-class FakeContainer:
-    def __init__(self, labels: dict[str, str], status: str = "running", port: int = 9090) -> None:
-        self.name, self.labels, self.status = prom.CONTAINER, labels, status
-        self.attrs = {"NetworkSettings": {"Ports": {"9090/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}}}
-        self.removed = False
-
-    def remove(self, force: bool = False, v: bool = False) -> None:
-        self.removed = True
-
-
-class FakeEngine:
-    def __init__(self, images_: dict[str, FakeImage], containers: list[FakeContainer]) -> None:
-        self.images = self._Images(images_)
-        self.containers = self._Containers(containers)
-
-    def version(self) -> dict[str, str]:
-        return {"Arch": "amd64", "ApiVersion": "1.41"}
-
-    class _Images:
-        def __init__(self, found: dict[str, FakeImage]) -> None:
-            self.found = found
-
-        def get(self, ref: str) -> FakeImage:
-            if ref not in self.found:
-                raise docker.errors.ImageNotFound(ref)
-            return self.found[ref]
-
-    class _Containers:
-        def __init__(self, found: list[FakeContainer]) -> None:
-            self.found = found
-
-        def list(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[FakeContainer]:
-            return [c for c in self.found if not c.removed]
+def addon_container(labels: dict[str, str], status: str = "running", port: int = 9090) -> FakeContainer:
+    """A container named as the add-on's, with its component label (find_container filters on it)."""
+    ports = {"9090/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    return FakeContainer(prom.CONTAINER, {const.LABEL_COMPONENT: prom.COMPONENT, **labels}, status,
+                         {"NetworkSettings": {"Ports": ports}})
 
 
 @pytest.fixture
@@ -385,7 +355,7 @@ def running_container(ctx: Context, settings: MeshSettings, image: FakeImage, **
     (prom.config_dir(ctx.home) / prom.CONFIG_FILE).write_text(text)
     labels = {const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(ctx.home.root),
               const.LABEL_CONFIG_HASH: prom.container_hash(ctx.home, text, image.id, settings, "/var/run/docker.sock")}
-    return FakeContainer(labels, **kw)
+    return addon_container(labels, **kw)
 
 
 def addon_steps(ctx: Context, settings: MeshSettings) -> dict[str, str | None]:
@@ -400,7 +370,7 @@ def test_plan_without_the_addon_has_no_prometheus_steps(prom_ctx: Context) -> No
 def test_plan_builds_the_image_and_starts_the_container(prom_ctx: Context, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     fake_apt(tmp_path, monkeypatch, fail_first=False)
-    ctx = with_engine(prom_ctx, FakeEngine({const.BASE_IMAGE: FakeImage("base")}, []))
+    ctx = with_engine(prom_ctx, FakeEngine({const.BASE_IMAGE: addon_image("base")}, []))
     settings = MeshSettings(addons=["prometheus"])
     steps = addon_steps(ctx, settings)
     assert steps["prometheus image"] == "build meshctl/prometheus:0.1.0 from Debian's prometheus package " \
@@ -414,10 +384,10 @@ def test_plan_is_a_no_op_when_image_and_container_match(prom_ctx: Context) -> No
     debs: list[Path | None] = [make_deb(prom_ctx.cache_dir / "prometheus_2.42.0_amd64.deb", PROM_FILES)]
     for name in prom.UI_PACKAGES:
         debs.append(make_deb(prom_ctx.cache_dir / f"{name}_1_all.deb", {}))
-    engine = FakeEngine({const.BASE_IMAGE: FakeImage("base")}, [])
+    engine = FakeEngine({const.BASE_IMAGE: addon_image("base")}, [])
     ctx = with_engine(prom_ctx, engine)
     wanted = prom.image_hash(engine, settings, debs)
-    image = FakeImage("prom", wanted)
+    image = addon_image("prom", wanted)
     engine.images.found[const.PROMETHEUS_IMAGE] = image
     engine.containers.found.append(running_container(ctx, settings, image))
     assert addon_steps(ctx, settings) == {"prometheus image": None, "prometheus": None}
@@ -433,21 +403,21 @@ def test_plan_is_a_no_op_when_image_and_container_match(prom_ctx: Context) -> No
 
 def test_dropping_the_addon_removes_only_this_homes_container(prom_ctx: Context, tmp_path: Path) -> None:
     ctx = prom_ctx
-    image = FakeImage("prom")
+    image = addon_image("prom")
     mine = running_container(ctx, MeshSettings(addons=["prometheus"]), image)
     engine = FakeEngine({const.PROMETHEUS_IMAGE: image}, [mine])
     with_engine(ctx, engine)
     plan = [s for s in installer.plan(ctx, MeshSettings()) if s.title == "prometheus"]
     assert [s.pending() for s in plan] == ["remove meshctl-prometheus (the prometheus addon is no longer selected)"]
     assert plan[0].apply(lambda _: None) == "removed meshctl-prometheus" and mine.removed
-    other = FakeContainer({const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(tmp_path / "elsewhere")})
+    other = addon_container({const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(tmp_path / "elsewhere")})
     engine.containers.found = [other]
     assert addon_steps(ctx, MeshSettings()) == {}
 
 
 def test_url_only_while_the_addon_is_selected_and_its_container_runs(prom_ctx: Context) -> None:
     home = prom_ctx.home
-    engine = FakeEngine({}, [FakeContainer({}, port=19090)])
+    engine = FakeEngine({}, [addon_container({}, port=19090)])
     assert prom.url(home, engine) is None  # not selected in this home
     home.save_settings(MeshSettings(addons=["prometheus"], prometheus_port=19090))
     assert prom.url(home, engine) == "http://127.0.0.1:19090"

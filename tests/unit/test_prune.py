@@ -4,25 +4,20 @@
 from __future__ import annotations
 
 import errno
-import io
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from rich.console import Console
 
-from meshctl.cli import run
 from meshctl.config.store import Store
-from meshctl.context import Context
 from meshctl.errors import EngineError
-from meshctl.home import MeshHome
 from meshctl.inject.injector import inject
 from meshctl.status import ExitCode
-from tests.unit.fuzzing import Ran, context, make_home, one_line, tree_state
+from tests.unit.cli import Done, meshctl
+from tests.unit.fakes import FakeContainer, FakeEngine
+from tests.unit.fuzzing import context, make_home, one_line, tree_state
 
 COMPOSE = "services:\n  web:\n    image: nginx\n  api:\n    image: nginx\n"
 ROUTE = """apiVersion: networking.istio.io/v1
@@ -34,19 +29,15 @@ spec:
 """
 
 
-class FakeEngine:
-    """containers.list answers with one container per live project; `answers` can change it call by call."""
-
-    def __init__(self, answers: Iterator[set[str] | None]) -> None:
-        self.answers = answers
-        self.containers = self
-
-    def list(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[Any]:
-        assert all and filters == {"label": "com.docker.compose.project"}  # stopped containers count too
-        live = next(self.answers)
+def engine(answers: Iterator[set[str] | None]) -> FakeEngine:
+    """One stopped container per live project (stopped ones count too); `answers` can change it call by call."""
+    def containers() -> list[FakeContainer]:
+        live = next(answers)
         if live is None:
             raise EngineError("the engine stopped answering")
-        return [SimpleNamespace(labels={"com.docker.compose.project": p}) for p in sorted(live)]
+        return [FakeContainer(f"{p}-web-1", {"com.docker.compose.project": p}, "exited") for p in sorted(live)]
+
+    return FakeEngine(containers=containers)
 
 
 def repeat(live: set[str]) -> Iterator[set[str] | None]:
@@ -58,14 +49,8 @@ def repeat(live: set[str]) -> Iterator[set[str] | None]:
 class Mesh:
     home: Path
 
-    def prune(self, *argv: str, live: Iterator[set[str] | None]) -> Ran:
-        def console() -> Console:
-            return Console(file=io.StringIO(), width=400, soft_wrap=True, no_color=True, highlight=False)
-
-        ctx = Context(home=MeshHome(self.home), out=console(), err=console(),
-                      docker_factory=lambda: FakeEngine(live))
-        code = run(["prune", *argv], obj=ctx)
-        return Ran(code, ctx.out.file.getvalue(), ctx.err.file.getvalue())  # type: ignore[attr-defined]
+    def prune(self, *argv: str, live: Iterator[set[str] | None]) -> Done:
+        return meshctl("prune", *argv, home=self.home, engine=lambda: engine(live))
 
     def config(self) -> list[tuple[str, str]]:
         return sorted((r["metadata"].get("namespace", ""), r["metadata"]["name"])
@@ -82,7 +67,7 @@ def mesh(tmp_path: Path) -> Mesh:
         (work / "compose.yaml").write_text(COMPOSE)
         inject(context(home), str(work / "compose.yaml"), project, "PERMISSIVE", work)
         (work / "route.yaml").write_text(ROUTE.replace("NS", project))
-        assert run(["apply", "-f", str(work / "route.yaml")], obj=context(home)) == 0
+        assert meshctl("apply", "-f", str(work / "route.yaml"), home=home).code == 0
     return Mesh(home)
 
 

@@ -18,7 +18,7 @@ from meshctl.errors import InvalidInput
 from meshctl.status import ExitCode
 from sidecar import regex
 from sidecar.routes import string_matches
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.fuzzing import FUZZ
 from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_inject import BOOKINFO, inject

@@ -11,7 +11,7 @@ import yaml
 from meshctl.config.routes import RouteEdit, delete_route, parse_match, parse_targets, set_route
 from meshctl.errors import InvalidInput
 from meshctl.status import ExitCode
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_inject import BOOKINFO, inject
 

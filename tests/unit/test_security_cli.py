@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from meshctl.status import ExitCode
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_inject import BOOKINFO, inject
 

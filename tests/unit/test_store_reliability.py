@@ -48,7 +48,7 @@ from meshctl.mesh import MeshedPods, Pod, describe
 from meshctl.pilot import changes
 from meshctl.pki import ca, citadel, workload
 from meshctl.status import ExitCode
-from tests.conftest import Done, meshctl
+from tests.unit.cli import Done, meshctl
 from tests.unit.test_analyze import DR
 from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_inject import BOOKINFO
@@ -85,9 +85,7 @@ def quiet_context(home: Path, out: io.StringIO | None = None, err: io.StringIO |
 
 def cli(home: Path, *argv: str) -> Done:
     """The whole CLI (parsing, command, error handler) in this process: as a subprocess, without its start-up."""
-    out, err = io.StringIO(), io.StringIO()
-    code = run(list(argv), obj=quiet_context(home, out, err))
-    return Done(code, out.getvalue(), err.getvalue())
+    return meshctl(*argv, home=home)
 
 
 def vs_doc(name: str, host: str, extra: str = "") -> str:
@@ -666,7 +664,7 @@ def test_full_disk_cli_is_one_clear_line(small_fs: Path) -> None:
     assert cli(home, "apply", "-f", str(base)).code == 0  # revision 1
     fill(small_fs)
     before = tree(home)
-    done = meshctl("apply", "-f", str(manifest), home=home)  # the real entry point, as users run it
+    done = meshctl("apply", "-f", str(manifest), home=home)  # the console script's entry, as users run it
     assert done.code == ExitCode.PERMISSION
     revision = home / "config" / "revisions" / "000002.json"
     assert one_error_line(done.err) == f"error: cannot write {revision}: no space left on device; free some disk " \

@@ -28,7 +28,7 @@ from meshctl.telemetry.tap import Target
 from sidecar import admin
 from sidecar.engine import tap as engine_tap
 from sidecar.engine.tap import TapHub, TapSpec
-from tests.conftest import meshctl
+from tests.unit.cli import meshctl
 from tests.unit.engine.test_tap import SECRET, call
 
 TD = "spiffe://cluster.local/ns/shop/sa"

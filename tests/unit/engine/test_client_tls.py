@@ -13,8 +13,9 @@ from sidecar.engine.plan import L7H2, L4Tcp, L7Http, Passthrough, decide
 from sidecar.engine.proxy import Route
 from sidecar.engine.route import Router
 from sidecar.policy import ClusterPolicy, merged_policy
-from tests.unit.engine.test_hooks import BASE, REVIEWS, Live, call_to, endpoints_of, head
 from tests.unit.engine.test_plan import BINARY, DB_ID, H2, HTTP, SNAP, endpoint, out
+from tests.unit.fakes import BASE, REVIEWS, Live, call_to, endpoints_of
+from tests.unit.fakes import request_head as head
 
 
 def policy(tls: dict[str, Any] | None = None, ports: list[dict[str, Any]] | None = None) -> ClusterPolicy:

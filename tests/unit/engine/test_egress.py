@@ -22,9 +22,9 @@ from sidecar.engine.egress import Egress, origination_context
 from sidecar.engine.plan import OUTBOUND_PORT, ConnectionInfo, L7Http, Passthrough, Refuse, decide
 from sidecar.engine.pool import Pool, PoolError
 from sidecar.engine.proxy import Response, Route
-from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import Origin, run
 from tests.unit.engine.test_plan import BINARY, HTTP, SNAP, TLS, endpoint, out
+from tests.unit.fakes import request_head
 
 API = {"name": "p/api", "hosts": ["api.example"], "endpoints": [],
        "ports": [{"number": 80, "protocol": "HTTP", "target": 443,

@@ -19,10 +19,10 @@ from sidecar.engine.listeners import CaptureListener, Sidecar
 from sidecar.engine.plan import OUTBOUND_PORT, L7Http, Passthrough
 from sidecar.engine.plan import decide as decide_plan
 from sidecar.engine.proxy import Response, Route
-from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import run
 from tests.unit.engine.test_egress import make_ca, outbound, snap
 from tests.unit.engine.test_plan import HTTP
+from tests.unit.fakes import request_head
 from tests.unit.fuzzing import FUZZ
 
 APP_DIALLED = ("198.51.100.7", 80)  # the address the app connected to: never dialled for an unlisted Host

@@ -26,7 +26,7 @@ from sidecar.engine.route import Router
 from sidecar.engine.trace import Tracer
 from sidecar.meters import Meters
 from sidecar.spans import SpanStore
-from tests.unit.engine.test_hooks import REVIEWS, Live, endpoints_of, vs
+from tests.unit.fakes import REVIEWS, Live, endpoints_of, vs
 
 Handler = Callable[[bytes, grpc.ServicerContext], bytes]
 

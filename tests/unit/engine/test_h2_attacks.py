@@ -45,7 +45,7 @@ from sidecar.engine.plan import INBOUND_PORT, L7H2, ConnectionInfo
 from sidecar.engine.proxy import Route
 from sidecar.engine.route import Router
 from sidecar.rbac import Subject
-from tests.unit.engine.test_hooks import REVIEWS, WEB, Live, endpoints_of, vs
+from tests.unit.fakes import REVIEWS, WEB, Live, endpoints_of, vs
 from tests.unit.jwtkit import P256, RULE, claims, sign
 
 Fields = list[tuple[bytes, bytes]]

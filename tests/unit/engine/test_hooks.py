@@ -5,22 +5,19 @@ and JWT, telemetry and tracing. Upstreams are real local servers; no mitmproxy."
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import io
 import json
-from typing import Any
 
 import pytest
 
-from sidecar import snapshot
-from sidecar.endpoints import Endpoint, Endpoints
+from sidecar.endpoints import Endpoints
 from sidecar.engine.authorize import Authorizer
 from sidecar.engine.call import Call, Headers
 from sidecar.engine.client import UpstreamError, fetch
-from sidecar.engine.http1 import RequestHead, ResponseHead
+from sidecar.engine.http1 import ResponseHead
 from sidecar.engine.observe import Observer
-from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L7Http
+from sidecar.engine.plan import INBOUND_PORT, L7Http
 from sidecar.engine.pool import Pool
 from sidecar.engine.proxy import Response, Route, Routed
 from sidecar.engine.route import Router, upstream_request
@@ -28,56 +25,9 @@ from sidecar.engine.trace import Tracer
 from sidecar.meters import Meters
 from sidecar.spans import SpanStore
 from tests.unit.engine.helpers import Origin, run
+from tests.unit.fakes import REVIEWS, WEB, Live, call_to, endpoints_of, vs
+from tests.unit.fakes import request_head as head
 from tests.unit.jwtkit import P256, RULE, claims, sign
-
-WEB = "spiffe://cluster.local/ns/p/sa/web"
-REVIEWS = "spiffe://cluster.local/ns/p/sa/reviews"
-BASE: dict[str, Any] = {
-    "format": 1, "revision": 1, "hash": "h1", "trust_domain": "cluster.local",
-    "proxy": {"name": "p.web", "project": "p", "service": "web", "app": "web", "version": "v1", "identity": WEB},
-    "inbound": {"mode": "PERMISSIVE", "published_ports": [], "port_modes": {}},
-    "outbound": {},
-    "services": [
-        {"name": "web", "identity": WEB, "workloads": [{"host": "web", "version": "v1"}]},
-        # DISABLE: the router's upstreams are plaintext local origins in these tests
-        {"name": "reviews", "identity": REVIEWS, "workloads": [
-            {"host": "reviews-v1", "version": "v1", "mode": "DISABLE"},
-            {"host": "reviews-v2", "version": "v2", "mode": "DISABLE"}]},
-    ],
-}
-
-
-class Live:
-    """sidecar.live.LiveSnapshot's interface, without a file."""
-
-    def __init__(self, **changes: Any) -> None:
-        raw = copy.deepcopy(BASE) | changes
-        self.current = snapshot.parse(raw)
-        self.on_apply: list[Any] = []
-
-
-def endpoints_of(live: Live, table: dict[str, tuple[str, str]]) -> Endpoints:
-    """An endpoint table: ip -> (service, workload host)."""
-    endpoints = Endpoints(live.current.services)
-    services = {s.name: s for s in live.current.services}
-    endpoints.by_ip = {ip: Endpoint(services[svc], next(w for w in services[svc].workloads if w.host == host))
-                       for ip, (svc, host) in table.items()}
-    endpoints._refreshed_at = float("inf")  # never resolve names in a unit test
-    return endpoints
-
-
-def head(method: bytes = b"GET", target: bytes = b"/", headers: list[tuple[bytes, bytes]] | None = None,
-         framing: str = "none", length: int | None = None, upgrade: bool = False) -> RequestHead:
-    fields = headers if headers is not None else [(b"host", b"reviews:9080")]
-    return RequestHead(method, target, b"1.1", fields, True, framing, length, "reviews:9080", upgrade)  # type: ignore[arg-type]
-
-
-def call_to(port: int, h: RequestHead | None = None, listener: int = OUTBOUND_PORT, tls_peer: str | None = None,
-            live: Live | None = None) -> Call:
-    info = ConnectionInfo(listener, ("127.0.0.1", port), ("127.0.0.9", 40000), None, (live or Live()).current,
-                          tls_peer=tls_peer)
-    return Call(info, h or head())
-
 
 # --- the header view ---------------------------------------------------------------------------------------------
 
@@ -136,10 +86,6 @@ def routed(live: Live, ports: dict[str, int]) -> tuple[Router, Endpoints]:
                                                                            ("127.0.0.3", "reviews-v2"))
                                     if host in ports})
     return Router(live, endpoints, lambda: None), endpoints  # type: ignore[arg-type]
-
-
-def vs(http: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": "reviews-vs", "hosts": ["reviews"], "http": http}]
 
 
 async def serve(router: Router, call: Call, port: int, body: bytes = b"") -> Response:

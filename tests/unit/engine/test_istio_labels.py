@@ -12,8 +12,7 @@ from sidecar.engine.egress import Egress
 from sidecar.engine.observe import Observer
 from sidecar.engine.plan import INBOUND_PORT, L7Http
 from sidecar.meters import LABELS, TCP_LABELS, Meters
-from tests.unit.engine.calls import request_head
-from tests.unit.engine.test_hooks import REVIEWS, WEB, Live, call_to, endpoints_of
+from tests.unit.fakes import REVIEWS, WEB, Live, call_to, endpoints_of, request_head
 
 # What the web pod's sidecar (project p) says about its calls to reviews-v1, seen from either end
 WEB_SIDE = {"source_workload": "web", "source_workload_namespace": "p", "source_app": "web", "source_version": "v1",

@@ -26,6 +26,7 @@ from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo, L4T
 from sidecar.engine.pool import Pool
 from sidecar.engine.proxy import Listener, Response
 from tests.unit.engine.helpers import TD, Origin, Pki, closed, connect, make_pki, read_response, request, run
+from tests.unit.fakes import Live
 
 REVIEWS_ID = f"{TD}/reviews"
 GREETING = b"5.5.5-10.11.6-MariaDB greeting\x00"
@@ -288,11 +289,7 @@ def test_relayed_connections_the_new_config_refuses_are_closed_and_the_others_ke
 def test_a_policy_applied_later_closes_the_tcp_connections_it_denies(pki: Pki) -> None:
     """The real authorizer as the gate: an AuthorizationPolicy that arrives while a TCP connection is open is
     judged on that connection at once (on the new snapshot, before it becomes current), as at accept."""
-    class Live:
-        def __init__(self) -> None:
-            self.current, self.on_apply = snap("reviews"), []
-
-    live = Live()
+    live = Live(snap("reviews"))
     authorizer = Authorizer(live)  # type: ignore[arg-type]
 
     async def go() -> None:

@@ -20,8 +20,8 @@ from sidecar.engine.plan import INBOUND_PORT, OUTBOUND_PORT, ConnectionInfo
 from sidecar.engine.pool import Pool
 from sidecar.engine.proxy import Listener, Response, Route, Routed
 from sidecar.engine.tap import MASK, TapError, TapHub, TapSpec
-from tests.unit.engine.calls import request_head
 from tests.unit.engine.helpers import TD, Origin, Pki, connect, make_pki, read_response, request, run, wait_for
+from tests.unit.fakes import request_head
 
 SECRET = "s3cr3t-T0ken-value"
 CALLER = f"{TD}/productpage"

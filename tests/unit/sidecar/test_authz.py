@@ -120,7 +120,7 @@ def test_jwt_validation() -> None:
 
 def test_the_hook_fails_closed_and_answers_403_naming_the_policy() -> None:
     from sidecar.engine.authorize import Authorizer
-    from tests.unit.engine.calls import Live, call_on
+    from tests.unit.fakes import Live, call_on
     from tests.unit.sidecar.test_contract import GOOD
 
     def hook(policies: list[dict[str, object]]) -> tuple[Authorizer, Live]:

@@ -672,7 +672,7 @@ def test_readiness_is_false_while_the_marker_exists(tmp_path: Path) -> None:
     from sidecar.endpoints import Endpoints
     from sidecar.engine.main import Mesh
     from sidecar.engine.plan import LocalNetworks
-    from tests.unit.engine.calls import Live
+    from tests.unit.fakes import Live
     from tests.unit.sidecar.test_contract import GOOD
 
     def mesh(contexts: object) -> Mesh:

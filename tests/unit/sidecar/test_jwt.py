@@ -336,7 +336,7 @@ def test_a_stored_jwks_error_refuses_tokens_of_that_issuer() -> None:
 
 def _hook_call(path: str, headers: Fields) -> tuple[Any, Any]:
     from sidecar.engine.authorize import Authorizer
-    from tests.unit.engine.calls import Live, call_on
+    from tests.unit.fakes import Live, call_on
     from tests.unit.sidecar.test_contract import GOOD as SNAPSHOT
 
     # PERMISSIVE: these calls are plaintext, which a STRICT port refuses before any policy

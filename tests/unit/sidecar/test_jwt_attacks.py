@@ -16,8 +16,8 @@ from sidecar.engine.authorize import Authorizer
 from sidecar.engine.plan import INBOUND_PORT, L4_ALPN, ConnectionInfo, L4Tcp, decide
 from sidecar.jwt import claim_text, cookie_key, cookies_of, rule_output_problems
 from tests.unit import jwtkit
-from tests.unit.engine.calls import Live
 from tests.unit.engine.test_h2_attacks import NEED_JWT
+from tests.unit.fakes import Live
 from tests.unit.fuzzing import FUZZ
 from tests.unit.sidecar.test_contract import GOOD
 from tests.unit.sidecar.test_jwt_outputs import COOKIE_RULE, OUT_RULE, TOKEN, judge

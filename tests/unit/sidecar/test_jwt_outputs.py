@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sidecar.engine.authorize import Authorizer
 from sidecar.jwt import claim_text, cookies_of, header_key, output_headers, rule_output_problems, without_cookie
 from tests.unit import jwtkit
-from tests.unit.engine.calls import Live, call_on
 from tests.unit.engine.test_h2_attacks import NEED_JWT, Harness, h  # noqa: F401  (h: the HTTP/2 fixture)
+from tests.unit.fakes import Live, call_on
 from tests.unit.fuzzing import FUZZ
 from tests.unit.jwtkit import P256, claims, sign
 from tests.unit.sidecar.test_contract import GOOD as SNAPSHOT
