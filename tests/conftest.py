@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def ctrl_c_reaches_it() -> None:
+    """preexec_fn for a child a test stops with SIGINT, as Ctrl-C stops a foreground command. A shell starts its
+    background jobs (a CI runner's, `cmd &`) with SIGINT ignored and children inherit that: Python then never
+    raises KeyboardInterrupt, and the test would measure the shell's job control instead of meshctl."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass

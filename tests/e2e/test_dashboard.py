@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, meshctl
+from tests.conftest import REPO, ctrl_c_reaches_it, meshctl
 from tests.e2e.cdp import Browser, find_browser
 
 PRODUCTPAGE = "http://127.0.0.1:9080/productpage"
@@ -57,7 +57,7 @@ def dashboard_url(demo: dict, mesh_home: Path, tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "meshctl", "dashboard", "--no-browser", "--port", "0",
                              "--interval", "1s", "-p", "bookinfo"],
                             env={**os.environ, "MESHCTL_HOME": str(mesh_home), "NO_COLOR": "1"}, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=err, text=True)
+                            stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=ctrl_c_reaches_it)
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 60)

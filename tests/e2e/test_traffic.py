@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from docker import DockerClient
 
-from tests.conftest import REPO, meshctl
+from tests.conftest import REPO, ctrl_c_reaches_it, meshctl
 from tests.e2e.conftest import App
 from tests.e2e.test_dataplane import bookinfo
 
@@ -272,7 +272,7 @@ def test_live_route_changes_take_effect_within_2s_without_a_failed_request(app: 
 def rollout(home: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "MESHCTL_HOME": str(home), "NO_COLOR": "1"}
     return subprocess.Popen([sys.executable, "-m", "meshctl", "rollout", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_reaches_it)
 
 
 def state(home: Path) -> dict:
