@@ -31,21 +31,24 @@ def _ref(kind: str, name: str, namespace: str | None = None) -> str:
 
 
 def _namespace(value: str | None) -> str | None:
-    """-n for get/delete: absent, any namespace; '' the resources without one."""
+    """-p for get/delete: absent, any namespace; '' the resources without one."""
     return changes.ANY_NAMESPACE if value is None else value or None
 
 
-NamespaceOption = Annotated[str | None, typer.Option("--namespace", "-n", help="The compose project the resource "
-                                                     "is in ('' for one without a namespace; default: any).")]
+# -p/--project as every other command; --namespace/-n are kubectl's and istioctl's names for it
+PROJECT = ("--project", "-p", "--namespace", "-n")
+NamespaceOption = Annotated[str | None, typer.Option(*PROJECT, help="The compose project the resource is in ('' for "
+                                                     "one without a namespace; default: any). --namespace/-n "
+                                                     "work too.")]
 
 
 def apply(
     ctx: typer.Context,
     files: Annotated[list[str], typer.Option("--filename", "-f", help="A YAML file, a directory of them, or - "
                                                                        "for stdin. Repeatable.")],
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Put resources without a namespace "
-                                                  "in this compose project (kubectl's -n); one whose namespace "
-                                                  "differs is an error.")] = None,
+    namespace: Annotated[str | None, typer.Option(*PROJECT, help="Put resources without a namespace in this "
+                                                  "compose project (kubectl's -n/--namespace work too); one whose "
+                                                  "namespace differs is an error.")] = None,
 ) -> None:
     """Validate and store resources (all or nothing), then push the new config to every proxy."""
     c: Context = ctx.obj

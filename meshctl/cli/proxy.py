@@ -12,8 +12,9 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
+from meshctl.cli.flags import duration
 from meshctl.context import Context
-from meshctl.errors import InvalidInput, Timeout
+from meshctl.errors import Timeout, UsageError
 from meshctl.mesh import proxy_dir
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
 from meshctl.pilot import proxyconfig
@@ -35,19 +36,19 @@ def proxy_status(
     = None,
     wait: Annotated[bool, typer.Option("--wait", help="Return once every proxy is SYNCED; fail at the timeout.")]
     = False,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds --wait waits.")] = 30.0,
+    timeout: Annotated[str, typer.Option("--timeout", help="How long --wait waits, e.g. 30s or 2m.")] = "30s",
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only the proxies of this compose "
                                                 "project (like istioctl's -n).")] = None,
     output: OutputOption = OutputFormat.table,
 ) -> int:
     """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING."""
     c: Context = ctx.obj
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + duration("--timeout", timeout, minimum=0.1)
     while True:
         rows = proxy_statuses(c, proxy, project)
         if (proxy or project) and not rows:
             what = f"named {proxy!r}" if proxy else f"in project {project!r}"
-            raise InvalidInput(f"no proxy {what} in this mesh", "see `meshctl proxy-status`")
+            raise UsageError(f"no proxy {what} in this mesh", "see `meshctl proxy-status`")
         done = all(r.synced for r in rows)
         if not wait or done or time.monotonic() >= deadline:
             break
