@@ -15,7 +15,7 @@ from meshctl.bench.run import LOADS, MODES, Plan, run
 from meshctl.cli import flags
 from meshctl.context import Context
 from meshctl.errors import UsageError
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamped
 
 MAX_LOAD_S = 60.0
 
@@ -83,7 +83,7 @@ def bench(
     c.home.settings()
     with c.err.status("bench") as status:
         done = run(c, plan, lambda text: status.update(f"bench: {text}"))
-    report = done.as_dict()
+    report = stamped(done.as_dict(), "started")  # saved and printed JSON write moments in RFC 3339
     if save:
         save.write_text(json.dumps(report, indent=1) + "\n")
     emit(c.out, output, report, lambda: render(report))

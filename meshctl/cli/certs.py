@@ -17,7 +17,7 @@ from meshctl.cli.flags import duration
 from meshctl.context import Context
 from meshctl.errors import MeshError, UsageError
 from meshctl.mesh import MeshedPods, account_of, read_proxy_info
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, rfc3339, simple_table
 from meshctl.pilot.status import ProxyStatus, proxy_statuses
 from meshctl.pki import agent, citadel
 from meshctl.status import ExitCode
@@ -40,12 +40,14 @@ def status(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> Non
     c.home.settings()
     now = _now(c)
     stamp = "%Y-%m-%d %H:%M:%S"
-    rows = [{"proxy": i.proxy, "identity": i.identity, "serial": i.serial, "issued": i.issued.strftime(stamp),
-             "expires": i.expires.strftime(stamp), "issuer": i.issuer_serial or i.issuer,
-             "state": state} for i, state in citadel.cert_states(c.home, now)]
+    certs = citadel.cert_states(c.home, now)
+    rows = [{"proxy": i.proxy, "identity": i.identity, "serial": i.serial, "issued": rfc3339(i.issued),
+             "expires": rfc3339(i.expires), "issuer": i.issuer_serial or i.issuer, "state": state}
+            for i, state in certs]
     emit(c.out, output, rows, lambda: simple_table(
         ["proxy", "identity", "serial", "issued (utc)", "expires (utc)", "issuer", "state"],
-        [list(r.values()) for r in rows]))
+        [[i.proxy, i.identity, i.serial, i.issued.strftime(stamp), i.expires.strftime(stamp),
+          i.issuer_serial or i.issuer, state] for i, state in certs]))
     rotation = citadel.rotation_state(c.home)
     if rotation:
         c.err.print(f"a root rotation is in progress (stage {rotation['stage']}); `meshctl certs rotate --root` "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +11,7 @@ from meshctl.config.resources import load, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import UsageError
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, rfc3339, simple_table
 from meshctl.pilot import changes
 
 KIND_HELP = "Resource kind: " + ", ".join(f"{k.name.lower()} ({'/'.join(k.aliases[1:])})" for k in KINDS) + "."
@@ -102,6 +101,11 @@ def delete(
     c.err.print(f"revision {revision.revision}; pushed to {pushed.proxies} proxies", highlight=False)
 
 
+def _when(stamp: str) -> str:
+    """An RFC 3339 moment as the table shows it: 2026-12-01 07:21:26."""
+    return stamp[:19].replace("T", " ")
+
+
 def history(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
     """List the stored revisions, newest first."""
     c: Context = ctx.obj
@@ -109,11 +113,12 @@ def history(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> No
     revisions = list(reversed(Store(c.home.config_dir).history()))
     current = Store(c.home.config_dir).current_number()
     rows = [{"revision": r.revision, "current": r.revision == current,
-             "time": dt.datetime.fromtimestamp(r.time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+             "time": rfc3339(r.time),
              "resources": len(r.resources), "change": r.message} for r in revisions]
     emit(c.out, output, rows, lambda: simple_table(
         ["revision", "time (utc)", "resources", "change"],
-        [[f"{r['revision']}{' *' if r['current'] else ''}", r["time"], r["resources"], r["change"]] for r in rows]))
+        [[f"{r['revision']}{' *' if r['current'] else ''}", _when(str(r["time"])), r["resources"], r["change"]]
+         for r in rows]))
 
 
 def rollback(

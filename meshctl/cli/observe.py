@@ -21,7 +21,7 @@ from rich.tree import Tree
 from meshctl.cli.flags import TIME_WINDOW, ProjectOption
 from meshctl.cli.flags import duration as seconds
 from meshctl.context import Context
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamped
 from meshctl.telemetry import golden, mesh, traces
 from meshctl.telemetry.logs import LogFilter, top_routes
 
@@ -154,7 +154,7 @@ def logs(
     if output is OutputFormat.table:
         c.out.print(_log_table(entries))
     else:
-        emit(c.out, output, entries, lambda: _log_table(entries))
+        emit(c.out, output, [stamped(e, "time") for e in entries], lambda: _log_table(entries))
 
 
 def _log_row(e: dict[str, Any]) -> list[Any]:
@@ -197,7 +197,7 @@ def _follow(c: Context, proxies: list[Any], wanted: LogFilter, output: OutputFor
         if output is OutputFormat.table:
             c.out.print("  ".join(str(v) for v in _log_row(e)), highlight=False, soft_wrap=True)
         else:
-            c.out.print_json(data=e)
+            c.out.print_json(data=stamped(e, "time"))
 
 
 # --- top ----------------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def trace(
     spans = mesh.spans(c, mesh.running(c, project))
     if trace_id is None:
         rows = traces.summaries(spans, service)[:limit]
-        emit(c.out, output, rows, lambda: simple_table(
+        emit(c.out, output, [stamped(r, "start") for r in rows], lambda: simple_table(
             ["trace id", "root", "services", "spans", "duration", "errors", "age"],
             [[r["trace_id"], r["root"], ",".join(r["services"]), r["spans"], _fmt(r["duration_ms"], "ms"),
               r["errors"], f"{time.time() - r['start']:.0f}s"] for r in rows]))

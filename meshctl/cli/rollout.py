@@ -19,7 +19,7 @@ from meshctl.config import routes
 from meshctl.context import Context
 from meshctl.errors import Conflict, MeshError, UsageError
 from meshctl.mesh import MeshedPods
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, Rows, emit, simple_table, stamped
 from meshctl.pilot import changes
 from meshctl.rollout.driver import Driver, settle_without_driver
 from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore
@@ -47,7 +47,7 @@ class RolloutFailed(MeshError):
     code = ExitCode.FAILED  # the rollout ran, and ended rolled back or aborted
 
 
-def _table(r: Rollout) -> Table:
+def _table(r: Rollout) -> Rows:
     table = simple_table(["service", "stable", "canary", "status", "step", "weight", "last gate", "message"], [[
         r.service, r.stable, r.canary, r.status, f"{r.step + 1}/{len(r.steps)}", f"{r.weight}%",
         r.last_gate.get("reason", "-"), r.message]])
@@ -171,7 +171,7 @@ def status(ctx: typer.Context, service: Annotated[str | None, typer.Argument(hel
     found = [store.load(service)] if service else store.all()
     rows = [{"service": r.service, "stable": r.stable, "canary": r.canary, "status": r.status,
              "step": f"{r.step + 1}/{len(r.steps)}", "weight": r.weight, "last_gate": r.last_gate,
-             "message": r.message, "events": r.events} for r in found]
+             "message": r.message, "events": [stamped(e, "time") for e in r.events]} for r in found]
     if output is not OutputFormat.table:
         emit(c.out, output, rows[0] if service else rows, lambda: Table())
         return

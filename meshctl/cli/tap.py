@@ -20,6 +20,7 @@ from meshctl.cli.flags import duration as seconds
 from meshctl.context import Context
 from meshctl.errors import Conflict, MeshError, UsageError
 from meshctl.mesh import parse_identity
+from meshctl.output import stamped
 from meshctl.status import ExitCode
 from meshctl.telemetry import mesh
 from meshctl.telemetry.flows import FlowFile
@@ -212,7 +213,7 @@ def _follow(c: Context, session: Tap, spec: TapSpec, until: float, streams: int,
         if event.kind == "call":
             records += 1
             if output is TapOutput.json:
-                c.out.file.write(json.dumps(event.data, separators=(",", ":")) + "\n")
+                c.out.file.write(json.dumps(stamped(event.data, "time"), separators=(",", ":")) + "\n")
                 c.out.file.flush()
             else:
                 c.out.print(row(event.data), highlight=False, soft_wrap=True)

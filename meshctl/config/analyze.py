@@ -46,6 +46,18 @@ class Inventory:
     labels: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # project -> each workload's labels
 
 
+NAMED_RE = re.compile(r"([A-Z][A-Za-z]+ [^\s:]+): ")
+
+
+def invalid_file(problem: str) -> Message:
+    """MSH0100: a problem that makes `apply` refuse a file ("FILE[: KIND NAME]: what is wrong")."""
+    where, _, text = problem.partition(": ")
+    named = NAMED_RE.match(text)
+    if named:  # as istioctl names the place: "VirtualService reviews x.yaml[0]"
+        where, text = f"{named[1]} {where}", text[named.end():]
+    return Message("MSH0100", "Error", where, text or where, "fix the file: `meshctl apply` refuses it as it is")
+
+
 def _name(r: Resource) -> str:
     return f"{r['kind']} {qualified_name(r)}"
 

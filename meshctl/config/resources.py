@@ -301,7 +301,8 @@ def load(targets: list[str], semantic: bool = True, namespace: str | None = None
             problems.append(f"{r['kind']} {qualified_name(r)} is given twice")
         seen.add(key(r))
     if problems:
-        more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
+        more = f" (and {len(problems) - 1} more: `meshctl analyze --files-only -f FILE` lists them all)" \
+            if len(problems) > 1 else ""
         raise InvalidInput(problems[0] + more, "nothing was applied", details=problems)
     if not resources:
         raise InvalidInput(f"{', '.join(targets)}: no resources found")

@@ -65,6 +65,6 @@ def rows(section: str, dump: dict[str, Any]) -> tuple[list[str], list[list[Any]]
         return ["endpoint", "service", "workload", "version"], [
             [ip, e["service"], e["workload"], e["version"]] for ip, e in dump["endpoints"].items()]
     secret = dump["secrets"]
-    return ["identity", "serial", "valid until (unix)", "trusted roots"], [
-        [secret["identity"], secret.get("cert_serial", "-"), int(secret.get("cert_not_after", 0)),
+    return ["identity", "serial", "valid until", "trusted roots"], [
+        [secret["identity"], secret.get("cert_serial", "-"), secret.get("cert_not_after") or "-",
          len(secret.get("trust_bundle", []))]]
