@@ -372,7 +372,7 @@ def test_analyze_warns_when_a_resource_without_namespace_reaches_several_project
     [message] = analyze_resources([vs("reviews", None, ["reviews"]), dr("reviews", "alpha")], INVENTORY)
     assert (message.code, message.level, message.resource) == ("MSH0112", "Warning", "VirtualService reviews")
     assert "2 projects: alpha, beta" in message.text
-    assert message.hint == "set metadata.namespace (or apply -n PROJECT) so it applies to one project"
+    assert message.hint == "set metadata.namespace (or apply -p PROJECT) so it applies to one project"
     assert codes(dr("reviews", None)) == [("MSH0112", "DestinationRule reviews")]
     assert codes(vs("r", None, ["ratings"], subset="v1"), dr("d", "solo", "ratings")) == []  # one project only
     assert codes(vs("r", None, ["reviews.alpha"]), dr("reviews", "alpha")) == []  # names one project
