@@ -13,7 +13,8 @@ from typing import Any
 
 from meshctl.config.kinds import Kind
 from meshctl.config.resources import METADATA, NAMESPACE_RE
-from meshctl.config.schema import DURATION_RE, HEADER_NAME_RE, HEADER_VALUE_BAD, NAME_RE, Schema
+from meshctl.config.schema import HEADER_NAME_RE, HEADER_VALUE_BAD, NAME_RE, Schema
+from sidecar.contract import DURATION_RE
 from sidecar.grpc import STATUS_CODES
 from sidecar.policy import RETRY_CONDITIONS, STATUS_RE
 
