@@ -35,6 +35,7 @@ from meshctl.errors import UsageError
 from meshctl.home import MeshHome
 from meshctl.output import rfc3339, simple_table
 from meshctl.status import ExitCode
+from tests.unit.fakes import FakeContainer, FakeEngine
 from tests.unit.fuzzing import Ran, make_home, one_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,46 +46,27 @@ ENTRY = {"direction": "inbound", "time": 1_796_109_686.123, "method": "GET", "pa
          "duration_ms": 1.5, "source_workload": "client", "mtls": True, "flags": "-"}
 
 
-# --- a fake engine: sidecar containers whose logs are access-log lines ------------------------------------------
+# --- sidecars on the one fake engine (tests/unit/fakes.py), their output access-log lines ---------------------
 
-class FakeContainer:
-    def __init__(self, project: str, service: str, lines: list[dict[str, Any]], marker: Path | None = None) -> None:
-        self.name = f"{project}-{service}-proxy-1"
-        self.status = "running"
-        self.labels = {f"{L}.component": "sidecar", f"{L}.project": project, f"{L}.service": service,
-                       f"{L}.app": service, f"{L}.subset": "v1"}
-        self.attrs = {"State": {"Status": "running"},
-                      "NetworkSettings": {"Networks": {"meshctl": {"IPAddress": "192.0.2.10"}}}}
-        self.lines, self.marker = lines, marker
+def sidecar(project: str, service: str, lines: list[dict[str, Any]], marker: Path | None = None) -> FakeContainer:
+    """A running sidecar container; followed, its log tells `marker` so (then stays quiet, as docker's does)."""
+    def quiet() -> None:
+        if marker is not None:  # the parent sends SIGINT once the command is following
+            marker.write_text("following")
+        threading.Event().wait()
 
-    def logs(self, stream: bool = False, follow: bool = False, **_: Any) -> Any:
-        body = b"".join(json.dumps(e).encode() + b"\n" for e in self.lines)
-        return self._follow(body) if follow else body
-
-    def _follow(self, body: bytes) -> Iterator[bytes]:
-        yield body
-        if self.marker is not None:  # the parent sends SIGINT once the command is following
-            self.marker.write_text("following")
-        threading.Event().wait()  # a log stream with nothing more to say: blocks, as docker's does
-
-
-class FakeEngine:
-    def __init__(self, containers: list[FakeContainer]) -> None:
-        self.by_name = {c.name: c for c in containers}
-        self.containers = self
-
-    def list(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[FakeContainer]:
-        return list(self.by_name.values())
-
-    def get(self, name: str) -> FakeContainer:
-        return self.by_name[name]
+    labels = {f"{L}.component": "sidecar", f"{L}.project": project, f"{L}.service": service, f"{L}.app": service,
+              f"{L}.subset": "v1"}
+    attrs = {"State": {"Status": "running"}, "NetworkSettings": {"Networks": {"meshctl": {"IPAddress": "192.0.2.10"}}}}
+    return FakeContainer(f"{project}-{service}-proxy-1", labels, attrs=attrs,
+                         logs=b"".join(json.dumps(e).encode() + b"\n" for e in lines), follow=quiet)
 
 
 def context(home: Path, containers: list[FakeContainer] | None = None, width: int = 400) -> Context:
     def console() -> Console:
         return Console(file=io.StringIO(), width=width, soft_wrap=True, no_color=True, highlight=False)
 
-    engine = FakeEngine(containers or [])
+    engine = FakeEngine(containers=containers or [])
     return Context(home=MeshHome(home), out=console(), err=console(), docker_factory=lambda: engine)  # type: ignore
 
 
@@ -145,7 +127,7 @@ def test_bad_values_and_unknown_names_exit_2_with_one_line(case: str, home: Path
     argv, needle = USAGE[case]
     (tmp_path / "good.yaml").write_text(GOOD_VS)
     argv = [str(tmp_path / "good.yaml") if a == "GOOD" else a for a in argv]
-    ran = cli(home, *argv, containers=[FakeContainer("shop", "web", [])])
+    ran = cli(home, *argv, containers=[sidecar("shop", "web", [])])
     assert ran.code == ExitCode.USAGE, (ran.code, ran.err)
     assert needle in one_line(ran.err)
 
@@ -165,9 +147,9 @@ CHILD = """
 import sys
 from pathlib import Path
 from meshctl.cli import run
-from tests.unit.test_cli_habits import ENTRY, FakeContainer, context
+from tests.unit.test_cli_habits import ENTRY, context, sidecar
 home, marker, argv = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-ctx = context(home, [FakeContainer("shop", "web", [ENTRY], marker)])
+ctx = context(home, [sidecar("shop", "web", [ENTRY], marker)])
 ctx.out, ctx.err = Console(), Console(stderr=True)
 sys.exit(run(argv, obj=ctx))
 """.replace("import sys\n", "import sys\nfrom rich.console import Console\n", 1)
@@ -343,7 +325,7 @@ def test_rfc3339() -> None:
 
 def test_json_outputs_are_json_with_rfc3339_moments(home: Path, tmp_path: Path) -> None:
     (tmp_path / "vs.yaml").write_text(GOOD_VS)
-    proxy = [FakeContainer("shop", "web", [ENTRY])]
+    proxy = [sidecar("shop", "web", [ENTRY])]
     assert cli(home, "apply", "-f", str(tmp_path / "vs.yaml")).code == 0
     outputs = {argv: cli(home, *argv.split(), "-o", "json", containers=proxy)
                for argv in ("history", "logs web", "get vs", "stat -t 0", "edges", "trace", "schema", "certs status",
