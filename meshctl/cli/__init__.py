@@ -78,6 +78,7 @@ def _register() -> None:
         prune,
         rollout,
         route,
+        schema,
         security,
         slo,
         tap,
@@ -87,7 +88,7 @@ def _register() -> None:
     )
 
     for module in (install, inject, uninject, demo, config, route, rollout, certs, security, proxy, observe, tap,
-                   telemetry, slo, dashboard, bench, analyze, check, prune, version, completion):
+                   telemetry, slo, dashboard, bench, analyze, schema, check, prune, version, completion):
         module.register(app)
 
 

@@ -12,11 +12,25 @@ from meshctl.config import analyze as lib
 from meshctl.config.resources import Key, Resource, key, load
 from meshctl.config.store import Store
 from meshctl.context import Context
+from meshctl.errors import InvalidInput
 from meshctl.output import OutputFormat, OutputOption, emit
 from meshctl.pilot import inventory
 from meshctl.status import ExitCode
 
 COLORS = {"Error": "red", "Warning": "yellow", "Info": "cyan"}
+
+
+def _load(files: list[str]) -> tuple[list[Resource], list[lib.Message]]:
+    """The resources of each file that loads, and one MSH0100 message per problem in those that do not (apply
+    would refuse them): analyze reports every problem instead of stopping at the first."""
+    resources: list[Resource] = []
+    messages: list[lib.Message] = []
+    for file in files:
+        try:
+            resources += load([file], semantic=False)
+        except InvalidInput as exc:
+            messages += [lib.invalid_file(problem) for problem in exc.details or [exc.message]]
+    return resources, messages
 
 
 def analyze(
@@ -30,7 +44,7 @@ def analyze(
 ) -> int:
     """Find problems in config and in the live mesh, each with a code, a level and a hint. Exit 1 on errors."""
     c: Context = ctx.obj
-    from_files = load(files, semantic=False) if files else []
+    from_files, unreadable = _load(files or [])
     resources: dict[Key, Resource] = {}
     inv = None
     if not files_only:
@@ -38,7 +52,7 @@ def analyze(
         resources = {key(r): r for r in Store(c.home.config_dir).read().resources}
         inv = inventory.build(c, project)
     resources.update({key(r): r for r in from_files})
-    messages = lib.analyze_resources(list(resources.values()), inv)
+    messages = unreadable + lib.analyze_resources(list(resources.values()), inv)
     if inv is not None:
         messages += lib.analyze_mesh(inv, dt.datetime.fromtimestamp(c.clock(), dt.UTC))
     if output is not OutputFormat.table:

@@ -12,8 +12,12 @@ from rich.console import Group
 from rich.text import Text
 
 from meshctl.bench.run import LOADS, MODES, Plan, run
+from meshctl.cli import flags
 from meshctl.context import Context
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.errors import UsageError
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamped
+
+MAX_LOAD_S = 60.0
 
 
 def _f(value: Any, digits: int = 2, unit: str = "") -> str:
@@ -49,12 +53,19 @@ def render(report: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
+def _load_seconds(text: str) -> float:
+    seconds = flags.duration("--duration", text, minimum=1)
+    if seconds > MAX_LOAD_S:
+        raise UsageError(f"--duration {text!r} is too long", "use at most 1m")
+    return seconds
+
+
 def bench(
     ctx: typer.Context,
     quick: Annotated[bool, typer.Option("--quick", help="A short smoke run (1 s loads: 3 HTTP, 1 TCP, 1 gRPC; 3 "
                                         "proxies); it asserts nothing about speed.")] = False,
-    duration: Annotated[float, typer.Option("--duration", "-d", min=1, max=60, help="Seconds per load (full run).")]
-    = 5.0,
+    duration: Annotated[str, typer.Option("--duration", "-d", help="How long each load runs (full run), from 1s "
+                                          "to 1m, e.g. 5s.")] = "5s",
     modes: Annotated[str | None, typer.Option("--modes", help=f"Only these modes, comma-separated: "
                                               f"{', '.join(MODES)}.", show_default=False)] = None,
     loads: Annotated[str | None, typer.Option("--loads", help="Only these loads, comma-separated, named as in the "
@@ -67,11 +78,12 @@ def bench(
     and policy, over HTTP, gRPC (h2c, h2load) and a raw TCP echo: throughput, latency, proxy CPU and memory, config
     propagation and start-up. Every load is bounded and goes to the bench's own containers."""
     c: Context = ctx.obj
-    plan = (Plan.quick() if quick else Plan.full(duration)).only(modes, loads)  # bad names fail before any work
+    seconds = 0.0 if quick else _load_seconds(duration)
+    plan = (Plan.quick() if quick else Plan.full(seconds)).only(modes, loads)  # bad names fail before any work
     c.home.settings()
     with c.err.status("bench") as status:
         done = run(c, plan, lambda text: status.update(f"bench: {text}"))
-    report = done.as_dict()
+    report = stamped(done.as_dict(), "started")  # saved and printed JSON write moments in RFC 3339
     if save:
         save.write_text(json.dumps(report, indent=1) + "\n")
     emit(c.out, output, report, lambda: render(report))

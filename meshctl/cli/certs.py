@@ -13,11 +13,11 @@ from typing import Annotated
 
 import typer
 
-from meshctl.config.schema import parse_duration
+from meshctl.cli.flags import duration
 from meshctl.context import Context
-from meshctl.errors import InvalidInput, MeshError
+from meshctl.errors import MeshError, UsageError
 from meshctl.mesh import MeshedPods, account_of, read_proxy_info
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, rfc3339, simple_table
 from meshctl.pilot.status import ProxyStatus, proxy_statuses
 from meshctl.pki import agent, citadel
 from meshctl.status import ExitCode
@@ -40,12 +40,14 @@ def status(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> Non
     c.home.settings()
     now = _now(c)
     stamp = "%Y-%m-%d %H:%M:%S"
-    rows = [{"proxy": i.proxy, "identity": i.identity, "serial": i.serial, "issued": i.issued.strftime(stamp),
-             "expires": i.expires.strftime(stamp), "issuer": i.issuer_serial or i.issuer,
-             "state": state} for i, state in citadel.cert_states(c.home, now)]
+    certs = citadel.cert_states(c.home, now)
+    rows = [{"proxy": i.proxy, "identity": i.identity, "serial": i.serial, "issued": rfc3339(i.issued),
+             "expires": rfc3339(i.expires), "issuer": i.issuer_serial or i.issuer, "state": state}
+            for i, state in certs]
     emit(c.out, output, rows, lambda: simple_table(
         ["proxy", "identity", "serial", "issued (utc)", "expires (utc)", "issuer", "state"],
-        [list(r.values()) for r in rows]))
+        [[i.proxy, i.identity, i.serial, i.issued.strftime(stamp), i.expires.strftime(stamp),
+          i.issuer_serial or i.issuer, state] for i, state in certs]))
     rotation = citadel.rotation_state(c.home)
     if rotation:
         c.err.print(f"a root rotation is in progress (stage {rotation['stage']}); `meshctl certs rotate --root` "
@@ -81,7 +83,7 @@ def _select(c: Context, services: list[str]) -> list[citadel.WorkloadCertInfo]:
     named = set().union(*(n for _, n in each if n & set(services)))
     unknown = [s for s in services if s not in named]
     if unknown:
-        raise InvalidInput(f"no meshed workload called {unknown[0]!r}", "see `meshctl certs status`")
+        raise UsageError(f"no meshed workload called {unknown[0]!r}", "see `meshctl certs status`")
     return chosen
 
 
@@ -95,32 +97,27 @@ def rotate(
                                        "retire the old one.")] = False,
     overlap: Annotated[str, typer.Option(help="With --root: how long both roots stay trusted before the "
                                          "old one is retired, at least.")] = "10s",
-    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for every sidecar at each step.")] = 60,
+    timeout: Annotated[str, typer.Option("--timeout", help="How long to wait for every sidecar at each step, e.g. "
+                                         "60s or 2m.")] = "60s",
 ) -> None:
     """Re-issue workload certificates now (or the root, with --root), and wait until every sidecar uses them."""
     c: Context = ctx.obj
+    timeout_s = duration("--timeout", timeout, minimum=1)
     c.home.settings()
     if root:
         if services or all_:
-            raise InvalidInput("--root re-issues every certificate; give no services and no --all")
-        _rotate_root(c, parse_overlap(overlap), timeout)
+            raise UsageError("--root re-issues every certificate; give no services and no --all")
+        _rotate_root(c, duration("--overlap", overlap), timeout_s)
         return
     if not services and not all_:
-        raise InvalidInput("name the services to rotate, or give --all", "e.g. `meshctl certs rotate reviews`")
+        raise UsageError("name the services to rotate, or give --all", "e.g. `meshctl certs rotate reviews`")
     chosen = _select(c, services or [])
     serials = dict(zip((i.proxy for i in chosen),
                        citadel.reissue(c.home, [i.directory for i in chosen], _now(c)), strict=True))
     c.err.print(f"re-issued {len(serials)} workload certificate(s)", highlight=False)
     wait_for(c, "load the new certificate", lambda r: r.name not in serials or r.cert_serial == serials[r.name],
-             timeout)
+             timeout_s)
     c.out.print(simple_table(["proxy", "new serial"], sorted(serials.items())))
-
-
-def parse_overlap(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise InvalidInput(f"--overlap: {exc}") from None
 
 
 def _rotate_root(c: Context, overlap: float, timeout: float) -> None:

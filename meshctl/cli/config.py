@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +11,7 @@ from meshctl.config.resources import load, namespace_of
 from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import UsageError
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, rfc3339, simple_table
 from meshctl.pilot import changes
 
 KIND_HELP = "Resource kind: " + ", ".join(f"{k.name.lower()} ({'/'.join(k.aliases[1:])})" for k in KINDS) + "."
@@ -31,21 +30,24 @@ def _ref(kind: str, name: str, namespace: str | None = None) -> str:
 
 
 def _namespace(value: str | None) -> str | None:
-    """-n for get/delete: absent, any namespace; '' the resources without one."""
+    """-p for get/delete: absent, any namespace; '' the resources without one."""
     return changes.ANY_NAMESPACE if value is None else value or None
 
 
-NamespaceOption = Annotated[str | None, typer.Option("--namespace", "-n", help="The compose project the resource "
-                                                     "is in ('' for one without a namespace; default: any).")]
+# -p/--project as every other command; --namespace/-n are kubectl's and istioctl's names for it
+PROJECT = ("--project", "-p", "--namespace", "-n")
+NamespaceOption = Annotated[str | None, typer.Option(*PROJECT, help="The compose project the resource is in ('' for "
+                                                     "one without a namespace; default: any). --namespace/-n "
+                                                     "work too.")]
 
 
 def apply(
     ctx: typer.Context,
     files: Annotated[list[str], typer.Option("--filename", "-f", help="A YAML file, a directory of them, or - "
                                                                        "for stdin. Repeatable.")],
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Put resources without a namespace "
-                                                  "in this compose project (kubectl's -n); one whose namespace "
-                                                  "differs is an error.")] = None,
+    namespace: Annotated[str | None, typer.Option(*PROJECT, help="Put resources without a namespace in this "
+                                                  "compose project (kubectl's -n/--namespace work too); one whose "
+                                                  "namespace differs is an error.")] = None,
 ) -> None:
     """Validate and store resources (all or nothing), then push the new config to every proxy."""
     c: Context = ctx.obj
@@ -99,6 +101,11 @@ def delete(
     c.err.print(f"revision {revision.revision}; pushed to {pushed.proxies} proxies", highlight=False)
 
 
+def _when(stamp: str) -> str:
+    """An RFC 3339 moment as the table shows it: 2026-12-01 07:21:26."""
+    return stamp[:19].replace("T", " ")
+
+
 def history(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> None:
     """List the stored revisions, newest first."""
     c: Context = ctx.obj
@@ -106,11 +113,12 @@ def history(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> No
     revisions = list(reversed(Store(c.home.config_dir).history()))
     current = Store(c.home.config_dir).current_number()
     rows = [{"revision": r.revision, "current": r.revision == current,
-             "time": dt.datetime.fromtimestamp(r.time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+             "time": rfc3339(r.time),
              "resources": len(r.resources), "change": r.message} for r in revisions]
     emit(c.out, output, rows, lambda: simple_table(
         ["revision", "time (utc)", "resources", "change"],
-        [[f"{r['revision']}{' *' if r['current'] else ''}", r["time"], r["resources"], r["change"]] for r in rows]))
+        [[f"{r['revision']}{' *' if r['current'] else ''}", _when(str(r["time"])), r["resources"], r["change"]]
+         for r in rows]))
 
 
 def rollback(

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from meshctl.config.schema import parse_duration
+from meshctl.cli.flags import duration
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
 from meshctl.status import ExitCode
 from meshctl.telemetry.dashboard import Dashboard, Server, live_sources
 
@@ -29,12 +28,7 @@ def dashboard(
 ) -> int:
     """Open a live web page of the mesh: service graph, golden metrics, route weights, proxy sync and SLOs."""
     c: Context = ctx.obj
-    try:
-        interval_s = parse_duration(interval)
-    except ValueError as exc:
-        raise InvalidInput(f"--interval: {exc}") from None
-    if interval_s < MIN_INTERVAL_S:
-        raise InvalidInput(f"--interval {interval}: use at least {MIN_INTERVAL_S:g}s")
+    interval_s = duration("--interval", interval, minimum=MIN_INTERVAL_S)
     c.home.settings()  # not installed: say so now, not on the page
     server = Server(Dashboard(live_sources(c, project), c.clock, project, interval_s), port, interval_s)
     c.out.print(server.url, highlight=False, soft_wrap=True)
@@ -46,6 +40,7 @@ def dashboard(
         server.serve()
     except KeyboardInterrupt:
         c.err.print("dashboard stopped", highlight=False)
+        raise  # Ctrl-C exits 130, as everywhere
     return ExitCode.OK
 
 

@@ -34,7 +34,8 @@ def inject(
                                                            "directory).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the meshed compose file here "
                                                                        "(default: stdout).")] = None,
-    project_name: Annotated[str | None, typer.Option("--project-name", "-p", envvar="COMPOSE_PROJECT_NAME",
+    project_name: Annotated[str | None, typer.Option("--project-name", "-p", "--project",
+                                                     envvar="COMPOSE_PROJECT_NAME",
                                                      help="Compose project name, the identity's namespace "
                                                           "(default: as compose derives it).")] = None,
     mtls_mode: Annotated[Mode, typer.Option("--mtls-mode", case_sensitive=False,

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.status import Status
 
+from meshctl.cli.flags import duration_field
 from meshctl.context import Context
 from meshctl.errors import UsageError
 from meshctl.extras import parse_addons
@@ -54,6 +55,7 @@ def install(
     """Create the mesh home, root CA, config store, Docker network and sidecar image, and run the addons chosen
     with --addons. Safe to re-run."""
     c: Context = ctx.obj
+    cert_ttl = cert_ttl and duration_field("--cert-ttl", cert_ttl)  # 1d works as 24h does
     settings = installer.resolve_settings(c, trust_domain and installer.validate_trust_domain(trust_domain),
                                           installer.validate_subnet(network_subnet), base_image,
                                           cert_ttl and installer.validate_cert_ttl(cert_ttl),

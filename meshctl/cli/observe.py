@@ -6,7 +6,6 @@ embedded collector, access logs from its container's output.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -19,25 +18,12 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
-from meshctl.config.schema import parse_duration
+from meshctl.cli.flags import TIME_WINDOW, ProjectOption
+from meshctl.cli.flags import duration as seconds
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamped
 from meshctl.telemetry import golden, mesh, traces
 from meshctl.telemetry.logs import LogFilter, top_routes
-
-ProjectOption = Annotated[str | None, typer.Option("--project", "-p", help="Only this compose project.")]
-
-
-def seconds(flag: str, text: str) -> float:
-    """A duration flag; a bare number means seconds (`--duration 4`)."""
-    try:
-        value = float(text) if text.strip().replace(".", "", 1).isdigit() else parse_duration(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{flag}: {exc}") from None
-    if not math.isfinite(value):
-        raise InvalidInput(f"{flag}: {text!r} is too long a duration")
-    return value
 
 
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
@@ -79,15 +65,15 @@ def stat_rows(c: Context, service: str | None, project: str | None, window_s: fl
 def stat(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Argument(help="Only this service (its app name).")] = None,
-    window: Annotated[str, typer.Option("--window", "-w", help="Measure over this long, e.g. 10s; 0 shows the "
-                                        "totals since each proxy started.")] = "5s",
+    window: Annotated[str, typer.Option(*TIME_WINDOW, help="Measure over this long, e.g. 10s or 1m30s; 0 shows "
+                                        "the totals since each proxy started.")] = "5s",
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Golden metrics per service and version: RPS, success rate, p50/p95/p99, and TCP connections and bytes
     relayed at L4 (like `linkerd viz stat`)."""
     c: Context = ctx.obj
-    window_s = seconds("--window", window)
+    window_s = seconds("--time-window", window)
     rows = stat_rows(c, service, project, window_s)
 
     def table() -> Any:
@@ -116,14 +102,14 @@ def edge_rows(c: Context, project: str | None, window_s: float) -> list[dict[str
 
 def edges(
     ctx: typer.Context,
-    window: Annotated[str, typer.Option("--window", "-w", help="Only calls made in this window, e.g. 10s; 0 (the "
+    window: Annotated[str, typer.Option(*TIME_WINDOW, help="Only calls made in this window, e.g. 10s; 0 (the "
                                         "default) counts since each proxy started.")] = "0",
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Who calls whom (HTTP, gRPC and TCP), with the mTLS identities on each side (like `linkerd viz edges`)."""
     c: Context = ctx.obj
-    window_s = seconds("--window", window)
+    window_s = seconds("--time-window", window)
     rows = edge_rows(c, project, window_s)
 
     def table() -> Any:
@@ -168,7 +154,7 @@ def logs(
     if output is OutputFormat.table:
         c.out.print(_log_table(entries))
     else:
-        emit(c.out, output, entries, lambda: _log_table(entries))
+        emit(c.out, output, [stamped(e, "time") for e in entries], lambda: _log_table(entries))
 
 
 def _log_row(e: dict[str, Any]) -> list[Any]:
@@ -204,17 +190,14 @@ def _stream(c: Context, proxies: list[Any], since: float) -> queue.Queue[dict[st
 def _follow(c: Context, proxies: list[Any], wanted: LogFilter, output: OutputFormat) -> None:
     entries = _stream(c, proxies, time.time())
     c.out.print(simple_table(LOG_COLUMNS, []) if output is OutputFormat.table else Text(""), end="")
-    try:
-        while True:
-            e = entries.get()
-            if not wanted.matches(e):
-                continue
-            if output is OutputFormat.table:
-                c.out.print("  ".join(str(v) for v in _log_row(e)), highlight=False, soft_wrap=True)
-            else:
-                c.out.print_json(data=e)
-    except KeyboardInterrupt:
-        return
+    while True:  # until Ctrl-C, which the CLI's one handler turns into exit 130
+        e = entries.get()
+        if not wanted.matches(e):
+            continue
+        if output is OutputFormat.table:
+            c.out.print("  ".join(str(v) for v in _log_row(e)), highlight=False, soft_wrap=True)
+        else:
+            c.out.print_json(data=stamped(e, "time"))
 
 
 # --- top ----------------------------------------------------------------------------------------------------
@@ -258,14 +241,11 @@ def top(
         drain()
         emit(c.out, output, rows(), table)
         return
-    try:
-        with Live(table(), console=c.out, refresh_per_second=2, transient=False) as live:
-            while until is None or time.time() - started < until:
-                time.sleep(0.5)
-                drain()
-                live.update(table())
-    except KeyboardInterrupt:
-        pass
+    with Live(table(), console=c.out, refresh_per_second=2, transient=False) as live:  # Ctrl-C: exit 130
+        while until is None or time.time() - started < until:
+            time.sleep(0.5)
+            drain()
+            live.update(table())
 
 
 # --- trace --------------------------------------------------------------------------------------------------
@@ -285,7 +265,7 @@ def trace(
     spans = mesh.spans(c, mesh.running(c, project))
     if trace_id is None:
         rows = traces.summaries(spans, service)[:limit]
-        emit(c.out, output, rows, lambda: simple_table(
+        emit(c.out, output, [stamped(r, "start") for r in rows], lambda: simple_table(
             ["trace id", "root", "services", "spans", "duration", "errors", "age"],
             [[r["trace_id"], r["root"], ",".join(r["services"]), r["spans"], _fmt(r["duration_ms"], "ms"),
               r["errors"], f"{time.time() - r['start']:.0f}s"] for r in rows]))

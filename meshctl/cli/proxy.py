@@ -12,10 +12,11 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
+from meshctl.cli.flags import duration, duration_text
 from meshctl.context import Context
-from meshctl.errors import InvalidInput, Timeout
+from meshctl.errors import Timeout, UsageError
 from meshctl.mesh import proxy_dir
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamped
 from meshctl.pilot import proxyconfig
 from meshctl.pilot.push import desired
 from meshctl.pilot.status import ProxyStatus, age, proxy_statuses, until
@@ -35,19 +36,20 @@ def proxy_status(
     = None,
     wait: Annotated[bool, typer.Option("--wait", help="Return once every proxy is SYNCED; fail at the timeout.")]
     = False,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds --wait waits.")] = 30.0,
+    timeout: Annotated[str, typer.Option("--timeout", help="How long --wait waits, e.g. 30s or 2m.")] = "30s",
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only the proxies of this compose "
                                                 "project (like istioctl's -n).")] = None,
     output: OutputOption = OutputFormat.table,
 ) -> int:
     """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING."""
     c: Context = ctx.obj
-    deadline = time.monotonic() + timeout
+    timeout_s = duration("--timeout", timeout, minimum=0.1)
+    deadline = time.monotonic() + timeout_s
     while True:
         rows = proxy_statuses(c, proxy, project)
         if (proxy or project) and not rows:
             what = f"named {proxy!r}" if proxy else f"in project {project!r}"
-            raise InvalidInput(f"no proxy {what} in this mesh", "see `meshctl proxy-status`")
+            raise UsageError(f"no proxy {what} in this mesh", "see `meshctl proxy-status`")
         done = all(r.synced for r in rows)
         if not wait or done or time.monotonic() >= deadline:
             break
@@ -56,10 +58,10 @@ def proxy_status(
     if proxy and len(rows) == 1:
         _one(c, rows[0], output, now)
     else:
-        emit(c.out, output, [r.as_dict() for r in rows], lambda: simple_table(COLUMNS, [_row(r, now) for r in rows]))
+        emit(c.out, output, [_json(r) for r in rows], lambda: simple_table(COLUMNS, [_row(r, now) for r in rows]))
     if wait and not done:
         behind = sum(not r.synced for r in rows)
-        raise Timeout(f"{behind} of {len(rows)} proxies not SYNCED after {timeout:g}s",
+        raise Timeout(f"{behind} of {len(rows)} proxies not SYNCED after {duration_text(timeout_s)}",
                       "see their STATUS above and their logs (docker compose -p PROJECT logs SERVICE-proxy)")
     return ExitCode.OK
 
@@ -86,6 +88,8 @@ def proxy_config(
     found = proxyconfig.find_proxy(c, proxy)
     dump = proxyconfig.config_dump(c, found)
     names = proxyconfig.SECTIONS if section is Section.all else (section.value,)
+    if "secrets" in names:  # its expiry as every JSON output writes a moment
+        dump = {**dump, "secrets": stamped(dump["secrets"], "cert_not_after")}
     data = {name: dump[name] for name in names} if section is Section.all else dump[section.value]
 
     def tables() -> Group:
@@ -99,6 +103,10 @@ def proxy_config(
     emit(c.out, output, data, tables)
 
 
+def _json(row: ProxyStatus) -> dict[str, Any]:
+    return stamped(row.as_dict(), "last_ack", "cert_expires")
+
+
 def _one(c: Context, row: ProxyStatus, output: OutputFormat, now: float) -> None:
     """One proxy: its row, then what the control plane wants against what the proxy applied (istioctl's diff)."""
     found = proxyconfig.find_proxy(c, row.name)
@@ -108,7 +116,7 @@ def _one(c: Context, row: ProxyStatus, output: OutputFormat, now: float) -> None
                                      json.dumps(applied, indent=1, sort_keys=True).splitlines(),
                                      "control plane wants", f"{row.name} applied", lineterm=""))
     if output is not OutputFormat.table:
-        emit(c.out, output, {**row.as_dict(), "diff": diff}, lambda: "")
+        emit(c.out, output, {**_json(row), "diff": diff}, lambda: "")
         return
     c.out.print(simple_table(COLUMNS, [_row(row, now)]))
     c.out.print()

@@ -14,12 +14,12 @@ from rich.live import Live
 from rich.table import Table
 from typer.core import TyperGroup
 
+from meshctl.cli.flags import duration
 from meshctl.config import routes
-from meshctl.config.schema import parse_duration
 from meshctl.context import Context
-from meshctl.errors import InvalidInput, MeshError
+from meshctl.errors import Conflict, MeshError, UsageError
 from meshctl.mesh import MeshedPods
-from meshctl.output import OutputFormat, OutputOption, emit, simple_table
+from meshctl.output import OutputFormat, OutputOption, Rows, emit, simple_table, stamped
 from meshctl.pilot import changes
 from meshctl.rollout.driver import Driver, settle_without_driver
 from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore
@@ -47,7 +47,7 @@ class RolloutFailed(MeshError):
     code = ExitCode.FAILED  # the rollout ran, and ended rolled back or aborted
 
 
-def _table(r: Rollout) -> Table:
+def _table(r: Rollout) -> Rows:
     table = simple_table(["service", "stable", "canary", "status", "step", "weight", "last gate", "message"], [[
         r.service, r.stable, r.canary, r.status, f"{r.step + 1}/{len(r.steps)}", f"{r.weight}%",
         r.last_gate.get("reason", "-"), r.message]])
@@ -58,18 +58,18 @@ def _steps(text: str) -> list[int]:
     try:
         steps = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise InvalidInput(f"--steps {text!r}: give whole percentages, e.g. 10,25,50,100") from None
+        raise UsageError(f"--steps {text!r}: give whole percentages, e.g. 10,25,50,100") from None
     if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-        raise InvalidInput(f"--steps {text!r}: percentages must rise, each from 1 to 100",
-                           "e.g. --steps 10,25,50,100")
+        raise UsageError(f"--steps {text!r}: percentages must rise, each from 1 to 100",
+                         "e.g. --steps 10,25,50,100")
     return steps if steps[-1] == 100 else [*steps, 100]
 
 
 def _stable(c: Context, service: str, canary: str, versions: set[str], given: str | None) -> str:
     if given:
         if given not in versions:
-            raise InvalidInput(f"--from {given}: {service} has no version {given!r} "
-                               f"(its versions: {', '.join(sorted(versions))})")
+            raise UsageError(f"--from {given}: {service} has no version {given!r} "
+                             f"(its versions: {', '.join(sorted(versions))})")
         return given
     vs = routes.find_virtual_service(changes.current(c), service)
     default = next((r for r in (vs or {}).get("spec", {}).get("http", []) if not r.get("match")), None)
@@ -79,15 +79,15 @@ def _stable(c: Context, service: str, canary: str, versions: set[str], given: st
     others = sorted(versions - {canary})
     if len(others) == 1:
         return others[0]
-    raise InvalidInput(f"cannot tell which version of {service} is stable (versions: {', '.join(sorted(versions))})",
-                       f"name it with --from, e.g. --from {others[0] if others else 'v1'}")
+    raise UsageError(f"cannot tell which version of {service} is stable (versions: {', '.join(sorted(versions))})",
+                     f"name it with --from, e.g. --from {others[0] if others else 'v1'}")
 
 
 def _drive(c: Context, store: RolloutStore, service: str, watch: bool) -> Rollout:
     with store.driving(service) as mine:
         if not mine:
-            raise InvalidInput(f"the rollout of {service} is already being driven by another meshctl",
-                               f"watch it with `meshctl rollout status {service} --watch`")
+            raise Conflict(f"the rollout of {service} is already being driven by another meshctl",
+                           f"watch it with `meshctl rollout status {service} --watch`")
         seen: list[str] = []
 
         def report(r: Rollout) -> None:
@@ -138,17 +138,14 @@ def start(
     c.home.settings()
     versions = MeshedPods.of(c.home).versions().get(service, set())
     if not versions:
-        raise InvalidInput(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
+        raise UsageError(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
     if to not in versions:
-        raise InvalidInput(f"--to {to}: {service} has no version {to!r} (its versions: {', '.join(sorted(versions))})",
-                           "deploy the new version with its `version` label first")
+        raise UsageError(f"--to {to}: {service} has no version {to!r} (its versions: {', '.join(sorted(versions))})",
+                         "deploy the new version with its `version` label first")
     stable = _stable(c, service, to, versions, from_)
     if stable == to:
-        raise InvalidInput(f"--to {to} is already the stable version of {service}")
-    try:
-        interval_s, p99 = parse_duration(interval), parse_duration(max_p99) * 1000
-    except ValueError as exc:
-        raise InvalidInput(f"--interval/--max-p99: {exc}") from None
+        raise UsageError(f"--to {to} is already the stable version of {service}")
+    interval_s, p99 = duration("--interval", interval), duration("--max-p99", max_p99) * 1000
     store = RolloutStore(c.home)
     rollout = Rollout(service, stable, to, _steps(steps), interval_s, Gates(success_rate, p99, min_requests))
     rollout.note(c.clock(), f"started: {stable} -> {to} in steps {','.join(map(str, rollout.steps))}")
@@ -174,7 +171,7 @@ def status(ctx: typer.Context, service: Annotated[str | None, typer.Argument(hel
     found = [store.load(service)] if service else store.all()
     rows = [{"service": r.service, "stable": r.stable, "canary": r.canary, "status": r.status,
              "step": f"{r.step + 1}/{len(r.steps)}", "weight": r.weight, "last_gate": r.last_gate,
-             "message": r.message, "events": r.events} for r in found]
+             "message": r.message, "events": [stamped(e, "time") for e in r.events]} for r in found]
     if output is not OutputFormat.table:
         emit(c.out, output, rows[0] if service else rows, lambda: Table())
         return
@@ -195,7 +192,7 @@ def _request(c: Context, service: str, what: str) -> Rollout:
 
     def change(r: Rollout) -> None:
         if r.status not in ACTIVE:
-            raise InvalidInput(f"the rollout of {service} has ended ({r.status})", "start a new one")
+            raise Conflict(f"the rollout of {service} has ended ({r.status})", "start a new one")
         if what == "pause":
             r.status = "Paused"
             r.note(c.clock(), f"paused at {r.weight}%")

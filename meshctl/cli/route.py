@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from meshctl.cli.flags import duration_field
 from meshctl.config import routes
 from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.store import Store
@@ -66,6 +67,11 @@ def _commit(c: Context, service: str, change: Any, message: str, dry_run: bool, 
                 highlight=False)
 
 
+def _duration(flag: str, text: str | None) -> str | None:
+    """A Go-style duration flag (1m30s) as the resource's one-unit duration (90s)."""
+    return None if text is None else duration_field(flag, text)
+
+
 @app.command("set")
 def set_(
     ctx: typer.Context,
@@ -73,7 +79,8 @@ def set_(
     to: Annotated[list[str] | None, typer.Option("--to", help="Subset (version) and weight, e.g. --to v1=90 "
                                                  "--to v2=10; one without a weight takes the rest.")] = None,
     match: Match = None,
-    timeout: Annotated[str | None, typer.Option(help="Request timeout, e.g. 2s; a late answer becomes 504.")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Request timeout, e.g. 2s or 1m30s; a late answer becomes "
+                                                "504.")] = None,
     retries: Annotated[int | None, typer.Option(min=0, max=100, help="Retry attempts (Istio's default: 2).")] = None,
     per_try_timeout: Annotated[str | None, typer.Option(help="Timeout of each try, e.g. 500ms.")] = None,
     retry_on: Annotated[str | None, typer.Option(help="When to retry: 5xx, gateway-error, connect-failure, "
@@ -98,8 +105,9 @@ def set_(
     """Set the rule for SERVICE (the catch-all, or the one with --match); flags left out keep their value."""
     c: Context = ctx.obj
     edit = routes.RouteEdit(
-        match=match or [], to=to or [], timeout=timeout, retries=retries, per_try_timeout=per_try_timeout,
-        retry_on=retry_on, delay=delay, delay_percent=delay_percent, abort=abort, abort_percent=abort_percent,
+        match=match or [], to=to or [], timeout=_duration("--timeout", timeout), retries=retries,
+        per_try_timeout=_duration("--per-try-timeout", per_try_timeout), retry_on=retry_on,
+        delay=_duration("--delay", delay), delay_percent=delay_percent, abort=abort, abort_percent=abort_percent,
         mirror=mirror, mirror_percent=mirror_percent, set_headers=set_header or [], add_headers=add_header or [],
         remove_headers=remove_header or [], set_response_headers=set_response_header or [],
         add_response_headers=add_response_header or [], remove_response_headers=remove_response_header or [],

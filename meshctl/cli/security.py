@@ -8,7 +8,7 @@ import typer
 
 from meshctl.config.resources import Key, Resource, check_document, key, qualified_name
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.mesh import MeshedPods, Pod, principal
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot import changes, security
@@ -28,7 +28,7 @@ def _pods(c: Context) -> list[tuple[str, Pod]]:
 def _store(c: Context, resource: dict[str, Any], dry_run: bool) -> None:
     checked, problems = check_document(resource, f"{resource['kind']} {resource['metadata']['name']}")
     if problems or checked is None:
-        raise InvalidInput(problems[0], "nothing was changed", details=problems)
+        raise UsageError(problems[0], "nothing was changed", details=problems)
     if dry_run:
         c.out.print(to_yaml(checked).rstrip(), markup=False, highlight=False)
         return
@@ -46,8 +46,8 @@ def _known_app(meshed: list[tuple[str, Pod]], app: str, project: str | None = No
     if not projects:
         known = ", ".join(sorted({pod.app for _, pod in pods})) or "none"
         where = f" in project {project!r}" if project else ""
-        raise InvalidInput(f"no meshed service is called {app!r}{where} (meshed: {known})",
-                           "name a service by its `app` label")
+        raise UsageError(f"no meshed service is called {app!r}{where} (meshed: {known})",
+                         "name a service by its `app` label")
     return projects
 
 
@@ -73,7 +73,7 @@ def mtls_set(
     for item in port or []:
         number, sep, port_mode = item.partition("=")
         if not sep or not number.isdigit():
-            raise InvalidInput(f"--port {item!r} is not PORT=MODE", "e.g. --port 8080=disable")
+            raise UsageError(f"--port {item!r} is not PORT=MODE", "e.g. --port 8080=disable")
         spec.setdefault("portLevelMtls", {})[number] = {"mode": port_mode.upper()}
     name = service or "default"
     metadata = {"name": name, **({"namespace": namespace} if namespace else {})}

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
+from meshctl.cli.flags import duration_field
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, key, namespace_of
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot import changes
@@ -33,14 +34,14 @@ def set_(
 ) -> None:
     """Define (or replace) the SLO of a service."""
     c: Context = ctx.obj
-    resource = slo.resource(service, availability, latency, window, project)
+    resource = slo.resource(service, availability, latency, duration_field("--window", window), project)
     if dry_run:
         c.out.print(to_yaml(resource), end="", highlight=False)
         return
     meshed = {(i.project, i.pod.app) for i in MeshedPods.of(c.home)}
     if not any(app == service and project in (None, p) for p, app in meshed):
         where = f" in project {project!r}" if project else ""
-        raise InvalidInput(f"no meshed service is called {service!r}{where}", "see `meshctl proxy-status`")
+        raise UsageError(f"no meshed service is called {service!r}{where}", "see `meshctl proxy-status`")
 
     def change(current: list[Resource]) -> list[Resource]:
         return [r for r in current if key(r) != key(resource)] + [resource]
@@ -79,7 +80,7 @@ def delete(ctx: typer.Context, service: Annotated[str, typer.Argument(help="The 
         found = [r for r in found if namespace_of(r) is None] or found
     if len(found) > 1:
         spaces = ", ".join(namespace_of(r) or "(none)" for r in found)
-        raise InvalidInput(f"{service!r} has an SLO in several projects: {spaces}", "pick one with -p PROJECT")
+        raise UsageError(f"{service!r} has an SLO in several projects: {spaces}", "pick one with -p PROJECT")
     changes.delete(c, kind, found[0]["metadata"]["name"], namespace_of(found[0]))
     c.err.print(f"SLO for {service}{f' in project {project}' if project else ''} deleted", highlight=False)
 

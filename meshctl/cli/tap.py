@@ -15,10 +15,13 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from meshctl.cli.observe import ProjectOption, seconds
+from meshctl.cli.flags import ProjectOption
+from meshctl.cli.flags import duration as seconds
 from meshctl.context import Context
-from meshctl.errors import Conflict, InvalidInput, MeshError, UsageError
+from meshctl.errors import Conflict, MeshError, UsageError
 from meshctl.mesh import parse_identity
+from meshctl.output import stamped
+from meshctl.status import ExitCode
 from meshctl.telemetry import mesh
 from meshctl.telemetry.flows import FlowFile
 from meshctl.telemetry.tap import Event, Tap, Target
@@ -115,10 +118,7 @@ def tap(
 ) -> int:
     """Stream the live requests through a service's sidecars, inbound and outbound (like `linkerd viz tap`)."""
     c: Context = ctx.obj
-    try:
-        until = seconds("--duration", duration) if duration else 0.0
-    except InvalidInput as exc:
-        raise UsageError(exc.message) from None
+    until = seconds("--duration", duration) if duration else 0.0
     try:
         spec = TapSpec.parse(path, method, status, body_limit if bodies else 0, not no_redact, max_records,
                              min(until, MAX_DURATION_S))
@@ -150,8 +150,8 @@ def run(c: Context, service: str, targets: list[Target], spec: TapSpec, until: f
         if output is TapOutput.table:
             c.out.print(header(), highlight=False, soft_wrap=True)
         return _follow(c, session, spec, until, len(targets), output, flows)
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:  # the flows seen so far are still saved; the exit says it was cut short
+        return ExitCode.INTERRUPTED
     finally:
         session.stop()
 
@@ -213,7 +213,7 @@ def _follow(c: Context, session: Tap, spec: TapSpec, until: float, streams: int,
         if event.kind == "call":
             records += 1
             if output is TapOutput.json:
-                c.out.file.write(json.dumps(event.data, separators=(",", ":")) + "\n")
+                c.out.file.write(json.dumps(stamped(event.data, "time"), separators=(",", ":")) + "\n")
                 c.out.file.flush()
             else:
                 c.out.print(row(event.data), highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ import typer
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import ROOT_NAMESPACES, Resource, check_document, key, namespace_of, qualified_name
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, to_yaml
 from meshctl.pilot import changes
 from meshctl.pilot.observability import DEFAULT_SAMPLING
@@ -21,7 +21,7 @@ def telemetry_resource(service: str | None, project: str | None, sampling: float
                        otlp: str | None) -> Resource:
     for flag, url in (("--zipkin", zipkin), ("--otlp", otlp)):
         if url not in (None, "none") and not str(url).startswith(("http://", "https://")):
-            raise InvalidInput(f"{flag} {url!r}: give an http(s) URL, e.g. http://zipkin:9411/api/v2/spans, or none")
+            raise UsageError(f"{flag} {url!r}: give an http(s) URL, e.g. http://zipkin:9411/api/v2/spans, or none")
     tracing: dict[str, Any] = {}
     if sampling is not None:
         tracing["randomSamplingPercentage"] = sampling
@@ -30,7 +30,7 @@ def telemetry_resource(service: str | None, project: str | None, sampling: float
     if zipkin is not None or otlp is not None:
         tracing["providers"] = [p for p in providers if p["endpoint"] != "none"]
     if not tracing:
-        raise InvalidInput("give --sampling, --zipkin or --otlp", "e.g. `meshctl telemetry set --sampling 10`")
+        raise UsageError("give --sampling, --zipkin or --otlp", "e.g. `meshctl telemetry set --sampling 10`")
     name = service or (project and f"{project}-default") or "mesh-default"
     metadata = {"name": name, "namespace": project or "istio-system"}
     spec: dict[str, Any] = {"tracing": [tracing]}
@@ -39,7 +39,7 @@ def telemetry_resource(service: str | None, project: str | None, sampling: float
     doc = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": metadata, "spec": spec}
     resource, problems = check_document(doc, "telemetry set")
     if problems or resource is None:
-        raise InvalidInput(problems[0] if problems else "invalid Telemetry resource", details=problems)
+        raise UsageError(problems[0] if problems else "invalid Telemetry resource", details=problems)
     return resource
 
 
@@ -107,7 +107,7 @@ def delete(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The Tel
         named = [r for r in named if namespace_of(r) in ROOT_NAMESPACES] or named
     if len(named) > 1:
         spaces = ", ".join(namespace_of(r) or "(none)" for r in named)
-        raise InvalidInput(f"telemetry {name!r} exists in several projects: {spaces}", "pick one with -p PROJECT")
+        raise UsageError(f"telemetry {name!r} exists in several projects: {spaces}", "pick one with -p PROJECT")
     _, _, gone = changes.delete(c, kind, name, namespace_of(named[0]) if named else project or changes.ANY_NAMESPACE)
     c.err.print(f"telemetry/{qualified_name(gone)} deleted", highlight=False)
 

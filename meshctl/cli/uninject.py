@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.fsutil import atomic_write, user_file_mode
 from meshctl.inject.uninject import replaced_original
 from meshctl.inject.uninject import uninject as run_uninject
@@ -27,9 +27,9 @@ def uninject(
     result = run_uninject(file, force)
     named = replaced_original(result, output, file) if output is not None else None
     if named is not None:  # the message below says those files were never changed: keep it true
-        raise InvalidInput(f"{output} is {named}, a file inject read: uninject gives back compose's resolved model "
-                           "of the project (merged, interpolated), which would replace it",
-                           "write the model elsewhere with -o, or keep using your own files as they are")
+        raise UsageError(f"{output} is {named}, a file inject read: uninject gives back compose's resolved model "
+                         "of the project (merged, interpolated), which would replace it",
+                         "write the model elsewhere with -o, or keep using your own files as they are")
     if output is None:
         stream = c.out.file
         stream.flush()

@@ -46,6 +46,18 @@ class Inventory:
     labels: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # project -> each workload's labels
 
 
+NAMED_RE = re.compile(r"([A-Z][A-Za-z]+ [^\s:]+): ")
+
+
+def invalid_file(problem: str) -> Message:
+    """MSH0100: a problem that makes `apply` refuse a file ("FILE[: KIND NAME]: what is wrong")."""
+    where, _, text = problem.partition(": ")
+    named = NAMED_RE.match(text)
+    if named:  # as istioctl names the place: "VirtualService reviews x.yaml[0]"
+        where, text = f"{named[1]} {where}", text[named.end():]
+    return Message("MSH0100", "Error", where, text or where, "fix the file: `meshctl apply` refuses it as it is")
+
+
 def _name(r: Resource) -> str:
     return f"{r['kind']} {qualified_name(r)}"
 
@@ -65,7 +77,7 @@ def _host_findings(r: Resource, hosts: list[str], inventory: Inventory) -> list[
     if ns is None and len(everywhere) > 1:
         out.append(Message("MSH0112", "Warning", _name(r), f"has no namespace, so it applies to "
                            f"{len(everywhere)} projects: {', '.join(sorted(everywhere))}",
-                           "set metadata.namespace (or apply -n PROJECT) so it applies to one project"))
+                           "set metadata.namespace (or apply -p PROJECT) so it applies to one project"))
     return out
 
 
@@ -83,7 +95,7 @@ def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
 
     if ns not in ROOT_NAMESPACES and ns not in inventory.projects:
         found(f"its namespace {ns!r} is no meshed compose project, so it applies to no workload",
-              "apply it with -n PROJECT (a `namespace: default` is read as PROJECT), or set metadata.namespace")
+              "apply it with -p PROJECT (a `namespace: default` is read as PROJECT), or set metadata.namespace")
         return out
     wanted = (spec.get("selector") or {}).get("matchLabels") or {}
     pods = [labels for p, each in inventory.labels.items() if ns in ROOT_NAMESPACES or p == ns for labels in each]
@@ -99,11 +111,11 @@ def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
                     found(f"source {namespace}/{account} is no meshed workload's service account (project "
                           f"{namespace!r}), so the rule matches no caller in the mesh",
                           "name the caller's project and account: the `mesh.service-account` label, else its "
-                          "`app`; docs' `ns/default/` principals need apply -n PROJECT")
+                          "`app`; docs' `ns/default/` principals need apply -p PROJECT")
             for namespace in src.get("namespaces") or []:
                 if "*" not in namespace and namespace not in inventory.projects:
                     found(f"source namespace {namespace!r} is no meshed compose project",
-                          "namespaces are compose project names; apply -n PROJECT maps `default`")
+                          "namespaces are compose project names; apply -p PROJECT maps `default`")
     return out
 
 

@@ -115,11 +115,11 @@ def _named(resources: list[Resource], kind: Kind, name: str, namespace: str | No
     where = "" if namespace == ANY_NAMESPACE else f" in namespace {namespace!r}" if namespace else \
         " without a namespace"
     if not found:
-        raise InvalidInput(f"{kind.name.lower()} {name!r} not found{where}", f"see `meshctl get {kind.name.lower()}`")
+        raise UsageError(f"{kind.name.lower()} {name!r} not found{where}", f"see `meshctl get {kind.name.lower()}`")
     if len(found) > 1:
         spaces = ", ".join(namespace_of(r) or "(none)" for r in found)
         raise UsageError(f"{kind.name.lower()} {name!r} exists in several namespaces: {spaces}",
-                           "pick one with -n NAMESPACE (-n '' for the one without a namespace)")
+                         "pick one with -p PROJECT (-p '' for the one without a namespace)")
     return found
 
 

@@ -15,7 +15,7 @@ from meshctl.config import egress, safeyaml
 from meshctl.config.default_ns import DEFAULT, map_default
 from meshctl.config.kinds import KINDS, Kind, find_kind, refused_kind
 from meshctl.config.schema import NAME_RE, is_port, parse_duration, validate
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, UsageError
 from meshctl.fsutil import read_stdin, read_text
 from sidecar.jwt import jwks_problems, jwks_uri_problem, rule_output_problems
 
@@ -59,7 +59,7 @@ def with_namespace(resource: Resource, namespace: str, where: str) -> Resource:
     if own is not None and own != namespace:
         raise InvalidInput(f"{where}: {resource['kind']} {resource['metadata']['name']}: the namespace from the "
                            f"provided object ({own!r}) does not match the namespace sent on the request "
-                           f"({namespace!r})", f"drop -n, or pass -n {own}")
+                           f"({namespace!r})", f"drop -p, or pass -p {own}")
     return {**resource, "metadata": {**resource["metadata"], "namespace": namespace}}
 
 
@@ -70,10 +70,10 @@ def _sources(target: str) -> list[tuple[str, str]]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
         if not files:
-            raise InvalidInput(f"{target}: no .yaml, .yml or .json files in this directory")
+            raise UsageError(f"{target}: no .yaml, .yml or .json files in this directory")
         return [(str(f), read_text(f)) for f in files]
     if not path.is_file():
-        raise InvalidInput(f"{target}: no such file or directory", "give a file, a directory, or - for stdin")
+        raise UsageError(f"{target}: no such file or directory", "give a file, a directory, or - for stdin")
     return [(target, read_text(path))]
 
 
@@ -264,11 +264,12 @@ def load(targets: list[str], semantic: bool = True, namespace: str | None = None
     """All resources in `targets`, validated; raises InvalidInput naming every problem's place.
 
     `semantic=False` lets through what parses but does not make sense (weights not adding up), for
-    `analyze` to report rather than refuse. `namespace` is `apply -n`: the namespace of those without one.
+    `analyze` to report rather than refuse. `namespace` is `apply -p` (kubectl's -n): the namespace of those
+    without one.
     """
     if namespace is not None and not NAMESPACE_RE.fullmatch(namespace):
-        raise InvalidInput(f"-n {namespace!r} is not a compose project name",
-                           "use lower-case letters, digits, '-' and '_'")
+        raise UsageError(f"--project {namespace!r} is not a compose project name",
+                         "use lower-case letters, digits, '-' and '_'")
     resources: list[Resource] = []
     problems: list[str] = []
     for source, text in (s for t in targets for s in _sources(t)):
@@ -300,7 +301,8 @@ def load(targets: list[str], semantic: bool = True, namespace: str | None = None
             problems.append(f"{r['kind']} {qualified_name(r)} is given twice")
         seen.add(key(r))
     if problems:
-        more = f" (and {len(problems) - 1} more: see --debug)" if len(problems) > 1 else ""
+        more = f" (and {len(problems) - 1} more: `meshctl analyze --files-only -f FILE` lists them all)" \
+            if len(problems) > 1 else ""
         raise InvalidInput(problems[0] + more, "nothing was applied", details=problems)
     if not resources:
         raise InvalidInput(f"{', '.join(targets)}: no resources found")

@@ -19,7 +19,7 @@ from meshctl.config.hosts import canonical
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import Resource, namespace_of, qualified_name, semantic_problems
 from meshctl.config.schema import header_name_problem, header_value_problem, parse_duration, regex_problem
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from sidecar.policy import RETRY_CONDITIONS as RETRY_ON
 
 API_VERSION = "networking.istio.io/v1"
@@ -37,18 +37,18 @@ def parse_match(expressions: list[str]) -> dict[str, Any]:
     for expr in expressions:
         m = MATCH_RE.fullmatch(expr)
         if not m:
-            raise InvalidInput(f"--match {expr!r} is not a condition", f"write it like {MATCH_HELP}")
+            raise UsageError(f"--match {expr!r} is not a condition", f"write it like {MATCH_HELP}")
         kind, name, op, value = m["field"], m["name"], OPS[m["op"]], m["value"]
         problem = regex_problem(value) if op == "regex" else None
         if problem:
-            raise InvalidInput(f"--match {expr!r}: {problem}")
+            raise UsageError(f"--match {expr!r}: {problem}")
         if kind in ("header", "query"):
             if not name:
-                raise InvalidInput(f"--match {expr!r} names no {kind}", f"write it like {kind}:NAME=VALUE")
+                raise UsageError(f"--match {expr!r} names no {kind}", f"write it like {kind}:NAME=VALUE")
             key = "headers" if kind == "header" else "queryParams"
             match.setdefault(key, {})[name.lower() if kind == "header" else name] = {op: value}
         elif name:
-            raise InvalidInput(f"--match {expr!r}: {kind} takes no name", f"write it like {kind}=VALUE")
+            raise UsageError(f"--match {expr!r}: {kind} takes no name", f"write it like {kind}=VALUE")
         else:
             match["uri" if kind in ("path", "uri") else "method"] = {op: value.upper() if kind == "method" else value}
     return match
@@ -60,35 +60,35 @@ def parse_targets(values: list[str]) -> list[tuple[str, float | None]]:
     for value in values:
         subset, _, weight = value.partition("=")
         if not subset:
-            raise InvalidInput(f"--to {value!r} names no subset", "write it like --to v1=90 --to v2=10")
+            raise UsageError(f"--to {value!r} names no subset", "write it like --to v1=90 --to v2=10")
         if weight:
             try:
                 number = float(weight)
             except ValueError:
-                raise InvalidInput(f"--to {value!r}: weight {weight!r} is not a number",
-                                   "write it like --to v1=90 --to v2=10") from None
+                raise UsageError(f"--to {value!r}: weight {weight!r} is not a number",
+                                 "write it like --to v1=90 --to v2=10") from None
             if not 0 <= number <= 100:
-                raise InvalidInput(f"--to {value!r}: weight must be from 0 to 100")
+                raise UsageError(f"--to {value!r}: weight must be from 0 to 100")
             parsed.append((subset, int(number) if number.is_integer() else number))
         else:
             parsed.append((subset, None))
     if len({s for s, _ in parsed}) != len(parsed):
-        raise InvalidInput("--to names a subset twice", "give each subset once")
+        raise UsageError("--to names a subset twice", "give each subset once")
     open_ = [i for i, (_, w) in enumerate(parsed) if w is None]
     if len(parsed) > 1:
         if len(open_) > 1:
-            raise InvalidInput("--to: give a weight to every subset but at most one",
-                               "write it like --to v1=90 --to v2=10")
+            raise UsageError("--to: give a weight to every subset but at most one",
+                             "write it like --to v1=90 --to v2=10")
         given = sum(w for _, w in parsed if w is not None)
         if open_:
             rest = 100 - given
             if rest < 0:  # the subset without a weight would get a negative one
-                raise InvalidInput(f"--to: weights add up to {given:g}, more than 100",
-                                   "make the weights add up to 100")
+                raise UsageError(f"--to: weights add up to {given:g}, more than 100",
+                                 "make the weights add up to 100")
             parsed[open_[0]] = (parsed[open_[0]][0], int(rest) if float(rest).is_integer() else rest)
             given = 100
         if abs(given - 100) > 1e-9:
-            raise InvalidInput(f"--to: weights add up to {given:g}, not 100", "make the weights add up to 100")
+            raise UsageError(f"--to: weights add up to {given:g}, not 100", "make the weights add up to 100")
     return parsed
 
 
@@ -96,13 +96,13 @@ def _duration(flag: str, value: str) -> str:
     try:
         parse_duration(value)
     except ValueError as exc:
-        raise InvalidInput(f"{flag}: {exc}") from None
+        raise UsageError(f"{flag}: {exc}") from None
     return value
 
 
 def _percent(flag: str, value: float) -> dict[str, float]:
     if not 0 <= value <= 100:
-        raise InvalidInput(f"{flag}: {value:g} must be a number from 0 to 100")
+        raise UsageError(f"{flag}: {value:g} must be a number from 0 to 100")
     return {"value": value}
 
 
@@ -111,10 +111,10 @@ def _pairs(flag: str, values: list[str]) -> dict[str, str]:
     for value in values:
         name, sep, text = value.partition("=")
         if not sep or not name:
-            raise InvalidInput(f"{flag} {value!r} is not NAME=VALUE", f"write it like {flag} x-canary=true")
+            raise UsageError(f"{flag} {value!r} is not NAME=VALUE", f"write it like {flag} x-canary=true")
         problem = header_name_problem(name) or header_value_problem(text)
         if problem:
-            raise InvalidInput(f"{flag} {value!r}: {problem}", f"write it like {flag} x-canary=true")
+            raise UsageError(f"{flag} {value!r}: {problem}", f"write it like {flag} x-canary=true")
         out[name.lower()] = text
     return out
 
@@ -123,7 +123,7 @@ def _header_names(flag: str, names: list[str]) -> list[str]:
     for name in names:
         problem = header_name_problem(name)
         if problem:
-            raise InvalidInput(f"{flag} {name!r}: {problem}", f"write it like {flag} x-debug")
+            raise UsageError(f"{flag} {name!r}: {problem}", f"write it like {flag} x-debug")
     return [name.lower() for name in names]
 
 
@@ -173,8 +173,8 @@ def edit_rule(rule: dict[str, Any], service: str, edit: RouteEdit, versions: set
         unknown = [s for s, _ in targets if s not in versions]
         if unknown:
             known = ", ".join(sorted(versions)) or "none"
-            raise InvalidInput(f"--to {unknown[0]}: {service} has no version {unknown[0]!r} (its versions: {known})",
-                               "deploy that version (label `version`) first, or pick one of its versions")
+            raise UsageError(f"--to {unknown[0]}: {service} has no version {unknown[0]!r} (its versions: {known})",
+                             "deploy that version (label `version`) first, or pick one of its versions")
         routes = [{"destination": {"host": service, "subset": s}, **({} if w is None else {"weight": w})}
                   for s, w in targets]
         if len(routes) == 1:
@@ -193,8 +193,8 @@ def edit_rule(rule: dict[str, Any], service: str, edit: RouteEdit, versions: set
             bad = [t for t in edit.retry_on.split(",") if t.strip() not in RETRY_ON
                    and not STATUS_RE.fullmatch(t.strip())]
             if bad:
-                raise InvalidInput(f"--retry-on {bad[0]!r} is not a retry condition",
-                                   f"use status codes or {', '.join(sorted(RETRY_ON))}")
+                raise UsageError(f"--retry-on {bad[0]!r} is not a retry condition",
+                                 f"use status codes or {', '.join(sorted(RETRY_ON))}")
             retries["retryOn"] = edit.retry_on
         rule["retries"] = retries
     if edit.delay is not None or edit.abort is not None:
@@ -204,13 +204,13 @@ def edit_rule(rule: dict[str, Any], service: str, edit: RouteEdit, versions: set
                               "percentage": _percent("--delay-percent", edit.delay_percent)}
         if edit.abort is not None:
             if not 200 <= edit.abort <= 599:
-                raise InvalidInput(f"--abort {edit.abort} is not an HTTP status (200-599)")
+                raise UsageError(f"--abort {edit.abort} is not an HTTP status (200-599)")
             fault["abort"] = {"httpStatus": edit.abort, "percentage": _percent("--abort-percent", edit.abort_percent)}
         rule["fault"] = fault
     if edit.mirror is not None:
         if edit.mirror not in versions:
-            raise InvalidInput(f"--mirror {edit.mirror}: {service} has no version {edit.mirror!r}",
-                               f"its versions: {', '.join(sorted(versions))}")
+            raise UsageError(f"--mirror {edit.mirror}: {service} has no version {edit.mirror!r}",
+                             f"its versions: {', '.join(sorted(versions))}")
         rule["mirror"] = {"host": service, "subset": edit.mirror}
         rule["mirrorPercentage"] = _percent("--mirror-percent", edit.mirror_percent)
     request = _header_ops(edit.set_headers, edit.add_headers, edit.remove_headers, "header")
@@ -272,8 +272,8 @@ def set_route(resources: list[Resource], service: str, edit: RouteEdit, versions
     (in project `namespace`, when given)."""
     if not versions:
         where = f" in project {namespace!r}" if namespace else ""
-        raise InvalidInput(f"no meshed service is called {service!r}{where}",
-                           "route a service by its `app` label; see `meshctl proxy-status`")
+        raise UsageError(f"no meshed service is called {service!r}{where}",
+                         "route a service by its `app` label; see `meshctl proxy-status`")
     out = copy.deepcopy(resources)
     vs = find_virtual_service(out, service, namespace)
     if vs is None:
@@ -302,15 +302,15 @@ def delete_route(resources: list[Resource], service: str, match_exprs: list[str]
     vs = find_virtual_service(out, service, namespace)
     if vs is None:
         where = f" in project {namespace!r}" if namespace else " without a project (try -p PROJECT)"
-        raise InvalidInput(f"{service} has no route{where}", "see `meshctl route list`")
+        raise UsageError(f"{service} has no route{where}", "see `meshctl route list`")
     if not match_exprs:
         return [r for r in out if r is not vs]
     match = parse_match(match_exprs)
     rules = vs["spec"].get("http", [])
     kept = [r for r in rules if (r.get("match") or [{}]) != [match]]
     if len(kept) == len(rules):
-        raise InvalidInput(f"{service} has no rule matching {' '.join(match_exprs)}",
-                           f"see `meshctl route get {service}`")
+        raise UsageError(f"{service} has no rule matching {' '.join(match_exprs)}",
+                         f"see `meshctl route get {service}`")
     if not kept:
         return [r for r in out if r is not vs]
     vs["spec"]["http"] = kept
@@ -323,7 +323,7 @@ def _check(resources: list[Resource]) -> None:
         assert kind is not None
         problems = semantic_problems(kind, r["spec"], f"{r['kind']} {qualified_name(r)}")
         if problems:
-            raise InvalidInput(problems[0], "nothing was changed", details=problems)
+            raise UsageError(problems[0], "nothing was changed", details=problems)
 
 
 def describe_match(rule: dict[str, Any]) -> str:

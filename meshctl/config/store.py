@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, UsageError
 from meshctl.fsutil import atomic_write, ensure_dir, locked, os_error, read_text
 
 Resource = dict[str, Any]
@@ -78,13 +78,13 @@ class Store:
     def read(self, number: int | None = None) -> Revision:
         current = self.current_number()
         if number is not None and number > current:  # written by a writer killed before it committed it
-            raise InvalidInput(f"revision {number} does not exist", "see `meshctl history`")
+            raise UsageError(f"revision {number} does not exist", "see `meshctl history`")
         return self._load(current if number is None else number)
 
     def _load(self, number: int) -> Revision:
         path = self._revision_file(number)
         if not path.is_file():
-            raise InvalidInput(f"revision {number} does not exist", "see `meshctl history`")
+            raise UsageError(f"revision {number} does not exist", "see `meshctl history`")
         try:
             data = json.loads(read_text(path))
         except json.JSONDecodeError as exc:

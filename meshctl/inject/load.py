@@ -12,7 +12,7 @@ from typing import Any
 
 from meshctl.config.safeyaml import YAMLProblem
 from meshctl.config.schema import is_port
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, UsageError
 from meshctl.fsutil import read_stdin, read_text
 from meshctl.inject import yamlrt
 from meshctl.inject.keys import unknown_keys
@@ -38,7 +38,7 @@ def read_source(path: str, hint: str = "give the path of a compose file, or - fo
         return read_stdin(), "<stdin>", Path.cwd()
     file = Path(path)
     if not file.is_file():
-        raise InvalidInput(f"{path}: no such file", hint)
+        raise UsageError(f"{path}: no such file", hint)
     return read_text(file), path, file.resolve().parent
 
 

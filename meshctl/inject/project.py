@@ -25,7 +25,7 @@ from typing import Any
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from meshctl.config.safeyaml import YAMLProblem
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, UsageError
 from meshctl.fsutil import read_text
 from meshctl.inject import load, rewrite, yamlrt
 from meshctl.runtime.compose import ComposeTool, find_compose
@@ -78,7 +78,7 @@ def _environment(request: Request, directory: Path) -> dict[str, str]:
     merged: dict[str, str] = {}
     for file in files:
         if not file.is_file():
-            raise InvalidInput(f"{file}: no such env file", "give the path of an existing file to --env-file")
+            raise UsageError(f"{file}: no such env file", "give the path of an existing file to --env-file")
         merged.update(dotenv(read_text(file)))
     return merged | dict(os.environ)
 
@@ -122,9 +122,9 @@ def _needs_compose(parsed: load.ComposeFile, active: set[str]) -> str:
 def load_project(request: Request, tool: ComposeTool | None = None) -> Loaded:
     """`tool` is for tests; by default the compose found on this machine, v2 first."""
     if not request.files:
-        raise InvalidInput("no compose file given", "name one (meshctl inject compose.yaml) or several with -f")
+        raise UsageError("no compose file given", "name one (meshctl inject compose.yaml) or several with -f")
     if "-" in request.files and len(request.files) > 1:
-        raise InvalidInput("- (stdin) cannot be combined with other -f files", "save stdin to a file first")
+        raise UsageError("- (stdin) cannot be combined with other -f files", "save stdin to a file first")
     texts = [load.read_source(f) for f in request.files]
     parsed = [load.parse(*t) for t in texts]  # YAML errors name their file before compose is asked
     if len(parsed) > 1 and any(rewrite.MARKER in p.data for p in parsed):
@@ -176,8 +176,8 @@ def config_argv(tool: ComposeTool, request: Request) -> list[str]:
     if request.project_name:
         argv += ["-p", request.project_name]
     if tool.generation == 1 and len(request.env_files) > 1:
-        raise InvalidInput(f"{', '.join(request.env_files)}: docker-compose {tool.version} reads one --env-file",
-                           INSTALL_V2)
+        raise UsageError(f"{', '.join(request.env_files)}: docker-compose {tool.version} reads one --env-file",
+                         INSTALL_V2)
     for env_file in request.env_files:
         argv += ["--env-file", env_file]
     for profile in request.profiles:

@@ -11,7 +11,7 @@ from typing import Any
 
 from meshctl import const
 from meshctl.context import Context
-from meshctl.errors import EngineError, InvalidInput
+from meshctl.errors import EngineError, UsageError
 from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.proxies import Proxy, list_proxies
 
@@ -21,10 +21,10 @@ SECTIONS = ("listeners", "routes", "clusters", "endpoints", "secrets")
 def find_proxy(ctx: Context, name: str) -> Proxy:
     found = [p for p in list_proxies(ctx.docker()) if name in (p.name, p.service, p.container)]
     if not found:
-        raise InvalidInput(f"no proxy named {name!r}", "see `meshctl proxy-status` for the names")
+        raise UsageError(f"no proxy named {name!r}", "see `meshctl proxy-status` for the names")
     if len(found) > 1:
-        raise InvalidInput(f"{name!r} names {len(found)} proxies ({', '.join(p.name for p in found)})",
-                           "use the full project.service name")
+        raise UsageError(f"{name!r} names {len(found)} proxies ({', '.join(p.name for p in found)})",
+                         "use the full project.service name")
     return found[0]
 
 
@@ -65,6 +65,6 @@ def rows(section: str, dump: dict[str, Any]) -> tuple[list[str], list[list[Any]]
         return ["endpoint", "service", "workload", "version"], [
             [ip, e["service"], e["workload"], e["version"]] for ip, e in dump["endpoints"].items()]
     secret = dump["secrets"]
-    return ["identity", "serial", "valid until (unix)", "trusted roots"], [
-        [secret["identity"], secret.get("cert_serial", "-"), int(secret.get("cert_not_after", 0)),
+    return ["identity", "serial", "valid until", "trusted roots"], [
+        [secret["identity"], secret.get("cert_serial", "-"), secret.get("cert_not_after") or "-",
          len(secret.get("trust_bundle", []))]]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.errors import InvalidInput
+from meshctl.errors import Conflict, InvalidInput, UsageError
 from meshctl.fsutil import atomic_write, ensure_dir, locked, os_error, read_text
 from meshctl.home import MeshHome
 
@@ -72,7 +72,7 @@ class RolloutStore:
     def load(self, service: str) -> Rollout:
         path = self.path(service)
         if not path.is_file():
-            raise InvalidInput(f"{service} has no rollout", f"start one with `meshctl rollout {service} --to VERSION`")
+            raise UsageError(f"{service} has no rollout", f"start one with `meshctl rollout {service} --to VERSION`")
         try:
             return Rollout.from_dict(json.loads(read_text(path)))
         except (ValueError, TypeError, KeyError) as exc:
@@ -97,8 +97,8 @@ class RolloutStore:
             if self.path(rollout.service).is_file():
                 old = self.load(rollout.service)
                 if old.status in ACTIVE:
-                    raise InvalidInput(f"{rollout.service} already has a rollout to {old.canary} ({old.status}, "
-                                       f"{old.weight}%)", f"`meshctl rollout resume|abort|promote {rollout.service}`")
+                    raise Conflict(f"{rollout.service} already has a rollout to {old.canary} ({old.status}, "
+                                   f"{old.weight}%)", f"`meshctl rollout resume|abort|promote {rollout.service}`")
             self.save(rollout)
 
     def all(self) -> list[Rollout]:

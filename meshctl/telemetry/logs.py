@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.mesh import account_of
 from meshctl.telemetry.golden import OUTSIDE
 
@@ -25,9 +25,9 @@ class LogFilter:
         statuses = tuple(s.strip().lower() for s in (status or "").split(",") if s.strip())
         bad = [s for s in statuses if not STATUS_RE.match(s)]
         if bad:
-            raise InvalidInput(f"--status {bad[0]!r}: give a status such as 503, a class such as 5xx, or a comma list")
+            raise UsageError(f"--status {bad[0]!r}: give a status such as 503, a class such as 5xx, or a comma list")
         if direction not in (None, "inbound", "outbound"):
-            raise InvalidInput(f"--direction {direction!r}: use inbound or outbound")
+            raise UsageError(f"--direction {direction!r}: use inbound or outbound")
         return cls(statuses, path, peer, direction)
 
     def matches(self, entry: dict[str, Any]) -> bool:

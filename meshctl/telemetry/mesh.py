@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from meshctl import const
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.proxies import Proxy, list_proxies, read_each
@@ -30,8 +30,8 @@ def running(ctx: Context, project: str | None = None, service: str | None = None
     if service:
         proxies = [p for p in proxies if service in (p.app, p.service, p.name)]
         if not proxies:
-            raise InvalidInput(f"no running sidecar serves {service!r}",
-                               "see `meshctl proxy-status` for the services in this mesh")
+            raise UsageError(f"no running sidecar serves {service!r}",
+                             "see `meshctl proxy-status` for the services in this mesh")
     return proxies
 
 

@@ -23,7 +23,7 @@ from meshctl.config import changes
 from meshctl.config.resources import Resource, namespace_of
 from meshctl.config.schema import parse_duration
 from meshctl.context import Context
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.runtime.direct import OPENER
 from meshctl.telemetry import mesh
 from meshctl.telemetry.golden import BUCKETS, REQUESTS, Golden, inbound, is_error
@@ -39,28 +39,28 @@ def parse_latency(text: str) -> tuple[float, str]:
     """'p99<300ms' -> (99.0, '300ms')."""
     m = LATENCY_RE.match(text)
     if not m:
-        raise InvalidInput(f"--latency {text!r}: write it as pNN<DURATION, e.g. 'p99<300ms'")
+        raise UsageError(f"--latency {text!r}: write it as pNN<DURATION, e.g. 'p99<300ms'")
     percentile, threshold = float(m.group(1)), m.group(2)
     if not 0 < percentile < 100:
-        raise InvalidInput(f"--latency {text!r}: the percentile must be between 0 and 100")
+        raise UsageError(f"--latency {text!r}: the percentile must be between 0 and 100")
     try:
         parse_duration(threshold)
     except ValueError as exc:
-        raise InvalidInput(f"--latency {text!r}: {exc}") from None
+        raise UsageError(f"--latency {text!r}: {exc}") from None
     return percentile, threshold
 
 
 def resource(service: str, availability: float | None, latency: str | None, window: str,
              project: str | None) -> dict[str, Any]:
     if availability is None and latency is None:
-        raise InvalidInput("give --availability, --latency or both", "e.g. --availability 99.9 --latency 'p99<300ms'")
+        raise UsageError("give --availability, --latency or both", "e.g. --availability 99.9 --latency 'p99<300ms'")
     if availability is not None and not 0 < availability < 100:
-        raise InvalidInput(f"--availability {availability:g}: give a percentage below 100, e.g. 99.9")
+        raise UsageError(f"--availability {availability:g}: give a percentage below 100, e.g. 99.9")
     try:
         if parse_duration(window) < 60:
-            raise InvalidInput(f"--window {window}: use at least 1m")
+            raise UsageError(f"--window {window}: use at least 1m")
     except ValueError as exc:
-        raise InvalidInput(f"--window: {exc}") from None
+        raise UsageError(f"--window: {exc}") from None
     spec: dict[str, Any] = {"service": service, "window": window}
     if availability is not None:
         spec["availability"] = availability
@@ -175,8 +175,8 @@ def objectives(c: Context, service: str | None = None, project: str | None = Non
              and (project is None or namespace_of(r) == project)]
     if service and not found:
         where = f" in project {project!r}" if project else ""
-        raise InvalidInput(f"no SLO for {service!r}{where}",
-                           f"set one with `meshctl slo set {service} --availability 99.9`")
+        raise UsageError(f"no SLO for {service!r}{where}",
+                         f"set one with `meshctl slo set {service} --availability 99.9`")
     return found
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 
 Span = dict[str, Any]
 
@@ -51,8 +51,8 @@ def find(spans: list[Span], trace_id: str) -> list[Span]:
     grouped = by_trace(spans)
     matches = [t for t in grouped if t == wanted or t.startswith(wanted) or t.lstrip("0").startswith(wanted)]
     if not matches:
-        raise InvalidInput(f"no trace {trace_id!r} among the sidecars' recent spans",
-                           "list recent traces with `meshctl trace`")
+        raise UsageError(f"no trace {trace_id!r} among the sidecars' recent spans",
+                         "list recent traces with `meshctl trace`")
     if len(matches) > 1:
-        raise InvalidInput(f"{trace_id!r} matches {len(matches)} traces", "give more of the trace id")
+        raise UsageError(f"{trace_id!r} matches {len(matches)} traces", "give more of the trace id")
     return grouped[matches[0]]

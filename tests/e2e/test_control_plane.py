@@ -138,7 +138,7 @@ def test_proxy_config_shows_what_the_running_sidecar_uses(demo: dict, mesh_home:
     assert meshctl("delete", "vs", "reviews", home=mesh_home).code == 0
     assert meshctl("delete", "dr", "reviews", home=mesh_home).code == 0
     missing = meshctl("proxy-config", "nosuch", home=mesh_home)
-    assert missing.code == 3 and "no proxy named 'nosuch'" in missing.err
+    assert missing.code == 2 and "no proxy named 'nosuch'" in missing.err
 
 
 def test_replicas_are_pods_of_their_own_and_all_discovered(

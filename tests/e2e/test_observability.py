@@ -169,7 +169,7 @@ def test_sampling_and_export_to_zipkin_and_otlp(bi: App, mesh_home: Path, engine
         unsampled = trace_of(bi, tag)
         time.sleep(2)
         missing = meshctl("trace", unsampled, home=mesh_home)
-        assert missing.code == 3 and "no trace" in missing.err
+        assert missing.code == 2 and "no trace" in missing.err
     finally:
         sink.remove(force=True)
 
@@ -215,9 +215,9 @@ def test_logs_edges_and_top(bi: App, mesh_home: Path) -> None:
     assert {("unknown", "productpage", "/productpage"), ("productpage", "details", "/details/0")} <= \
         {(r["source"], r["destination"], r["path"]) for r in busiest}
     bad = meshctl("logs", "productpage", "--status", "abc", home=mesh_home)
-    assert bad.code == 3 and bad.err.count("\n") == 1 and "--status" in bad.err
+    assert bad.code == 2 and bad.err.count("\n") == 1 and "--status" in bad.err
     unknown = meshctl("stat", "nosuch", home=mesh_home)
-    assert unknown.code == 3 and "nosuch" in unknown.err
+    assert unknown.code == 2 and "nosuch" in unknown.err
 
 
 def test_slo_status_reports_the_burn_of_a_5_percent_fault_and_exits_non_zero(bi: App, mesh_home: Path) -> None:

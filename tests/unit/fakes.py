@@ -7,7 +7,7 @@ A test that needs a fake takes it from here; a fake that grows a feature grows i
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import docker.errors
@@ -30,17 +30,30 @@ class FakeImage:
 
 
 class FakeContainer:
-    """The attributes meshctl reads from a docker-py Container; `remove` marks it gone from later lists."""
+    """The attributes meshctl reads from a docker-py Container; `remove` marks it gone from later lists.
+
+    `logs` is its output; followed, the stream gives it, then runs `follow` (e.g. to wait, as a quiet container's
+    stream does) and ends when that returns."""
 
     def __init__(self, name: str, labels: Mapping[str, str] | None = None, status: str = "running",
-                 attrs: Mapping[str, Any] | None = None, cid: str | None = None) -> None:
+                 attrs: Mapping[str, Any] | None = None, cid: str | None = None, logs: bytes = b"",
+                 follow: Callable[[], None] | None = None) -> None:
         self.id, self.name, self.status = cid or f"id-{name}", name, status
         self.labels = dict(labels or {})
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.removed = False
+        self.output, self.on_follow = logs, follow
 
     def remove(self, force: bool = False, v: bool = False) -> None:
         self.removed = True
+
+    def logs(self, stream: bool = False, follow: bool = False, **_: Any) -> bytes | Iterator[bytes]:
+        return self._stream() if follow else self.output
+
+    def _stream(self) -> Iterator[bytes]:
+        yield self.output
+        if self.on_follow is not None:
+            self.on_follow()
 
 
 def _labelled(container: FakeContainer, wanted: str | list[str]) -> bool:
@@ -65,6 +78,13 @@ class FakeContainers:
         found = self.found() if callable(self.found) else self.found
         return [c for c in found if not c.removed and (all or c.status == "running")
                 and filters.get("name", "") in c.name and _labelled(c, filters.get("label", []))]
+
+    def get(self, name: str) -> FakeContainer:
+        found = self.found() if callable(self.found) else self.found
+        for c in found:
+            if name in (c.name, c.id) and not c.removed:
+                return c
+        raise docker.errors.NotFound(name)
 
 
 class FakeImages:

@@ -98,7 +98,7 @@ def test_apply_get_delete_history_rollback(subsets: Path, tmp_path: Path) -> Non
     gone = meshctl("delete", "virtualservice", "reviews", home=installed_home)
     assert gone.code == 0 and revision(installed_home) == 3
     missing = meshctl("delete", "virtualservice", "reviews", home=installed_home)
-    assert missing.code == ExitCode.INVALID_INPUT and "not found" in one_error_line(missing.err)
+    assert missing.code == ExitCode.USAGE and "not found" in one_error_line(missing.err)
     back = meshctl("rollback", "2", home=installed_home)
     assert back.code == 0 and revision(installed_home) == 4
     assert json.loads(meshctl("get", "vs", "-o", "json", home=installed_home).out)[0]["spec"]["hosts"] == ["reviews"]

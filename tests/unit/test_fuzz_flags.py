@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from meshctl.cli.observe import seconds as flag_seconds
+from meshctl.cli.flags import duration as flag_seconds
 from meshctl.cli.rollout import _steps
 from meshctl.cli.telemetry import telemetry_resource
 from meshctl.config import routes
@@ -23,7 +23,7 @@ from meshctl.config.kinds import HTTP_ROUTE
 from meshctl.config.resources import check_document
 from meshctl.config.schema import parse_duration, validate
 from meshctl.config.store import Store
-from meshctl.errors import InvalidInput, MeshError, UsageError
+from meshctl.errors import MeshError, UsageError
 from meshctl.extras import parse_addons
 from meshctl.inject.injector import inject
 from meshctl.lifecycle import install
@@ -77,8 +77,8 @@ def test_any_text_is_a_duration_or_a_value_error(text: str) -> None:
 def test_duration_flags_take_a_bare_number_or_a_duration(text: str) -> None:
     try:
         value = flag_seconds("--since", text)
-    except InvalidInput as exc:
-        assert exc.one_line().startswith("--since: ")
+    except UsageError as exc:
+        assert exc.one_line().startswith("--since ") and "e.g. 30s" in exc.one_line()
         return
     assert math.isfinite(value) and value >= 0
 
@@ -139,7 +139,7 @@ def all_valid(resources: list[dict[str, Any]]) -> None:
 def test_match_expressions_parse_into_valid_istio_matches(exprs: list[str]) -> None:
     try:
         match = routes.parse_match(exprs)
-    except InvalidInput as exc:
+    except UsageError as exc:
         assert exc.one_line().startswith("--match ")
         return
     assert validate(match, HTTP_ROUTE["match"][0], "match") == []
@@ -163,7 +163,7 @@ def test_match_expressions_round_trip_through_the_table(conditions: list[tuple[s
 def test_targets_are_weights_adding_up_or_an_error(values: list[str]) -> None:
     try:
         parsed = routes.parse_targets(values)
-    except InvalidInput as exc:
+    except UsageError as exc:
         assert exc.one_line().startswith("--to")
         return
     weights = [w for _, w in parsed if w is not None]
@@ -179,26 +179,26 @@ def test_route_set_writes_valid_resources_or_refuses(edit: routes.RouteEdit, fir
     if first is not None:
         try:
             current = routes.set_route([], "reviews", first, VERSIONS)
-        except InvalidInput:
+        except UsageError:
             current = []
     try:
         out = routes.set_route(current, "reviews", edit, VERSIONS)
-    except InvalidInput as exc:
+    except UsageError as exc:
         assert exc.one_line()
         return
     all_valid(out)
     routes.describe_destinations(routes.find_virtual_service(out, "reviews")["spec"]["http"][0])  # type: ignore[index]
-    with contextlib.suppress(InvalidInput):
+    with contextlib.suppress(UsageError):
         all_valid(routes.delete_route(out, "reviews", edit.match))
 
 
 def test_route_set_bugs_stay_fixed() -> None:
     for bad in (["path~=(?:a{1000}){1000}"], ["path~=" + "(" * 2000 + ")" * 2000], ["path=/a\n"]):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(UsageError):
             routes.parse_match(bad)
-    with pytest.raises(InvalidInput, match="more than 100"):  # the open subset would have weight -1
+    with pytest.raises(UsageError, match="more than 100"):  # the open subset would have weight -1
         routes.parse_targets(["v1=94", "v2=7", "v3"])
-    with pytest.raises(InvalidInput, match="retry condition"):
+    with pytest.raises(UsageError, match="retry condition"):
         routes.set_route([], "reviews", routes.RouteEdit(retry_on="5xx,²"), VERSIONS)
 
 
@@ -237,7 +237,7 @@ def test_route_set_cli_is_one_line_or_a_valid_store(meshed_home: Path, service: 
     before = tree_state(config)
     ran = run_cli(meshed_home, "route", "set", service, *[part for flag in flags for part in flag])
     if ran.code != 0:
-        assert ran.code in (ExitCode.USAGE, ExitCode.INVALID_INPUT), ran.err
+        assert ran.code == ExitCode.USAGE, ran.err
         one_line(ran.err)
         assert tree_state(config) == before
         return
@@ -254,7 +254,7 @@ def test_mtls_set_port_flags(meshed_home: Path, port: str, mode: str) -> None:
     assume("\x00" not in port + mode)
     ran = run_cli(meshed_home, "mtls", "set", "reviews", "--mode", mode, "--port", port, "--dry-run")
     if ran.code != 0:
-        assert ran.code in (ExitCode.USAGE, ExitCode.INVALID_INPUT), ran.err
+        assert ran.code == ExitCode.USAGE, ran.err
         one_line(ran.err)
 
 
@@ -267,7 +267,7 @@ def test_mtls_set_port_flags(meshed_home: Path, port: str, mode: str) -> None:
 def test_slo_latency(text: str) -> None:
     try:
         percentile, threshold = slo.parse_latency(text)
-    except InvalidInput as exc:
+    except UsageError as exc:
         assert exc.one_line().startswith("--latency")
         return
     assert 0 < percentile < 100
@@ -282,7 +282,7 @@ def test_slo_set_makes_a_valid_resource_or_refuses(availability: float | None, l
                                                    project: str | None) -> None:
     try:
         resource = slo.resource("reviews", availability, latency, window, project)
-    except InvalidInput:
+    except UsageError:
         return
     assert check_document(resource, "slo set")[1] == []
 
@@ -295,7 +295,7 @@ def test_slo_set_makes_a_valid_resource_or_refuses(availability: float | None, l
 def test_telemetry_set(sampling: float | None, zipkin: str | None, otlp: str | None, service: str | None) -> None:
     try:
         resource = telemetry_resource(service, None, sampling, zipkin, otlp)
-    except InvalidInput as exc:
+    except UsageError as exc:
         assert exc.one_line()
         return
     assert check_document(resource, "telemetry set")[1] == []
@@ -312,7 +312,7 @@ def test_telemetry_set(sampling: float | None, zipkin: str | None, otlp: str | N
 def test_log_filters(status: str | None, direction: str | None, entry: dict[str, Any]) -> None:
     try:
         wanted = LogFilter.parse(status, "/a", "reviews", direction)
-    except InvalidInput as exc:
+    except UsageError as exc:
         assert exc.one_line().startswith(("--status", "--direction"))
         return
     assert all(s[:1] in "12345" and len(s) == 3 for s in wanted.statuses)
@@ -324,7 +324,7 @@ def test_log_filters(status: str | None, direction: str | None, entry: dict[str,
 def test_rollout_steps(text: str) -> None:
     try:
         steps = _steps(text)
-    except InvalidInput:
+    except UsageError:
         return
     assert steps == sorted(set(steps)) and steps[-1] == 100 and all(0 < s <= 100 for s in steps)
 

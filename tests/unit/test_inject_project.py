@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshctl.errors import InvalidInput
+from meshctl.errors import InvalidInput, UsageError
 from meshctl.inject import load, project, rewrite, yamlrt
 from meshctl.inject.injector import inject
 from meshctl.inject.project import Request, load_project
@@ -108,7 +108,7 @@ def test_stdin_alone_is_piped_to_compose(fake: FakeCompose, monkeypatch: pytest.
     monkeypatch.setattr(load, "read_stdin", lambda: "services:\n  web: {image: 'x:${TAG:-1}'}\n")
     loaded = load_project(Request(("-",)), V2)
     assert loaded.compose.source == "<stdin>" and fake.calls[0][-5:] == ["-f", "-", "config", "--format", "json"]
-    with pytest.raises(InvalidInput, match="cannot be combined"):
+    with pytest.raises(UsageError, match="cannot be combined"):
         load_project(Request(("-", "b.yaml")), V2)
 
 
@@ -139,7 +139,7 @@ def test_an_env_file_replaces_dotenv_and_must_exist(fake: FakeCompose, tmp_path:
           other_env="COMPOSE_PROJECT_NAME=fromother\n")
     files = (str(tmp_path / "compose.yaml"),)
     assert load_project(Request(files, (str(tmp_path / "other.env"),)), V2).project_name == "fromother"
-    with pytest.raises(InvalidInput, match=r"nope\.env: no such env file"):
+    with pytest.raises(UsageError, match=r"nope\.env: no such env file"):
         load_project(Request(files, (str(tmp_path / "nope.env"),)), V2)
 
 
@@ -219,7 +219,7 @@ def test_v1_reads_interpolation_and_several_files_with_its_own_config(fake: Fake
     loaded = load_project(Request((str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"))), V1)
     assert fake.calls[0][0] == "docker-compose" and fake.calls[0][-1] == "config"
     assert loaded.project_name == "viaenv" and "name" not in read(loaded.compose.text)  # v1 refuses `name:`
-    with pytest.raises(InvalidInput, match="reads one --env-file"):
+    with pytest.raises(UsageError, match="reads one --env-file"):
         load_project(Request((str(tmp_path / "a.yaml"),), (str(tmp_path / ".env"),) * 2), V1)
 
 

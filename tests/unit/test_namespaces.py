@@ -220,18 +220,18 @@ def test_get_and_delete_ask_which_namespace(home: Path, tmp_path: Path) -> None:
                                   vs("reviews", "beta", ["reviews"], subset="v1"),
                                   vs("reviews", None, ["reviews"], subset="v1"), dr("reviews", None)))
     line = fail(home, "get", "vs", "reviews", code=ExitCode.USAGE)
-    assert "several namespaces: alpha, beta, (none)" in line and "-n" in line
+    assert "several namespaces: alpha, beta, (none)" in line and "-p PROJECT" in line
     line = fail(home, "delete", "vs", "reviews", code=ExitCode.USAGE)
-    assert "several namespaces" in line and "-n" in line
+    assert "several namespaces" in line and "-p PROJECT" in line
     got = yaml.safe_load(ok(home, "get", "vs", "reviews", "-n", "beta", "-o", "yaml"))
     assert got["metadata"] == {"name": "reviews", "namespace": "beta"}
-    assert "not found in namespace 'gamma'" in fail(home, "get", "vs", "reviews", "-n", "gamma")
+    assert "not found in namespace 'gamma'" in fail(home, "get", "vs", "reviews", "-n", "gamma", code=ExitCode.USAGE)
     assert "deleted" in ok(home, "delete", "vs", "reviews", "-n", "alpha")
     assert "deleted" in ok(home, "delete", "vs", "reviews", "-n", "")  # the one with no namespace
     assert [r["name"] for r in snap(home, "alpha")["routes"]] == []
     assert [r["name"] for r in snap(home, "beta")["routes"]] == ["beta/reviews"]
     assert "(namespace beta) deleted" in ok(home, "delete", "vs", "reviews")  # only one left: no -n needed
-    assert "not found" in fail(home, "delete", "vs", "reviews")
+    assert "not found" in fail(home, "delete", "vs", "reviews", code=ExitCode.USAGE)
     history = json.loads(ok(home, "history", "-o", "json"))
     assert [h["change"] for h in history[:3]] == ["delete VirtualService/beta/reviews", "delete VirtualService/reviews",
                                                   "delete VirtualService/alpha/reviews"]
@@ -248,13 +248,13 @@ def test_apply_n_sets_the_namespace_of_resources_without_one(home: Path, tmp_pat
     assert len(Store(home / "config").read().resources) == 4
 
 
-@pytest.mark.parametrize("flag", ["-n", "--namespace"])
+@pytest.mark.parametrize("flag", ["-p", "--project", "-n", "--namespace"])
 def test_apply_n_refuses_a_resource_of_another_namespace(home: Path, tmp_path: Path, flag: str) -> None:
     file = write(tmp_path / "x.yaml", dr("reviews", None), vs("reviews", "beta", ["reviews"]))
     line = fail(home, "apply", "-f", file, flag, "alpha")
     assert "the namespace from the provided object ('beta') does not match the namespace sent on the request " \
            "('alpha')" in line and "x.yaml" in line
-    assert "compose project name" in fail(home, "apply", "-f", file, flag, "Alpha")
+    assert "compose project name" in fail(home, "apply", "-f", file, flag, "Alpha", code=ExitCode.USAGE)
     bad = write(tmp_path / "bad.yaml", vs("reviews", "al.pha", ["reviews"]))
     assert "metadata.namespace 'al.pha'" in fail(home, "apply", "-f", bad)
 
@@ -282,8 +282,9 @@ def test_route_set_p_writes_the_projects_own_resources(home: Path) -> None:
     assert sorted((r["project"], r["default_route"]) for r in listed) == [("alpha", "v1 50%, v2 50%"),
                                                                          ("beta", "v1")]
     assert "no meshed service is called 'reviews' in project 'gamma'" in fail(
-        home, "route", "set", "reviews", "--to", "v1", "-p", "gamma")
-    assert "no route in project 'gamma'" in fail(home, "route", "delete", "reviews", "-p", "gamma")
+        home, "route", "set", "reviews", "--to", "v1", "-p", "gamma", code=ExitCode.USAGE)
+    assert "no route in project 'gamma'" in fail(home, "route", "delete", "reviews", "-p", "gamma",
+                                                 code=ExitCode.USAGE)
     ok(home, "route", "delete", "reviews", "-p", "alpha")
     assert snap(home, "alpha")["routes"] == [] and subsets_routed(snap(home, "beta")) == ["v1"]
     ok(home, "route", "set", "reviews", "--to", "v2")  # without -p, as before: no namespace, every project
@@ -300,7 +301,7 @@ def test_authz_allow_p_writes_a_policy_in_that_project(home: Path) -> None:
         "alpha/allow-productpage-to-reviews"]
     assert snap(home, "beta", "reviews-v1")["authorization"] == []
     assert "in project 'gamma'" in fail(home, "authz", "allow", "--from", "productpage", "--to", "reviews",
-                                        "-p", "gamma")
+                                        "-p", "gamma", code=ExitCode.USAGE)
 
 
 def test_mtls_and_slo_and_telemetry_p(home: Path) -> None:
@@ -371,7 +372,7 @@ def test_analyze_warns_when_a_resource_without_namespace_reaches_several_project
     [message] = analyze_resources([vs("reviews", None, ["reviews"]), dr("reviews", "alpha")], INVENTORY)
     assert (message.code, message.level, message.resource) == ("MSH0112", "Warning", "VirtualService reviews")
     assert "2 projects: alpha, beta" in message.text
-    assert message.hint == "set metadata.namespace (or apply -n PROJECT) so it applies to one project"
+    assert message.hint == "set metadata.namespace (or apply -p PROJECT) so it applies to one project"
     assert codes(dr("reviews", None)) == [("MSH0112", "DestinationRule reviews")]
     assert codes(vs("r", None, ["ratings"], subset="v1"), dr("d", "solo", "ratings")) == []  # one project only
     assert codes(vs("r", None, ["reviews.alpha"]), dr("reviews", "alpha")) == []  # names one project

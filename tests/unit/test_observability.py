@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.mesh import Pod
 from meshctl.pilot.observability import tracing
 from meshctl.telemetry import golden, slo, traces
@@ -46,7 +46,7 @@ def test_log_filters() -> None:
     assert LogFilter.parse("5xx", "/api", "productpage", "inbound").matches(entry)
     assert not LogFilter.parse("404,500", None, None, None).matches(entry)
     assert not LogFilter.parse(None, None, "details", None).matches(entry)
-    with pytest.raises(InvalidInput, match="--status"):
+    with pytest.raises(UsageError, match="--status"):
         LogFilter.parse("5x", None, None, None)
 
 
@@ -79,7 +79,7 @@ def test_trace_tree_and_prefix_lookup() -> None:
     [summary] = traces.summaries(spans)
     assert summary["spans"] == 2 and summary["errors"] == 1
     assert traces.find(spans, "abab")[0]["id"] == "1"
-    with pytest.raises(InvalidInput, match="no trace"):
+    with pytest.raises(UsageError, match="no trace"):
         traces.find(spans, "ffff")
 
 
@@ -99,7 +99,7 @@ def test_slo_burn_rate_and_budget() -> None:
     assert {r["state"] for r in quiet} == {"NO DATA"}
     for bad in (("reviews", None, None, "1h"), ("reviews", 100.0, None, "1h"), ("reviews", 99.0, "p99", "1h"),
                 ("reviews", 99.0, None, "5s")):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(UsageError):
             slo.resource(*bad, None)
 
 

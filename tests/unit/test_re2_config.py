@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from meshctl.config import routes
 from meshctl.config.resources import check_document
 from meshctl.config.schema import regex_problem
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.status import ExitCode
 from sidecar import regex
 from sidecar.routes import string_matches
@@ -83,7 +83,7 @@ def test_apply_takes_backtracking_bombs_because_re2_runs_them_linearly(put: Any,
 @pytest.mark.parametrize(("pattern", "reason"), REFUSED)
 @pytest.mark.parametrize("flag", ["path~=", "uri~=", "method~=", "header:x-user~=", "query:v~="])
 def test_route_set_match_refuses_the_same_patterns(flag: str, pattern: str, reason: str) -> None:
-    with pytest.raises(InvalidInput, match="is not an RE2 regular expression") as caught:
+    with pytest.raises(UsageError, match="is not an RE2 regular expression") as caught:
         routes.parse_match([flag + pattern])
     assert reason in caught.value.one_line() and f"--match {flag + pattern!r}" in caught.value.one_line()
 
@@ -91,7 +91,7 @@ def test_route_set_match_refuses_the_same_patterns(flag: str, pattern: str, reas
 def test_route_set_cli_refuses_with_one_line(installed_home: Path, tmp_path: Path) -> None:
     inject(installed_home, BOOKINFO, tmp_path / "meshed.yaml")  # reviews is meshed
     done = meshctl("route", "set", "reviews", "--match", "path~=(a)\\1", "--to", "v2", home=installed_home)
-    assert done.code == ExitCode.INVALID_INPUT
+    assert done.code == ExitCode.USAGE  # a bad --match value
     line = one_error_line(done.err)
     assert "'(a)\\\\1' is not an RE2 regular expression (backreferences are not supported)" in line, line
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from meshctl.config.routes import RouteEdit, delete_route, parse_match, parse_targets, set_route
-from meshctl.errors import InvalidInput
+from meshctl.errors import UsageError
 from meshctl.status import ExitCode
 from tests.unit.cli import meshctl
 from tests.unit.test_cli_errors import one_error_line
@@ -27,7 +27,7 @@ def test_match_syntax_maps_to_istio_match_requests() -> None:
         "headers": {"end-user": {"exact": "jason"}}, "uri": {"prefix": "/api"}, "method": {"exact": "GET"},
         "queryParams": {"v": {"regex": "[0-9]+"}}}
     for bad in ("header=jason", "colour=red", "path:x=/a", "path~=(oops"):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(UsageError):
             parse_match([bad])
 
 
@@ -35,7 +35,7 @@ def test_weights_take_the_remainder_and_must_add_up() -> None:
     assert parse_targets(["v1=90", "v2"]) == [("v1", 90), ("v2", 10)]
     assert parse_targets(["v2"]) == [("v2", None)]
     for bad in (["v1=90", "v2=20"], ["v1", "v2"], ["v1=x"], ["v1=150"], ["v1=50", "v1=50"]):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(UsageError):
             parse_targets(bad)
 
 
@@ -69,9 +69,9 @@ def test_set_refuses_unknown_versions_and_bad_values_naming_the_flag() -> None:
              (RouteEdit(add_response_headers=["x-a=1\r\nset-cookie: a=b"]), "--add-response-header .*control char"),
              (RouteEdit(remove_headers=["x:y"]), "--remove-header 'x:y'")]
     for edit, flag in cases:
-        with pytest.raises(InvalidInput, match=flag):
+        with pytest.raises(UsageError, match=flag):
             set_route([], "reviews", edit, VERSIONS)
-    with pytest.raises(InvalidInput, match="no meshed service"):
+    with pytest.raises(UsageError, match="no meshed service"):
         set_route([], "nope", RouteEdit(to=["v1"]), set())
 
 
@@ -81,7 +81,7 @@ def test_delete_a_rule_or_the_whole_route() -> None:
     one = delete_route(out, "reviews", ["method=POST"])
     assert len(rules(one)) == 1
     assert not any(r["kind"] == "VirtualService" for r in delete_route(out, "reviews", []))
-    with pytest.raises(InvalidInput, match="no rule matching"):
+    with pytest.raises(UsageError, match="no rule matching"):
         delete_route(out, "reviews", ["method=PUT"])
 
 
@@ -99,7 +99,7 @@ def test_route_cli_set_get_dry_run_and_errors(installed_home: Path, tmp_path: Pa
     assert got == [{"rule": 0, "match": "*", "route": "v1 80%, v2 20%", "timeout": "-", "retries": "-",
                     "fault": "-", "mirror": "-"}]
     bad = meshctl("route", "set", "reviews", "--to", "v4", home=installed_home)
-    assert bad.code == ExitCode.INVALID_INPUT
+    assert bad.code == ExitCode.USAGE
     assert "reviews has no version 'v4' (its versions: v1, v2, v3)" in one_error_line(bad.err)
     listed = json.loads(meshctl("route", "list", "-o", "json", home=installed_home).out)
     assert listed == [{"service": "reviews", "project": None, "virtualservice": "reviews", "rules": 1,

@@ -27,9 +27,9 @@ def test_mtls_set_compiles_into_the_selected_proxies(installed_home: Path, tmp_p
     mesh = meshctl("mtls", "set", "--mode", "strict", home=installed_home)  # mesh-wide
     assert mesh.code == 0 and snapshot(installed_home, "details")["inbound"]["mode"] == "STRICT"
     bad = meshctl("mtls", "set", "nope", home=installed_home)
-    assert bad.code == ExitCode.INVALID_INPUT and "no meshed service is called 'nope'" in one_error_line(bad.err)
+    assert bad.code == ExitCode.USAGE and "no meshed service is called 'nope'" in one_error_line(bad.err)
     worse = meshctl("mtls", "set", "reviews", "--mode", "sometimes", home=installed_home)
-    assert worse.code == ExitCode.INVALID_INPUT and "spec.mtls.mode" in one_error_line(worse.err)
+    assert worse.code == ExitCode.USAGE and "spec.mtls.mode" in one_error_line(worse.err)
 
 
 def test_authz_allow_and_check(installed_home: Path, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from meshctl.config.kinds import find_kind
 from meshctl.config.resources import key, load
 from meshctl.config.store import Resource, Revision, Store
 from meshctl.context import Context
-from meshctl.errors import InvalidInput, PermissionProblem
+from meshctl.errors import InvalidInput, PermissionProblem, UsageError
 from meshctl.fsutil import atomic_write, locked
 from meshctl.home import MeshHome
 from meshctl.mesh import MeshedPods, Pod, describe
@@ -164,7 +164,7 @@ def _mixed_worker(home: str, ops: list[dict[str, Any]], results: str) -> None:
             else:
                 rev = changes.edit(ctx, functools.partial(replay, op, history=[]), f"route set {op['service']}")[0]
             done.append({"tag": op["tag"], "revision": rev.revision, "time": rev.time})
-        except InvalidInput as exc:
+        except (InvalidInput, UsageError) as exc:  # a subset not defined; a name or revision that is gone
             done.append({"tag": op["tag"], "revision": None, "error": exc.message})
     Path(results).write_text(json.dumps(done))
 
@@ -580,9 +580,9 @@ def test_uncommitted_revision_is_not_history(installed_home: Path) -> None:
     (store.root / "revisions" / "000001.json").write_text(json.dumps(
         {"revision": 1, "time": 1, "message": "never committed", "resources": big_resources("x", 1)}))
     assert [r.revision for r in store.history()] == [0]
-    with pytest.raises(InvalidInput, match="revision 1 does not exist"):
+    with pytest.raises(UsageError, match="revision 1 does not exist"):
         store.read(1)
-    assert cli(installed_home, "rollback", "1").code == ExitCode.INVALID_INPUT
+    assert cli(installed_home, "rollback", "1").code == ExitCode.USAGE
     assert store.commit(lambda _: [], "noop", 2).revision == 0
     assert store.commit(lambda _: big_resources("y", 1), "y", 2).revision == 1
     assert store.read().message == "y"

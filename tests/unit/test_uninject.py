@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from meshctl.errors import Conflict, InvalidInput
+from meshctl.errors import Conflict, InvalidInput, UsageError
 from meshctl.inject import load
 from meshctl.inject.injector import inject
 from meshctl.inject.uninject import uninject
@@ -130,7 +130,7 @@ def test_old_and_damaged_markers_and_unmeshed_files(home: Path, tmp_path: Path) 
     broken.write_text("services: [\n")
     with pytest.raises(InvalidInput, match=r"broken.yaml: invalid YAML at line \d+"):  # as inject says it
         uninject(str(broken))
-    with pytest.raises(InvalidInput, match="no such file") as missing:
+    with pytest.raises(UsageError, match="no such file") as missing:
         uninject(str(tmp_path / "missing.yaml"))
     assert "meshctl inject` wrote" in str(missing.value.hint)
 
@@ -185,7 +185,7 @@ def test_the_merged_model_never_replaces_a_file_it_was_read_from(home: Path, tmp
                            tmp_path).text)
     for named in ("a.yaml", str(tmp_path / "a.yaml")):
         ran = run_cli(home, "uninject", str(path), "-o", named)
-        assert ran.code == ExitCode.INVALID_INPUT and "a.yaml" in one_line(ran.err) and "-o" in one_line(ran.err)
+        assert ran.code == ExitCode.USAGE and "a.yaml" in one_line(ran.err) and "-o" in one_line(ran.err)
     assert (tmp_path / "a.yaml").read_text() == "services:\n  web:\n    image: ${IMAGE}\n"
     assert run_cli(home, "uninject", str(path), "-o", "model.yaml").code == 0
 
