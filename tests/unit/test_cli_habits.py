@@ -35,10 +35,10 @@ from meshctl.errors import UsageError
 from meshctl.home import MeshHome
 from meshctl.output import rfc3339, simple_table
 from meshctl.status import ExitCode
+from tests.conftest import REPO, ctrl_c_reaches_it
 from tests.unit.fakes import FakeContainer, FakeEngine
 from tests.unit.fuzzing import Ran, make_home, one_line
 
-REPO = Path(__file__).resolve().parents[2]
 ISTIO = REPO / "tests" / "data" / "istio"
 L = const.LABEL_PREFIX
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -161,7 +161,7 @@ def test_ctrl_c_exits_130_without_a_traceback(argv: list[str], home: Path, tmp_p
     marker = tmp_path / "following"
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1", "MESHCTL_AGENT": "off"}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(home), str(marker), *argv], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_reaches_it)
     try:
         deadline = time.monotonic() + 30
         while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
