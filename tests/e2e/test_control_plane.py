@@ -40,7 +40,7 @@ def fleet(engine: DockerClient, mesh_home: Path, tmp_path_factory: pytest.TempPa
 
 def outbound_failures(app: App, sidecar: str) -> list[tuple]:
     """What a sidecar logged about the calls it sent that did not end in 200: enough to tell why."""
-    return [(e.get("status"), e.get("flags"), e.get("upstream"), e.get("error"), e.get("reason"))
+    return [{k: e.get(k) for k in ("time", "status", "flags", "upstream", "route", "error", "reason")}
             for e in app.logs(sidecar) if e.get("direction") == "outbound" and e.get("status") != 200]
 
 
@@ -148,6 +148,11 @@ def test_replicas_are_pods_of_their_own_and_all_discovered(
         "client": {"image": testbed_image, "command": ["sleep", "infinity"], "init": True}}}))
     app = up_meshed(engine, mesh_home, tmp_path / "compose.yaml", "e2ereplicas", tmp_path)
     try:
+        # every replica's app listens (healthy sidecars say nothing of their apps): a request with no
+        # VirtualService keeps the replica DNS gave and gets no retries, so one still starting would answer 503
+        for instance in ("web", "web-2", "web-3"):
+            app.wait_for(lambda i=instance: app.exec(  # type: ignore[misc]
+                i, "curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:8080/echo")[0] == 0, f"{instance}'s app answers")
         app.wait_for(lambda: app.exec("client", "curl", "-sf", "-o", "/dev/null", "http://web:8080/echo")[0] == 0,
                       "web answers")
         for _ in range(60):  # a new connection, and a fresh DNS answer, each time
