@@ -6,6 +6,8 @@
     Progressing|Paused --promote--> Succeeded    Progressing|Paused --abort--> Aborted
 
 Succeeded, RolledBack and Aborted are final: nothing leaves them. Pure: no engine, no files, no clock.
+The table is over statuses only; pass and complete also depend on the step (a next step exists, or this is
+the last), which Rollout.fire checks before it consults the table.
 """
 
 from __future__ import annotations
