@@ -24,7 +24,7 @@ from meshctl import __version__, const
 from meshctl.bench import grpc_server, h2load, nginx
 from meshctl.context import Context
 from meshctl.errors import MeshError, Timeout
-from meshctl.extras.prometheus import engine_arch
+from meshctl.extras.prometheus.image import engine_arch
 from meshctl.runtime import images
 from meshctl.runtime.compose import compose_down, require_compose, run_compose
 from meshctl.runtime.engine import engine_errors

@@ -15,14 +15,13 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from meshctl.cli.flags import duration
-from meshctl.config import routes
 from meshctl.context import Context
 from meshctl.errors import Conflict, MeshError, UsageError
-from meshctl.mesh import MeshedPods
 from meshctl.output import OutputFormat, OutputOption, Rows, emit, simple_table, stamped
-from meshctl.pilot import changes
-from meshctl.rollout.driver import Driver, settle_without_driver
-from meshctl.rollout.state import ACTIVE, Gates, Rollout, RolloutStore
+from meshctl.rollout import control
+from meshctl.rollout.driver import Driver
+from meshctl.rollout.machine import ACTIVE, Event, Status
+from meshctl.rollout.state import Gates, Rollout, RolloutStore
 from meshctl.status import ExitCode
 
 
@@ -65,24 +64,6 @@ def _steps(text: str) -> list[int]:
     return steps if steps[-1] == 100 else [*steps, 100]
 
 
-def _stable(c: Context, service: str, canary: str, versions: set[str], given: str | None) -> str:
-    if given:
-        if given not in versions:
-            raise UsageError(f"--from {given}: {service} has no version {given!r} "
-                             f"(its versions: {', '.join(sorted(versions))})")
-        return given
-    vs = routes.find_virtual_service(changes.current(c), service)
-    default = next((r for r in (vs or {}).get("spec", {}).get("http", []) if not r.get("match")), None)
-    dests = (default or {}).get("route", [])
-    if len(dests) == 1 and dests[0]["destination"].get("subset") not in (None, canary):
-        return str(dests[0]["destination"]["subset"])
-    others = sorted(versions - {canary})
-    if len(others) == 1:
-        return others[0]
-    raise UsageError(f"cannot tell which version of {service} is stable (versions: {', '.join(sorted(versions))})",
-                     f"name it with --from, e.g. --from {others[0] if others else 'v1'}")
-
-
 def _drive(c: Context, store: RolloutStore, service: str, watch: bool) -> Rollout:
     with store.driving(service) as mine:
         if not mine:
@@ -111,7 +92,7 @@ def _drive(c: Context, store: RolloutStore, service: str, watch: bool) -> Rollou
             c.err.print(f"{service}: interrupted; the rollout stays at {r.weight}% ({r.status}). "
                         f"`meshctl rollout resume {service}` continues it.", highlight=False)
             raise
-    if final.status != "Succeeded":
+    if final.status is not Status.SUCCEEDED:
         raise RolloutFailed(f"rollout of {service} to {final.canary} {final.status}: {final.message}")
     c.out.print(f"rollout of {service} to {final.canary} succeeded: {final.message}", highlight=False)
     return final
@@ -136,21 +117,9 @@ def start(
     """Start a rollout of SERVICE to a new version and drive it to the end (Ctrl-C leaves it resumable)."""
     c: Context = ctx.obj
     c.home.settings()
-    versions = MeshedPods.of(c.home).versions().get(service, set())
-    if not versions:
-        raise UsageError(f"no meshed service is called {service!r}", "see `meshctl proxy-status`")
-    if to not in versions:
-        raise UsageError(f"--to {to}: {service} has no version {to!r} (its versions: {', '.join(sorted(versions))})",
-                         "deploy the new version with its `version` label first")
-    stable = _stable(c, service, to, versions, from_)
-    if stable == to:
-        raise UsageError(f"--to {to} is already the stable version of {service}")
     interval_s, p99 = duration("--interval", interval), duration("--max-p99", max_p99) * 1000
-    store = RolloutStore(c.home)
-    rollout = Rollout(service, stable, to, _steps(steps), interval_s, Gates(success_rate, p99, min_requests))
-    rollout.note(c.clock(), f"started: {stable} -> {to} in steps {','.join(map(str, rollout.steps))}")
-    store.create(rollout)
-    _drive(c, store, service, watch)
+    control.start(c, service, to, from_, _steps(steps), interval_s, Gates(success_rate, p99, min_requests))
+    _drive(c, RolloutStore(c.home), service, watch)
 
 
 @app.command()
@@ -169,7 +138,7 @@ def status(ctx: typer.Context, service: Annotated[str | None, typer.Argument(hel
             live.update(_table(r))
         return
     found = [store.load(service)] if service else store.all()
-    rows = [{"service": r.service, "stable": r.stable, "canary": r.canary, "status": r.status,
+    rows = [{"service": r.service, "stable": r.stable, "canary": r.canary, "status": r.status.value,
              "step": f"{r.step + 1}/{len(r.steps)}", "weight": r.weight, "last_gate": r.last_gate,
              "message": r.message, "events": [stamped(e, "time") for e in r.events]} for r in found]
     if output is not OutputFormat.table:
@@ -187,33 +156,10 @@ def status(ctx: typer.Context, service: Annotated[str | None, typer.Argument(hel
             c.out.print(f"  {when}  {e['weight']:>3}%  {e['event']}", highlight=False, markup=False)
 
 
-def _request(c: Context, service: str, what: str) -> Rollout:
-    store = RolloutStore(c.home)
-
-    def change(r: Rollout) -> None:
-        if r.status not in ACTIVE:
-            raise Conflict(f"the rollout of {service} has ended ({r.status})", "start a new one")
-        if what == "pause":
-            r.status = "Paused"
-            r.note(c.clock(), f"paused at {r.weight}%")
-        elif what == "resume":
-            r.status = "Progressing"
-            r.note(c.clock(), f"resumed at {r.weight}%")
-        else:
-            r.requested = what
-
-    r = store.update(service, change)
-    if what in ("abort", "promote"):
-        with store.driving(service) as nobody_drives:
-            if nobody_drives:
-                r = store.update(service, lambda r: settle_without_driver(c, r, c.clock()))
-    return r
-
-
 @app.command()
 def pause(ctx: typer.Context, service: Service) -> None:
     """Hold the rollout at its current weight."""
-    r = _request(ctx.obj, service, "pause")
+    r = control.request(ctx.obj, service, Event.PAUSE)
     ctx.obj.out.print(f"{service}: paused at {r.weight}%", highlight=False)
 
 
@@ -221,7 +167,7 @@ def pause(ctx: typer.Context, service: Service) -> None:
 def resume(ctx: typer.Context, service: Service, watch: Watch = False) -> None:
     """Continue a paused or interrupted rollout; drives it here unless another meshctl already does."""
     c: Context = ctx.obj
-    r = _request(c, service, "resume")
+    r = control.request(c, service, Event.RESUME)
     store = RolloutStore(c.home)
     with store.driving(service) as nobody_drives:
         pass
@@ -234,7 +180,7 @@ def resume(ctx: typer.Context, service: Service, watch: Watch = False) -> None:
 @app.command()
 def abort(ctx: typer.Context, service: Service) -> None:
     """Stop the rollout and send all traffic back to the stable version."""
-    r = _request(ctx.obj, service, "abort")
+    r = control.request(ctx.obj, service, Event.ABORT)
     ctx.obj.out.print(f"{service}: abort requested" if r.status in ACTIVE else f"{service}: {r.message}",
                       highlight=False)
 
@@ -242,7 +188,7 @@ def abort(ctx: typer.Context, service: Service) -> None:
 @app.command()
 def promote(ctx: typer.Context, service: Service) -> None:
     """Skip the remaining steps: the canary takes all traffic now."""
-    r = _request(ctx.obj, service, "promote")
+    r = control.request(ctx.obj, service, Event.PROMOTE)
     ctx.obj.out.print(f"{service}: promote requested" if r.status in ACTIVE else f"{service}: {r.message}",
                       highlight=False)
 

@@ -19,6 +19,9 @@ from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import MeshError
 from meshctl.extras import prometheus
+from meshctl.extras.prometheus import client as prom_client
+from meshctl.extras.prometheus import config as prom_config
+from meshctl.extras.prometheus import container as prom_container
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
 from meshctl.runtime import images, network
@@ -161,18 +164,18 @@ def _prometheus(ctx: Context) -> Result:
     """The prometheus addon: its container runs, its API answers, and it scrapes every running sidecar."""
     settings = ctx.home.settings()
     client = ctx.docker()
-    container = prometheus.find_container(client)
+    container = prom_container.find_container(client)
     if container is None:
         return Result("prometheus", State.FAIL, f"the addon is selected but {prometheus.CONTAINER} is missing",
                       "run `meshctl install` (or `meshctl install --addons none` to drop it)")
     if container.status != "running":
         return Result("prometheus", State.FAIL, f"{prometheus.CONTAINER} is {container.status}",
                       f"run `meshctl install` to start it; see `docker logs {prometheus.CONTAINER}`")
-    if not prometheus.owned_by(container, ctx.home):
+    if not prom_container.owned_by(container, ctx.home):
         return Result("prometheus", State.WARN, f"{prometheus.CONTAINER} runs for another mesh home "
                       f"({container.labels.get(const.LABEL_HOME, '?')})", "`meshctl install` here runs it for this one")
-    base = prometheus.base_url(prometheus.host_port(container) or settings.prometheus_port)
-    targets = prometheus.targets(base)
+    base = prom_container.base_url(prom_container.host_port(container) or settings.prometheus_port)
+    targets = prom_client.targets(base)
     up = [t for t in targets if t.get("health") == "up"]
     running = [p for p in list_proxies(client) if p.state == "running" and settings.network in p.addresses]
     detail = f"{base}: {len(up)}/{len(targets)} sidecar targets up"
@@ -183,9 +186,9 @@ def _prometheus(ctx: Context) -> Result:
                       f"see {base}/classic/targets and the sidecars' logs")
     if len(targets) != len(running):
         return Result("prometheus", State.WARN, f"{detail}, but {len(running)} sidecars run on network "
-                      f"{settings.network!r}", f"discovery refreshes every {prometheus.DISCOVERY_REFRESH}: check "
+                      f"{settings.network!r}", f"discovery refreshes every {prom_config.DISCOVERY_REFRESH}: check "
                       f"again; if it persists, see {base}/classic/service-discovery")
-    return Result("prometheus", State.OK, f"{detail}, scraped every {prometheus.SCRAPE_INTERVAL}")
+    return Result("prometheus", State.OK, f"{detail}, scraped every {prom_config.SCRAPE_INTERVAL}")
 
 
 LOCAL_CHECKS: list[Callable[[Context], Result]] = [_compose, _home, _ca, _workload_certs]

@@ -23,6 +23,8 @@ from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import Conflict, PermissionProblem, UsageError
 from meshctl.extras import prometheus
+from meshctl.extras.prometheus import container as prom_container
+from meshctl.extras.prometheus import image as prom_image
 from meshctl.fsutil import ensure_dir
 from meshctl.home import MeshSettings
 from meshctl.pilot.push import push
@@ -239,10 +241,10 @@ class PrometheusImageStep:
     def pending(self) -> str | None:
         if prometheus.NAME not in self.settings.addons:
             return None
-        return prometheus.image_pending(self.ctx.docker(), self.settings, self.ctx.cache_dir)
+        return prom_image.image_pending(self.ctx.docker(), self.settings, self.ctx.cache_dir)
 
     def apply(self, progress: Progress) -> str:
-        return prometheus.build_image(self.ctx.docker(), self.settings, self.ctx.cache_dir, progress)
+        return prom_image.build_image(self.ctx.docker(), self.settings, self.ctx.cache_dir, progress)
 
 
 @dataclass
@@ -255,13 +257,13 @@ class PrometheusStep:
 
     def pending(self) -> str | None:
         new_image = prometheus.NAME in self.settings.addons and self.image_step.pending() is not None
-        return prometheus.container_pending(self.ctx.docker(), self.ctx.home, self.settings, new_image)
+        return prom_container.container_pending(self.ctx.docker(), self.ctx.home, self.settings, new_image)
 
     def apply(self, progress: Progress) -> str:
         if prometheus.NAME not in self.settings.addons:
-            prometheus.remove(self.ctx.docker())
+            prom_container.remove(self.ctx.docker())
             return f"removed {prometheus.CONTAINER}"
-        return prometheus.ensure_running(self.ctx.docker(), self.ctx.home, self.settings, progress)
+        return prom_container.ensure_running(self.ctx.docker(), self.ctx.home, self.settings, progress)
 
 
 def validate_prometheus_port(value: int | None) -> int | None:
@@ -351,7 +353,7 @@ def plan(ctx: Context, settings: MeshSettings) -> list[Step]:
     addon = PrometheusStep(ctx, settings, image)
     if prometheus.NAME in settings.addons:
         steps += [image, addon]
-    elif ctx.home.is_installed() and (found := prometheus.find_container(ctx.docker())) is not None \
-            and prometheus.owned_by(found, ctx.home):
+    elif ctx.home.is_installed() and (found := prom_container.find_container(ctx.docker())) is not None \
+            and prom_container.owned_by(found, ctx.home):
         steps.append(addon)  # removes the container of an addon this home no longer selects
     return steps

@@ -14,12 +14,12 @@ from meshctl.context import Context
 from meshctl.mesh import MeshedPods
 from meshctl.pilot import changes
 from meshctl.rollout.gates import counters, delta, judge
-from meshctl.rollout.state import DONE, Rollout, RolloutStore
+from meshctl.rollout.machine import DONE, MOVES_TRAFFIC, STARTS_STEP, Event, Status, gate_event
+from meshctl.rollout.state import Rollout, RolloutStore
 from meshctl.runtime.proxies import list_proxies
 from meshctl.telemetry import mesh
 
 TICK_S = 0.5
-MAX_WAITS = 3  # intervals a step may wait for enough canary traffic before it fails
 
 
 def set_weight(ctx: Context, r: Rollout, weight: int) -> None:
@@ -39,6 +39,15 @@ def canary_counters(ctx: Context, r: Rollout) -> dict[str, dict[str, float]]:
     return {name: counters(samples) for name, samples in mesh.metrics(ctx, pods).items()}
 
 
+def apply(ctx: Context, r: Rollout, event: Event, now: float, reason: str = "") -> None:
+    """Fire `event` on the rollout and do what it asks of the world: the route's weights, a new step's baseline."""
+    r.fire(event, now, reason)
+    if event in MOVES_TRAFFIC:
+        set_weight(ctx, r, r.weight)
+    if event in STARTS_STEP:
+        r.baseline = canary_counters(ctx, r)
+
+
 class Driver:
     def __init__(self, ctx: Context, store: RolloutStore, service: str,
                  report: Callable[[Rollout], None] = lambda r: None) -> None:
@@ -47,31 +56,16 @@ class Driver:
         self.service = service
         self.report = report
 
-    def _enter_step(self, r: Rollout, now: float) -> None:
-        r.weight = r.steps[r.step]
-        set_weight(self.ctx, r, r.weight)
-        r.step_started, r.waited = now, 0
-        r.baseline = canary_counters(self.ctx, r)
-        r.note(now, f"step {r.step + 1}/{len(r.steps)}: {r.canary} at {r.weight}%")
-
-    def _finish(self, r: Rollout, now: float, status: str, weight: int, text: str) -> None:
-        set_weight(self.ctx, r, weight)
-        r.status, r.weight, r.requested = status, weight, None
-        r.note(now, text)
-
     def _advance(self, r: Rollout, now: float) -> None:
         """One tick: act on requests from other terminals, or judge the step once its interval is over."""
-        if r.requested == "abort":
-            self._finish(r, now, "Aborted", 0, f"aborted by the user; all traffic back to {r.stable}")
+        if r.requested is not None:
+            apply(self.ctx, r, r.requested, now)
             return
-        if r.requested == "promote":
-            self._finish(r, now, "Succeeded", 100, f"promoted by the user: {r.canary} takes all traffic")
-            return
-        if r.status == "Paused":
+        if r.status is Status.PAUSED:
             r.step_started = now  # the interval restarts when resumed: a paused step proves nothing
             return
         if r.weight != r.steps[r.step] or not r.step_started:
-            self._enter_step(r, now)
+            apply(self.ctx, r, Event.ENTER, now)
             return
         if now - r.step_started < r.interval_s:
             return
@@ -79,18 +73,7 @@ class Driver:
                         r.gates.max_p99_ms, r.gates.min_requests)
         r.last_gate = {"passed": verdict.passed, "requests": verdict.requests, "success_rate": verdict.success_rate,
                        "p99_ms": verdict.p99_ms, "reason": verdict.reason}
-        if verdict.passed is None and r.waited < MAX_WAITS:
-            r.waited += 1
-            r.step_started = now
-            r.note(now, f"waiting for traffic: {verdict.reason}")
-        elif not verdict.passed:
-            self._finish(r, now, "RolledBack", 0, f"rolled back at {r.weight}%: {verdict.reason}")
-        elif r.step + 1 < len(r.steps):
-            r.note(now, f"gate passed at {r.weight}%: {verdict.reason}")
-            r.step += 1
-            self._enter_step(r, now)
-        else:
-            self._finish(r, now, "Succeeded", 100, f"{r.canary} takes all traffic: {verdict.reason}")
+        apply(self.ctx, r, gate_event(verdict.passed, r.waited, r.step + 1 == len(r.steps)), now, verdict.reason)
 
     def run(self) -> Rollout:
         """Drive until the rollout ends; returns its final state. Interrupting leaves it resumable."""
@@ -104,11 +87,5 @@ class Driver:
 
 def settle_without_driver(ctx: Context, r: Rollout, now: float) -> None:
     """abort/promote with nobody driving: do it here and now."""
-    if r.requested == "abort":
-        set_weight(ctx, r, 0)
-        r.status, r.weight, r.requested = "Aborted", 0, None
-        r.note(now, f"aborted by the user; all traffic back to {r.stable}")
-    elif r.requested == "promote":
-        set_weight(ctx, r, 100)
-        r.status, r.weight, r.requested = "Succeeded", 100, None
-        r.note(now, f"promoted by the user: {r.canary} takes all traffic")
+    if r.requested is not None:
+        apply(ctx, r, r.requested, now)

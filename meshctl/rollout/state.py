@@ -21,9 +21,7 @@ from typing import Any
 from meshctl.errors import Conflict, InvalidInput, UsageError
 from meshctl.fsutil import atomic_write, ensure_dir, locked, os_error, read_text
 from meshctl.home import MeshHome
-
-ACTIVE = ("Progressing", "Paused")
-DONE = ("Succeeded", "RolledBack", "Aborted")
+from meshctl.rollout.machine import ACTIVE, REQUESTS, Event, IllegalTransition, Status, next_status
 
 
 @dataclass
@@ -41,25 +39,81 @@ class Rollout:
     steps: list[int]
     interval_s: float
     gates: Gates
-    status: str = "Progressing"
+    status: Status = Status.PROGRESSING
     step: int = 0  # index into steps
     weight: int = 0  # canary weight in force
     step_started: float = 0.0
     waited: int = 0  # intervals this step waited for enough traffic
     baseline: dict[str, dict[str, float]] = field(default_factory=dict)  # pod -> counters at step start
-    requested: str | None = None  # abort or promote, asked from another terminal
+    requested: Event | None = None  # abort or promote, asked from another terminal
     message: str = ""
     last_gate: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rollout:
-        return cls(**{**data, "gates": Gates(**data["gates"])})
+        """From the JSON `save` writes: status and request are the enums' values, as before they were enums."""
+        requested = None if data.get("requested") is None else Event(data["requested"])
+        if requested is not None and requested not in REQUESTS:
+            raise ValueError(f"requested {requested!r} is neither abort nor promote")
+        return cls(**{**data, "gates": Gates(**data["gates"]), "status": Status(data["status"]),
+                      "requested": requested})
 
     def note(self, now: float, text: str) -> None:
         self.message = text
         self.events.append({"time": now, "weight": self.weight, "event": text})
         del self.events[:-50]
+
+    def fire(self, event: Event, now: float, reason: str = "") -> None:
+        """Move by `event` as machine.TRANSITIONS allows (IllegalTransition otherwise) and record what it did.
+        The caller sets the route's weights (machine.MOVES_TRAFFIC) and reads a new step's baseline."""
+        last_step = self.step + 1 >= len(self.steps)
+        if (event is Event.PASS and last_step) or (event is Event.COMPLETE and not last_step):
+            raise IllegalTransition(f"step {self.step + 1}/{len(self.steps)} cannot {event}: "
+                                    f"{'it is' if last_step else 'it is not'} the last step")
+        self.status = next_status(self.status, event)
+        if event is Event.PAUSE:
+            self.note(now, f"paused at {self.weight}%")
+        elif event is Event.RESUME:
+            self.note(now, f"resumed at {self.weight}%")
+        elif event is Event.ENTER:
+            self._enter_step(now)
+        elif event is Event.WAIT:
+            self.waited += 1
+            self.step_started = now  # the step gets another interval
+            self.note(now, f"waiting for traffic: {reason}")
+        elif event is Event.PASS:
+            self.note(now, f"gate passed at {self.weight}%: {reason}")
+            self.step += 1
+            self._enter_step(now)
+        elif event is Event.COMPLETE:
+            self._finish(now, 100, f"{self.canary} takes all traffic: {reason}")
+        elif event is Event.FAIL:
+            self._finish(now, 0, f"rolled back at {self.weight}%: {reason}")
+        elif event is Event.ABORT:
+            self._finish(now, 0, f"aborted by the user; all traffic back to {self.stable}")
+        elif event is Event.PROMOTE:
+            self._finish(now, 100, f"promoted by the user: {self.canary} takes all traffic")
+
+    def _enter_step(self, now: float) -> None:
+        self.weight = self.steps[self.step]
+        self.step_started, self.waited = now, 0
+        self.note(now, f"step {self.step + 1}/{len(self.steps)}: {self.canary} at {self.weight}%")
+
+    def _finish(self, now: float, weight: int, text: str) -> None:
+        self.weight, self.requested = weight, None
+        self.note(now, text)
+
+    def request(self, event: Event, now: float) -> None:
+        """A user's command from any terminal: pause and resume act at once; abort and promote are left for
+        the driver (checked against the table now, so an ended rollout refuses them)."""
+        if self.status not in ACTIVE:
+            raise IllegalTransition(f"the rollout of {self.service} has ended ({self.status})", "start a new one")
+        if event in REQUESTS:
+            next_status(self.status, event)
+            self.requested = event
+        else:
+            self.fire(event, now)
 
 
 class RolloutStore:

@@ -182,7 +182,7 @@ def objectives(c: Context, service: str | None = None, project: str | None = Non
 
 def counts_source(c: Context) -> tuple[Counts, str]:
     """Prometheus over the window when the addon runs; else the sidecars' counters since they started."""
-    from meshctl.extras import prometheus  # the addon module is optional at run time
+    from meshctl.extras.prometheus import client as prometheus  # the addon module is optional at run time
 
     url = prometheus.url(c.home)
     if url:

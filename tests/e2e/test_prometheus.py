@@ -20,6 +20,9 @@ import yaml
 from docker import DockerClient
 
 from meshctl.extras import prometheus as prom
+from meshctl.extras.prometheus import client as prom_client
+from meshctl.extras.prometheus import config as prom_config
+from meshctl.extras.prometheus import container as prom_container
 from meshctl.home import MeshHome
 from meshctl.resources import SAMPLES
 from meshctl.runtime.compose import require_compose
@@ -72,14 +75,14 @@ def prometheus(engine: DockerClient, mesh_home: Path, shop: App) -> Iterator[str
     done = meshctl("install", "--addons", "prometheus", home=mesh_home)
     assert done.code == 0, done.err
     try:
-        url = prom.url(MeshHome(mesh_home), engine)
+        url = prom_client.url(MeshHome(mesh_home), engine)
         assert url == "http://127.0.0.1:9090", url
         yield url
     finally:
         dropped = meshctl("install", "--addons", "none", home=mesh_home)
         assert dropped.code == 0, dropped.err
-        assert prom.find_container(engine) is None
-        assert prom.url(MeshHome(mesh_home), engine) is None
+        assert prom_container.find_container(engine) is None
+        assert prom_client.url(MeshHome(mesh_home), engine) is None
 
 
 def running_sidecars(engine: DockerClient) -> dict[str, str]:
@@ -91,7 +94,7 @@ def running_sidecars(engine: DockerClient) -> dict[str, str]:
 
 def up_series(url: str) -> dict[str, str]:
     """instance -> value of `up` for this project's sidecars, as Prometheus's query API answers it."""
-    result = prom.query(url, f'up{{job="{prom.JOB_SIDECARS}",project="{PROJECT}"}}')
+    result = prom_client.query(url, f'up{{job="{prom_config.JOB_SIDECARS}",project="{PROJECT}"}}')
     return {r["metric"]["instance"]: r["value"][1] for r in result}
 
 
@@ -114,14 +117,14 @@ def test_prometheus_scrapes_every_sidecar(prometheus: str, engine: DockerClient)
     assert len(sidecars) == SIDECARS, sorted(sidecars)
     series = until(lambda: all_up(prometheus, set(sidecars)), f"`up` is 1 for all {SIDECARS} sidecars")
     assert len(series) == len(sidecars) == SIDECARS
-    targets = [t for t in prom.targets(prometheus) if t["labels"].get("project") == PROJECT]
+    targets = [t for t in prom_client.targets(prometheus) if t["labels"].get("project") == PROJECT]
     assert sorted(t["labels"]["container"] for t in targets) == sorted(sidecars)
     for t in targets:
         assert t["scrapeUrl"] == f"http://{sidecars[t['labels']['container']]}:15090/stats/prometheus", t
         assert t["labels"]["app"] in {"productpage", "details", "reviews", "ratings"}
         assert t["labels"]["version"].startswith("v")
     # the sidecars' own metrics arrive with the target's labels
-    samples = prom.query(prometheus, f'sum by (app) (istio_requests_total{{project="{PROJECT}",'
+    samples = prom_client.query(prometheus, f'sum by (app) (istio_requests_total{{project="{PROJECT}",'
                                      'reporter="destination"})')
     assert {s["metric"]["app"] for s in samples} >= {"details", "reviews", "ratings"}, samples
 
@@ -174,10 +177,11 @@ def test_istios_dashboards_find_data(prometheus: str, shop: App) -> None:
               f'destination_service="{ratings}"}}{fresh}',
               f'irate(istio_tcp_received_bytes_total{{reporter="source",destination_workload="reviews-v2"}}{fresh}',
               f'irate(istio_tcp_sent_bytes_total{{reporter="destination",destination_workload="reviews-v2"}}{fresh}']
-    until(lambda: all(prom.query(prometheus, p) for p in probes), "Prometheus has scraped HTTP and TCP rates", 90)
+    until(lambda: all(prom_client.query(prometheus, p) for p in probes), "Prometheus has scraped HTTP and TCP rates",
+          90)
 
     def query(expr: str) -> list[dict[str, Any]]:
-        return prom.query(prometheus, expr, timeout=10)
+        return prom_client.query(prometheus, expr, timeout=10)
 
     # The labels Kiali's graph groups by, with compose's values, on productpage -> reviews-v2 (HTTP and TCP)
     kiali = {"reporter": "destination", "source_cluster": "compose", "source_workload": "productpage",
@@ -285,7 +289,7 @@ def test_discovery_follows_containers_as_they_come_and_go(prometheus: str, engin
     sidecar.stop(timeout=2)
     try:
         until(lambda: all_up(prometheus, everyone - {sidecar.name}), f"{sidecar.name} leaves the targets")
-        assert sidecar.name not in {t["labels"]["container"] for t in prom.targets(prometheus)}
+        assert sidecar.name not in {t["labels"]["container"] for t in prom_client.targets(prometheus)}
     finally:
         sidecar.start()
         app.start()  # after its sidecar: the app joins the sidecar's new network namespace

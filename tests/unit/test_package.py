@@ -86,7 +86,7 @@ site, cache = Path(sys.argv[1]), Path(sys.argv[2])
 import meshctl, sidecar
 from meshctl import const
 from meshctl.bench import workload
-from meshctl.extras import prometheus
+from meshctl.extras.prometheus import image as prometheus_image
 from meshctl.home import MeshSettings
 from meshctl.lifecycle import install
 from meshctl.resources import SAMPLES, SIDECAR, shipped
@@ -110,7 +110,7 @@ install.ProxyImageStep(SimpleNamespace(docker=lambda: object(), cache_dir=cache)
 print(json.dumps({
     "meshctl": meshctl.__file__, "sidecar": sidecar.__file__, "SIDECAR": str(SIDECAR), "built": built,
     "bench": [str(workload.HERE / name) for name in workload.CONTEXT if (workload.HERE / name).is_file()],
-    "prometheus": prometheus.DOCKERFILE.is_file(),
+    "prometheus": prometheus_image.DOCKERFILE.is_file(),
     "bookinfo": str(shipped(SAMPLES) / "bookinfo" / "compose.yaml"),
     "dashboard": len(dashboard.page()),
 }))

@@ -21,6 +21,10 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError, UsageError
 from meshctl.extras import parse_addons
 from meshctl.extras import prometheus as prom
+from meshctl.extras.prometheus import client as prom_client
+from meshctl.extras.prometheus import config as prom_config
+from meshctl.extras.prometheus import container as prom_container
+from meshctl.extras.prometheus import image as prom_image
 from meshctl.home import MeshHome, MeshSettings
 from meshctl.lifecycle import check
 from meshctl.lifecycle import install as installer
@@ -133,8 +137,8 @@ SIDECAR_LABELS = {const.LABEL_COMPONENT: "sidecar", "io.meshctl.project": "booki
 
 
 def sidecar_job(settings: MeshSettings) -> dict[str, Any]:
-    parsed = yaml.safe_load(prom.render_config(settings))
-    return next(job for job in parsed["scrape_configs"] if job["job_name"] == prom.JOB_SIDECARS)
+    parsed = yaml.safe_load(prom_config.render_config(settings))
+    return next(job for job in parsed["scrape_configs"] if job["job_name"] == prom_config.JOB_SIDECARS)
 
 
 def test_config_discovers_sidecars_from_docker_every_5s() -> None:
@@ -143,7 +147,7 @@ def test_config_discovers_sidecars_from_docker_every_5s() -> None:
     sd = job["docker_sd_configs"]
     assert sd == [{"host": "unix:///var/run/docker.sock", "refresh_interval": "5s", "port": 15090,
                    "filters": [{"name": "label", "values": ["io.meshctl.component=sidecar"]}]}]
-    parsed = yaml.safe_load(prom.render_config(MeshSettings()))
+    parsed = yaml.safe_load(prom_config.render_config(MeshSettings()))
     assert parsed["global"]["scrape_interval"] == "5s"
 
 
@@ -173,19 +177,19 @@ def test_a_custom_network_name_is_matched_literally() -> None:
 def test_the_container_follows_config_image_port_and_home(tmp_path: Path) -> None:
     home, other = MeshHome(tmp_path / "a"), MeshHome(tmp_path / "b")
     settings = MeshSettings()
-    text = prom.render_config(settings)
-    base = prom.container_hash(home, text, "sha256:1", settings, "/var/run/docker.sock")
-    assert base == prom.container_hash(home, text, "sha256:1", settings, "/var/run/docker.sock")
-    assert base != prom.container_hash(home, text, "sha256:2", settings, "/var/run/docker.sock")
-    assert base != prom.container_hash(other, text, "sha256:1", settings, "/var/run/docker.sock")
-    assert base != prom.container_hash(home, text, "sha256:1", MeshSettings(prometheus_port=9091),
+    text = prom_config.render_config(settings)
+    base = prom_container.container_hash(home, text, "sha256:1", settings, "/var/run/docker.sock")
+    assert base == prom_container.container_hash(home, text, "sha256:1", settings, "/var/run/docker.sock")
+    assert base != prom_container.container_hash(home, text, "sha256:2", settings, "/var/run/docker.sock")
+    assert base != prom_container.container_hash(other, text, "sha256:1", settings, "/var/run/docker.sock")
+    assert base != prom_container.container_hash(home, text, "sha256:1", MeshSettings(prometheus_port=9091),
                                        "/var/run/docker.sock")
 
 
 def test_only_a_unix_socket_can_be_mounted_for_discovery() -> None:
-    assert prom.engine_socket("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
+    assert prom_container.engine_socket("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
     with pytest.raises(UsageError, match="tcp://"):
-        prom.engine_socket("tcp://10.0.0.1:2375")
+        prom_container.engine_socket("tcp://10.0.0.1:2375")
 
 
 # --- the Debian package ----------------------------------------------------------------------------------
@@ -229,8 +233,9 @@ def test_the_binaries_web_ui_and_its_javascript_come_out_of_the_debs(tmp_path: P
         "./usr/share/javascript/moment-timezone/data/huge.json": b"{}",
         "./usr/share/doc/libjs-jquery/copyright": b""})
     out = tmp_path / "ctx"
-    images.extract_deb(deb, prom.DEB_MEMBERS, out)
-    assert images.extract_deb(js, prom.UI_MEMBERS, out, required=False, skip=prom.UI_SKIP) == {"usr/share/javascript"}
+    images.extract_deb(deb, prom_image.DEB_MEMBERS, out)
+    found = images.extract_deb(js, prom_image.UI_MEMBERS, out, required=False, skip=prom_image.UI_SKIP)
+    assert found == {"usr/share/javascript"}
     assert (out / "usr/bin/prometheus").read_bytes() == b"#!/bin/sh\n"
     assert (out / "usr/bin/promtool").stat().st_mode & 0o100
     assert (out / "usr/share/prometheus/web/templates/graph.html").is_file()
@@ -245,11 +250,11 @@ def test_the_binaries_web_ui_and_its_javascript_come_out_of_the_debs(tmp_path: P
 def test_a_deb_without_promtool_or_not_a_deb_is_one_clear_error(tmp_path: Path) -> None:
     deb = make_deb(tmp_path / "prometheus_1_amd64.deb", {"./usr/bin/prometheus": b"x"})
     with pytest.raises(MeshError, match="usr/bin/promtool"):
-        images.extract_deb(deb, prom.DEB_MEMBERS, tmp_path / "out")
+        images.extract_deb(deb, prom_image.DEB_MEMBERS, tmp_path / "out")
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"<html>proxy error</html>")
     with pytest.raises(MeshError, match="not a Debian package"):
-        images.extract_deb(junk, prom.DEB_MEMBERS, tmp_path / "out")
+        images.extract_deb(junk, prom_image.DEB_MEMBERS, tmp_path / "out")
 
 
 FAKE_APT = """#!/bin/sh
@@ -350,11 +355,12 @@ def with_engine(ctx: Context, engine: FakeEngine) -> Context:
 
 
 def running_container(ctx: Context, settings: MeshSettings, image: FakeImage, **kw: Any) -> FakeContainer:
-    text = prom.render_config(settings)
-    prom.config_dir(ctx.home).mkdir(parents=True, exist_ok=True)
-    (prom.config_dir(ctx.home) / prom.CONFIG_FILE).write_text(text)
+    text = prom_config.render_config(settings)
+    prom_config.config_dir(ctx.home).mkdir(parents=True, exist_ok=True)
+    (prom_config.config_dir(ctx.home) / prom_config.CONFIG_FILE).write_text(text)
+    wanted = prom_container.container_hash(ctx.home, text, image.id, settings, "/var/run/docker.sock")
     labels = {const.LABEL_COMPONENT: prom.COMPONENT, const.LABEL_HOME: str(ctx.home.root),
-              const.LABEL_CONFIG_HASH: prom.container_hash(ctx.home, text, image.id, settings, "/var/run/docker.sock")}
+              const.LABEL_CONFIG_HASH: wanted}
     return addon_container(labels, **kw)
 
 
@@ -382,11 +388,11 @@ def test_plan_is_a_no_op_when_image_and_container_match(prom_ctx: Context) -> No
     settings = MeshSettings(addons=["prometheus"])
     prom_ctx.cache_dir.mkdir(parents=True)
     debs: list[Path | None] = [make_deb(prom_ctx.cache_dir / "prometheus_2.42.0_amd64.deb", PROM_FILES)]
-    for name in prom.UI_PACKAGES:
+    for name in prom_image.UI_PACKAGES:
         debs.append(make_deb(prom_ctx.cache_dir / f"{name}_1_all.deb", {}))
     engine = FakeEngine({const.BASE_IMAGE: addon_image("base")}, [])
     ctx = with_engine(prom_ctx, engine)
-    wanted = prom.image_hash(engine, settings, debs)
+    wanted = prom_image.image_hash(engine, settings, debs)
     image = addon_image("prom", wanted)
     engine.images.found[const.PROMETHEUS_IMAGE] = image
     engine.containers.found.append(running_container(ctx, settings, image))
@@ -397,7 +403,7 @@ def test_plan_is_a_no_op_when_image_and_container_match(prom_ctx: Context) -> No
     engine.containers.found[0].status = "running"
     assert addon_steps(ctx, MeshSettings(addons=["prometheus"], prometheus_port=9091))["prometheus"] == \
         "recreate meshctl-prometheus on http://127.0.0.1:9091"
-    (prom.config_dir(ctx.home) / prom.CONFIG_FILE).write_text("# edited by hand\n")
+    (prom_config.config_dir(ctx.home) / prom_config.CONFIG_FILE).write_text("# edited by hand\n")
     assert addon_steps(ctx, settings)["prometheus"] == "recreate meshctl-prometheus on http://127.0.0.1:9090"
 
 
@@ -418,12 +424,12 @@ def test_dropping_the_addon_removes_only_this_homes_container(prom_ctx: Context,
 def test_url_only_while_the_addon_is_selected_and_its_container_runs(prom_ctx: Context) -> None:
     home = prom_ctx.home
     engine = FakeEngine({}, [addon_container({}, port=19090)])
-    assert prom.url(home, engine) is None  # not selected in this home
+    assert prom_client.url(home, engine) is None  # not selected in this home
     home.save_settings(MeshSettings(addons=["prometheus"], prometheus_port=19090))
-    assert prom.url(home, engine) == "http://127.0.0.1:19090"
+    assert prom_client.url(home, engine) == "http://127.0.0.1:19090"
     engine.containers.found[0].status = "exited"
-    assert prom.url(home, engine) is None
-    assert prom.url(MeshHome(home.root.parent / "nothing-here")) is None
+    assert prom_client.url(home, engine) is None
+    assert prom_client.url(MeshHome(home.root.parent / "nothing-here")) is None
 
 
 def test_check_reports_the_addon_only_when_selected(prom_ctx: Context) -> None:
@@ -468,14 +474,14 @@ def fake_prometheus() -> Iterator[str]:
 
 
 def test_query_and_targets(fake_prometheus: str) -> None:
-    assert prom.query(fake_prometheus, "up") == [{"metric": {"job": "sidecars", "instance": "a-proxy"},
+    assert prom_client.query(fake_prometheus, "up") == [{"metric": {"job": "sidecars", "instance": "a-proxy"},
                                                   "value": [1.0, "1"]}]
-    assert [t["labels"]["instance"] for t in prom.targets(fake_prometheus)] == ["a-proxy"]
-    assert len(prom.targets(fake_prometheus, job=None)) == 2
+    assert [t["labels"]["instance"] for t in prom_client.targets(fake_prometheus)] == ["a-proxy"]
+    assert len(prom_client.targets(fake_prometheus, job=None)) == 2
 
 
 def test_a_bad_query_or_no_server_is_one_clear_error(fake_prometheus: str) -> None:
     with pytest.raises(MeshError, match="unclosed left parenthesis"):
-        prom.query(fake_prometheus, "sum(")
+        prom_client.query(fake_prometheus, "sum(")
     with pytest.raises(MeshError, match="does not answer"):
-        prom.query("http://127.0.0.1:9", "up", timeout=1)
+        prom_client.query("http://127.0.0.1:9", "up", timeout=1)
