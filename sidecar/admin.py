@@ -4,6 +4,7 @@
   :15021 /status            the ack: snapshot revision and hash in force, a rejected one, certificate
   :15090 /stats/prometheus  Prometheus metrics (also /metrics)
   :15090 /spans             recent trace spans (Zipkin v2 JSON); only for the host (meshctl), not other pods
+  :15090 /stats/history     ?window=30: the counters now and about 30 s ago (sidecar.history); only for the host
   :15090 /tap               live requests, streamed as JSON lines (sidecar.engine.tap); only for the host too
   127.0.0.1:15000           admin: /config_dump (what this proxy actually uses), /stats, /ready
 """
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,25 +20,30 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sidecar import history
 from sidecar.contract import PORT_ADMIN, PORT_HEALTH, PORT_METRICS
 from sidecar.engine import tap
 
 log = logging.getLogger("meshctl.admin")
 Handler = Callable[[], tuple[int, str, bytes]]
+Queried = Callable[[str], tuple[int, str, bytes]]  # given the query string
 # (query, peer address, reader, writer): writes its own response, for as long as it streams
 Stream = Callable[[str, str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-HOST_ONLY = ("/spans", "/tap")  # paths, queries and identities: for the operator on the host, not for other pods
+# paths, queries and identities (/stats/history: peers' names and counts): for the operator on the host, not other pods
+HOST_ONLY = ("/spans", "/tap", "/stats/history")
 NOT_IN_POD = ("/tap",)  # not for the pod's own app either (loopback): it would see requests the sidecar refused
 
 
 def _response(status: int, content_type: str, body: bytes) -> bytes:
-    reason = {200: "OK", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}.get(status, "OK")
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+              503: "Service Unavailable"}.get(status, "OK")
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode() + body
 
 
 async def serve(host: str, port: int, routes: dict[str, Handler], host_peers: frozenset[str] = frozenset(),
-                streams: dict[str, Stream] | None = None) -> asyncio.Server:
+                streams: dict[str, Stream] | None = None, queried: dict[str, Queried] | None = None,
+                ) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
@@ -45,6 +52,8 @@ async def serve(host: str, port: int, routes: dict[str, Handler], host_peers: fr
             parts = request_line.decode("latin-1").split()
             path, _, query = (parts[1] if len(parts) >= 2 else "").partition("?")
             handler = routes.get(path)
+            if path in (queried or {}):
+                handler = functools.partial((queried or {})[path], query)
             stream = (streams or {}).get(path)
             peer = (writer.get_extra_info("peername") or ("",))[0]
             if path in HOST_ONLY and peer not in host_peers and (peer != "127.0.0.1" or path in NOT_IN_POD):
@@ -92,6 +101,9 @@ class Admin:
     def _stats(self) -> tuple[int, str, bytes]:
         return 200, "application/json", json.dumps(self.state.stats()).encode()
 
+    def _history(self, query: str) -> tuple[int, str, bytes]:
+        return history.serve(self.state.history, query)
+
     async def _tap(self, query: str, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await tap.serve(self.state.tap, query, peer, reader, writer)
 
@@ -99,7 +111,8 @@ class Admin:
         self.servers = [
             await serve("0.0.0.0", PORT_HEALTH, {"/healthz/ready": self._ready, "/status": self._status}),
             await serve("0.0.0.0", PORT_METRICS, {"/stats/prometheus": self._metrics, "/metrics": self._metrics,
-                                                  "/spans": self._spans}, self.gateways, {"/tap": self._tap}),
+                                                  "/spans": self._spans}, self.gateways, {"/tap": self._tap},
+                        {"/stats/history": self._history}),
             await serve("127.0.0.1", PORT_ADMIN, {"/config_dump": self._config_dump, "/stats": self._stats,
                                                    "/ready": self._ready}),
         ]

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -113,6 +114,14 @@ class Meters:
                                               self.request_bytes.labels(*values),
                                               self.response_bytes.labels(*values))
         return series
+
+    def counted(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """The samples of the request and TCP counters and the latency histogram: what sidecar.history keeps."""
+        for metric in (self.requests, self.duration, self.tcp_opened, self.tcp_closed, self.tcp_sent,
+                       self.tcp_received):
+            for family in metric.collect():
+                for sample in family.samples:
+                    yield sample.name, sample.labels, sample.value
 
     def log(self, entry: dict[str, Any]) -> None:
         """One access-log line. The lines of one turn of the event loop are written together, on the next

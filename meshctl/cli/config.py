@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
+from meshctl import watch as watching
+from meshctl.cli.watching import IntervalOption, WatchOption, interval_of, until_interrupted
 from meshctl.config.kinds import KINDS, Kind, find_kind
 from meshctl.config.resources import load, namespace_of
 from meshctl.config.store import Store
@@ -67,21 +69,42 @@ def _target(r: dict[str, Any]) -> str:
             or ", ".join(f"{k}={v}" for k, v in labels.items()) or "every workload in scope")
 
 
+COLUMNS = ["name", "namespace", "applies to"]
+
+
+def _cells(r: dict[str, Any]) -> list[Any]:
+    return [r["metadata"]["name"], r["metadata"].get("namespace") or "-", _target(r)]
+
+
+def _by_name(c: Context, kind: Kind, name: str | None, namespace: str | None) -> dict[tuple[str, str], Any]:
+    """What `get -w` compares between reads: the resources by namespace and name (a named one may come and go)."""
+    return {(namespace_of(r) or "", r["metadata"]["name"]): r
+            for r in changes.listing(c, kind, None, _namespace(namespace))
+            if name is None or r["metadata"]["name"] == name}
+
+
 def get(
     ctx: typer.Context,
     kind: Annotated[str, typer.Argument(help=KIND_HELP)],
     name: Annotated[str | None, typer.Argument(help="Only this resource.")] = None,
     namespace: NamespaceOption = None,
+    watch: WatchOption = False,
+    interval: IntervalOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
-    """List stored resources of a kind, or show one (-o yaml gives YAML you can apply again)."""
+    """List stored resources of a kind, or show one (-o yaml gives YAML you can apply again). With -w, then each
+    one that is added, changed or deleted, as `kubectl get -w` prints them."""
     c: Context = ctx.obj
     k = _kind(kind)
+    every = interval_of(watch, interval)
     found = changes.listing(c, k, name, _namespace(namespace))
+    if watch:
+        until_interrupted(lambda: watching.rows(
+            c.out, lambda: _by_name(c, k, name, namespace), COLUMNS, _cells, every, fmt=output))
+        return
 
     def table() -> object:
-        return simple_table(["name", "namespace", "applies to"],
-                            [[r["metadata"]["name"], r["metadata"].get("namespace") or "-", _target(r)] for r in found])
+        return simple_table(COLUMNS, [_cells(r) for r in found])
 
     data: object = found[0] if name is not None and output is not OutputFormat.table else found
     emit(c.out, output, data, table)  # type: ignore[arg-type]

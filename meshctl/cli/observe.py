@@ -6,6 +6,7 @@ embedded collector, access logs from its container's output.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -18,11 +19,13 @@ from rich.live import Live
 from rich.text import Text
 from rich.tree import Tree
 
+from meshctl import watch as watching
 from meshctl.cli.flags import TIME_WINDOW, ProjectOption
 from meshctl.cli.flags import duration as seconds
+from meshctl.cli.watching import IntervalOption, WatchOption, interval_of, until_interrupted
 from meshctl.context import Context
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamped
-from meshctl.telemetry import golden, mesh, traces
+from meshctl.telemetry import golden, logtail, lookback, mesh, traces
 from meshctl.telemetry.logs import LogFilter, top_routes
 
 
@@ -49,9 +52,12 @@ def _tcp(r: dict[str, Any]) -> list[str]:
 
 # --- stat ---------------------------------------------------------------------------------------------------
 
-def stat_rows(c: Context, service: str | None, project: str | None, window_s: float) -> list[dict[str, Any]]:
+def stat_rows(c: Context, service: str | None, project: str | None,
+              window_s: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows, and footnotes on sidecars whose numbers cover less than the window."""
     proxies = mesh.running(c, project, service)
-    tallied = mesh.measure(c, proxies, window_s, golden.by_service_version)
+    measured = lookback.measure(c, proxies, window_s, golden.by_service_version)
+    tallied = measured.tallied
     pods: dict[tuple[str, ...], int] = {}
     for p in proxies:  # every running version gets a row, busy or not
         pods[(p.project, p.app, p.version)] = pods.get((p.project, p.app, p.version), 0) + 1
@@ -59,50 +65,69 @@ def stat_rows(c: Context, service: str | None, project: str | None, window_s: fl
     for key in sorted(set(pods) | set(tallied)):
         rows.append({"project": key[0], "service": key[1], "version": key[2], "pods": pods.get(key, 0),
                      "window_s": window_s or None, **golden.summary(tallied.get(key, golden.Golden()), window_s)})
-    return rows
+    return rows, measured.notes
+
+
+def _noted(c: Context, output: OutputFormat, data: Any, table: Callable[[], Any], notes: list[str]) -> Any:
+    """The data as -o asks; footnotes under a table, on stderr otherwise (JSON stays JSON)."""
+    if output is not OutputFormat.table:
+        for note in notes:
+            c.err.print(f"note: {note}", highlight=False)
+        return watching.structured(output, data)
+    return Group(table(), *[Text(f"* {note}", style="dim") for note in notes]) if notes else table()
 
 
 def stat(
     ctx: typer.Context,
     service: Annotated[str | None, typer.Argument(help="Only this service (its app name).")] = None,
-    window: Annotated[str, typer.Option(*TIME_WINDOW, help="Measure over this long, e.g. 10s or 1m30s; 0 shows "
-                                        "the totals since each proxy started.")] = "5s",
+    window: Annotated[str, typer.Option(*TIME_WINDOW, help="Look back this long, e.g. 30s or 1m30s (the sidecars "
+                                        "remember 15m); 0 shows the totals since each proxy started.")] = "5s",
+    watch: WatchOption = False,
+    interval: IntervalOption = None,
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
     """Golden metrics per service and version: RPS, success rate, p50/p95/p99, and TCP connections and bytes
-    relayed at L4 (like `linkerd viz stat`)."""
+    relayed at L4 (like `linkerd viz stat`), over the last window."""
     c: Context = ctx.obj
     window_s = seconds("--time-window", window)
-    rows = stat_rows(c, service, project, window_s)
+    every = interval_of(watch, interval)
+    if watch:  # redrawn in place on a terminal, like `top` (every rate moves at each read)
+        until_interrupted(lambda: watching.refreshing(
+            c.out, lambda: stat_rows(c, service, project, window_s), lambda seen: _stat_view(c, output, *seen),
+            every, changed_on=lambda seen: seen[0], live=c.out.is_terminal and output is OutputFormat.table))
+        return
+    c.out.print(_stat_view(c, output, *stat_rows(c, service, project, window_s)))
 
+
+def _stat_view(c: Context, output: OutputFormat, rows: list[dict[str, Any]], notes: list[str]) -> Any:
     def table() -> Any:
         return simple_table(["service", "version", "project", "pods", "success", "rps", "p50", "p95", "p99",
                              "requests", "tcp conn", "tcp in / out"],
                             [[r["service"], r["version"], r["project"], r["pods"], _fmt(r["success_rate"], "%", 2),
                               _fmt(r["rps"], "", 1), _fmt(r["p50_ms"], "ms"), _fmt(r["p95_ms"], "ms"),
                               _fmt(r["p99_ms"], "ms"), r["requests"], *_tcp(r)] for r in rows])
-    emit(c.out, output, rows, table)
+    return _noted(c, output, rows, table, notes)
 
 
 # --- edges --------------------------------------------------------------------------------------------------
 
-def edge_rows(c: Context, project: str | None, window_s: float) -> list[dict[str, Any]]:
-    tallied = mesh.measure(c, mesh.running(c, project), window_s, golden.by_edge)
+def edge_rows(c: Context, project: str | None, window_s: float) -> tuple[list[dict[str, Any]], list[str]]:
+    measured = lookback.measure(c, mesh.running(c, project), window_s, golden.by_edge)
     rows = []
-    for key, g in sorted(tallied.items()):
+    for key, g in sorted(measured.tallied.items()):
         if window_s and not g.busy:
             continue
         src_ns, src, dst_ns, dst, src_id, dst_id, security = key
         rows.append({"source": src, "source_namespace": src_ns, "destination": dst, "destination_namespace": dst_ns,
                      "source_identity": src_id, "destination_identity": dst_id,
                      "secured": security == "mutual_tls", **golden.summary(g, window_s)})
-    return rows
+    return rows, measured.notes
 
 
 def edges(
     ctx: typer.Context,
-    window: Annotated[str, typer.Option(*TIME_WINDOW, help="Only calls made in this window, e.g. 10s; 0 (the "
+    window: Annotated[str, typer.Option(*TIME_WINDOW, help="Only calls made in the last window, e.g. 10s; 0 (the "
                                         "default) counts since each proxy started.")] = "0",
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
@@ -110,7 +135,7 @@ def edges(
     """Who calls whom (HTTP, gRPC and TCP), with the mTLS identities on each side (like `linkerd viz edges`)."""
     c: Context = ctx.obj
     window_s = seconds("--time-window", window)
-    rows = edge_rows(c, project, window_s)
+    rows, notes = edge_rows(c, project, window_s)
 
     def table() -> Any:
         return simple_table(["src", "dst", "src identity", "dst identity", "secured", "requests", "success",
@@ -120,7 +145,7 @@ def edges(
                               if r["destination_namespace"] else r["destination"], r["source_identity"],
                               r["destination_identity"], "✔ mTLS" if r["secured"] else "✘ plaintext",
                               r["requests"], _fmt(r["success_rate"], "%", 2), *_tcp(r)] for r in rows])
-    emit(c.out, output, rows, table)
+    c.out.print(_noted(c, output, rows, table, notes))
 
 
 # --- logs ---------------------------------------------------------------------------------------------------
@@ -136,8 +161,10 @@ def logs(
     direction: Annotated[str | None, typer.Option("--direction", help="inbound or outbound (default: both).")]
     = None,
     since: Annotated[str | None, typer.Option("--since", help="Only entries newer than this, e.g. 10m.")] = None,
-    tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="At most this many entries (the newest).")] = 100,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new entries.")] = False,
+    tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="At most this many entries (the newest); with "
+                                      "-f, these first, then the new ones.")] = 100,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new entries, until Ctrl-C.")]
+    = False,
     project: ProjectOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> None:
@@ -147,31 +174,18 @@ def logs(
     since_ts = time.time() - seconds("--since", since) if since else None
     proxies = mesh.running(c, project, service)
     if follow:
-        _follow(c, proxies, wanted, output)
+        live = _stream(c, proxies, time.time())  # before the history is read: nothing falls in between
+        _follow(c, proxies, since_ts, tail, live, wanted, output)  # until Ctrl-C: the CLI's handler exits 130
         return
-    entries = [e for p in proxies for e in mesh.access_log(c, p, since=since_ts) if wanted.matches(e)]
-    entries = sorted(entries, key=lambda e: e.get("time") or 0)[-tail:] if tail else []
+    entries = logtail.last((e for p in proxies for e in mesh.access_log(c, p, since=since_ts)), wanted, tail)
     if output is OutputFormat.table:
         c.out.print(_log_table(entries))
     else:
         emit(c.out, output, [stamped(e, "time") for e in entries], lambda: _log_table(entries))
 
 
-def _log_row(e: dict[str, Any]) -> list[Any]:
-    inbound = e.get("direction") == "inbound"
-    peer = e.get("source_workload") or e.get("source") if inbound else e.get("destination_service") or \
-        e.get("destination")
-    when = time.strftime("%H:%M:%S", time.localtime(e.get("time") or 0))
-    return [when, e.get("proxy"), "in" if inbound else "out", e.get("method", "TCP"),
-            e.get("path", "-"), e.get("status", "-"), _fmt(e.get("duration_ms"), "ms"), peer,
-            "mTLS" if e.get("mtls") else "plain", e.get("flags", "-")]
-
-
-LOG_COLUMNS = ["time", "proxy", "dir", "method", "path", "status", "duration", "peer", "tls", "flags"]
-
-
 def _log_table(entries: list[dict[str, Any]]) -> Any:
-    return simple_table(LOG_COLUMNS, [_log_row(e) for e in entries])
+    return simple_table(logtail.COLUMNS, [logtail.row(e) for e in entries])
 
 
 def _stream(c: Context, proxies: list[Any], since: float) -> queue.Queue[dict[str, Any]]:
@@ -187,15 +201,16 @@ def _stream(c: Context, proxies: list[Any], since: float) -> queue.Queue[dict[st
     return out
 
 
-def _follow(c: Context, proxies: list[Any], wanted: LogFilter, output: OutputFormat) -> None:
-    entries = _stream(c, proxies, time.time())
-    c.out.print(simple_table(LOG_COLUMNS, []) if output is OutputFormat.table else Text(""), end="")
-    while True:  # until Ctrl-C, which the CLI's one handler turns into exit 130
-        e = entries.get()
-        if not wanted.matches(e):
-            continue
+def _follow(c: Context, proxies: list[Any], since: float | None, tail: int, live: queue.Queue[dict[str, Any]],
+            wanted: LogFilter, output: OutputFormat) -> None:
+    """The last `tail` entries, then each new one, in fixed columns (a table cannot know later rows' widths)."""
+    shown = logtail.last((e for p in proxies for e in mesh.access_log(c, p, since=since)), wanted, tail)
+    columns = logtail.columns([p.name for p in proxies], shown)
+    if output is OutputFormat.table:
+        c.out.print(columns.header(), style="bold", highlight=False, markup=False)
+    for e in itertools.chain(shown, logtail.followed(shown, iter(live.get, None), wanted)):
         if output is OutputFormat.table:
-            c.out.print("  ".join(str(v) for v in _log_row(e)), highlight=False, soft_wrap=True)
+            c.out.print(columns.line(logtail.row(e)), highlight=False, markup=False, soft_wrap=True)
         else:
             c.out.print_json(data=stamped(e, "time"))
 

@@ -12,7 +12,9 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
+from meshctl import watch as watching
 from meshctl.cli.flags import duration, duration_text
+from meshctl.cli.watching import IntervalOption, WatchOption, interval_of, until_interrupted
 from meshctl.context import Context
 from meshctl.errors import Timeout, UsageError
 from meshctl.mesh import proxy_dir
@@ -39,11 +41,17 @@ def proxy_status(
     timeout: Annotated[str, typer.Option("--timeout", help="How long --wait waits, e.g. 30s or 2m.")] = "30s",
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only the proxies of this compose "
                                                 "project (like istioctl's -n).")] = None,
+    watch: WatchOption = False,
+    interval: IntervalOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> int:
-    """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING."""
+    """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING. With -w, the
+    table redrawn as it changes, as `watch istioctl proxy-status` shows it."""
     c: Context = ctx.obj
     timeout_s = duration("--timeout", timeout, minimum=0.1)
+    every = interval_of(watch, interval)
+    if watch and wait:
+        raise UsageError("--watch and --wait do not go together", "--wait returns once all are SYNCED; -w never")
     deadline = time.monotonic() + timeout_s
     while True:
         rows = proxy_statuses(c, proxy, project)
@@ -54,11 +62,17 @@ def proxy_status(
         if not wait or done or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    if watch:  # the table, not one proxy's diff: what a terminal left open on the mesh wants to see
+        until_interrupted(lambda: watching.refreshing(
+            c.out, lambda: proxy_statuses(c, proxy, project), lambda seen: _table(c, output, seen), every,
+            changed_on=lambda seen: [r.as_dict() for r in seen],
+            live=c.out.is_terminal and output is OutputFormat.table))
+        return ExitCode.OK
     now = c.clock()
     if proxy and len(rows) == 1:
         _one(c, rows[0], output, now)
     else:
-        emit(c.out, output, [_json(r) for r in rows], lambda: simple_table(COLUMNS, [_row(r, now) for r in rows]))
+        emit(c.out, output, [_json(r) for r in rows], lambda: _table(c, output, rows))
     if wait and not done:
         behind = sum(not r.synced for r in rows)
         raise Timeout(f"{behind} of {len(rows)} proxies not SYNCED after {duration_text(timeout_s)}",
@@ -66,6 +80,14 @@ def proxy_status(
     return ExitCode.OK
 
 
+
+
+def _table(c: Context, output: OutputFormat, rows: list[ProxyStatus]) -> Any:
+    """The rows as -o asks; ages counted from now (a watched table's ages move on every redraw)."""
+    if output is not OutputFormat.table:
+        return watching.structured(output, [_json(r) for r in rows])
+    now = c.clock()
+    return simple_table(COLUMNS, [_row(r, now) for r in rows])
 
 
 class Section(StrEnum):

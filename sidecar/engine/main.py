@@ -49,6 +49,7 @@ from sidecar.engine.proxy import Decide, Listener, Response, Route, Routed, tune
 from sidecar.engine.route import Router
 from sidecar.engine.tap import TapHub
 from sidecar.engine.trace import Tracer
+from sidecar.history import FINE, CounterHistory
 from sidecar.live import LiveSnapshot
 from sidecar.meters import Meters
 from sidecar.spans import SpanStore
@@ -72,6 +73,7 @@ class Mesh:
         self.endpoints = endpoints
         self.networks = networks
         self.meters = Meters()
+        self.history = CounterHistory(self.meters.counted)  # `meshctl stat -t 30s` looks back through it
         self.observer = Observer(live, endpoints, self.meters)
         self.spans = SpanStore(live)
         self.tracer = Tracer(live, self.observer, self.spans)
@@ -285,7 +287,8 @@ async def main() -> None:
     tasks = [loop.create_task(watch("certificate reload", 1.0, certs.reload)),
              loop.create_task(watch("applying a new snapshot", SNAPSHOT_POLL_S, live.poll)),
              loop.create_task(endpoints.run_forever()), loop.create_task(mesh.spans.export_forever()),
-             loop.create_task(mesh.registry.run_forever())]
+             loop.create_task(mesh.registry.run_forever()),
+             loop.create_task(watch("counter history", FINE[0], mesh.history.tick))]
     mesh.authorizer.start()
     for listener in mesh.listeners:
         await listener.start()

@@ -411,8 +411,8 @@ def test_metrics_and_access_log_carry_the_grpc_status(mesh: App, mesh_home: Path
 
 
 def echo_stat(home: Path) -> dict[str, dict[str, Any]]:
-    """`meshctl stat echo -w 0` (totals since each proxy started), by version."""
-    done = meshctl("stat", "echo", "-w", "0", "-p", PROJECT, "-o", "json", home=home)
+    """`meshctl stat echo -t 0` (totals since each proxy started), by version."""
+    done = meshctl("stat", "echo", "-t", "0", "-p", PROJECT, "-o", "json", home=home)
     assert done.code == 0, done.err
     return {r["version"]: r for r in json.loads(done.out) if r["service"] == "echo"}
 
