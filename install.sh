@@ -167,6 +167,8 @@ case $mode in
     say "import layers"; "$VENV/bin/lint-imports" --no-logo  # pyproject's [tool.importlinter]: no upward import, no cycle
     # the dashboard's e2e test drives a real headless chromium
     have chromium || apt_install --no-install-recommends chromium fonts-liberation || say "chromium is missing: the dashboard test needs it"
-    # the slowest tests are listed at the end: where a CI run that nears its budget can be trimmed
-    say "pytest"; exec "$VENV/bin/python" -m pytest --durations=25 tests ;;
+    # unit tests need no engine and share nothing: one worker per core; e2e tests share one engine, in order.
+    # The slowest tests are listed at the end: where a run that nears its budget can be trimmed.
+    say "pytest: unit"; "$VENV/bin/python" -m pytest -n auto --durations=10 tests/unit
+    say "pytest: e2e"; exec "$VENV/bin/python" -m pytest --durations=25 tests/e2e ;;
 esac
