@@ -38,7 +38,7 @@ app = typer.Typer(
 
 
 def _print_version(ctx: typer.Context, value: bool) -> None:
-    if value:
+    if value and not ctx.resilient_parsing:  # completion parses the line too: it must not print
         out = ctx.obj.out if isinstance(ctx.obj, Context) else Console(soft_wrap=True)
         out.print(short(), markup=False, highlight=False)
         raise typer.Exit()
@@ -113,6 +113,10 @@ ClickExit, ClickAbort = _exceptions("Exit"), _exceptions("Abort")
 ClickUsageError, ClickException = _exceptions("UsageError"), _exceptions("ClickException")
 
 
+# commands where Istio users type kubectl's `-n NAMESPACE`; in meshctl -n is always a count
+NAMESPACED = frozenset({"apply", "get", "delete"})
+
+
 def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("MESHCTL_DEBUG", "").lower() in ("1", "true", "yes")
 
@@ -144,6 +148,8 @@ def run(argv: list[str], obj: Context | None = None) -> int:
         command = getattr(exc, "ctx", None)
         where = f" (see `{command.command_path} -h`)" if command else ""
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        if getattr(exc, "option_name", None) == "-n" and command and command.info_name in NAMESPACED:
+            where = " (kubectl's -n: meshctl names the compose project, its namespace, with -p/--project)"
         err.print(f"[bold red]error:[/] {escape(message)}{where}", highlight=False)
         return ExitCode.USAGE
     except ClickException as exc:

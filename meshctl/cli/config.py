@@ -36,11 +36,12 @@ def _namespace(value: str | None) -> str | None:
     return changes.ANY_NAMESPACE if value is None else value or None
 
 
-# -p/--project as every other command; --namespace/-n are kubectl's and istioctl's names for it
-PROJECT = ("--project", "-p", "--namespace", "-n")
+# -p/--project as every other command; --namespace is kubectl's and istioctl's name for it (-n is a count
+# everywhere in meshctl: a user's `-n ns` is refused with a hint, cli.NAMESPACED)
+PROJECT = ("--project", "-p", "--namespace")
 NamespaceOption = Annotated[str | None, typer.Option(*PROJECT, help="The compose project the resource is in ('' for "
-                                                     "one without a namespace; default: any). --namespace/-n "
-                                                     "work too.")]
+                                                     "one without a namespace; default: any). --namespace "
+                                                     "works too.")]
 
 
 def apply(

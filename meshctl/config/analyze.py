@@ -15,6 +15,7 @@ from meshctl.config.hosts import canonical, same_service
 from meshctl.config.hosts import target as app_of
 from meshctl.config.kinds import find_kind
 from meshctl.config.resources import ROOT_NAMESPACES, Resource, namespace_of, qualified_name, semantic_problems
+from sidecar.contract import PRINCIPAL_RE
 from sidecar.egress import HTTP_PROTOCOLS
 
 
@@ -82,7 +83,6 @@ def _host_findings(r: Resource, hosts: list[str], inventory: Inventory) -> list[
 
 
 POLICY_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "Telemetry")
-PRINCIPAL_RE = re.compile(r"^[^/]+/ns/([^/]+)/sa/([^/]+)$")
 
 
 def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
@@ -103,8 +103,8 @@ def _policy_findings(r: Resource, inventory: Inventory) -> list[Message]:
         found(f"selector {wanted} matches no meshed workload", "check the compose labels of the services you meant")
     for rule in spec.get("rules") or [] if r["kind"] == "AuthorizationPolicy" else []:
         for src in (f.get("source") or {} for f in rule.get("from") or []):
-            accounts = [(m.group(1), m.group(2)) for p in src.get("principals") or []
-                        if "*" not in p and (m := PRINCIPAL_RE.match(str(p)))]
+            accounts = [(m.group(2), m.group(3)) for p in src.get("principals") or []
+                        if "*" not in p and (m := PRINCIPAL_RE.fullmatch(str(p)))]
             accounts += [tuple(a.split("/", 1)) for a in src.get("serviceAccounts") or [] if "/" in a]
             for namespace, account in accounts:
                 if account not in inventory.accounts.get(namespace, set()):

@@ -93,12 +93,16 @@ def measure(c: Context, proxies: list[Proxy], window_s: float, key: golden.KeyFn
     if not window_s:
         return Measured(mesh.measure(c, proxies, 0, key))
     answers = mesh.each(c, proxies, lambda address: fetch(address, window_s))
-    have = {name: a for name, a in answers.items() if a is not None}
+    # a truncated history leaves out series that appeared late (a new status code in an incident): its sidecar
+    # is measured by waiting, as one without a history
+    have = {name: a for name, a in answers.items() if a is not None and not a.truncated}
     out = looked_back(have, window_s, key)
     older = [p for p in proxies if p.name not in have]
     if older:  # no history to read: wait for the window, as before the history
         for k, g in mesh.measure(c, older, window_s, key).items():
             out.tallied.setdefault(k, golden.Golden()).add(g)
-        out.notes += [f"{p.name}: no counter history (unreachable, or an older sidecar image); measured over "
-                      f"the next {_duration(window_s)}" for p in older]
+        for p in older:
+            why = ("too many series for its history" if answers.get(p.name) is not None
+                   else "no counter history (unreachable, or an older sidecar image)")
+            out.notes.append(f"{p.name}: {why}; measured over the next {_duration(window_s)}")
     return out

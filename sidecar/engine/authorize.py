@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 
+from sidecar.contract import SPIFFE_SCHEME
 from sidecar.engine.call import Call
 from sidecar.engine.plan import ConnectionInfo, classify, own_workload, port_protocol, strict_refuses
 from sidecar.engine.proxy import Response
@@ -40,7 +41,7 @@ def refusal(status: int, text: str, *headers: tuple[bytes, bytes]) -> Response:
 
 def principal(spiffe: str | None) -> str | None:
     """cluster.local/ns/PROJECT/sa/APP, as Istio writes a source principal (no spiffe://)."""
-    return spiffe[len("spiffe://"):] if spiffe and spiffe.startswith("spiffe://") else None
+    return spiffe[len(SPIFFE_SCHEME):] if spiffe and spiffe.startswith(SPIFFE_SCHEME) else None
 
 
 class Authorizer:

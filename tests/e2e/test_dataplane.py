@@ -233,7 +233,7 @@ def test_a_plaintext_tcp_connection_does_not_outlive_a_change_to_strict(testbed:
         code, out = testbed.exec("outsider", "python3", "-c", HOLD)  # a new one is refused outright
         assert code != 0 and "open" not in out.split(), out
     finally:
-        meshctl("delete", "peerauthentication", "web", "-n", "e2etestbed", home=mesh_home)
+        meshctl("delete", "peerauthentication", "web", "-p", "e2etestbed", home=mesh_home)
         assert meshctl("proxy-status", "-p", "e2etestbed", "--wait", "--timeout", "10", home=mesh_home).code == 0
         holder.join(30)
 

@@ -80,13 +80,13 @@ def external(engine: DockerClient, mesh_home: Path, testbed: App, testbed_image:
     finally:
         meshctl("install", "--outbound-traffic-policy", "ALLOW_ANY", home=mesh_home)  # the mesh home is shared
         for kind, name in (("serviceentry", "api"), ("destinationrule", "api")):
-            meshctl("delete", kind, name, "-n", PROJECT, home=mesh_home)
+            meshctl("delete", kind, name, "-p", PROJECT, home=mesh_home)
         container.remove(force=True)
         synced(mesh_home, PROJECT)
 
 
 def apply(home: Path, text: str) -> None:
-    done = meshctl("apply", "-n", PROJECT, "-f", "-", home=home, stdin=text)
+    done = meshctl("apply", "-p", PROJECT, "-f", "-", home=home, stdin=text)
     assert done.code == 0, done.err
     synced(home, PROJECT)
 
@@ -134,10 +134,10 @@ def test_tls_origination_to_a_service_entry_host(external: Path, testbed: App, m
     # a path instead of the PEM: read at apply (relative to the YAML file), only certificates accepted
     rule = tls_rule("x").replace("caCertificates: |\n        x", "caCertificates: ca.pem")
     (external / "rule.yaml").write_text(rule)
-    done = meshctl("apply", "-n", PROJECT, "-f", str(external / "rule.yaml"), home=mesh_home)
+    done = meshctl("apply", "-p", PROJECT, "-f", str(external / "rule.yaml"), home=mesh_home)
     assert done.code == 0, done.err
     (external / "key-rule.yaml").write_text(rule.replace("ca.pem", "key.pem"))
-    refused = meshctl("apply", "-n", PROJECT, "-f", str(external / "key-rule.yaml"), home=mesh_home)
+    refused = meshctl("apply", "-p", PROJECT, "-f", str(external / "key-rule.yaml"), home=mesh_home)
     assert refused.code != 0 and "only CERTIFICATE blocks" in refused.err, refused.err
     synced(mesh_home, PROJECT)
     assert "tls ok" in call(testbed, "client", "http://api.example.test/")[1]
@@ -178,4 +178,4 @@ def test_registry_only(external: Path, testbed: App, mesh_home: Path) -> None:
     assert done.code == 0, done.err
     synced(mesh_home, PROJECT)
     assert call(testbed, "client", "http://other.example.test/")[0] == "200"
-    assert json.loads(meshctl("get", "serviceentry", "-n", PROJECT, "-o", "json", home=mesh_home).out)
+    assert json.loads(meshctl("get", "serviceentry", "-p", PROJECT, "-o", "json", home=mesh_home).out)

@@ -69,7 +69,7 @@ def echo_app(engine: DockerClient, mesh_home: Path, grpc_image: str,
         apply(mesh_home, SUBSETS, PROJECT)
         yield app
     finally:
-        meshctl("delete", "dr", "echo", "-n", PROJECT, home=mesh_home)
+        meshctl("delete", "dr", "echo", "-p", PROJECT, home=mesh_home)
         if (workdir / "meshed.yaml").is_file():
             App(engine, require_compose(), PROJECT, workdir / "meshed.yaml").down()
 
@@ -79,7 +79,7 @@ def mesh(echo_app: App, mesh_home: Path) -> Iterator[App]:
     """The shared app with only the subsets in force, after each test too."""
     yield echo_app
     for kind, name in (("vs", "echo"), ("ap", "echo-methods")):
-        meshctl("delete", kind, name, "-n", PROJECT, home=mesh_home)  # fails harmlessly if the test made none
+        meshctl("delete", kind, name, "-p", PROJECT, home=mesh_home)  # fails harmlessly if the test made none
     synced(mesh_home, PROJECT)
 
 
@@ -431,7 +431,7 @@ def test_stat_and_edges_show_the_grpc_service(mesh: App, mesh_home: Path) -> Non
         row = after[version]
         assert row["requests"] - before[version]["requests"] == calls, (version, calls, before[version], row)
         assert row["success_rate"] is not None and row["p50_ms"] is not None, row
-    edges = meshctl("edges", "-w", "0", "-p", PROJECT, "-o", "json", home=mesh_home)
+    edges = meshctl("edges", "-t", "0", "-p", PROJECT, "-o", "json", home=mesh_home)
     assert edges.code == 0, edges.err
     for version in ("v1", "v2"):
         edge = next((e for e in json.loads(edges.out)

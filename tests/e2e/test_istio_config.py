@@ -31,7 +31,7 @@ def shop(demo: dict[str, Any], engine: DockerClient, mesh_home: Path) -> Iterato
     yield bookinfo(engine, mesh_home)
     for kind in KINDS:
         for r in json.loads(meshctl("get", kind, "-o", "json", home=mesh_home).out or "[]"):
-            meshctl("delete", kind, r["metadata"]["name"], "-n", r["metadata"].get("namespace", ""), home=mesh_home)
+            meshctl("delete", kind, r["metadata"]["name"], "-p", r["metadata"].get("namespace", ""), home=mesh_home)
     synced(mesh_home, "bookinfo")
 
 
@@ -111,7 +111,7 @@ spec:
 @pytest.mark.parametrize("source", ['principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]',
                                     'serviceAccounts: ["default/bookinfo-productpage"]'])
 def test_docs_policies_in_namespace_default_apply_to_the_project(shop: App, mesh_home: Path, source: str) -> None:
-    apply(mesh_home, DOCS_POLICY % source, "-n", "bookinfo")
+    apply(mesh_home, DOCS_POLICY % source, "-p", "bookinfo")
     assert call(shop, "productpage", "http://details:9080/details/0")[0] == "200"
     status, body = call(shop, "reviews-v1", "http://details:9080/details/0")
     assert status == "403" and "details-viewer" in body, body

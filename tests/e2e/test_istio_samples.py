@@ -70,7 +70,7 @@ def samples(demo: dict, engine: DockerClient, mesh_home: Path) -> Iterator[App]:
     for kind in KINDS:  # whatever a step left, in every namespace the files may have used
         for r in json.loads(meshctl("get", kind, "-o", "json", home=mesh_home).out or "[]"):
             ns = r["metadata"].get("namespace") or ""
-            meshctl("delete", kind, r["metadata"]["name"], "-n", ns, home=mesh_home)
+            meshctl("delete", kind, r["metadata"]["name"], "-p", ns, home=mesh_home)
     meshctl("proxy-status", "-p", "bookinfo", "--wait", "--timeout", "10", home=mesh_home)
 
 
@@ -127,21 +127,21 @@ def test_http_authorization_task(samples: App, mesh_home: Path, tmp_path: Path) 
     allow_nothing, productpage_viewer, details_viewer, reviews_viewer, ratings_viewer = \
         documents(SECURITY / "authz-http.yaml", tmp_path)
     assert fetch()[0] == 200
-    apply(mesh_home, allow_nothing, "-n", "bookinfo")
+    apply(mesh_home, allow_nothing, "-p", "bookinfo")
     status, body, _ = fetch()
     assert status == 403 and "RBAC: access denied" in body, (status, body)
     # the page again, but it may not fetch the details and reviews
-    apply(mesh_home, productpage_viewer, "-n", "bookinfo")
+    apply(mesh_home, productpage_viewer, "-p", "bookinfo")
     body_ = page()[0]
     assert body_["status"] == {"details": 403, "reviews": 403}, body_
     # details and reviews viewers: the book's details and reviews, but "Ratings service currently unavailable"
-    apply(mesh_home, details_viewer, "-n", "bookinfo")
-    apply(mesh_home, reviews_viewer, "-n", "bookinfo")
+    apply(mesh_home, details_viewer, "-p", "bookinfo")
+    apply(mesh_home, reviews_viewer, "-p", "bookinfo")
     unavailable = {"error": "Ratings service is currently unavailable"}
     versions = every_version(lambda body: ratings_of(body) in ([None, None], [unavailable] * 2))
     assert versions == {"v1", "v2", "v3"}, versions
     # ratings viewer (reviews' account may call ratings): black and red stars again
-    apply(mesh_home, ratings_viewer, "-n", "bookinfo")
+    apply(mesh_home, ratings_viewer, "-p", "bookinfo")
     colours = {"v1": None, "v2": "black", "v3": "red"}
     versions = every_version(lambda body: [r and r.get("color") for r in ratings_of(body)]
                              == [colours[body["reviews"]["version"]]] * 2)

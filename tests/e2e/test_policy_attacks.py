@@ -131,7 +131,7 @@ spec:
     synced(mesh_home, PROJECT)
     yield testbed
     for kind, name in POLICIES:
-        meshctl("delete", kind, name, "-n", PROJECT, home=mesh_home)
+        meshctl("delete", kind, name, "-p", PROJECT, home=mesh_home)
     synced(mesh_home, PROJECT)
 
 

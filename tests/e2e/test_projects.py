@@ -49,7 +49,7 @@ def twins(engine: DockerClient, mesh_home: Path, testbed_image: str,
     finally:
         for kind, name in (("vs", "web"), ("dr", "web"), ("vs", "web-fault"), ("ap", "web-deny")):
             for project in PROJECTS:
-                meshctl("delete", kind, name, "-n", project, home=mesh_home)
+                meshctl("delete", kind, name, "-p", project, home=mesh_home)
         for project, app in apps.items():
             App(engine, require_compose(), project, app.file).down()
 
@@ -74,7 +74,7 @@ def sync_all(home: Path) -> None:
 def test_same_names_in_two_projects_stay_in_their_project(twins: dict[str, App], mesh_home: Path) -> None:
     a, b = (twins[p] for p in PROJECTS)
     for project, subset in zip(PROJECTS, ("v1", "v2"), strict=True):
-        done = meshctl("apply", "-n", project, "-f", "-", home=mesh_home, stdin=ROUTE.replace("SUBSET", subset))
+        done = meshctl("apply", "-p", project, "-f", "-", home=mesh_home, stdin=ROUTE.replace("SUBSET", subset))
         assert done.code == 0, done.err
     listed = json.loads(meshctl("get", "vs", "-o", "json", home=mesh_home).out)
     assert sorted(r["metadata"].get("namespace") for r in listed if r["metadata"]["name"] == "web") == list(PROJECTS)
@@ -94,7 +94,7 @@ def test_same_names_in_two_projects_stay_in_their_project(twins: dict[str, App],
         policy = (f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: web-deny}}\n"
                   f"spec: {{selector: {{matchLabels: {{app: web}}}}, action: DENY, "
                   f"rules: [{{to: [{{operation: {{paths: ['{path}']}}}}]}}]}}\n")
-        assert meshctl("apply", "-n", project, "-f", "-", home=mesh_home, stdin=policy).code == 0
+        assert meshctl("apply", "-p", project, "-f", "-", home=mesh_home, stdin=policy).code == 0
     sync_all(mesh_home)
     assert answers(a, 3, "/status/418") == {"403": 3} and answers(a, 3, "/status/419") == {"419": 3}
     assert answers(b, 3, "/status/419") == {"403": 3} and answers(b, 3, "/status/418") == {"418": 3}
@@ -102,7 +102,7 @@ def test_same_names_in_two_projects_stay_in_their_project(twins: dict[str, App],
     # deleting needs the namespace once the name is ambiguous, and then touches one project only
     ambiguous = meshctl("delete", "vs", "web", home=mesh_home)
     assert ambiguous.code == 2 and PROJECTS[0] in ambiguous.err and PROJECTS[1] in ambiguous.err, ambiguous.err
-    assert meshctl("delete", "vs", "web", "-n", PROJECTS[0], home=mesh_home).code == 0
+    assert meshctl("delete", "vs", "web", "-p", PROJECTS[0], home=mesh_home).code == 0
     sync_all(mesh_home)
     assert answers(b) == {"web-v1": 12}  # b keeps its own route
     assert set(answers(a, 20)) <= {"web-v1", "web-v2"}
@@ -113,7 +113,7 @@ def test_same_names_in_two_projects_stay_in_their_project(twins: dict[str, App],
              f"{{httpStatus: 503, percentage: {{value: 100}}}}}}, "
              f"route: [{{destination: {{host: web.{PROJECTS[0]}}}}}]}}, "
              f"{{route: [{{destination: {{host: web.{PROJECTS[0]}}}}}]}}]}}\n")
-    done = meshctl("apply", "-n", PROJECTS[1], "-f", "-", home=mesh_home, stdin=fault)
+    done = meshctl("apply", "-p", PROJECTS[1], "-f", "-", home=mesh_home, stdin=fault)
     assert done.code == 0, done.err
     sync_all(mesh_home)
     assert answers(a, 4, "/fault") == {"503": 4} and answers(b, 4, "/fault") == {"404": 4}

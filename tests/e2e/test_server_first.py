@@ -178,7 +178,7 @@ def test_mariadb_select_1_through_the_mesh_strict(servers: App, mesh_home: Path)
         code, out = select_one(servers, "mariadb", caller="outsider")  # plaintext from outside the mesh
         assert code != 0 and out.strip() != "1", out
     finally:
-        assert meshctl("delete", "pa", "mariadb", "-n", PROJECT, home=mesh_home).code == 0
+        assert meshctl("delete", "pa", "mariadb", "-p", PROJECT, home=mesh_home).code == 0
         synced(mesh_home, PROJECT)
 
 

@@ -212,6 +212,19 @@ def test_each_short_flag_means_one_thing() -> None:
                 assert long in option.opts, f"meshctl {path}: {short} is {option.opts}, not {long}"
         if "--window" in option.opts or "--time-window" in option.opts:
             assert "-w" not in option.opts, path
+        if "-n" in option.opts:  # a count: lines, entries, records
+            assert option.type_descriptor.annotation is int, f"meshctl {path}: -n is {option.opts}"
+
+
+@pytest.mark.parametrize("command", [["apply", "-f", "x.yaml"], ["get", "vs"], ["delete", "vs", "reviews"]])
+def test_kubectls_n_for_a_namespace_is_refused_with_the_flag_to_use(command: list[str], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    err = io.StringIO()
+    ctx = Context(home=MeshHome(home), err=Console(file=err, width=200))
+    code = run([*command, "-n", "bookinfo"], obj=ctx)
+    assert code == ExitCode.USAGE
+    line = one_line(err.getvalue())
+    assert "-n" in line and "-p/--project" in line, line
 
 
 def test_a_project_is_chosen_with_p_everywhere() -> None:
@@ -224,7 +237,8 @@ def test_a_project_is_chosen_with_p_everywhere() -> None:
     for path, opts in chooses.items():
         option = next(o for o in opts if o.name in ("project", "namespace", "project_name"))
         assert {"-p", "--project"} <= set(option.opts), f"meshctl {path}: {option.opts}"
-    assert {"--namespace", "-n"} <= set(next(o for o in by_command["apply"] if o.name == "namespace").opts)
+    namespace = set(next(o for o in by_command["apply"] if o.name == "namespace").opts)
+    assert "--namespace" in namespace and "-n" not in namespace  # -n is a count wherever it exists
 
 
 DURATION_FLAGS = ("--timeout", "--time-window", "--window", "--interval", "--duration", "--since", "--overlap",

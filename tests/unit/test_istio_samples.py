@@ -47,7 +47,7 @@ def test_every_file_names_its_source() -> None:
 @pytest.mark.parametrize("path", NETWORKING + SECURITY, ids=lambda p: p.name)
 def test_istio_yaml_is_accepted(path: Path, home: Path, tmp_path: Path) -> None:
     assert run_cli(home, "apply", "-f", str(DEFAULT_RULES)).code == 0  # the docs' first step, every time
-    namespace = ["-n", NAMESPACED[path.name]] if path.name in NAMESPACED else []
+    namespace = ["-p", NAMESPACED[path.name]] if path.name in NAMESPACED else []
     docs = documents(path)
     if not any((d["kind"], d["metadata"]["name"]) in REFUSED for d in docs):
         done = run_cli(home, "apply", "-f", str(path), *namespace)

@@ -105,6 +105,21 @@ def test_measure_reads_histories_and_waits_only_for_sidecars_without_one(monkeyp
                               "next 30s"]
 
 
+def test_a_truncated_history_is_measured_by_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Series past the table's cap (a 503 that first appears in an incident) are missing from a truncated
+    history: its sidecar is measured over the next window instead, and the 503s are counted."""
+    late = [requests(10), requests(5, "503")]
+    answers = {"full": History([requests(40)], [requests(10)], 30.0, 600.0, truncated=True)}
+    scrapes = iter([{"full": [requests(10)]}, {"full": late}])
+    monkeypatch.setattr(mesh, "each", lambda c, ps, read: {p.name: answers[p.name] for p in ps})
+    monkeypatch.setattr(mesh, "metrics", lambda c, ps: next(scrapes))
+    naps: list[float] = []
+    monkeypatch.setattr(mesh.time, "sleep", naps.append)
+    measured = lookback.measure(Context(), [FakeProxy("full")], 30.0, golden.by_service_version)
+    assert naps == [30.0] and measured.tallied[KEY].requests == 5
+    assert measured.notes == ["full: too many series for its history; measured over the next 30s"]
+
+
 def test_measure_never_waits_when_every_sidecar_has_a_history(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mesh, "each", lambda c, ps, read: {p.name: history([requests(3)], []) for p in ps})
     naps: list[float] = []

@@ -211,7 +211,7 @@ def test_same_named_resources_in_two_projects_coexist(home: Path, tmp_path: Path
     assert sorted(r["metadata"]["namespace"] for r in listed) == ["alpha", "beta"]
     table = ok(home, "get", "vs")
     assert "NAMESPACE" in table.upper() and "alpha" in table and "beta" in table
-    only = json.loads(ok(home, "get", "vs", "-n", "beta", "-o", "json"))
+    only = json.loads(ok(home, "get", "vs", "-p", "beta", "-o", "json"))
     assert [r["metadata"]["namespace"] for r in only] == ["beta"]
 
 
@@ -223,11 +223,11 @@ def test_get_and_delete_ask_which_namespace(home: Path, tmp_path: Path) -> None:
     assert "several namespaces: alpha, beta, (none)" in line and "-p PROJECT" in line
     line = fail(home, "delete", "vs", "reviews", code=ExitCode.USAGE)
     assert "several namespaces" in line and "-p PROJECT" in line
-    got = yaml.safe_load(ok(home, "get", "vs", "reviews", "-n", "beta", "-o", "yaml"))
+    got = yaml.safe_load(ok(home, "get", "vs", "reviews", "-p", "beta", "-o", "yaml"))
     assert got["metadata"] == {"name": "reviews", "namespace": "beta"}
-    assert "not found in namespace 'gamma'" in fail(home, "get", "vs", "reviews", "-n", "gamma", code=ExitCode.USAGE)
-    assert "deleted" in ok(home, "delete", "vs", "reviews", "-n", "alpha")
-    assert "deleted" in ok(home, "delete", "vs", "reviews", "-n", "")  # the one with no namespace
+    assert "not found in namespace 'gamma'" in fail(home, "get", "vs", "reviews", "-p", "gamma", code=ExitCode.USAGE)
+    assert "deleted" in ok(home, "delete", "vs", "reviews", "-p", "alpha")
+    assert "deleted" in ok(home, "delete", "vs", "reviews", "-p", "")  # the one with no namespace
     assert [r["name"] for r in snap(home, "alpha")["routes"]] == []
     assert [r["name"] for r in snap(home, "beta")["routes"]] == ["beta/reviews"]
     assert "(namespace beta) deleted" in ok(home, "delete", "vs", "reviews")  # only one left: no -n needed
@@ -243,12 +243,12 @@ def test_apply_n_sets_the_namespace_of_resources_without_one(home: Path, tmp_pat
     assert {key(r) for r in Store(home / "config").read().resources} == {("VirtualService", "alpha", "reviews"),
                                                                          ("DestinationRule", "alpha", "reviews")}
     assert subsets_routed(snap(home, "alpha")) == ["v2"] and snap(home, "beta")["routes"] == []
-    assert ok(home, "apply", "-f", file, "-n", "alpha").count("unchanged") == 2
-    assert ok(home, "apply", "-f", file, "-n", "beta").count("created") == 2  # another project: its own copy
+    assert ok(home, "apply", "-f", file, "-p", "alpha").count("unchanged") == 2
+    assert ok(home, "apply", "-f", file, "-p", "beta").count("created") == 2  # another project: its own copy
     assert len(Store(home / "config").read().resources) == 4
 
 
-@pytest.mark.parametrize("flag", ["-p", "--project", "-n", "--namespace"])
+@pytest.mark.parametrize("flag", ["-p", "--project", "--namespace"])
 def test_apply_n_refuses_a_resource_of_another_namespace(home: Path, tmp_path: Path, flag: str) -> None:
     file = write(tmp_path / "x.yaml", dr("reviews", None), vs("reviews", "beta", ["reviews"]))
     line = fail(home, "apply", "-f", file, flag, "alpha")
