@@ -28,7 +28,7 @@ FINE = (1.0, 60.0)  # (every, keep) in seconds
 COARSE = (10.0, 900.0)
 MAX_SERIES = 2048
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, labels in the metric's order)
-Read = Callable[[], Iterable[tuple[str, dict[str, str], float]]]  # (sample name, labels, value)
+Read = Callable[[], Iterable[tuple[SeriesKey, float]]]  # ((sample name, labels), value): keys made once
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,9 @@ class CounterHistory:
     def values(self) -> array:  # type: ignore[type-arg]
         """The counters now, by series index (a new series gets an index while the table has room)."""
         found: dict[int, float] = {}
-        for name, labels, value in self.read():
-            if name not in WANTED:
+        for key, value in self.read():
+            if key[0] not in WANTED:
                 continue
-            key = (name, tuple(labels.items()))
             i = self.index.get(key)
             if i is None:
                 if len(self.series) >= self.max_series:

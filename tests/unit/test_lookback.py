@@ -39,7 +39,8 @@ def test_the_sidecars_own_answer_parses() -> None:
             return self.now
 
     clock = Clock()
-    h = CounterHistory(lambda: [("istio_requests_total", {**LABELS, "response_code": "200"}, counts["n"])], clock)
+    key = ("istio_requests_total", tuple({**LABELS, "response_code": "200"}.items()))
+    h = CounterHistory(lambda: [(key, counts["n"])], clock)
     for _ in range(40):
         clock.now += 1
         counts["n"] += 2

@@ -31,9 +31,9 @@ class Counters:
     def __init__(self) -> None:
         self.counts: dict[str, float] = {}
 
-    def __call__(self) -> list[tuple[str, dict[str, str], float]]:
-        return [(REQ, {"response_code": code}, n) for code, n in self.counts.items()] + [
-            ("istio_requests_created", {}, 1.0)]  # not a counter the history keeps
+    def __call__(self) -> list[tuple[history.SeriesKey, float]]:
+        return [((REQ, (("response_code", code),)), n) for code, n in self.counts.items()] + [
+            (("istio_requests_created", ()), 1.0)]  # not a counter the history keeps
 
 
 def snap(at: float) -> Snapshot:
@@ -104,6 +104,27 @@ def test_memory_stays_bounded_over_a_long_run() -> None:
         h.tick()
     fine, coarse = (len(r.snapshots) for r in h.rings)
     assert (fine, coarse) == (61, 91) and h.history_s(clock.now) == 900.0
+
+
+def test_counted_reads_what_collect_gives_without_collecting() -> None:
+    """Meters.counted() reads prometheus_client's children directly (collect() is too slow once a second on the
+    event loop): the same names, labels and values as collect(), so a library upgrade that changes its
+    internals fails here, not in `stat -t`."""
+    meters = Meters()
+    for i in range(5):
+        series = meters.http_series(("destination", f"w{i}") + ("x",) * 23)
+        series[0].inc(i + 1)
+        for ms in (0.3, 7.0, 99.0, 5e6):
+            series[1].observe(ms)
+    meters.tcp_opened.labels(*("t",) * len(meters.tcp_opened._labelnames)).inc(3)
+    meters.tcp_sent.labels(*("t",) * len(meters.tcp_sent._labelnames)).inc(1234)
+    collected = sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                       for metric in (meters.requests, meters.duration, meters.tcp_opened, meters.tcp_closed,
+                                      meters.tcp_sent, meters.tcp_received)
+                       for family in metric.collect() for s in family.samples if s.name in history.WANTED)
+    for _ in range(2):  # the second read comes from the cached keys
+        counted = sorted((name, tuple(sorted(pairs)), value) for (name, pairs), value in meters.counted())
+        assert counted == collected and len(counted) == 5 + 5 * 16 + 2  # 16 buckets a histogram, up to +Inf
 
 
 def test_the_meters_feed_the_history_with_prometheus_sample_names() -> None:
