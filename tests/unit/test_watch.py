@@ -25,6 +25,7 @@ from meshctl.status import ExitCode
 from meshctl.telemetry import lookback, mesh
 from meshctl.telemetry.scrape import Sample
 from tests.unit.fakes import FakeEngine
+from tests.unit.test_cli_habits import sidecar
 
 
 def console(terminal: bool = False) -> tuple[Console, io.StringIO]:
@@ -182,7 +183,8 @@ class Interrupting:
     """watch's sleep: returns `naps` times, then raises KeyboardInterrupt as Ctrl-C does in a real sleep."""
 
     def __init__(self, naps: int) -> None:
-        self.naps, self.calls = naps, []  # type: list[float]
+        self.naps = naps
+        self.calls: list[float] = []
 
     def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
@@ -193,8 +195,6 @@ class Interrupting:
 def watched(home: Path, monkeypatch: pytest.MonkeyPatch, *argv: str, naps: int) -> tuple[int, str, str, list[float]]:
     """`meshctl ARGV` on one running sidecar (shop.details) with a sleep that Ctrl-Cs after `naps`: exit code,
     stdout, stderr and the sleeps asked for."""
-    from tests.unit.test_cli_habits import sidecar
-
     sleep = Interrupting(naps)
     monkeypatch.setattr(watch.time, "sleep", sleep)
     engine = FakeEngine(containers=[sidecar("shop", "details", [])])
