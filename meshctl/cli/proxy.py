@@ -110,8 +110,8 @@ def proxy_config(
     found = proxyconfig.find_proxy(c, proxy)
     dump = proxyconfig.config_dump(c, found)
     names = proxyconfig.SECTIONS if section is Section.all else (section.value,)
-    if "secrets" in names:  # its expiry as every JSON output writes a moment
-        dump = {**dump, "secrets": stamped(dump["secrets"], "cert_not_after")}
+    if "secrets" in names:  # its moments as every JSON output writes them (the table shows them so too)
+        dump = {**dump, "secrets": _secret(dump["secrets"])}
     data = {name: dump[name] for name in names} if section is Section.all else dump[section.value]
 
     def tables() -> Group:
@@ -123,6 +123,15 @@ def proxy_config(
         return Group(*parts)
 
     emit(c.out, output, data, tables)
+
+
+def _secret(secret: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's certificate record (sidecar.engine.certs) with its Unix-seconds moments in RFC 3339."""
+    out = stamped(secret, "cert_not_after", "cert_not_before")
+    if isinstance(secret.get("trust_bundle"), list):
+        out["trust_bundle"] = [stamped(root, "not_after") if isinstance(root, dict) else root
+                               for root in secret["trust_bundle"]]
+    return out
 
 
 def _json(row: ProxyStatus) -> dict[str, Any]:

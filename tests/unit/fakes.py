@@ -33,19 +33,24 @@ class FakeContainer:
     """The attributes meshctl reads from a docker-py Container; `remove` marks it gone from later lists.
 
     `logs` is its output; followed, the stream gives it, then runs `follow` (e.g. to wait, as a quiet container's
-    stream does) and ends when that returns."""
+    stream does) and ends when that returns. `exec_run` answers every command with `exec_output` (a sidecar's
+    admin endpoint read with curl inside it, say), exit code 0."""
 
     def __init__(self, name: str, labels: Mapping[str, str] | None = None, status: str = "running",
                  attrs: Mapping[str, Any] | None = None, cid: str | None = None, logs: bytes = b"",
-                 follow: Callable[[], None] | None = None) -> None:
+                 follow: Callable[[], None] | None = None, exec_output: bytes = b"") -> None:
         self.id, self.name, self.status = cid or f"id-{name}", name, status
         self.labels = dict(labels or {})
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.removed = False
         self.output, self.on_follow = logs, follow
+        self.exec_output = exec_output
 
     def remove(self, force: bool = False, v: bool = False) -> None:
         self.removed = True
+
+    def exec_run(self, cmd: list[str] | str, **_: Any) -> tuple[int, bytes]:
+        return 0, self.exec_output
 
     def logs(self, stream: bool = False, follow: bool = False, **_: Any) -> bytes | Iterator[bytes]:
         return self._stream() if follow else self.output

@@ -18,8 +18,14 @@ from meshctl.aligned import Aligned
 from meshctl.cli import app, run
 from meshctl.context import Context
 from meshctl.home import MeshHome
+from meshctl.mesh import SNAPSHOT_JSON, proxy_dir
 from meshctl.output import OutputFormat, simple_table
+from meshctl.pilot import status as pilot_status
 from meshctl.status import ExitCode
+from meshctl.telemetry import lookback, mesh
+from meshctl.telemetry.scrape import Sample
+from tests.unit.fakes import FakeEngine
+from tests.unit.test_cli_habits import sidecar
 
 
 def console(terminal: bool = False) -> tuple[Console, io.StringIO]:
@@ -168,3 +174,85 @@ def test_bad_watch_flags_are_usage_errors(installed_home: Path, args: list[str],
     err, buffer = console()
     code = run(args, Context(home=MeshHome(installed_home), out=console()[0], err=err))
     assert code == ExitCode.USAGE and message in buffer.getvalue() and len(buffer.getvalue().splitlines()) == 1
+
+
+# --- `stat -w` and `proxy-status -w` in a pipe, on the fake engine ------------------------------------------------
+
+
+class Interrupting:
+    """watch's sleep: returns `naps` times, then raises KeyboardInterrupt as Ctrl-C does in a real sleep."""
+
+    def __init__(self, naps: int) -> None:
+        self.naps = naps
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        if len(self.calls) > self.naps:
+            raise KeyboardInterrupt
+
+
+def watched(home: Path, monkeypatch: pytest.MonkeyPatch, *argv: str, naps: int) -> tuple[int, str, str, list[float]]:
+    """`meshctl ARGV` on one running sidecar (shop.details) with a sleep that Ctrl-Cs after `naps`: exit code,
+    stdout, stderr and the sleeps asked for."""
+    sleep = Interrupting(naps)
+    monkeypatch.setattr(watch.time, "sleep", sleep)
+    engine = FakeEngine(containers=[sidecar("shop", "details", [])])
+    printed, errors = io.StringIO(), io.StringIO()
+    out, err = (Console(file=buffer, width=200, color_system=None, soft_wrap=True) for buffer in (printed, errors))
+    code = run(list(argv), Context(home=MeshHome(home), out=out, err=err, docker_factory=lambda: engine))
+    return code, printed.getvalue(), errors.getvalue(), sleep.calls
+
+
+def snapshots(text: str) -> list[str]:
+    """A piped watch's output: its snapshots, a blank line between each."""
+    assert "\x1b" not in text, repr(text)  # no control codes in a pipe
+    return text.rstrip("\n").split("\n\n")
+
+
+def counted(requests: float) -> lookback.History:
+    """One sidecar's history answer: `requests` served to shop's details v1 in the last 5 s."""
+    labels = {"reporter": "destination", "destination_service": "details", "destination_version": "v1",
+              "destination_service_namespace": "shop", "response_code": "200"}
+    return lookback.History([Sample("istio_requests_total", labels, requests)],
+                            [Sample("istio_requests_total", labels, 0.0)], 5.0, 600.0)
+
+
+def test_stat_watch_prints_the_table_then_each_change_and_ends_on_ctrl_c(installed_home: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter([counted(50), counted(50), counted(75)])  # the second read is the first again: nothing new
+    reads: list[str] = []
+
+    def each(c: Context, proxies: list[Any], read: Callable[[str], Any]) -> dict[str, Any]:
+        reads.append(",".join(p.name for p in proxies))
+        return {p.name: next(answers) for p in proxies}
+
+    monkeypatch.setattr(mesh, "each", each)
+    code, out, err, naps = watched(installed_home, monkeypatch, "stat", "-w", "--interval", "1s", naps=2)
+    assert code == ExitCode.INTERRUPTED and "Traceback" not in err and "Aborted" not in err, err
+    assert naps == [1.0, 1.0, 1.0] and reads == ["shop.details"] * 3
+    first, changed = snapshots(out)  # three reads, two tables: the unchanged read printed nothing
+    assert first.splitlines()[0].split()[:4] == ["SERVICE", "VERSION", "PROJECT", "PODS"]
+    assert first.splitlines()[1].split()[:7] == ["details", "v1", "shop", "1", "100.00%", "10.0", "-"]
+    assert changed.splitlines()[0] == first.splitlines()[0]
+    assert changed.splitlines()[1].split()[:6] == ["details", "v1", "shop", "1", "100.00%", "15.0"]
+
+
+def test_proxy_status_watch_prints_the_table_then_each_change_and_ends_on_ctrl_c(
+        installed_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = proxy_dir(MeshHome(installed_home).proxies_dir, "shop", "details")
+    directory.mkdir(parents=True)
+    (directory / SNAPSHOT_JSON).write_text(json.dumps({"revision": 4, "hash": "h4"}))
+    synced = {"revision": 4, "hash": "h4", "applied_at": 1_796_109_686.0, "proxy_version": "1.2"}
+    # proxy-status reads once before it watches (the --wait loop's read), then the watch's first read
+    acks = reads(synced, synced, synced, {**synced, "revision": 3, "hash": "h3"})  # then it is STALE
+    monkeypatch.setattr(pilot_status, "fetch_status", lambda address, timeout=1.5: acks())
+    code, out, err, naps = watched(installed_home, monkeypatch, "proxy-status", "-w", "--interval", "1s", naps=2)
+    assert code == ExitCode.INTERRUPTED and "Traceback" not in err and "Aborted" not in err, err
+    assert naps == [1.0, 1.0, 1.0]
+    first, changed = snapshots(out)  # the second ack was the first again: nothing printed for it
+    assert first.splitlines()[0].split()[:4] == ["NAME", "SERVICE", "VERSION", "STATUS"]
+    assert first.splitlines()[1].split()[:5] == ["shop.details", "details", "v1", "SYNCED", "4"]
+    assert changed.splitlines()[0].split() == first.splitlines()[0].split()  # the whole table again
+    assert changed.splitlines()[1].split()[:4] == ["shop.details", "details", "v1", "STALE"]
+    assert "  STALE (applied 3, current 4)  3  " in changed.splitlines()[1], changed
