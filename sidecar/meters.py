@@ -29,6 +29,12 @@ TCP_LABELS = (*PARTY_LABELS, "request_protocol")  # request_protocol="tcp", as I
 # One Docker engine is one "cluster" (Istio's default name is "Kubernetes"); a fixed name keeps Kiali's and the
 # dashboards' cluster selectors working and the series stable.
 CLUSTER = "compose"
+
+
+def le(bound: float) -> str:
+    """A bucket's `le` label as collect() writes it (0.5, 10.0, +Inf)."""
+    text: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
+    return text
 # Kubernetes' default cluster domain: Istio's destination_service is `<service>.<namespace>.svc.cluster.local`
 # (reviews.default.svc.cluster.local), and Kiali and the dashboards split it on dots.
 DOMAIN = "svc.cluster.local"
@@ -100,7 +106,7 @@ class Meters:
         self.tcp_received = Counter("istio_tcp_received_bytes", "Bytes received from the client of a TCP "
                                     "connection.", TCP_LABELS, registry=self.registry)
         self._series: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
-        self._keys: dict[tuple[str, tuple[str, ...]], Any] = {}  # counted()'s keys, made once per series
+        self._keys: dict[tuple[str, Any], Any] = {}  # counted()'s keys, made once per series
         # Istio's proxies say which build they run; the mesh dashboard's "Istio Component Versions" reads it
         Gauge("istio_build", "Istio component build info.", ("component", "tag"), registry=self.registry).labels(
             "proxy", PROXY_VERSION).set(1)
@@ -128,17 +134,19 @@ class Meters:
             keys.clear()
         for counter in (self.requests, self.tcp_opened, self.tcp_closed, self.tcp_sent, self.tcp_received):
             name = counter._name + "_total"
-            for values, child in list(counter._metrics.items()):
+            children: dict[Any, Any] = counter._metrics  # prometheus_client's own: labels -> child
+            for values, child in list(children.items()):
                 key = keys.get((name, values))
                 if key is None:
                     key = keys[(name, values)] = (name, tuple(zip(counter._labelnames, values, strict=True)))
                 yield key, child._value.get()
         name = self.duration._name + "_bucket"
-        for values, child in list(self.duration._metrics.items()):
+        histograms: dict[Any, Any] = self.duration._metrics
+        for values, child in list(histograms.items()):
             found = keys.get((name, values))
             if found is None:
                 pairs = tuple(zip(self.duration._labelnames, values, strict=True))
-                found = keys[(name, values)] = tuple((name, (*pairs, ("le", floatToGoString(b))))
+                found = keys[(name, values)] = tuple((name, (*pairs, ("le", le(b))))
                                                      for b in child._upper_bounds)
             cumulative = 0.0
             for bucket_key, bucket in zip(found, child._buckets, strict=True):
