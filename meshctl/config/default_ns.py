@@ -1,4 +1,4 @@
-"""`apply -n PROJECT` of YAML written for Kubernetes' `default` namespace (Istio's docs and samples).
+"""`apply -p PROJECT` of YAML written for Kubernetes' `default` namespace (Istio's docs and samples).
 
 Istio's tasks put bookinfo in `default`: their policies say `namespace: default`, principals
 `cluster.local/ns/default/sa/bookinfo-productpage` and serviceAccounts `default/bookinfo-productpage`. On compose
