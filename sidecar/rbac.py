@@ -34,6 +34,9 @@ class Subject:
     peer_ip: str | None = None  # the connection's source address (ipBlocks)
     remote_ip: str | None = None  # the original client, from trusted X-Forwarded-For hops (remoteIpBlocks)
 
+    # namespace and service_account match the principal as Envoy's RBAC does for Istio's fields (the pattern
+    # `.*/ns/NS/.*`), not by parsing it as an identity (sidecar.contract): a principal the strict parser would
+    # refuse must still meet a DENY rule's namespaces. Verified peers carry only citadel's valid IDs anyway.
     @property
     def namespace(self) -> str | None:
         if self.principal and "/ns/" in self.principal:
