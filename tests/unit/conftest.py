@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def no_certificate_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="module")
+def no_certificate_agent() -> Iterator[None]:
     """Unit tests make throwaway homes: no certificate agent for them (the e2e tests run the real one).
 
-    Per test, not at import: the e2e session's install must still start its agent."""
-    monkeypatch.setenv("MESHCTL_AGENT", "off")
+    Per module (autouse fixtures come first in their scope, so a module's own home fixture runs under it too;
+    per test, an agent was left running for each module-scoped home), not at import: an e2e session's install
+    in the same run must still start its agent."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MESHCTL_AGENT", "off")
+        yield
 
 
 @pytest.fixture
