@@ -51,6 +51,10 @@ class MeshSettings:
     # Istio's meshConfig.outboundTrafficPolicy.mode: ALLOW_ANY, or REGISTRY_ONLY (only meshed services and
     # ServiceEntry hosts may be called; sidecar.egress)
     outbound_traffic_policy: str = MeshConfig.outbound_policy
+    # Several hosts (`meshctl cluster init`): the mesh network is a swarm's attachable overlay, pods' files
+    # travel through the engine API, and `nodes` are the Docker contexts joined besides the CLI's own engine.
+    cluster: bool = False
+    nodes: list[str] = field(default_factory=list)
     installed_by: str = field(default_factory=lambda: __version__)
 
     @classmethod
@@ -78,6 +82,13 @@ class MeshSettings:
         if not isinstance(hops, int) or isinstance(hops, bool) or not 0 <= hops <= 64:
             raise InvalidInput(f"{source}: num_trusted_proxies must be a whole number from 0 to 64, not {hops!r}",
                                "fix it, or run `meshctl install --num-trusted-proxies ...` again")
+        if not isinstance(settings.cluster, bool):
+            raise InvalidInput(f"{source}: cluster must be true or false, not {settings.cluster!r}",
+                               "fix it, or run `meshctl cluster init` again")
+        nodes = settings.nodes
+        if not isinstance(nodes, list) or not all(isinstance(n, str) and n for n in nodes):
+            raise InvalidInput(f"{source}: nodes must be a list of Docker context names, not {nodes!r}",
+                               "fix it, or run `meshctl cluster join CONTEXT` again")
         port = settings.prometheus_port
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise InvalidInput(f"{source}: prometheus_port must be a port number, not {port!r}",

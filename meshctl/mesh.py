@@ -51,6 +51,7 @@ class Pod:
     port_protocols: tuple[tuple[int, str], ...] = ()  # declared: (port, "tcp" | "http"), see inject.protocols
     labels: tuple[tuple[str, str], ...] = ()  # the compose service's labels, which selectors and subsets match
     account: str = ""  # the service account of its identity ("" = the app)
+    node: str = ""  # the Docker context of the host it runs on ("" = the CLI's own engine); see runtime.nodes
 
     @property
     def host(self) -> str:
@@ -224,7 +225,7 @@ def _pairs(first: Callable[[Any], bool]) -> Callable[[Any], tuple[tuple[Any, str
 _FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "service": (_text, "a string"), "sidecar": (_text, "a string"), "app": (_text, "a string"),
     "version": (_text, "a string"), "mode": (_text, "a string"), "workload": (_text, "a string"),
-    "account": (_text, "a string"), "instance": (_whole, "a whole number from 1"),
+    "account": (_text, "a string"), "node": (_text, "a string"), "instance": (_whole, "a whole number from 1"),
     "exclude_inbound": (_ports, "a list of port numbers"), "exclude_outbound": (_ports, "a list of port numbers"),
     "published": (_ports, "a list of port numbers"),
     "port_protocols": (_pairs(_port), "a list of [port, protocol] pairs"),

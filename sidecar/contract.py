@@ -25,6 +25,11 @@ PORT_METRICS: Final = 15090  # Prometheus metrics, spans, tap
 PROXY_PORTS: Final = range(15000, 15100)  # the proxy's own: an app may not use them, the listeners never dial them
 PROXY_UID: Final = 1337  # the proxy's uid and gid, exempt from capture
 
+# Files a pod's directory holds, and across hosts the manifest that vouches for them: the CLI writes it last
+# into the pod's volume, and the supervisor hands the set to the proxy only when every file matches it.
+DELIVERY_FILES: Final = ("cert.pem", "key.pem", "bundle.pem", "snapshot.json")
+MANIFEST_JSON: Final = "manifest.json"
+
 # Istio's duration strings, as resources write them ('250ms', '1.5s', '2m', '1h'): one number, one unit.
 DURATION_RE: Final = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

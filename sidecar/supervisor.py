@@ -12,14 +12,18 @@ While the proxy runs, this loop also:
   cannot read the rules itself);
 - when the mounted files are not owned by 1337 (meshctl run by a non-root user), keeps a 1337-owned
   copy in /run/meshctl, so the proxy can read its key without running as the user's uid (which the app
-  may share, and which would then bypass capture).
+  may share, and which would then bypass capture);
+- when the files were delivered into a volume (a mesh across hosts: a manifest.json comes with them),
+  keeps the same copy, updated only with a whole set whose every file matches the manifest: the engine
+  writes a delivered file in place, so the proxy must never read the set half-way.
 SIGTERM is passed on, and the proxy drains in-flight connections before it exits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import capture, snapshot
-from sidecar.contract import PROXY_UID
+from sidecar.contract import DELIVERY_FILES, MANIFEST_JSON, PROXY_UID
 
 CERT_DIR = snapshot.PROXY_DIR  # only the stdlib is imported here: this process stays small
 
 MIRROR_DIR = Path("/run/meshctl")
-FILES = ("cert.pem", "key.pem", "bundle.pem", "snapshot.json")
+FILES = DELIVERY_FILES
 TICK_S = 0.1
 RESTART_DELAY_S = 0.2
 # How often the nat rules are re-read: a changed rule lets traffic past the proxy for at most this long
@@ -47,15 +51,70 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
+def delivered(cert_dir: Path) -> bool:
+    return (cert_dir / MANIFEST_JSON).is_file()
+
+
 def needs_mirror(cert_dir: Path) -> bool:
+    if delivered(cert_dir):
+        return True
     try:
         return (cert_dir / "key.pem").stat().st_uid != PROXY_UID
     except OSError:
         return False
 
 
+def verified_set(source: Path) -> dict[str, bytes] | None:
+    """The delivered files, if each one is the manifest's; None while a delivery is half-written."""
+    try:
+        listed = json.loads((source / MANIFEST_JSON).read_bytes())["files"]
+        contents = {name: (source / name).read_bytes() for name in listed if name in FILES}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if set(contents) != set(listed) or any(hashlib.sha256(data).hexdigest() != listed[name]
+                                           for name, data in contents.items()):
+        return None
+    return contents
+
+
+def _put(target: Path, name: str, data: bytes) -> None:
+    tmp = target / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.chown(tmp, PROXY_UID, PROXY_UID)
+    os.chmod(tmp, 0o600 if name == "key.pem" else 0o644)
+    os.replace(tmp, target / name)
+
+
+def mirror_delivered(source: Path, target: Path, seen: dict[str, float]) -> None:
+    """Copy a delivered set once the manifest vouches for all of it: key first, then the certificate (the
+    proxy keeps the pair in force while they mismatch), the bundle, and the snapshot last."""
+    try:
+        stamp = (source / MANIFEST_JSON).stat().st_mtime_ns
+    except OSError:
+        return
+    if seen.get(MANIFEST_JSON) == stamp:
+        return
+    contents = verified_set(source)
+    if contents is None:
+        return  # the rest of the delivery is still being written: look again at the next tick
+    for name in ("key.pem", "cert.pem", "bundle.pem", "snapshot.json"):
+        if name in contents and _read(target / name) != contents[name]:
+            _put(target, name, contents[name])
+    seen[MANIFEST_JSON] = stamp
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def mirror(source: Path, target: Path, seen: dict[str, float]) -> None:
     """Copy changed files, each atomically, owned by the proxy uid (the key stays 0600)."""
+    if delivered(source):
+        mirror_delivered(source, target, seen)
+        return
     for name in FILES:
         try:
             mtime = (source / name).stat().st_mtime_ns
@@ -63,11 +122,7 @@ def mirror(source: Path, target: Path, seen: dict[str, float]) -> None:
             continue
         if seen.get(name) == mtime:
             continue
-        tmp = target / f".{name}.tmp"
-        shutil.copyfile(source / name, tmp)
-        os.chown(tmp, PROXY_UID, PROXY_UID)
-        os.chmod(tmp, 0o600 if name == "key.pem" else 0o644)
-        os.replace(tmp, target / name)
+        _put(target, name, (source / name).read_bytes())
         seen[name] = mtime
 
 
@@ -145,9 +200,27 @@ class CaptureGuard:
         os.replace(tmp, self.marker)
 
 
+def first_delivery(source: Path, target: Path, seen: dict[str, float], wait_s: float) -> None:
+    """The first verified set of a delivered directory; the restart policy retries if none comes in time."""
+    target.mkdir(mode=0o700, exist_ok=True)
+    os.chown(target, PROXY_UID, PROXY_UID)
+    deadline = time.monotonic() + wait_s
+    mirror(source, target, seen)
+    while delivered(source) and MANIFEST_JSON not in seen and time.monotonic() < deadline:
+        time.sleep(TICK_S)
+        mirror(source, target, seen)
+
+
 def main() -> int:
+    env = {**os.environ, "HOME": "/tmp"}
+    seen: dict[str, float] = {}
+    source = CERT_DIR
+    if needs_mirror(CERT_DIR):
+        first_delivery(CERT_DIR, MIRROR_DIR, seen, wait_s=10.0)
+        env["MESHCTL_PROXY_DIR"] = str(MIRROR_DIR)
+        source = MIRROR_DIR  # what the proxy reads: the capture rules follow the same snapshot
     try:
-        snap = snapshot.load(CERT_DIR / "snapshot.json")
+        snap = snapshot.load(source / "snapshot.json")
     except snapshot.SnapshotError as exc:
         say(f"cannot start: {exc}")
         return 1
@@ -159,14 +232,6 @@ def main() -> int:
         say(f"cannot install capture rules (does the container have NET_ADMIN?): {capture.why(exc)}")
         return 1
     guard.clear()
-    env = {**os.environ, "HOME": "/tmp"}
-    seen: dict[str, float] = {}
-    source = CERT_DIR
-    if needs_mirror(CERT_DIR):
-        MIRROR_DIR.mkdir(mode=0o700, exist_ok=True)
-        os.chown(MIRROR_DIR, PROXY_UID, PROXY_UID)
-        mirror(CERT_DIR, MIRROR_DIR, seen)
-        env["MESHCTL_PROXY_DIR"] = str(MIRROR_DIR)
     say(f"capture rules installed for {snap.name}; proxy runs as uid {PROXY_UID}")
 
     stopping = False
@@ -190,7 +255,7 @@ def main() -> int:
         while child.poll() is None:
             time.sleep(TICK_S)
             if "MESHCTL_PROXY_DIR" in env:
-                mirror(source, MIRROR_DIR, seen)
+                mirror(CERT_DIR, MIRROR_DIR, seen)
             try:
                 mtime = (source / "snapshot.json").stat().st_mtime
                 if mtime != snapshot_mtime:
