@@ -71,6 +71,7 @@ def _register() -> None:
         config,
         dashboard,
         demo,
+        deploy,
         inject,
         install,
         observe,
@@ -87,8 +88,8 @@ def _register() -> None:
         version,
     )
 
-    for module in (install, inject, uninject, demo, config, route, rollout, certs, security, proxy, observe, tap,
-                   telemetry, slo, dashboard, bench, analyze, schema, check, prune, version, completion):
+    for module in (install, inject, uninject, deploy, demo, config, route, rollout, certs, security, proxy, observe,
+                   tap, telemetry, slo, dashboard, bench, analyze, schema, check, prune, version, completion):
         module.register(app)
 
 

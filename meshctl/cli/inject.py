@@ -41,6 +41,9 @@ def inject(
     mtls_mode: Annotated[Mode, typer.Option("--mtls-mode", case_sensitive=False,
                                             help="Mesh-wide peer authentication mode; a service's "
                                                  "`mesh.mtls-mode` label overrides it.")] = Mode.PERMISSIVE,
+    place: Annotated[list[str] | None, typer.Option("--place", help="SERVICE=CONTEXT: run a service's pods on that "
+                                                    "node of the cluster (repeatable; CONTEXT,CONTEXT spreads "
+                                                    "replicas). Overrides its `mesh.host` label.")] = None,
 ) -> None:
     """Add a sidecar to every service: transparent capture, mutual TLS, telemetry. Idempotent."""
     c: Context = ctx.obj
@@ -48,7 +51,8 @@ def inject(
                                   tuple(profiles or ()), project_directory, project_name))
     if loaded.note:
         c.err.print(loaded.note, highlight=False, markup=False)
-    result = run_inject(c, loaded.compose, loaded.project_name, mtls_mode.value, output.parent if output else None)
+    result = run_inject(c, loaded.compose, loaded.project_name, mtls_mode.value, output.parent if output else None,
+                        tuple(place or ()))
     if output is None:
         c.out.file.write(result.text)
         c.out.file.flush()
@@ -59,8 +63,9 @@ def inject(
         c.err.print("already meshed: returned unchanged")
         return
     skipped = f"; {len(result.skipped)} opted out ({', '.join(result.skipped)})" if result.skipped else ""
-    c.err.print(f"meshed {len(result.pods)} services in project {result.project!r}{skipped}. "
-                f"Run it with: docker compose -p {result.project} -f {output or 'meshed.yaml'} up -d",
+    run = f"meshctl up {output or 'meshed.yaml'}" if c.home.settings().cluster else \
+        f"docker compose -p {result.project} -f {output or 'meshed.yaml'} up -d"
+    c.err.print(f"meshed {len(result.pods)} services in project {result.project!r}{skipped}. Run it with: {run}",
                 highlight=False)
 
 

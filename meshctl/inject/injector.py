@@ -11,14 +11,14 @@ from meshctl.config.store import Store
 from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.fsutil import locked
-from meshctl.inject import load, original, paths, protocols, rewrite, yamlrt
+from meshctl.inject import load, original, paths, placement, protocols, rewrite, yamlrt
 from meshctl.inject.risks import capture_risk
 from meshctl.mesh import Pod, ProxyInfo, proxy_dir
 from meshctl.pilot.proxyfiles import write_proxy_files
 from meshctl.pilot.snapshot import compile_snapshot, verified
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
-from meshctl.runtime import images
+from meshctl.runtime import delivery, images
 from meshctl.runtime.compose import find_compose
 
 
@@ -61,7 +61,7 @@ def _image_id(ctx: Context, ref: str) -> str:
 
 
 def inject(ctx: Context, path: str | load.ComposeFile, project_name: str | None, default_mode: str,
-           output_dir: Path | None = None) -> Result:
+           output_dir: Path | None = None, place: tuple[str, ...] = ()) -> Result:
     """Mesh the compose file at `path`; `output_dir` is where the result will live (None: stdout)."""
     compose = path if isinstance(path, load.ComposeFile) else load.load(path)
     if rewrite.is_meshed(compose.data):
@@ -74,14 +74,19 @@ def inject(ctx: Context, path: str | load.ComposeFile, project_name: str | None,
     project = load.project_name(compose, project_name)
     pods, skipped, pod_problems = rewrite.plan_pods(compose, default_mode.upper())
     problems += pod_problems
+    settings = ctx.home.settings()
+    flags, flag_problems = placement.parse_flags(place)
+    pods, place_problems = placement.place(pods, compose.data["services"], flags, settings.cluster, settings.nodes)
+    problems += flag_problems + place_problems
     if problems:
         raise _fail(compose.source, problems)
-    settings = ctx.home.settings()
     root = pki.load_root(ctx.home.ca_dir)
     revision = Store(ctx.home.config_dir).read()
     dirs = {p.service: proxy_dir(ctx.home.proxies_dir, project, p.service) for p in pods}
-    data = rewrite.rewrite(compose, pods, project, {k: str(v) for k, v in dirs.items()}, settings.proxy_image,
-                           settings.trust_domain, settings.network, _image_id(ctx, settings.proxy_image))
+    mounts = {p.service: delivery.volume_name(project, p.service) for p in pods} if settings.cluster else \
+        {k: str(v) for k, v in dirs.items()}
+    data = rewrite.rewrite(compose, pods, project, mounts, settings.proxy_image, settings.trust_domain,
+                           settings.network, _image_id(ctx, settings.proxy_image), cluster=settings.cluster)
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
     # The exact original rides along in the marker, for `meshctl uninject`. Made from several files, pass them

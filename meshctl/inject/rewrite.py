@@ -32,6 +32,8 @@ LABEL_EXCLUDE_OUTBOUND = "mesh.exclude-outbound-ports"
 MODES = MTLS_MODES
 MARKER = "x-meshctl"
 SIDECAR_SUFFIX = "-proxy"
+LABEL_NODE = f"{const.LABEL_PREFIX}.node"  # the Docker context a pod runs on ("" = the CLI's engine)
+SIDECARS_ALIAS = "meshctl-sidecars"  # every sidecar's name on a cluster's mesh overlay
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 # Keys that belong to whoever owns the network namespace.
@@ -160,7 +162,7 @@ def _networks_with_aliases(svc: dict[str, Any], aliases: list[str]) -> dict[str,
 
 
 def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image: str,
-             mesh_network: str) -> dict[str, Any]:
+             mesh_network: str, cluster: bool = False) -> dict[str, Any]:
     sidecar: dict[str, Any] = {
         "image": image,
         "cap_add": ["NET_ADMIN"],
@@ -178,11 +180,15 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
                                  f"http://127.0.0.1:{const.PORT_HEALTH}/healthz/ready"],
                         "interval": "1s", "timeout": "2s", "retries": 60, "start_period": "60s"},
     }
+    if cluster:  # where it runs; `meshctl up` starts it there, and every view shows it
+        sidecar["labels"][LABEL_NODE] = pod.node
     for key in NAMESPACE_KEYS:  # copies: a node the file shares through an alias must not be written twice
         if key in svc:
             sidecar[key] = _fresh(svc[key])
     networks = _networks_with_aliases(svc, list(dict.fromkeys([pod.app, pod.host])))
-    networks[mesh_network] = None  # the mesh's own network: observability and bench tools reach proxies here
+    # the mesh's own network: observability and bench tools reach proxies here; across hosts, Prometheus
+    # finds every sidecar by one name on it
+    networks[mesh_network] = {"aliases": [SIDECARS_ALIAS]} if cluster else None
     sidecar["networks"] = networks
     if "profiles" in svc:
         sidecar["profiles"] = _fresh(svc["profiles"])
@@ -285,9 +291,41 @@ def _after(mapping: dict[Any, Any], key: str) -> Any:
     return keys[keys.index(key) + 1] if keys.index(key) + 1 < len(keys) else None
 
 
+def spread(data: dict[str, Any], project: str, volumes: list[str]) -> list[str]:
+    """Across hosts: each pod's files come in a volume the CLI fills (external), and the project's own
+    networks become swarm overlays meshctl creates on the manager (external here: compose on a worker cannot
+    create one). Returns the overlays' names, for `meshctl up`."""
+    services = data["services"]
+    used: set[str] = set()
+    for svc in services.values():
+        nets = svc.get("networks")
+        if nets is None and svc.get("network_mode") is None:
+            used.add("default")
+        elif isinstance(nets, dict | list):
+            used.update(str(n) for n in nets)
+    declared = data.get("networks")
+    networks = _own(declared) if isinstance(declared, dict) else CommentedMap()
+    overlays = []
+    for key in sorted(used):
+        conf = networks.get(key) if isinstance(networks.get(key), dict) else {}
+        if conf.get("external"):
+            continue
+        name = str(conf.get("name") or f"{project}_{key}")
+        networks[key] = {"external": True, "name": name}
+        overlays.append(name)
+    data["networks"] = networks
+    declared_volumes = data.get("volumes")
+    top = _own(declared_volumes) if isinstance(declared_volumes, dict) else CommentedMap()
+    for volume in volumes:
+        top[volume] = {"external": True, "name": volume}
+    data["volumes"] = top
+    return overlays
+
+
 def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dict[str, str], image: str,
-            trust_domain: str, mesh_network: str, image_id: str = "") -> dict[str, Any]:
-    """The meshed document: the user's tree (ruamel round trip) with each meshed service turned into a pod."""
+            trust_domain: str, mesh_network: str, image_id: str = "", cluster: bool = False) -> dict[str, Any]:
+    """The meshed document: the user's tree (ruamel round trip) with each meshed service turned into a pod.
+    In a `cluster`, `proxy_dirs` are the pods' volume names (runtime.delivery) and the networks span hosts."""
     # A fresh parse, not a deep copy: ruamel's deepcopy turns keys a `<<:` merge brings into the mapping's own.
     data = _own(yamlrt.load(compose.text)) if compose.text else _own(copy.deepcopy(compose.data))
     services = data["services"] = _own(data["services"])
@@ -302,7 +340,7 @@ def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dic
         instances = [svc] + [_fresh(svc) for _ in group[1:]]  # copied before any edit
         at = list(services).index(name)
         for i, (pod, instance) in enumerate(zip(group, instances, strict=True)):
-            sidecar = _sidecar(instance, pod, project, proxy_dirs[pod.service], image, mesh_network)
+            sidecar = _sidecar(instance, pod, project, proxy_dirs[pod.service], image, mesh_network, cluster)
             app = _app(instance, pod, sidecar, image_id)
             if i == 0:  # the app keeps its place; its sidecar goes in front of it
                 services[name] = app
@@ -321,6 +359,8 @@ def rewrite(compose: ComposeFile, pods: list[Pod], project: str, proxy_dirs: dic
     networks[mesh_network] = {"external": True, "name": mesh_network}
     data["networks"] = networks
     data[MARKER] = {"version": __version__, "project": project, "trust_domain": trust_domain, "network": mesh_network}
+    if cluster:
+        data[MARKER]["overlays"] = spread(data, project, [proxy_dirs[p.service] for p in pods])
     following = _after(data, "services")
     if following is not None:
         comments.put_before(data, following, tail)

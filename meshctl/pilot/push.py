@@ -17,6 +17,7 @@ from meshctl.fsutil import atomic_write, own_by_proxy, read_text
 from meshctl.home import MeshHome
 from meshctl.mesh import SNAPSHOT_JSON, MeshedPods
 from meshctl.pilot.snapshot import compile_snapshot, verified
+from meshctl.runtime import delivery
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Pushed:
     revision: int
     proxies: int
     written: int
+    warnings: tuple[str, ...] = ()  # nodes the new snapshots could not reach yet (a mesh across hosts)
 
 
 def desired(directory: Path) -> dict[str, Any] | None:
@@ -50,10 +52,11 @@ def push(home: MeshHome) -> Pushed:
         info = pods.read(directory)
         compiled.append((directory, verified(info, compile_snapshot(info, revision.resources, revision.revision,
                                                                     settings))))
-    written = 0
+    written = []
     for directory, snapshot in compiled:
         current = desired(directory)
         if current is None or current.get("hash") != snapshot["hash"]:
             write_snapshot(directory, snapshot)
-            written += 1
-    return Pushed(revision.revision, len(dirs), written)
+            written.append(directory)
+    report = delivery.deliver(home, written)  # across hosts: into each pod's volume (here: a no-op)
+    return Pushed(revision.revision, len(dirs), len(written), tuple(report.warnings()))

@@ -4,7 +4,8 @@ Istio's istiod renews certificates continuously; meshctl has no server, so `inst
 `demo` make sure one agent per mesh home runs (`meshctl certs agent`, detached). It holds
 <home>/citadel.lock for its life, so a second one exits at once, and it exits by itself when the home
 is removed. The CA key stays on the host: the agent writes each renewed certificate into the proxy's
-directory, and the sidecar picks it up within a second, with no restart.
+directory, and the sidecar picks it up within a second, with no restart. Across hosts it also re-sends
+each pod's files that a node missed while it was down (runtime.delivery).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from meshctl.errors import MeshError
 from meshctl.home import MeshHome
 from meshctl.pki import citadel
+from meshctl.runtime import delivery
 
 log = logging.getLogger("meshctl.agent")
 LOCK = "citadel.lock"
@@ -109,6 +111,10 @@ def run(home: MeshHome) -> int:
                 renewed = citadel.renew_due(home, now)
                 if renewed:
                     log.info("renewed %d certificate(s): %s", len(renewed), ", ".join(renewed))
+                # across hosts: whatever a node missed while it was down (no-op on one host)
+                resent = delivery.deliver(home)
+                if resent.delivered:
+                    log.info("delivered the files of %s", ", ".join(resent.delivered))
                 time.sleep(tick_seconds(home, dt.datetime.now(dt.UTC)))
             except MeshError as exc:  # e.g. a proxy directory removed mid-scan: the next round sees the truth
                 log.warning("renewal round failed: %s", exc.one_line())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ from meshctl.home import MeshHome
 from meshctl.mesh import BUNDLE_PEM, CERT_PEM, KEY_PEM, MeshedPods, read_proxy_info
 from meshctl.pki import ca as pki
 from meshctl.pki import workload
+from meshctl.runtime import delivery
+
+log = logging.getLogger(__name__)
 
 BUNDLE_FILE = "trust-bundle.pem"
 RENEW_AT = 0.5  # of a certificate's life, as Istio's agent does
@@ -145,6 +149,7 @@ def _reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[
         if (directory / BUNDLE_PEM).read_bytes() != bundle:
             write_bundle(directory, bundle)
         serials.append(f"{cert.cert.serial_number:x}")
+    _deliver(home, directories)
     return serials
 
 
@@ -195,10 +200,20 @@ def _save_state(home: MeshHome, state: dict[str, str] | None) -> None:
         atomic_write(path, json.dumps(state), mode=0o600)
 
 
+def _deliver(home: MeshHome, directories: list[Path]) -> None:
+    """Across hosts, new files travel to each pod's volume; a node that is down gets them from the agent's
+    next round (delivery remembers what each pod has)."""
+    report = delivery.deliver(home, directories)
+    for warning in report.warnings():
+        log.warning("%s", warning)
+
+
 def _distribute_bundle(home: MeshHome, bundle: bytes) -> None:
     atomic_write(home.ca_dir / BUNDLE_FILE, bundle, mode=0o644)
-    for directory in MeshedPods.of(home).directories():
+    directories = MeshedPods.of(home).directories()
+    for directory in directories:
         write_bundle(directory, bundle)
+    _deliver(home, directories)
 
 
 def root_stage(home: MeshHome, stage: str, now: dt.datetime) -> dict[str, str]:

@@ -47,11 +47,13 @@ def require_compose() -> ComposeTool:
     return tool
 
 
-def run_compose(tool: ComposeTool, project: str, file: Path, *args: str, timeout: float = 900) -> str:
-    """Run compose for `project`; a failure becomes one line with compose's own last words."""
+def run_compose(tool: ComposeTool, project: str, file: Path, *args: str, timeout: float = 900,
+                env: dict[str, str] | None = None) -> str:
+    """Run compose for `project` (on the engine `env` points at); a failure becomes one line with compose's own
+    last words."""
     argv = [*tool.argv, "-p", project, "-f", str(file), *args]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         raise EngineError(f"`{' '.join(argv)}` did not finish within {timeout:.0f}s") from exc
     if done.returncode != 0:
@@ -60,12 +62,13 @@ def run_compose(tool: ComposeTool, project: str, file: Path, *args: str, timeout
     return done.stdout
 
 
-def compose_down(tool: ComposeTool, project: str, file: Path, attempts: int = 4) -> None:
+def compose_down(tool: ComposeTool, project: str, file: Path, attempts: int = 4,
+                 env: dict[str, str] | None = None) -> None:
     """`down`, retried: Docker 20.10 frees a network's endpoints asynchronously after its containers go,
     so removing the network right away can fail with "has active endpoints"."""
     for attempt in range(attempts):
         try:
-            run_compose(tool, project, file, "down", "--volumes", "--remove-orphans", "--timeout", "2")
+            run_compose(tool, project, file, "down", "--volumes", "--remove-orphans", "--timeout", "2", env=env)
             return
         except EngineError:
             if attempt == attempts - 1:

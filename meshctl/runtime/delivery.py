@@ -136,9 +136,10 @@ ClientFor = Callable[[str], DockerClient]
 
 
 def deliver(home: MeshHome, directories: Iterable[Path] | None = None, *, force: bool = False,
-            client_for: ClientFor = context_client) -> Report:
+            create: bool = False, client_for: ClientFor = context_client) -> Report:
     """Send each directory whose files changed since its last delivery to its pod's host (all pods when
-    `directories` is None). A no-op on a single-host mesh, where the sidecars mount the directories."""
+    `directories` is None). A no-op on a single-host mesh, where the sidecars mount the directories.
+    Only pods that were started (`meshctl up`, which passes `create`) have a volume to deliver into."""
     settings = home.settings()
     report = Report()
     if not settings.cluster:
@@ -156,7 +157,7 @@ def deliver(home: MeshHome, directories: Iterable[Path] | None = None, *, force:
             report.failed[shown(node)] = exc.one_line()
             continue
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            one = functools.partial(_deliver_one, client, image=settings.proxy_image, force=force)
+            one = functools.partial(_deliver_one, client, image=settings.proxy_image, force=force, create=create)
             results = list(pool.map(one, infos))
         for info, result in zip(infos, results, strict=True):
             if isinstance(result, str):
@@ -168,7 +169,7 @@ def deliver(home: MeshHome, directories: Iterable[Path] | None = None, *, force:
     return report
 
 
-def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool) -> bool | str:
+def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool, create: bool) -> bool | str:
     assert info.directory is not None
     files = manifest(info.directory)
     digest = _digest(files)
@@ -176,7 +177,14 @@ def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool)
     if not force and marker.is_file() and marker.read_text().strip() == digest:
         return False
     try:
-        courier = ensure_courier(client, info, image)
+        if create:
+            courier = ensure_courier(client, info, image)
+        else:
+            with engine_errors(f"find the files volume of {info.name}"):
+                try:
+                    courier = client.containers.get(courier_name(info.project, info.pod.service))
+                except docker.errors.NotFound:
+                    return False  # not started (or taken down): `meshctl up` delivers everything
         with engine_errors(f"deliver the files of {info.name}"):
             courier.put_archive(MOUNT, pack(info.directory, files))
     except (EngineError, docker.errors.DockerException, OSError) as exc:

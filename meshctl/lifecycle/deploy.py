@@ -1,0 +1,203 @@
+"""`meshctl up FILE` / `meshctl down FILE`: run a meshed compose project, on one host or across several.
+
+On one host this is `docker compose up -d` / `down`. In a cluster, pods run on the nodes their placement
+names (Pod.node, from `mesh.host` or `inject --place`):
+- the project's networks are attachable swarm overlays, created on the manager (a worker cannot create one);
+- each pod's files are delivered into its volume on its node (runtime.delivery) before its sidecar starts;
+- the meshed file is split per node (a pod's sidecar and app stay together; a `depends_on` that crosses
+  hosts is dropped: compose can only wait for services it runs), written to <home>/cluster/<project>/, and
+  `docker compose` runs on each node through its Docker context, with the same project name everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import yaml
+
+from meshctl import const
+from meshctl.context import Context
+from meshctl.errors import InvalidInput, MeshError
+from meshctl.fsutil import atomic_write, ensure_dir, read_text
+from meshctl.inject import placement, rewrite
+from meshctl.inject.load import depends_on_names
+from meshctl.mesh import MeshedPods
+from meshctl.runtime import delivery
+from meshctl.runtime.compose import compose_down, require_compose, run_compose
+from meshctl.runtime.engine import engine_errors
+from meshctl.runtime.nodes import MANAGER, compose_env, context_client, shown
+
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+@dataclass
+class Deployed:
+    project: str
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # shown node -> services started there
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_meshed(file: Path) -> tuple[dict[str, Any], str]:
+    """The meshed document and its project; one line naming the file when it is not one."""
+    try:
+        data = yaml.safe_load(read_text(file))
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{file} is not valid YAML: {exc}".splitlines()[0], "give the file `meshctl inject` "
+                           "wrote") from None
+    marker = data.get(rewrite.MARKER) if isinstance(data, dict) else None
+    if not isinstance(marker, dict) or not marker.get("project"):
+        raise InvalidInput(f"{file} is not a meshed compose file", f"mesh it first: meshctl inject {file} -o "
+                           "meshed.yaml")
+    return data, str(marker["project"])
+
+
+def node_of(name: str, svc: dict[str, Any], services: dict[str, Any]) -> str:
+    labels: dict[str, Any] = svc["labels"] if isinstance(svc.get("labels"), dict) else {}
+    if labels.get(const.LABEL_COMPONENT) == "sidecar":
+        return str(labels.get(rewrite.LABEL_NODE, MANAGER))
+    mode = str(svc.get("network_mode") or "")
+    if mode.startswith("service:") and mode[len("service:"):] in services:
+        sidecar = mode[len("service:"):]
+        return node_of(sidecar, services[sidecar], services)
+    return placement.unmeshed_node(svc, {}, name)
+
+
+def split(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One compose document per node: its services, their dependencies on the same node, the rest as is."""
+    services: dict[str, Any] = data.get("services") or {}
+    by_node: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        by_node.setdefault(node_of(name, svc, services), []).append(name)
+    out = {}
+    for node, names in by_node.items():
+        doc = copy.deepcopy(data)
+        doc["services"] = {}
+        for name in names:
+            svc = copy.deepcopy(services[name])
+            deps = svc.get("depends_on")
+            if isinstance(deps, dict):
+                svc["depends_on"] = {k: v for k, v in deps.items() if k in names}
+            elif isinstance(deps, list):
+                svc["depends_on"] = [d for d in depends_on_names(svc) if d in names]
+            if not svc.get("depends_on"):
+                svc.pop("depends_on", None)
+            doc["services"][name] = svc
+        used = {str(v).split(":", 1)[0] for s in doc["services"].values() for v in s.get("volumes") or []
+                if isinstance(v, str)}
+        volumes = doc.get("volumes")
+        if isinstance(volumes, dict):  # another node's pod volumes do not exist here
+            doc["volumes"] = {k: v for k, v in volumes.items()
+                              if not str(k).startswith("meshctl-proxy-") or k in used}
+        out[node] = doc
+    return out
+
+
+def _deploy_dir(ctx: Context, project: str) -> Path:
+    return ctx.home.root / "cluster" / project
+
+
+def ensure_overlays(ctx: Context, names: list[str], project: str) -> None:
+    client = ctx.docker()
+    with engine_errors(f"create the networks of project {project}"):
+        for name in names:
+            if not [n for n in client.networks.list(names=[name]) if n.name == name]:
+                client.networks.create(name, driver="overlay", attachable=True, check_duplicate=True,
+                                       labels={const.LABEL_MANAGED: "true", const.LABEL_COMPONENT: "project-network",
+                                               PROJECT_LABEL: project})
+
+
+def up(ctx: Context, file: Path) -> Deployed:
+    data, project = load_meshed(file)
+    done = Deployed(project)
+    tool = require_compose()
+    if not ctx.home.settings().cluster:
+        run_compose(tool, project, file, "up", "-d", "--remove-orphans")
+        done.nodes[shown(MANAGER)] = list(data.get("services") or {})
+        return done
+    marker = data[rewrite.MARKER]
+    ensure_overlays(ctx, list(marker.get("overlays") or []), project)
+    docs = split(data)
+    pods = MeshedPods.of(ctx.home)
+    target = _deploy_dir(ctx, project)
+    ensure_dir(target, 0o700)
+    for node, doc in docs.items():
+        dirs = [pods.directory(project, name) for name in doc["services"]
+                if (pods.directory(project, name) / "proxy.json").is_file()]
+        report = delivery.deliver(ctx.home, dirs, force=True, create=True)
+        if report.failed:
+            raise MeshError(report.warnings()[0].split(";")[0], "start it (or `meshctl cluster status` to see "
+                            "which node is gone), then run `meshctl up` again")
+        atomic_write(target / f"{shown(node)}.yaml", yaml.safe_dump(doc, sort_keys=False), mode=0o600)
+
+    def start(node: str) -> None:
+        run_compose(tool, project, target / f"{shown(node)}.yaml", "--project-directory", str(file.parent.resolve()),
+                    "up", "-d", "--remove-orphans", env=compose_env(node))
+
+    with ThreadPoolExecutor(max_workers=len(docs)) as pool:
+        list(pool.map(start, docs))
+    for node, doc in docs.items():
+        done.nodes[shown(node)] = list(doc["services"])
+    for node in [MANAGER, *ctx.home.settings().nodes]:
+        if node not in docs:  # pods placed elsewhere since the last `up`
+            done.warnings += _remove_project(node, project)
+    return done
+
+
+def _remove_project(node: str, project: str, services: list[str] | None = None) -> list[str]:
+    try:
+        client = context_client(node)
+        with engine_errors(f"remove project {project} on {shown(node)}"):
+            for container in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+                container.remove(force=True)
+            for service in services or []:
+                delivery.remove_courier(client, project, service)
+    except MeshError as exc:
+        return [f"node {shown(node)}: {exc.one_line()}"]
+    return []
+
+
+def down(ctx: Context, file: Path) -> Deployed:
+    data, project = load_meshed(file)
+    done = Deployed(project)
+    tool = require_compose()
+    if not ctx.home.settings().cluster:
+        compose_down(tool, project, file)
+        return done
+    target = _deploy_dir(ctx, project)
+    services = list(data.get("services") or {})
+    for node in [MANAGER, *ctx.home.settings().nodes]:
+        per_node = target / f"{shown(node)}.yaml"
+        if per_node.is_file():
+            try:
+                compose_down(tool, project, per_node, env=compose_env(node))
+            except MeshError as exc:
+                done.warnings.append(f"node {shown(node)}: {exc.one_line()}")
+        done.warnings += _remove_project(node, project, services)
+        done.nodes[shown(node)] = []
+    for directory in MeshedPods.of(ctx.home).directories():
+        if directory.parent.name == project:
+            (directory / delivery.DELIVERED).unlink(missing_ok=True)
+    _remove_overlays(ctx, list(data[rewrite.MARKER].get("overlays") or []))
+    for leftover in target.glob("*.yaml") if target.is_dir() else []:
+        leftover.unlink()
+    return done
+
+
+def _remove_overlays(ctx: Context, names: list[str], attempts: int = 5) -> None:
+    """Endpoints of containers just removed are freed asynchronously, more so across hosts: retry."""
+    client = ctx.docker()
+    for name in names:
+        for attempt in range(attempts):
+            try:
+                for net in client.networks.list(names=[name]):
+                    if net.name == name:
+                        net.remove()
+                break
+            except docker.errors.APIError:
+                time.sleep(1 + attempt)
