@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 
+from meshctl.errors import NotInstalled
 from meshctl.home import MeshHome, default_cache, default_home
 
 if TYPE_CHECKING:
@@ -30,6 +31,12 @@ def _connect() -> DockerClient:
     return connect()
 
 
+def _node_client(node: str) -> DockerClient:
+    from meshctl.runtime.nodes import context_client
+
+    return context_client(node)
+
+
 @dataclass
 class Context:
     home: MeshHome = field(default_factory=lambda: MeshHome(default_home()))
@@ -39,10 +46,32 @@ class Context:
     debug: bool = False
     docker_factory: Callable[[], DockerClient] = _connect
     clock: Callable[[], float] = time.time
+    node_factory: Callable[[str], DockerClient] = _node_client  # another node's engine, by Docker context name
     _docker: DockerClient | None = field(default=None, repr=False)
+    _engines: dict[str, DockerClient] = field(default_factory=dict, repr=False)
 
     def docker(self) -> DockerClient:
         """The engine client, connected on first use so commands that need no engine never wait for one."""
         if self._docker is None:
             self._docker = self.docker_factory()
         return self._docker
+
+    def engine(self, node: str) -> DockerClient:
+        """A node's engine client ("" is the manager's, `docker()`), connected on first use and kept. A node that
+        does not answer raises each time it is asked (it may come back)."""
+        if not node:
+            return self.docker()
+        if node not in self._engines:
+            self._engines[node] = self.node_factory(node)
+        return self._engines[node]
+
+    def clustered(self) -> bool:
+        """Whether the mesh spans hosts (`meshctl cluster init`); False where no mesh is installed."""
+        try:
+            return self.home.settings().cluster
+        except NotInstalled:
+            return False
+
+    def nodes(self) -> list[str]:
+        """Every node of the mesh: the manager ("") first, then the joined contexts; just the manager on one host."""
+        return ["", *list(self.home.settings().nodes)] if self.clustered() else [""]

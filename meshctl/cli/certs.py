@@ -55,10 +55,11 @@ def status(ctx: typer.Context, output: OutputOption = OutputFormat.table) -> Non
 
 
 def wait_for(c: Context, what: str, done: Callable[[ProxyStatus], bool], timeout: float) -> None:
-    """Until every running sidecar reports `done` in its ack (stopped ones load the files when they start)."""
+    """Until every running sidecar reports `done` in its ack (stopped ones load the files when they start; one
+    on a node that does not answer cannot be asked, and is not waited for)."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = [r for r in proxy_statuses(c) if r.status != "NOT RUNNING"]
+        rows = [r for r in proxy_statuses(c) if r.status != "NOT RUNNING" and not r.node_down]
         behind = [r.name for r in rows if not done(r)]
         if not behind:
             c.err.print(f"  {what}: all {len(rows)} running sidecars", highlight=False)

@@ -22,14 +22,21 @@ from meshctl.output import OutputFormat, OutputOption, emit, simple_table, stamp
 from meshctl.pilot import proxyconfig
 from meshctl.pilot.push import desired
 from meshctl.pilot.status import ProxyStatus, age, proxy_statuses, until
+from meshctl.runtime.nodes import shown
 from meshctl.status import ExitCode
 
 COLUMNS = ["name", "service", "version", "status", "revision", "last ack", "cert expires", "proxy version"]
+NODE_COLUMN = "node"  # after the version, in a mesh that spans hosts
 
 
-def _row(s: ProxyStatus, now: float) -> list[object]:
-    return [s.name, s.service, s.version, s.status, s.revision if s.revision is not None else "-",
-            age(s.last_ack, now), until(s.cert_expires), s.proxy_version or "-"]
+def _columns(clustered: bool) -> list[str]:
+    return [*COLUMNS[:3], NODE_COLUMN, *COLUMNS[3:]] if clustered else COLUMNS
+
+
+def _row(s: ProxyStatus, now: float, clustered: bool = False) -> list[object]:
+    return [s.name, s.service, s.version, *([shown(s.node)] if clustered else []), s.status,
+            s.revision if s.revision is not None else "-", age(s.last_ack, now), until(s.cert_expires),
+            s.proxy_version or "-"]
 
 
 def proxy_status(
@@ -45,8 +52,9 @@ def proxy_status(
     interval: IntervalOption = None,
     output: OutputOption = OutputFormat.table,
 ) -> int:
-    """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING. With -w, the
-    table redrawn as it changes, as `watch istioctl proxy-status` shows it."""
+    """One row per proxy: SYNCED, STALE (applied N, current M), REJECTED (reason) or NOT RUNNING; in a mesh that
+    spans hosts, its NODE, and NODE DOWN (node: why) for a pod whose node does not answer. With -w, the table
+    redrawn as it changes, as `watch istioctl proxy-status` shows it."""
     c: Context = ctx.obj
     timeout_s = duration("--timeout", timeout, minimum=0.1)
     every = interval_of(watch, interval)
@@ -86,8 +94,8 @@ def _table(c: Context, output: OutputFormat, rows: list[ProxyStatus]) -> Any:
     """The rows as -o asks; ages counted from now (a watched table's ages move on every redraw)."""
     if output is not OutputFormat.table:
         return watching.structured(output, [_json(r) for r in rows])
-    now = c.clock()
-    return simple_table(COLUMNS, [_row(r, now) for r in rows])
+    now, clustered = c.clock(), c.clustered()
+    return simple_table(_columns(clustered), [_row(r, now, clustered) for r in rows])
 
 
 class Section(StrEnum):
@@ -140,6 +148,10 @@ def _json(row: ProxyStatus) -> dict[str, Any]:
 
 def _one(c: Context, row: ProxyStatus, output: OutputFormat, now: float) -> None:
     """One proxy: its row, then what the control plane wants against what the proxy applied (istioctl's diff)."""
+    clustered = c.clustered()
+    if row.node_down:  # nothing to ask it: the row says why
+        emit(c.out, output, _json(row), lambda: simple_table(_columns(clustered), [_row(row, now, clustered)]))
+        return
     found = proxyconfig.find_proxy(c, row.name)
     want = desired(proxy_dir(c.home.proxies_dir, found.project, found.service)) or {}
     applied = proxyconfig.config_dump(c, found)["snapshot"] if found.state == "running" else {}
@@ -149,7 +161,7 @@ def _one(c: Context, row: ProxyStatus, output: OutputFormat, now: float) -> None
     if output is not OutputFormat.table:
         emit(c.out, output, {**_json(row), "diff": diff}, lambda: "")
         return
-    c.out.print(simple_table(COLUMNS, [_row(row, now)]))
+    c.out.print(simple_table(_columns(clustered), [_row(row, now, clustered)]))
     c.out.print()
     if not diff:
         c.out.print(f"Clusters, listeners and routes match: {row.name} runs revision {want.get('revision')} "

@@ -21,6 +21,7 @@ from meshctl.context import Context
 from meshctl.errors import Conflict, MeshError, UsageError
 from meshctl.mesh import parse_identity
 from meshctl.output import stamped
+from meshctl.pilot import dataplane
 from meshctl.status import ExitCode
 from meshctl.telemetry import mesh
 from meshctl.telemetry.flows import FlowFile
@@ -118,6 +119,7 @@ def tap(
 ) -> int:
     """Stream the live requests through a service's sidecars, inbound and outbound (like `linkerd viz tap`)."""
     c: Context = ctx.obj
+    dataplane.refuse_in_cluster(c, "tap")  # a stream from each sidecar: no one exchange to carry through exec
     until = seconds("--duration", duration) if duration else 0.0
     try:
         spec = TapSpec.parse(path, method, status, body_limit if bodies else 0, not no_redact, max_records,

@@ -22,12 +22,12 @@ from meshctl.extras import prometheus
 from meshctl.extras.prometheus import client as prom_client
 from meshctl.extras.prometheus import config as prom_config
 from meshctl.extras.prometheus import container as prom_container
+from meshctl.pilot import dataplane
 from meshctl.pki import agent, citadel, workload
 from meshctl.pki import ca as pki
 from meshctl.runtime import images, network
 from meshctl.runtime.compose import find_compose
 from meshctl.runtime.engine import MIN_API_VERSION
-from meshctl.runtime.proxies import list_proxies
 
 
 class State(StrEnum):
@@ -177,7 +177,7 @@ def _prometheus(ctx: Context) -> Result:
     base = prom_container.base_url(prom_container.host_port(container) or settings.prometheus_port)
     targets = prom_client.targets(base)
     up = [t for t in targets if t.get("health") == "up"]
-    running = [p for p in list_proxies(client) if p.state == "running" and settings.network in p.addresses]
+    running = [p for p in dataplane.sidecars(ctx) if p.state == "running" and settings.network in p.addresses]
     detail = f"{base}: {len(up)}/{len(targets)} sidecar targets up"
     down = [f"{(t.get('labels') or {}).get('instance', '?')} ({t.get('lastError') or 'not scraped yet'})"
             for t in targets if t.get("health") != "up"]

@@ -18,10 +18,11 @@ from pathlib import Path
 from meshctl.context import Context
 from meshctl.errors import Timeout
 from meshctl.inject.injector import inject
+from meshctl.pilot import dataplane
 from meshctl.resources import SAMPLES, shipped
 from meshctl.runtime.compose import compose_down, require_compose, run_compose
 from meshctl.runtime.direct import OPENER
-from meshctl.runtime.proxies import Proxy, list_proxies
+from meshctl.runtime.proxies import Proxy
 from meshctl.telemetry.scrape import scrape
 
 Progress = Callable[[str], None]
@@ -77,7 +78,7 @@ def wait_ready(ctx: Context, progress: Progress) -> list[Proxy]:
     deadline = time.monotonic() + READY_TIMEOUT_S
     seen = "no proxies yet"
     while time.monotonic() < deadline:
-        proxies = list_proxies(ctx.docker(), PROJECT)
+        proxies = dataplane.sidecars(ctx, PROJECT)
         ready = sum(p.ready for p in proxies)
         seen = f"{ready}/{len(proxies)} proxies ready"
         if proxies and ready == len(proxies):

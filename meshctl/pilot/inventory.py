@@ -9,8 +9,8 @@ from meshctl import const
 from meshctl.config.analyze import Inventory
 from meshctl.context import Context
 from meshctl.mesh import CERT_PEM, MeshedPods
+from meshctl.pilot import dataplane
 from meshctl.runtime.engine import engine_errors
-from meshctl.runtime.proxies import list_proxies
 
 
 def build(ctx: Context, project: str | None = None) -> Inventory:
@@ -37,13 +37,19 @@ def build(ctx: Context, project: str | None = None) -> Inventory:
         name = info.name
         inv.certs[name] = cert.not_valid_after_utc.timestamp()
         inv.cert_lifetimes[name] = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
-    for proxy in list_proxies(ctx.docker()):
+    listed = dataplane.listing(ctx)
+    for proxy in listed.proxies:
         if proxy.state == "running":
             inv.running.setdefault(proxy.app, set()).add(proxy.version)
-    client = ctx.docker()
+    # a project's containers on every node that answered (a node's own compose runs its share of the project)
+    clients = [ctx.engine(node) for node in ctx.nodes() if node not in listed.unreachable]
     for name in sorted(projects):
-        with engine_errors(f"list the containers of project {name}"):
-            containers = client.containers.list(filters={"label": f"com.docker.compose.project={name}"})
+        found: dict[str, Container] = {}  # by id: two contexts may name one engine
+        for client in clients:
+            with engine_errors(f"list the containers of project {name}"):
+                found |= {c.id: c for c in client.containers.list(
+                    filters={"label": f"com.docker.compose.project={name}"})}
+        containers = list(found.values())
         outsiders = sorted({c.labels.get("com.docker.compose.service", c.name) for c in containers
                             if c.labels.get(const.LABEL_COMPONENT) != "sidecar"
                             and c.labels.get(f"{const.LABEL_PREFIX}.injected") != "true"})

@@ -12,16 +12,19 @@ from typing import Any
 from meshctl import const
 from meshctl.context import Context
 from meshctl.errors import EngineError, UsageError
+from meshctl.pilot import dataplane
 from meshctl.runtime.engine import engine_errors
-from meshctl.runtime.proxies import Proxy, list_proxies
+from meshctl.runtime.proxies import Proxy
 
 SECTIONS = ("listeners", "routes", "clusters", "endpoints", "secrets")
 
 
 def find_proxy(ctx: Context, name: str) -> Proxy:
-    found = [p for p in list_proxies(ctx.docker()) if name in (p.name, p.service, p.container)]
+    listed = dataplane.listing(ctx)
+    found = [p for p in listed.proxies if name in (p.name, p.service, p.container)]
     if not found:
-        raise UsageError(f"no proxy named {name!r}", "see `meshctl proxy-status` for the names")
+        down = f" ({dataplane.down_note(listed.unreachable)})" if listed.unreachable else ""
+        raise UsageError(f"no proxy named {name!r}{down}", "see `meshctl proxy-status` for the names")
     if len(found) > 1:
         raise UsageError(f"{name!r} names {len(found)} proxies ({', '.join(p.name for p in found)})",
                          "use the full project.service name")
@@ -32,7 +35,7 @@ def config_dump(ctx: Context, proxy: Proxy) -> dict[str, Any]:
     if proxy.state != "running":
         raise EngineError(f"proxy {proxy.name} is not running ({proxy.state})", "start it, then ask again")
     with engine_errors(f"read the config of {proxy.name}"):
-        container = ctx.docker().containers.get(proxy.container)
+        container = dataplane.engine_of(ctx, proxy).containers.get(proxy.cid or proxy.container)
         code, out = container.exec_run(["curl", "-fsS", "--max-time", "5",
                                         f"http://127.0.0.1:{const.PORT_ADMIN}/config_dump"])
     if code != 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,14 @@ from cryptography import x509
 
 from meshctl import const
 from meshctl.context import Context
-from meshctl.mesh import CERT_PEM, SNAPSHOT_JSON, proxy_dir
+from meshctl.mesh import CERT_PEM, SNAPSHOT_JSON, MeshedPods, proxy_dir
+from meshctl.pilot import dataplane
 from meshctl.pilot.push import desired
 from meshctl.runtime.direct import OPENER
-from meshctl.runtime.proxies import Proxy, list_proxies, read_each
+from meshctl.runtime.nodes import shown
+from meshctl.runtime.proxies import Proxy, read_each
+
+NODE_DOWN = "NODE DOWN"
 
 
 @dataclass
@@ -36,6 +41,12 @@ class ProxyStatus:
     proxy_version: str
     cert_serial: str | None = None  # the certificate the sidecar has loaded (from its ack)
     trusted_roots: tuple[str, ...] = ()  # serials of the roots in the bundle it has loaded
+    node: str = ""  # the Docker context of its host ("" = the manager)
+
+    @property
+    def node_down(self) -> bool:
+        """Its node's engine does not answer: nothing is known of it, nothing can be asked of it."""
+        return self.status.startswith(NODE_DOWN)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -50,8 +61,13 @@ def fetch_status(address: str, timeout: float = 1.5) -> dict[str, Any] | None:
 
 
 def _cert_expiry(ctx: Context, proxy: Proxy) -> float | None:
+    return _cert_file_expiry(ctx, proxy.project, proxy.service)
+
+
+def _cert_file_expiry(ctx: Context, project: str, service: str) -> float | None:
+    """The expiry of the certificate in the mesh home (what the pod would present), read from the local file."""
     try:
-        pem = (proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service) / CERT_PEM).read_bytes()
+        pem = (proxy_dir(ctx.home.proxies_dir, project, service) / CERT_PEM).read_bytes()
     except OSError:
         return None
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
@@ -60,7 +76,7 @@ def _cert_expiry(ctx: Context, proxy: Proxy) -> float | None:
 def status_of(ctx: Context, proxy: Proxy, network: str) -> ProxyStatus:
     want = desired(proxy_dir(ctx.home.proxies_dir, proxy.project, proxy.service)) or {}
     row = ProxyStatus(proxy.name, proxy.app, proxy.version, "NOT RUNNING", False, None, want.get("revision"), None,
-                      None, "")
+                      None, "", node=proxy.node)
     address = proxy.address_on(network)
     if proxy.state != "running" or address is None:
         row.cert_expires = _cert_expiry(ctx, proxy)  # what it would present: the file (only read when no ack)
@@ -86,13 +102,35 @@ def status_of(ctx: Context, proxy: Proxy, network: str) -> ProxyStatus:
 
 
 def proxy_statuses(ctx: Context, only: str | None = None, project: str | None = None) -> list[ProxyStatus]:
-    """Every meshed proxy's status (or `only` the one named, or one project's), acks read in parallel."""
+    """Every meshed proxy's status (or `only` the one named, or one project's), acks read in parallel. In a
+    cluster, a meshed pod placed on a node whose engine does not answer gets a NODE DOWN row."""
     network = ctx.home.settings().network
-    mine = [p for p in list_proxies(ctx.docker(), project)
-            if (project is None or p.project == project)
-            and (only is None or only in (p.name, p.service, p.container))
-            and (proxy_dir(ctx.home.proxies_dir, p.project, p.service) / SNAPSHOT_JSON).is_file()]
-    return read_each(mine, lambda p: status_of(ctx, p, network), workers=32)
+    found = dataplane.listing(ctx, project)
+
+    def wanted(project_name: str, service: str, name: str, container: str = "") -> bool:
+        return ((project is None or project_name == project) and (only is None or only in (name, service, container))
+                and (proxy_dir(ctx.home.proxies_dir, project_name, service) / SNAPSHOT_JSON).is_file())
+
+    mine = [p for p in found.proxies if wanted(p.project, p.service, p.name, p.container)]
+    rows = read_each(mine, lambda p: status_of(ctx, p, network), workers=32)
+    return sorted(rows + _down_rows(ctx, found.unreachable, {p.name for p in mine}, wanted), key=lambda r: r.name)
+
+
+def _down_rows(ctx: Context, unreachable: dict[str, str], listed: set[str],
+               wanted: Callable[[str, str, str], bool]) -> list[ProxyStatus]:
+    """A row for every meshed pod placed on an unreachable node: what is known of it is what its files say."""
+    if not unreachable:
+        return []
+    rows = []
+    for info in MeshedPods.of(ctx.home):
+        node = info.pod.node
+        if node not in unreachable or info.name in listed or not wanted(info.project, info.pod.service, info.name):
+            continue
+        want = desired(proxy_dir(ctx.home.proxies_dir, info.project, info.pod.service)) or {}
+        rows.append(ProxyStatus(info.name, info.pod.app, info.pod.version, f"{NODE_DOWN} ({shown(node)}: "
+                                f"{unreachable[node]})", False, None, want.get("revision"), None,
+                                _cert_file_expiry(ctx, info.project, info.pod.service), "", node=node))
+    return rows
 
 
 def age(ts: float | None, now: float) -> str:

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from meshctl.config import routes
 from meshctl.context import Context
 from meshctl.mesh import MeshedPods
-from meshctl.pilot import changes
+from meshctl.pilot import changes, dataplane
 from meshctl.rollout.gates import counters, delta, judge
 from meshctl.rollout.machine import DONE, MOVES_TRAFFIC, STARTS_STEP, Event, Status, gate_event
 from meshctl.rollout.state import Rollout, RolloutStore
-from meshctl.runtime.proxies import list_proxies
 from meshctl.telemetry import mesh
 
 TICK_S = 0.5
@@ -34,7 +33,7 @@ def set_weight(ctx: Context, r: Rollout, weight: int) -> None:
 
 def canary_counters(ctx: Context, r: Rollout) -> dict[str, dict[str, float]]:
     network = ctx.home.settings().network
-    pods = [p for p in list_proxies(ctx.docker()) if p.app == r.service and p.version == r.canary
+    pods = [p for p in dataplane.sidecars(ctx) if p.app == r.service and p.version == r.canary
             and p.state == "running" and p.address_on(network)]
     return {name: counters(samples) for name, samples in mesh.metrics(ctx, pods).items()}
 

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 from meshctl import const
 from meshctl.context import Context
 from meshctl.errors import UsageError
+from meshctl.pilot import dataplane
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.engine import engine_errors
-from meshctl.runtime.proxies import Proxy, list_proxies, read_each
+from meshctl.runtime.proxies import Proxy, read_each
 from meshctl.telemetry import golden
 from meshctl.telemetry.scrape import Sample, scrape
 
@@ -25,12 +26,15 @@ T = TypeVar("T")
 
 
 def running(ctx: Context, project: str | None = None, service: str | None = None) -> list[Proxy]:
-    """Running sidecars, optionally of one project and one service (app or compose service name)."""
-    proxies = [p for p in list_proxies(ctx.docker(), project) if p.state == "running"]
+    """Running sidecars, optionally of one project and one service (app or compose service name); in a cluster,
+    those of every node that answers."""
+    found = dataplane.listing(ctx, project)
+    proxies = [p for p in found.proxies if p.state == "running"]
     if service:
         proxies = [p for p in proxies if service in (p.app, p.service, p.name)]
         if not proxies:
-            raise UsageError(f"no running sidecar serves {service!r}",
+            down = f"; {dataplane.down_note(found.unreachable)}" if found.unreachable else ""
+            raise UsageError(f"no running sidecar serves {service!r}{down}",
                              "see `meshctl proxy-status` for the services in this mesh")
     return proxies
 
@@ -71,7 +75,7 @@ def access_log(ctx: Context, proxy: Proxy, since: float | None = None, tail: int
                follow: bool = False) -> Iterator[dict[str, Any]]:
     """The sidecar's JSON access-log lines (its other output, the proxy's own log, is skipped)."""
     with engine_errors(f"read the logs of {proxy.container}"):
-        container = ctx.docker().containers.get(proxy.container)
+        container = dataplane.engine_of(ctx, proxy).containers.get(proxy.cid or proxy.container)
         kwargs: dict[str, Any] = {"stdout": True, "stderr": False, "tail": tail if tail is not None else "all"}
         if since is not None:
             kwargs["since"] = since
