@@ -82,9 +82,10 @@ def _exit_code(exc: SystemExit) -> int:
 
 def meshctl(*args: str, home: os.PathLike[str] | str | None = None, env: dict[str, str] | None = None,
             timeout: float | None = 600, stdin: str | None = None,
-            engine: Callable[[], Any] | None = None) -> Done:
+            engine: Callable[[], Any] | None = None, nodes: Callable[[str], Any] | None = None) -> Done:
     """Run `meshctl ARGS` in process; `engine` (a docker client factory, e.g. `no_engine` or a fake's) replaces
-    the real engine connection, through the Context the commands get, as tests/unit/fakes.py's engines do."""
+    the real engine connection, through the Context the commands get, as tests/unit/fakes.py's engines do;
+    `nodes` (e.g. fakes.node_engines) the other nodes' engines of a cluster."""
     full_env = {"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
     if home is not None:
         full_env["MESHCTL_HOME"] = str(home)
@@ -96,6 +97,8 @@ def meshctl(*args: str, home: os.PathLike[str] | str | None = None, env: dict[st
                     code = 0
                 else:  # main() with a Context of our own (made here: its consoles write to the captured streams)
                     obj = Context(home=MeshHome(default_home()), docker_factory=engine)
+                    if nodes is not None:
+                        obj.node_factory = nodes
                     code = cli.run(list(args), obj=obj)
         except SystemExit as exc:
             code = _exit_code(exc)

@@ -12,6 +12,7 @@ from typing import Any
 
 import docker.errors
 
+from meshctl.errors import EngineError
 from sidecar import snapshot
 from sidecar.endpoints import Endpoint, Endpoints
 from sidecar.engine.call import Call
@@ -34,22 +35,29 @@ class FakeContainer:
 
     `logs` is its output; followed, the stream gives it, then runs `follow` (e.g. to wait, as a quiet container's
     stream does) and ends when that returns. `exec_run` answers every command with `exec_output` (a sidecar's
-    admin endpoint read with curl inside it, say), exit code 0."""
+    admin endpoint read with curl inside it, say), exit code 0, or with what `on_exec(cmd)` returns; the
+    commands are kept in `execs`."""
 
     def __init__(self, name: str, labels: Mapping[str, str] | None = None, status: str = "running",
                  attrs: Mapping[str, Any] | None = None, cid: str | None = None, logs: bytes = b"",
-                 follow: Callable[[], None] | None = None, exec_output: bytes = b"") -> None:
+                 follow: Callable[[], None] | None = None, exec_output: bytes = b"",
+                 on_exec: Callable[[list[str]], tuple[int, bytes]] | None = None) -> None:
         self.id, self.name, self.status = cid or f"id-{name}", name, status
         self.labels = dict(labels or {})
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.removed = False
         self.output, self.on_follow = logs, follow
         self.exec_output = exec_output
+        self.on_exec = on_exec
+        self.execs: list[list[str] | str] = []
 
     def remove(self, force: bool = False, v: bool = False) -> None:
         self.removed = True
 
     def exec_run(self, cmd: list[str] | str, **_: Any) -> tuple[int, bytes]:
+        self.execs.append(cmd)
+        if self.on_exec is not None:
+            return self.on_exec(list(cmd) if isinstance(cmd, list) else cmd.split())
         return 0, self.exec_output
 
     def logs(self, stream: bool = False, follow: bool = False, **_: Any) -> bytes | Iterator[bytes]:
@@ -113,6 +121,19 @@ class FakeEngine:
 
     def version(self) -> dict[str, str]:
         return {"Arch": "amd64", "ApiVersion": "1.41"}
+
+
+def node_engines(engines: Mapping[str, FakeEngine | str]) -> Callable[[str], FakeEngine]:
+    """A Context's `node_factory` for a cluster's other nodes: context name -> its engine, or the reason it does
+    not answer (raised as runtime.nodes.context_client raises it, each time it is asked)."""
+
+    def connect(node: str) -> FakeEngine:
+        found = engines.get(node, f"there is no Docker context named {node!r}")
+        if isinstance(found, str):
+            raise EngineError(found, "check that it runs")
+        return found
+
+    return connect
 
 
 # --- a sidecar's snapshot ----------------------------------------------------------------------------------------
