@@ -26,6 +26,9 @@ LABEL_CONFIG_HASH: Final = f"{LABEL_PREFIX}.config-hash"  # on containers meshct
 LABEL_HOME: Final = f"{LABEL_PREFIX}.home"  # the mesh home whose install runs an addon's container
 
 NETWORK_NAME: Final = "meshctl"
+# Every sidecar's alias on the mesh network: in a cluster Prometheus finds them all (on every host) by this name's A
+# records, since its docker_sd_configs would only see the manager's engine.
+SIDECARS_ALIAS: Final = "meshctl-sidecars"
 DEFAULT_TRUST_DOMAIN: Final = "cluster.local"
 
 BASE_IMAGE: Final = "meshctl/base:bookworm"

@@ -186,6 +186,24 @@ def test_the_container_follows_config_image_port_and_home(tmp_path: Path) -> Non
                                        "/var/run/docker.sock")
 
 
+def test_in_a_cluster_sidecars_on_every_host_are_found_by_their_alias_on_the_overlay() -> None:
+    parsed = yaml.safe_load(prom_config.render_config(MeshSettings(cluster=True, nodes=["node2"])))
+    job = next(job for job in parsed["scrape_configs"] if job["job_name"] == prom_config.JOB_SIDECARS)
+    assert job == {"job_name": "sidecars", "metrics_path": "/stats/prometheus",
+                   "dns_sd_configs": [{"names": ["meshctl-sidecars"], "type": "A", "port": 15090,
+                                       "refresh_interval": "5s"}]}
+    assert const.SIDECARS_ALIAS == "meshctl-sidecars"  # inject gives every sidecar this alias on the mesh network
+    assert [j["job_name"] for j in parsed["scrape_configs"]] == ["sidecars", "prometheus"]
+    assert "discovered by the DNS name meshctl-sidecars" in prom_config.render_config(MeshSettings(cluster=True))
+
+
+def test_in_a_cluster_no_engine_socket_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
+    assert prom_container.discovery_socket(MeshSettings(cluster=True)) == ""
+    with pytest.raises(UsageError, match="tcp://"):
+        prom_container.discovery_socket(MeshSettings())
+
+
 def test_only_a_unix_socket_can_be_mounted_for_discovery() -> None:
     assert prom_container.engine_socket("unix:///run/user/1000/docker.sock") == "/run/user/1000/docker.sock"
     with pytest.raises(UsageError, match="tcp://"):

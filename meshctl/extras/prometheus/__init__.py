@@ -8,7 +8,9 @@
 Targets come from Docker itself (docker_sd_configs over the engine's socket, refreshed every 5s): every
 running container labelled as a sidecar, at its address on the mesh network, port 15090, path
 /stats/prometheus, with its project, service, app, version and container as target labels. Prometheus
-follows containers as they come and go; meshctl never rewrites the config for that.
+follows containers as they come and go; meshctl never rewrites the config for that. In a mesh that spans
+hosts the engine's socket only knows the manager's containers: targets come from the overlay's DNS instead
+(every sidecar's alias const.SIDECARS_ALIAS, type A, port 15090), without those target labels.
 
 One module per concern; import the one you need:
     config      prometheus.yml and the server's command line (pure)

@@ -37,8 +37,8 @@ def _meta(label: str) -> str:
     return _META + re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
-def config(settings: MeshSettings) -> dict[str, Any]:
-    """prometheus.yml: sidecars discovered from Docker, scraped at their address on the mesh network."""
+def _docker_job(settings: MeshSettings) -> dict[str, Any]:
+    """One host: every sidecar container from the engine's socket, with its labels as target labels."""
     relabel: list[dict[str, Any]] = [
         # one discovered target per network and exposed port of each sidecar: keep the mesh network's :15090
         {"source_labels": ["__meta_docker_network_name"], "regex": re.escape(settings.network), "action": "keep"},
@@ -53,28 +53,49 @@ def config(settings: MeshSettings) -> dict[str, Any]:
     relabel += [{"source_labels": [_meta(label)], "regex": "(.+)", "target_label": target, "replacement": "${1}"}
                 for target, label in TARGET_LABELS.items()]
     return {
+        "job_name": JOB_SIDECARS,
+        "metrics_path": "/stats/prometheus",
+        "docker_sd_configs": [{
+            "host": f"unix://{SOCKET_IN_CONTAINER}",
+            "refresh_interval": DISCOVERY_REFRESH,
+            "port": const.PORT_METRICS,  # for a sidecar whose image exposes no port
+            "filters": [{"name": "label", "values": [f"{const.LABEL_COMPONENT}=sidecar"]}],
+        }],
+        "relabel_configs": relabel,
+    }
+
+
+def _dns_job() -> dict[str, Any]:
+    """Several hosts: the engine's socket only knows the manager's containers, but the overlay's DNS answers the
+    sidecars' shared alias with every one's address, on every host. Targets are addresses: the container's
+    labels (project, service, app, version, container) are not known here; the metrics' own labels
+    (destination_workload, destination_service_namespace, ...) say the same, and Istio's dashboards use those."""
+    return {
+        "job_name": JOB_SIDECARS,
+        "metrics_path": "/stats/prometheus",
+        "dns_sd_configs": [{"names": [const.SIDECARS_ALIAS], "type": "A", "port": const.PORT_METRICS,
+                            "refresh_interval": DISCOVERY_REFRESH}],
+    }
+
+
+def config(settings: MeshSettings) -> dict[str, Any]:
+    """prometheus.yml: sidecars discovered from Docker (one host) or the overlay's DNS (a cluster), scraped at
+    their address on the mesh network."""
+    return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": "4s", "evaluation_interval": "5s"},
         "scrape_configs": [
-            {
-                "job_name": JOB_SIDECARS,
-                "metrics_path": "/stats/prometheus",
-                "docker_sd_configs": [{
-                    "host": f"unix://{SOCKET_IN_CONTAINER}",
-                    "refresh_interval": DISCOVERY_REFRESH,
-                    "port": const.PORT_METRICS,  # for a sidecar whose image exposes no port
-                    "filters": [{"name": "label", "values": [f"{const.LABEL_COMPONENT}=sidecar"]}],
-                }],
-                "relabel_configs": relabel,
-            },
+            _dns_job() if settings.cluster else _docker_job(settings),
             {"job_name": JOB_SELF, "static_configs": [{"targets": [f"localhost:{CONTAINER_PORT}"]}]},
         ],
     }
 
 
 def render_config(settings: MeshSettings) -> str:
+    # one host's text is as it was: a changed file would recreate a running Prometheus on the next install
+    found = (f"Sidecars are discovered by the DNS name {const.SIDECARS_ALIAS} on the mesh network" if settings.cluster
+             else f"Sidecars (label {const.LABEL_COMPONENT}=sidecar) are discovered from Docker")
     header = ("# Written by `meshctl install --addons prometheus`; edits are replaced on the next install.\n"
-              f"# Sidecars (label {const.LABEL_COMPONENT}=sidecar) are discovered from Docker every "
-              f"{DISCOVERY_REFRESH}.\n")
+              f"# {found} every {DISCOVERY_REFRESH}.\n")
     return header + yaml.safe_dump(config(settings), sort_keys=False)
 
 

@@ -43,6 +43,12 @@ def engine_socket(address: str | None = None) -> str:
     return address.removeprefix("unix://")
 
 
+def discovery_socket(settings: MeshSettings) -> str:
+    """The socket docker_sd_configs reads on one host; "" in a cluster, where the overlay's DNS finds sidecars
+    (prometheus.config) and no engine socket is mounted (it would show the manager's containers only)."""
+    return "" if settings.cluster else engine_socket()
+
+
 def container_hash(home: MeshHome, config_text: str, image_id: str, settings: MeshSettings, socket: str) -> str:
     """Everything the running container depends on: same hash, the container stays as it is."""
     spec = json.dumps({"config": config_text, "config_dir": str(config_dir(home)), "image": image_id,
@@ -83,7 +89,7 @@ def container_pending(client: DockerClient, home: MeshHome, settings: MeshSettin
     if NAME not in settings.addons:
         mine = current is not None and owned_by(current, home)
         return f"remove {CONTAINER} (the prometheus addon is no longer selected)" if mine else None
-    socket = engine_socket()
+    socket = discovery_socket(settings)
     if current is None:
         return f"start {where}"
     image = images.find_image(client, IMAGE)
@@ -109,7 +115,7 @@ def remove(client: DockerClient) -> bool:
 def ensure_running(client: DockerClient, home: MeshHome, settings: MeshSettings,
                    progress: images.Progress) -> str:
     """Write the config and (re)create or start the container so it matches; wait until Prometheus is ready."""
-    socket = engine_socket()
+    socket = discovery_socket(settings)
     image = images.find_image(client, IMAGE)
     if image is None:
         raise MeshError(f"image {IMAGE} is missing", "run `meshctl install --addons prometheus`")
@@ -144,7 +150,7 @@ def _create(client: DockerClient, home: MeshHome, settings: MeshSettings, image_
             network=settings.network,
             ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", settings.prometheus_port)},
             volumes={str(config_dir(home)): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
-                     socket: {"bind": SOCKET_IN_CONTAINER, "mode": "ro"}},
+                     **({socket: {"bind": SOCKET_IN_CONTAINER, "mode": "ro"}} if socket else {})},
             restart_policy={"Name": "unless-stopped"},
         )
 
