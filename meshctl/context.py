@@ -49,6 +49,7 @@ class Context:
     node_factory: Callable[[str], DockerClient] = _node_client  # another node's engine, by Docker context name
     _docker: DockerClient | None = field(default=None, repr=False)
     _engines: dict[str, DockerClient] = field(default_factory=dict, repr=False)
+    _warned: set[str] = field(default_factory=set, repr=False)
 
     def docker(self) -> DockerClient:
         """The engine client, connected on first use so commands that need no engine never wait for one."""
@@ -64,6 +65,12 @@ class Context:
         if node not in self._engines:
             self._engines[node] = self.node_factory(node)
         return self._engines[node]
+
+    def warn_once(self, text: str) -> None:
+        """A one-line warning on stderr, printed once per command (a watch or the dashboard reads again and again)."""
+        if text not in self._warned:
+            self._warned.add(text)
+            self.err.print(f"warning: {text}", highlight=False, markup=False)
 
     def clustered(self) -> bool:
         """Whether the mesh spans hosts (`meshctl cluster init`); False where no mesh is installed."""

@@ -29,6 +29,9 @@ def running(ctx: Context, project: str | None = None, service: str | None = None
     """Running sidecars, optionally of one project and one service (app or compose service name); in a cluster,
     those of every node that answers."""
     found = dataplane.listing(ctx, project)
+    if found.unreachable:
+        whose = "its" if len(found.unreachable) == 1 else "their"
+        ctx.warn_once(f"{dataplane.down_note(found.unreachable)}: {whose} sidecars are left out")
     proxies = [p for p in found.proxies if p.state == "running"]
     if service:
         proxies = [p for p in proxies if service in (p.app, p.service, p.name)]

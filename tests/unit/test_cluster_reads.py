@@ -5,6 +5,7 @@ not answer named, not fatal), each sidecar's HTTP endpoints read by curl through
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import urllib.error
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any
 
 import docker.errors
 import pytest
+from rich.console import Console
 
 from meshctl import const
 from meshctl.context import Context
@@ -98,7 +100,7 @@ def cluster(installed_home: Path, web: FakeContainer, reviews: FakeContainer) ->
     """Three nodes: the manager runs web, node2 runs reviews, node3 does not answer."""
     home = clustered(installed_home, ["node2", "node3"])
     manager, node2 = FakeEngine(containers=[web]), FakeEngine(containers=[reviews])
-    return Context(home=home, docker_factory=lambda: manager,
+    return Context(home=home, docker_factory=lambda: manager, err=Console(file=io.StringIO(), width=400),
                    node_factory=node_engines({"node2": node2, "node3": "cannot reach the Docker engine of node3"}))
 
 
@@ -253,6 +255,13 @@ def test_stat_reads_every_nodes_sidecars_through_their_engines(cluster: Context,
     assert {name: [s.value for s in samples] for name, samples in metrics.items()} == {
         "shop.reviews": [7.0], "shop.web": [7.0]}
     assert reviews.execs and web.execs  # each through its own container, on its own node
+
+
+def test_views_warn_once_of_a_node_left_out(cluster: Context) -> None:
+    mesh.running(cluster)
+    mesh.running(cluster, "shop")  # a watch reads again: the warning is not repeated
+    assert cluster.err.file.getvalue().splitlines() == [  # type: ignore[attr-defined]
+        "warning: node node3 does not answer (cannot reach the Docker engine of node3): its sidecars are left out"]
 
 
 def test_a_service_only_on_a_down_node_says_so(cluster: Context) -> None:
