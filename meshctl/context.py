@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
 
+NODE_RETRY_S = 10.0  # a node whose engine did not answer is not asked again sooner
+
+
 def _console(stream: TextIO, stderr: bool = False) -> Console:
     # Piped output keeps whole rows (like kubectl): no wrapping at an imagined 80 columns.
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 400
@@ -50,6 +53,7 @@ class Context:
     _docker: DockerClient | None = field(default=None, repr=False)
     _engines: dict[str, DockerClient] = field(default_factory=dict, repr=False)
     _warned: set[str] = field(default_factory=set, repr=False)
+    _down: dict[str, tuple[float, Exception]] = field(default_factory=dict, repr=False)  # node -> (until, why)
 
     def docker(self) -> DockerClient:
         """The engine client, connected on first use so commands that need no engine never wait for one."""
@@ -59,11 +63,20 @@ class Context:
 
     def engine(self, node: str) -> DockerClient:
         """A node's engine client ("" is the manager's, `docker()`), connected on first use and kept. A node that
-        does not answer raises each time it is asked (it may come back)."""
+        does not answer raises; it is tried again after NODE_RETRY_S (it may come back), and until then the same
+        error is raised at once, so a watch or the dashboard does not wait for its connect timeout every read."""
         if not node:
             return self.docker()
         if node not in self._engines:
-            self._engines[node] = self.node_factory(node)
+            until, why = self._down.get(node, (0.0, None))
+            if why is not None and self.clock() < until:
+                raise why
+            try:
+                self._engines[node] = self.node_factory(node)
+            except Exception as exc:
+                self._down[node] = (self.clock() + NODE_RETRY_S, exc)
+                raise
+            self._down.pop(node, None)
         return self._engines[node]
 
     def warn_once(self, text: str) -> None:

@@ -17,7 +17,8 @@ import pytest
 from rich.console import Console
 
 from meshctl import const
-from meshctl.context import Context
+from meshctl.context import NODE_RETRY_S, Context
+from meshctl.errors import EngineError
 from meshctl.home import MeshHome
 from meshctl.mesh import PROXY_JSON, SNAPSHOT_JSON, Pod, describe, proxy_dir
 from meshctl.pilot import dataplane, inventory, proxyconfig
@@ -231,18 +232,23 @@ def test_one_host_lists_its_engine_and_reads_by_ip_as_before(installed_home: Pat
     assert found.proxies[0].address_on("meshctl") == "10.0.1.2" and found.proxies[0].via == ""
 
 
-def test_context_engines_are_kept_per_node_and_a_down_node_is_asked_again(installed_home: Path) -> None:
+def test_context_engines_are_kept_per_node_and_a_down_node_is_asked_again_later(installed_home: Path) -> None:
     manager, node2 = FakeEngine(), FakeEngine()
     answers: dict[str, FakeEngine | str] = {"node2": node2, "node3": "down"}
+    now = [1000.0]
     ctx = Context(home=clustered(installed_home, ["node2", "node3"]), docker_factory=lambda: manager,
-                  node_factory=node_engines(answers))
+                  node_factory=node_engines(answers), clock=lambda: now[0])
     assert ctx.nodes() == ["", "node2", "node3"]
     assert ctx.engine("") is manager and ctx.engine("node2") is node2
     answers["node2"] = FakeEngine()
     assert ctx.engine("node2") is node2  # kept
-    with pytest.raises(Exception, match="down"):
+    with pytest.raises(EngineError, match="down"):
         ctx.engine("node3")
     answers["node3"] = back = FakeEngine()
+    now[0] += NODE_RETRY_S - 1
+    with pytest.raises(EngineError, match="down"):  # not asked again yet: a watch does not wait on it every read
+        ctx.engine("node3")
+    now[0] += 1
     assert ctx.engine("node3") is back  # it came back
 
 
