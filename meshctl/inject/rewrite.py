@@ -33,7 +33,7 @@ MODES = MTLS_MODES
 MARKER = "x-meshctl"
 SIDECAR_SUFFIX = "-proxy"
 LABEL_NODE = f"{const.LABEL_PREFIX}.node"  # the Docker context a pod runs on ("" = the CLI's engine)
-SIDECARS_ALIAS = "meshctl-sidecars"  # every sidecar's name on a cluster's mesh overlay
+
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 # Keys that belong to whoever owns the network namespace.
@@ -188,7 +188,7 @@ def _sidecar(svc: dict[str, Any], pod: Pod, project: str, proxy_dir: str, image:
     networks = _networks_with_aliases(svc, list(dict.fromkeys([pod.app, pod.host])))
     # the mesh's own network: observability and bench tools reach proxies here; across hosts, Prometheus
     # finds every sidecar by one name on it
-    networks[mesh_network] = {"aliases": [SIDECARS_ALIAS]} if cluster else None
+    networks[mesh_network] = {"aliases": [const.SIDECARS_ALIAS]} if cluster else None
     sidecar["networks"] = networks
     if "profiles" in svc:
         sidecar["profiles"] = _fresh(svc["profiles"])
