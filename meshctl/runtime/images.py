@@ -81,7 +81,8 @@ def build_base_image(client: DockerClient, ref: str, cache_dir: Path, progress: 
     return how
 
 
-def _debootstrap_tarball(tarball: Path, progress: Progress) -> None:
+def _debootstrap_tarball(tarball: Path, progress: Progress, suite: str = const.DEBIAN_SUITE,
+                         packages: Iterable[str] = const.BASE_PACKAGES) -> None:
     if shutil.which("debootstrap") is None:
         raise MeshError("building the base image needs debootstrap, which is not installed",
                         "run `apt-get install debootstrap` (./install.sh does), or pass --base-image with a local "
@@ -93,9 +94,9 @@ def _debootstrap_tarball(tarball: Path, progress: Progress) -> None:
     mirror = os.environ.get("MESHCTL_DEBIAN_MIRROR", const.DEBIAN_MIRROR)
     with tempfile.TemporaryDirectory(dir=tarball.parent, prefix=".rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        progress(f"debootstrap {const.DEBIAN_SUITE} from {mirror} (about a minute)")
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(const.BASE_PACKAGES)}",
-              const.DEBIAN_SUITE, str(rootfs), mirror], "debootstrap", progress)
+        progress(f"debootstrap {suite} from {mirror} (about a minute)")
+        _run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
+              suite, str(rootfs), mirror], "debootstrap", progress)
         # An image needs no apt lists or caches; dropping them saves ~20 MB per image.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             shutil.rmtree(rootfs / junk, ignore_errors=True)
