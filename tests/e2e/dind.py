@@ -174,8 +174,8 @@ def host_iptables_backend() -> str:
 def start_nodes(engine: DockerClient, image: str, names: Sequence[str] = ("node1", "node2", "node3"),
                 network: str = NODE_NETWORK, sock_root: Path = Path("/tmp/meshctl-dind"),
                 subnet: str = NODE_SUBNET, timeout: float = 90) -> list[Node]:
-    """One running node per name (an existing container of that name is reused, started if stopped), each
-    answering on its socket. Node i gets the i+10th address of the network's subnet."""
+    """One running node per name, each answering on its socket. An existing node container of that name and image
+    is reused (started if stopped). The nodes get the subnet's addresses .11, .12, ... in order."""
     net = _ensure_network(engine, network, subnet)
     hosts = list(ipaddress.ip_network(net.attrs["IPAM"]["Config"][0]["Subnet"]).hosts())
     backend = host_iptables_backend()
@@ -184,8 +184,12 @@ def start_nodes(engine: DockerClient, image: str, names: Sequence[str] = ("node1
         sock_dir = sock_root / name
         sock_dir.mkdir(parents=True, exist_ok=True)
         address = str(hosts[10 + index])
-        container = _find_container(engine, name) or _create_node(engine, image, name, network, address,
-                                                                   sock_dir, backend)
+        container = _find_container(engine, name)
+        if container is not None and container.image is not None and image not in container.image.tags:
+            container.remove(force=True)  # a node of an older image: its volume (engine state) is kept
+            container = None
+        if container is None:
+            container = _create_node(engine, image, name, network, address, sock_dir, backend)
         if container.status != "running":
             container.start()
         nodes.append(Node(name, container, f"unix://{sock_dir}/docker.sock", address))
