@@ -6,7 +6,8 @@ names (Pod.node, from `mesh.host` or `inject --place`):
 - each pod's files are delivered into its volume on its node (runtime.delivery) before its sidecar starts;
 - the meshed file is split per node (a pod's sidecar and app stay together; a `depends_on` that crosses
   hosts is dropped: compose can only wait for services it runs), written to <home>/cluster/<project>/, and
-  `docker compose` runs on each node through its Docker context, with the same project name everywhere.
+  `docker compose` runs on each node through its Docker context, with the same project name everywhere
+  (after the node's anchor: runtime.deployments, which also brings a returning node's part back).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from meshctl.fsutil import atomic_write, ensure_dir, read_text
 from meshctl.inject import placement, rewrite
 from meshctl.inject.load import depends_on_names
 from meshctl.mesh import MeshedPods
-from meshctl.runtime import delivery
+from meshctl.runtime import delivery, deployments
 from meshctl.runtime.compose import compose_down, require_compose, run_compose
 from meshctl.runtime.engine import engine_errors
-from meshctl.runtime.nodes import MANAGER, compose_env, context_client, shown
+from meshctl.runtime.nodes import MANAGER, compose_env, shown
 
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -98,10 +99,6 @@ def split(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _deploy_dir(ctx: Context, project: str) -> Path:
-    return ctx.home.root / "cluster" / project
-
-
 def ensure_overlays(ctx: Context, names: list[str], project: str) -> None:
     client = ctx.docker()
     with engine_errors(f"create the networks of project {project}"):
@@ -116,16 +113,16 @@ def up(ctx: Context, file: Path) -> Deployed:
     data, project = load_meshed(file)
     done = Deployed(project)
     tool = require_compose()
-    if not ctx.home.settings().cluster:
+    settings = ctx.home.settings()
+    if not settings.cluster:
         run_compose(tool, project, file, "up", "-d", "--remove-orphans")
         done.nodes[shown(MANAGER)] = list(data.get("services") or {})
         return done
-    marker = data[rewrite.MARKER]
-    ensure_overlays(ctx, list(marker.get("overlays") or []), project)
+    overlays = [str(n) for n in data[rewrite.MARKER].get("overlays") or []]
+    ensure_overlays(ctx, overlays, project)
     docs = split(data)
     pods = MeshedPods.of(ctx.home)
-    target = _deploy_dir(ctx, project)
-    ensure_dir(target, 0o700)
+    deployment = deployments.Deployment(project, str(file.parent.resolve()), tuple(overlays), tuple(docs))
     for node, doc in docs.items():
         dirs = [pods.directory(project, name) for name in doc["services"]
                 if (pods.directory(project, name) / "proxy.json").is_file()]
@@ -133,30 +130,33 @@ def up(ctx: Context, file: Path) -> Deployed:
         if report.failed:
             raise MeshError(report.warnings()[0].split(";")[0], "start it (or `meshctl cluster status` to see "
                             "which node is gone), then run `meshctl up` again")
-        atomic_write(target / f"{shown(node)}.yaml", yaml.safe_dump(doc, sort_keys=False), mode=0o600)
+        path = deployments.part_file(ctx.home, project, node)
+        ensure_dir(path.parent, 0o700)
+        atomic_write(path, yaml.safe_dump(doc, sort_keys=False), mode=0o600)
+    deployments.save(ctx.home, deployment)  # from now on the agent brings a returning node's part back
 
     def start(node: str) -> None:
-        run_compose(tool, project, target / f"{shown(node)}.yaml", "--project-directory", str(file.parent.resolve()),
-                    "up", "-d", "--remove-orphans", env=compose_env(node))
+        deployments.start_part(ctx.home, deployment, node, tool, ctx.engine(node), settings.network)
 
     with ThreadPoolExecutor(max_workers=len(docs)) as pool:
         list(pool.map(start, docs))
     for node, doc in docs.items():
         done.nodes[shown(node)] = list(doc["services"])
-    for node in [MANAGER, *ctx.home.settings().nodes]:
+    for node in [MANAGER, *settings.nodes]:
         if node not in docs:  # pods placed elsewhere since the last `up`
-            done.warnings += _remove_project(node, project)
+            done.warnings += _remove_project(ctx, node, project)
     return done
 
 
-def _remove_project(node: str, project: str, services: list[str] | None = None) -> list[str]:
+def _remove_project(ctx: Context, node: str, project: str, services: list[str] | None = None) -> list[str]:
     try:
-        client = context_client(node)
+        client = ctx.engine(node)
         with engine_errors(f"remove project {project} on {shown(node)}"):
             for container in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
                 container.remove(force=True)
             for service in services or []:
                 delivery.remove_courier(client, project, service)
+        deployments.remove_anchor(client, project)
     except MeshError as exc:
         return [f"node {shown(node)}: {exc.one_line()}"]
     return []
@@ -169,23 +169,21 @@ def down(ctx: Context, file: Path) -> Deployed:
     if not ctx.home.settings().cluster:
         compose_down(tool, project, file)
         return done
-    target = _deploy_dir(ctx, project)
     services = list(data.get("services") or {})
     for node in [MANAGER, *ctx.home.settings().nodes]:
-        per_node = target / f"{shown(node)}.yaml"
+        per_node = deployments.part_file(ctx.home, project, node)
         if per_node.is_file():
             try:
                 compose_down(tool, project, per_node, env=compose_env(node))
             except MeshError as exc:
                 done.warnings.append(f"node {shown(node)}: {exc.one_line()}")
-        done.warnings += _remove_project(node, project, services)
+        done.warnings += _remove_project(ctx, node, project, services)
         done.nodes[shown(node)] = []
     for directory in MeshedPods.of(ctx.home).directories():
         if directory.parent.name == project:
             (directory / delivery.DELIVERED).unlink(missing_ok=True)
     _remove_overlays(ctx, list(data[rewrite.MARKER].get("overlays") or []))
-    for leftover in target.glob("*.yaml") if target.is_dir() else []:
-        leftover.unlink()
+    deployments.forget(ctx.home, project)
     return done
 
 

@@ -5,7 +5,8 @@ Istio's istiod renews certificates continuously; meshctl has no server, so `inst
 <home>/citadel.lock for its life, so a second one exits at once, and it exits by itself when the home
 is removed. The CA key stays on the host: the agent writes each renewed certificate into the proxy's
 directory, and the sidecar picks it up within a second, with no restart. Across hosts it also re-sends
-each pod's files that a node missed while it was down (runtime.delivery).
+each pod's files that a node missed while it was down (runtime.delivery), and starts a deployed project's
+pods again on a node that came back (runtime.deployments: Docker does not, there).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from meshctl.errors import MeshError
 from meshctl.home import MeshHome
 from meshctl.pki import citadel
-from meshctl.runtime import delivery
+from meshctl.runtime import delivery, deployments
 
 log = logging.getLogger("meshctl.agent")
 LOCK = "citadel.lock"
@@ -115,6 +116,8 @@ def run(home: MeshHome) -> int:
                 resent = delivery.deliver(home)
                 if resent.delivered:
                     log.info("delivered the files of %s", ", ".join(resent.delivered))
+                for revived in deployments.revive(home):  # a node that came back: its pods start again
+                    log.info("started again: %s", revived)
                 time.sleep(tick_seconds(home, dt.datetime.now(dt.UTC)))
             except MeshError as exc:  # e.g. a proxy directory removed mid-scan: the next round sees the truth
                 log.warning("renewal round failed: %s", exc.one_line())

@@ -234,7 +234,7 @@ def test_delivery_sends_changed_files_to_each_pods_node_and_retries_a_node_that_
     first = delivery.deliver(home, create=True, client_for=client_for)
     assert sorted(first.delivered) == ["shop.api", "shop.api-3", "shop.web"]
     assert list(first.failed) == ["node3"] and "node node3 is unreachable" in first.warnings()[0]
-    assert engines["node2"].volumes.made == ["meshctl-proxy-shop-api", "meshctl-proxy-shop-api-3"]
+    assert sorted(engines["node2"].volumes.made) == ["meshctl-proxy-shop-api", "meshctl-proxy-shop-api-3"]
     # nothing changed: nothing is sent again; the node that was down gets its pod's files once it is back
     down.clear()
     again = delivery.deliver(home, create=True, client_for=client_for)
