@@ -110,8 +110,8 @@ def ensure_anchor(client: DockerClient, project: str, networks: list[str], image
         anchor.reload()
         attached = set((anchor.attrs.get("NetworkSettings") or {}).get("Networks") or {})
         for network in networks:
-            if network not in attached:
-                client.networks.get(network).connect(anchor)
+            if network not in attached:  # by name: a worker cannot look up an overlay it does not list yet
+                client.api.connect_container_to_network(anchor.id, network)
 
 
 def remove_anchor(client: DockerClient, project: str) -> None:

@@ -8,13 +8,17 @@ module turns into an SDK client, as `docker --context node2` would.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import docker
 import docker.errors
 from docker import DockerClient
-from docker.context import ContextAPI
+from docker.tls import TLSConfig
 
 from meshctl.errors import EngineError, UsageError
 from meshctl.runtime.engine import CONNECT_TIMEOUT_S, MIN_API_VERSION, connect
@@ -29,6 +33,27 @@ def shown(node: str) -> str:
     return node or "manager"
 
 
+def docker_config_dir() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
+@dataclass(frozen=True)
+class DockerContext:
+    """A context as the docker CLI stores it (the SDK's own reader misses them without a config.json)."""
+    name: str
+    host: str
+    tls_dir: Path | None  # ca.pem, cert.pem, key.pem when the context has TLS material
+    skip_tls_verify: bool = False
+
+    def tls(self) -> TLSConfig | bool:
+        if self.tls_dir is None:
+            return False
+        files = {n: self.tls_dir / f"{n}.pem" for n in ("ca", "cert", "key")}
+        cert = (str(files["cert"]), str(files["key"])) if files["cert"].is_file() else None
+        ca = str(files["ca"]) if files["ca"].is_file() else None
+        return TLSConfig(client_cert=cert, ca_cert=ca, verify=bool(ca) and not self.skip_tls_verify)
+
+
 def current_context() -> str:
     """The context the docker CLI would use now (DOCKER_HOST wins, as in the CLI)."""
     if os.environ.get("DOCKER_HOST"):
@@ -36,32 +61,44 @@ def current_context() -> str:
     if os.environ.get("DOCKER_CONTEXT"):
         return os.environ["DOCKER_CONTEXT"]
     try:
-        return ContextAPI.get_current_context().Name or DEFAULT_CONTEXT
-    except docker.errors.DockerException:
+        config = json.loads((docker_config_dir() / "config.json").read_text())
+    except (OSError, ValueError):
         return DEFAULT_CONTEXT
+    return str(config.get("currentContext") or DEFAULT_CONTEXT) if isinstance(config, dict) else DEFAULT_CONTEXT
+
+
+def read_context(name: str) -> DockerContext:
+    """A stored context: <config>/contexts/meta/<sha256 of name>/meta.json; UsageError when there is none."""
+    if name == DEFAULT_CONTEXT:
+        return DockerContext(name, os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock", None)
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta = docker_config_dir() / "contexts" / "meta" / digest / "meta.json"
+    try:
+        data = json.loads(meta.read_text())
+        endpoint = data["Endpoints"]["docker"]
+        host = str(endpoint["Host"])
+    except FileNotFoundError:
+        raise UsageError(f"there is no Docker context named {name!r}", CREATE_HINT) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"cannot read Docker context {name!r} ({meta}): {exc}", "recreate it with "
+                         f"`docker context rm {name}` and `docker context create`") from None
+    tls_dir = docker_config_dir() / "contexts" / "tls" / digest / "docker"
+    return DockerContext(name, host, tls_dir if tls_dir.is_dir() else None, bool(endpoint.get("SkipTLSVerify")))
 
 
 def context_host(name: str) -> str:
     """The engine address a context names; UsageError when there is no such context."""
-    if name == DEFAULT_CONTEXT:
-        return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    try:
-        found = ContextAPI.get_context(name)
-    except docker.errors.DockerException as exc:
-        raise UsageError(f"cannot read Docker context {name!r}: {exc}", CREATE_HINT) from exc
-    if found is None or not found.Host:
-        raise UsageError(f"there is no Docker context named {name!r}", CREATE_HINT)
-    return str(found.Host)
+    return read_context(name).host
 
 
 def context_client(name: str, timeout: int = CONNECT_TIMEOUT_S) -> DockerClient:
     """An SDK client for the engine a context names, checked to answer."""
     if name in (MANAGER, DEFAULT_CONTEXT):
         return connect(timeout)
-    host = context_host(name)
-    found = ContextAPI.get_context(name)
+    found = read_context(name)
+    host = found.host
     try:
-        client = DockerClient(base_url=host, tls=found.TLSConfig if found else False, timeout=timeout,
+        client = DockerClient(base_url=host, tls=found.tls(), timeout=timeout,
                               version=MIN_API_VERSION, use_ssh_client=host.startswith("ssh://"))
         client.ping()
     except docker.errors.DockerException as exc:
