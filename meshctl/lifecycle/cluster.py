@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from docker import DockerClient
 from docker.models.containers import Container
+from docker.models.networks import Network
 
 from meshctl import const
 from meshctl.context import Context
@@ -49,10 +50,12 @@ def _settings(ctx: Context) -> MeshSettings:
 # --- init -------------------------------------------------------------------------------------------------------
 
 def init(ctx: Context, advertise_addr: str | None, progress: Progress) -> list[Done]:
-    """Make the CLI's engine a swarm manager with the mesh network as an attachable overlay; idempotent."""
+    """Make the CLI's engine a swarm manager with the mesh network as an attachable overlay; idempotent.
+    Whatever would be refused (a bridge in use, a worker engine) is refused before anything changes."""
     settings = _settings(ctx)
     client = ctx.docker()
-    done = [_init_swarm(client, advertise_addr), _overlay(client, settings, progress)]
+    bridge = _replaceable_bridge(client, settings)
+    done = [_init_swarm(client, advertise_addr), _overlay(client, settings, bridge, progress)]
     if not settings.cluster:
         settings.cluster = True
         ctx.home.save_settings(settings)
@@ -61,7 +64,7 @@ def init(ctx: Context, advertise_addr: str | None, progress: Progress) -> list[D
 
 
 def _init_swarm(client: DockerClient, advertise_addr: str | None) -> Done:
-    member = swarm.membership(client)
+    member = _usable(swarm.membership(client))
     if member.state == swarm.INACTIVE:
         try:
             swarm.init(client, advertise_addr)
@@ -72,32 +75,49 @@ def _init_swarm(client: DockerClient, advertise_addr: str | None) -> Done:
             raise
         member = swarm.membership(client)
         return Done("swarm", f"created a swarm; nodes join at {member.manager_addr()}", True)
-    if not member.active:
-        raise Conflict(f"this Docker engine's swarm membership is {member.state!r}, not active",
-                       "see `docker info`; `docker swarm leave --force` starts over")
-    if not member.manager:
-        raise Conflict("this Docker engine is a swarm worker; the mesh's own engine must be a swarm manager",
-                       "point meshctl at a manager (DOCKER_HOST or `docker context use`), or `docker swarm leave` "
-                       "this one first")
     return Done("swarm", f"already a manager of swarm {member.cluster_id[:12]} (nodes join at "
                 f"{member.manager_addr()})", False)
 
 
-def _overlay(client: DockerClient, settings: MeshSettings, progress: Progress) -> Done:
+def _usable(member: swarm.Membership) -> swarm.Membership:
+    """This engine's membership, if it can be (or become) the cluster's manager."""
+    if member.state != swarm.INACTIVE and not member.active:
+        raise Conflict(f"this Docker engine's swarm membership is {member.state!r}, not active",
+                       "see `docker info`; `docker swarm leave --force` starts over")
+    if member.active and not member.manager:
+        raise Conflict("this Docker engine is a swarm worker; the mesh's own engine must be a swarm manager",
+                       "point meshctl at a manager (DOCKER_HOST or `docker context use`), or `docker swarm leave` "
+                       "this one first")
+    return member
+
+
+def _replaceable_bridge(client: DockerClient, settings: MeshSettings) -> Network | None:
+    """The mesh's bridge that the overlay replaces (None: there is none, or it is an overlay already);
+    refused unless it is meshctl's own and nothing uses it."""
+    _usable(swarm.membership(client))
     name = settings.network
     net = network.find_network(client, name)
-    if net is not None and net.attrs.get("Driver") == "overlay":
+    if net is None:
+        return None
+    if net.attrs.get("Driver") == "overlay":
         network.check_network(net, settings.network_subnet, overlay=True)
-        return Done("network", f"{name!r} is already an attachable overlay", False)
+        return None
+    if net.attrs.get("Driver") != "bridge" or (net.attrs.get("Labels") or {}).get(const.LABEL_MANAGED) != "true":
+        raise Conflict(f"network {name!r} exists and is not meshctl's bridge ({net.attrs.get('Driver')} network)",
+                       f"remove it (`docker network rm {name}`) and run `meshctl cluster init` again")
+    _refuse_busy(name, network.attached(client, net))
+    return net
+
+
+def _overlay(client: DockerClient, settings: MeshSettings, bridge: Network | None, progress: Progress) -> Done:
+    name = settings.network
     how = "created"
-    if net is not None:
-        if net.attrs.get("Driver") != "bridge" or (net.attrs.get("Labels") or {}).get(const.LABEL_MANAGED) != "true":
-            raise Conflict(f"network {name!r} exists and is not meshctl's bridge ({net.attrs.get('Driver')} network)",
-                           f"remove it (`docker network rm {name}`) and run `meshctl cluster init` again")
-        _refuse_busy(name, network.attached(client, net))
+    if bridge is not None:
         progress(f"removing the bridge {name!r}")
-        network.remove_network(net)
+        network.remove_network(bridge)
         how = "replaced the bridge with"
+    elif network.find_network(client, name) is not None:
+        return Done("network", f"{name!r} is already an attachable overlay", False)
     progress(f"creating the attachable overlay {name!r}")
     created = network.create_network(client, name, settings.network_subnet, overlay=True)
     with engine_errors(f"inspect network {name}"):
@@ -170,7 +190,7 @@ def _join_one(ctx: Context, settings: MeshSettings, client: DockerClient, member
     if theirs.active and theirs.node_id in {n.id for n in swarm.nodes(client)}:
         what = "already in this swarm"
     elif theirs.state != swarm.INACTIVE:
-        raise Conflict(f"context {name!r}'s engine is already in another swarm (state {theirs.state})",
+        raise Conflict(f"the engine of context {name!r} is already in another swarm (state {theirs.state})",
                        f"make it leave first: `docker --context {name} swarm leave` (add --force on a manager), "
                        "then join it again")
     else:
@@ -311,12 +331,11 @@ def status(ctx: Context) -> ClusterStatus:
         engine = by_id.pop(sn.id) if sn.id in by_id else _by_address(unmatched, sn.addr)
         row = NodeStatus(nodes.shown(engine.name) if engine else "", sn.hostname, sn.role, sn.state.capitalize(),
                          sn.availability, sn.addr, sn.engine)
-        if sn.state != "ready":
-            row.problem = sn.state.capitalize()
+        problems = [] if sn.state == "ready" else [sn.state.capitalize()]
         if engine is not None:
             row.sidecars = len(engine.sidecars) if engine.client is not None else None
-            if engine.problem:
-                row.problem = engine.problem
+            problems += [engine.problem] if engine.problem else []
+        row.problem = ", ".join(problems) or None
         out.nodes.append(row)
     for engine in unmatched:  # contexts that did not answer, matched to no swarm node
         out.nodes.append(NodeStatus(engine.name, problem=engine.problem))
