@@ -15,13 +15,14 @@ from docker import DockerClient
 from meshctl import const
 from meshctl.errors import EngineError, MeshError
 from meshctl.runtime import images
-from meshctl.runtime.engine import engine_errors
+from meshctl.runtime.engine import engine_errors, patient
 from meshctl.runtime.nodes import shown
 
 Progress = Callable[[str], None]
 CHUNK: Final = 1 << 20  # read from the manager a MiB at a time
 REPORT_EVERY: Final = 16 << 20  # a progress line per 16 MiB sent
 MB: Final = 1 << 20
+LOAD_TIMEOUT_S: Final = 900  # the node answers a load once every layer is in place
 
 
 def same_image(manager: DockerClient, node: DockerClient, ref: str) -> bool:
@@ -48,12 +49,13 @@ def ship(manager: DockerClient, node: DockerClient, node_name: str, refs: Iterab
         if image is None:
             raise MeshError(f"cannot ship {ref} to {shown(node_name)}: the manager has no such image",
                             "run `meshctl install` first")
-        total = _copy(image, node, ref, node_name, progress)
+        total = _copy(manager, image, node, ref, node_name, progress)
         sent.append(f"{ref} ({total / MB:.0f} MB)")
     return sent
 
 
-def _copy(image: Any, node: DockerClient, ref: str, node_name: str, progress: Progress) -> int:
+def _copy(manager: DockerClient, image: Any, node: DockerClient, ref: str, node_name: str,
+          progress: Progress) -> int:
     counted = [0]
 
     def chunks() -> Iterator[bytes]:
@@ -67,7 +69,7 @@ def _copy(image: Any, node: DockerClient, ref: str, node_name: str, progress: Pr
                 yield chunk
 
     doing = f"load image {ref} on node {shown(node_name)}"
-    with engine_errors(doing):
+    with engine_errors(doing), patient(node, LOAD_TIMEOUT_S), patient(manager, LOAD_TIMEOUT_S):
         for message in node.api.load_image(chunks()) or ():
             if isinstance(message, dict) and message.get("error"):
                 raise EngineError(f"Docker engine refused to {doing}: {str(message['error']).strip()}",

@@ -12,9 +12,10 @@ from typing import Any, Final
 
 from docker import DockerClient
 
-from meshctl.runtime.engine import engine_errors
+from meshctl.runtime.engine import engine_errors, patient
 
 SWARM_PORT: Final = 2377  # managers' cluster-management port (`docker swarm init`'s default listen port)
+MEMBERSHIP_TIMEOUT_S: Final = 120  # init, join and leave answer once the raft membership settled
 INACTIVE: Final = "inactive"
 ACTIVE: Final = "active"
 
@@ -66,7 +67,7 @@ def membership(client: DockerClient, doing: str = "read the swarm state") -> Mem
 
 
 def init(client: DockerClient, advertise_addr: str | None) -> None:
-    with engine_errors("create a swarm (`docker swarm init`)"):
+    with engine_errors("create a swarm (`docker swarm init`)"), patient(client, MEMBERSHIP_TIMEOUT_S):
         client.swarm.init(advertise_addr=advertise_addr)
 
 
@@ -77,12 +78,12 @@ def worker_token(manager: DockerClient) -> str:
 
 
 def join(client: DockerClient, manager_addr: str, token: str, doing: str) -> None:
-    with engine_errors(doing):
+    with engine_errors(doing), patient(client, MEMBERSHIP_TIMEOUT_S):
         client.swarm.join(remote_addrs=[manager_addr], join_token=token)
 
 
 def leave(client: DockerClient, doing: str) -> None:
-    with engine_errors(doing):
+    with engine_errors(doing), patient(client, MEMBERSHIP_TIMEOUT_S):
         client.swarm.leave(force=False)
 
 

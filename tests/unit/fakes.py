@@ -289,12 +289,13 @@ class FakeAPI:
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
-        self.loaded: list[tuple[str, int]] = []  # (ref, bytes received) per load
+        self.timeout: int | None = 10  # docker-py's read timeout, seconds
+        self.loaded: list[tuple[str, int, int | None]] = []  # (ref, bytes received, timeout then) per load
 
     def load_image(self, data: Iterable[bytes], quiet: bool | None = None) -> Iterator[dict[str, Any]]:
         blob = b"".join(data)
         header = json.loads(blob.split(b"\n", 1)[0])
-        self.loaded.append((header["ref"], len(blob)))
+        self.loaded.append((header["ref"], len(blob), self.timeout))
         self.engine.images.found[header["ref"]] = FakeImage(header["ref"], header["labels"], iid=header["id"])
         return iter([{"stream": f"Loaded image: {header['ref']}\n"}])
 

@@ -16,6 +16,8 @@ from meshctl.errors import EngineError
 from meshctl.home import MeshHome
 from meshctl.lifecycle import cluster
 from meshctl.lifecycle import install as installer
+from meshctl.lifecycle.check import State
+from meshctl.lifecycle.check import _network as check_network
 from meshctl.runtime import nodes, shipping
 from meshctl.status import ExitCode
 from tests.unit.cli import meshctl
@@ -158,7 +160,9 @@ def test_join_a_fresh_engine_joins_ships_the_images_and_records_it(
     assert node2.cluster is manager.cluster and not node2.is_manager
     assert {ref: img.id for ref, img in node2.images.found.items()} == \
         {ref: img.id for ref, img in manager.images.found.items()}
-    assert [ref for ref, _ in node2.api.loaded] == [BASE, PROXY]
+    # a load is answered once the image is in place: the client waits longer than its 10 s, then not again
+    assert [(ref, timeout) for ref, _, timeout in node2.api.loaded] == [(BASE, 900), (PROXY, 900)]
+    assert node2.api.timeout == 10
     assert settings_of(initialised).nodes == ["node2"]
     assert "node2: joined the swarm at 10.0.0.1:2377; images: " in done.err and "(3 MB)" in done.err
 
@@ -266,6 +270,15 @@ def test_install_in_a_cluster_refuses_the_old_bridge(initialised: Path, manager:
     with pytest.raises(Exception, match="is a bridge network, not an overlay") as raised:
         installer.NetworkStep(ctx, ctx.home.settings()).pending()
     assert "meshctl cluster init" in str(getattr(raised.value, "hint", ""))
+
+
+def test_check_fails_a_bridge_in_a_cluster(initialised: Path, manager: FakeEngine) -> None:
+    ctx = Context(home=MeshHome(initialised), docker_factory=lambda: manager)
+    assert check_network(ctx).state is State.OK
+    assert check_network(ctx).detail.startswith("overlay 'meshctl' on ")
+    manager.networks.found = [FakeNetwork(manager, const.NETWORK_NAME, "bridge", labels=MANAGED)]
+    result = check_network(ctx)
+    assert result.state is State.FAIL and "meshctl cluster init" in (result.hint or "")
 
 
 # --- status -------------------------------------------------------------------------------------------------------
