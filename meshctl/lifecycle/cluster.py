@@ -196,7 +196,14 @@ def _join_one(ctx: Context, settings: MeshSettings, client: DockerClient, member
     else:
         addr = member.manager_addr()
         progress(f"{name}: joining the swarm at {addr}")
-        swarm.join(node, addr, token, f"join context {name!r}'s engine to the swarm at {addr}")
+        try:
+            swarm.join(node, addr, token, f"join the engine of context {name!r} to the swarm at {addr}")
+        except EngineError as exc:
+            if "advertise" not in exc.message:
+                raise
+            raise EngineError(exc.message, f"join it by hand with the address the others reach it at: `docker "
+                              f"--context {name} swarm join --advertise-addr ADDR --token $(docker swarm join-token "
+                              f"-q worker) {addr}`, then `meshctl cluster join {name}` again") from exc
         what = f"joined the swarm at {addr}"
     sent = shipping.ship(client, node, name, shipping.wanted(settings.base_image, settings.proxy_image), progress)
     if name not in settings.nodes:

@@ -213,6 +213,17 @@ def test_join_an_unreachable_context_names_it_and_still_joins_the_others(
     assert node2.cluster is manager.cluster and settings_of(initialised).nodes == ["node2"]
 
 
+def test_join_names_every_context_that_failed(initialised: Path, manager: FakeEngine, lan: dict[str, FakeSwarmCluster],
+                                              contexts: dict[str, FakeEngine | None]) -> None:
+    contexts["node2"] = worker(lan, "node2", "10.0.0.2")
+    contexts["node2"].swarm.init()
+    done = run(initialised, manager, "join", "node3", "node2", "node4")
+    assert done.code == ExitCode.ENGINE  # the first failure's kind
+    assert "error: 3 contexts did not join: cannot reach the Docker engine of context 'node3'" in done.err
+    assert "context 'node2' is already in another swarm" in done.err and "context 'node4'" in done.err
+    assert len(done.err.strip().splitlines()) == 1
+
+
 def test_join_before_init_is_refused(installed_home: Path, manager: FakeEngine,
                                      contexts: dict[str, FakeEngine | None]) -> None:
     done = run(installed_home, manager, "join", "node2")
