@@ -31,7 +31,6 @@ Progress = Callable[[str], None]
 COMPOSE_PROJECT: Final = "com.docker.compose.project"
 SIDECARS: Final = {"label": [f"{const.LABEL_COMPONENT}=sidecar"]}
 PROBE_TIMEOUT_S: Final = 2
-STATUS_CONNECT_TIMEOUT_S: Final = 5  # status waits this long for a node's engine before calling it unreachable
 SHOWN_NAMES: Final = 6
 
 
@@ -183,7 +182,7 @@ def join(ctx: Context, contexts: Iterable[str], progress: Progress, report: Call
 def _join_one(ctx: Context, settings: MeshSettings, client: DockerClient, member: swarm.Membership, token: str,
               name: str, progress: Progress) -> str:
     _not_manager(name)
-    node = nodes.context_client(name)
+    node = ctx.engine(name)
     theirs = swarm.membership(node, f"read the swarm state of context {name!r}")
     if theirs.node_id and theirs.node_id == member.node_id:
         raise UsageError(f"context {name!r} reaches the manager's own engine", "name another engine's context")
@@ -247,7 +246,7 @@ def _leave_one(ctx: Context, settings: MeshSettings, client: DockerClient, name:
         raise UsageError(f"context {name!r} is not a node of this mesh",
                          f"its nodes: {', '.join(settings.nodes) or 'none yet'}")
     try:
-        node = nodes.context_client(name)
+        node = ctx.engine(name)
     except EngineError as exc:
         if not force:
             raise EngineError(exc.message, f"start it, or forget it with `meshctl cluster leave --force {name}` "
@@ -327,7 +326,7 @@ def status(ctx: Context) -> ClusterStatus:
     settings = _settings(ctx)
     client, member = manager(ctx, settings)
     engines = [_Engine(nodes.MANAGER, client, member.node_id)]
-    engines += _connect_all(settings.nodes)
+    engines += _connect_all(ctx, settings.nodes)
     for each in engines:
         _count_sidecars(each)
     swarm_nodes = swarm.nodes(client)
@@ -354,15 +353,15 @@ def status(ctx: Context) -> ClusterStatus:
     return out
 
 
-def _connect_all(names: list[str]) -> list[_Engine]:
+def _connect_all(ctx: Context, names: list[str]) -> list[_Engine]:
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
-        return list(pool.map(_connect, names))
+        return list(pool.map(lambda name: _connect(ctx, name), names))
 
 
-def _connect(name: str) -> _Engine:
+def _connect(ctx: Context, name: str) -> _Engine:
     engine = _Engine(name)
     try:
-        client = nodes.context_client(name, timeout=STATUS_CONNECT_TIMEOUT_S)
+        client = ctx.engine(name)
         engine.node_id = swarm.membership(client, f"read the swarm state of context {name!r}").node_id
         engine.client = client
     except MeshError as exc:

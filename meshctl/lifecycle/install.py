@@ -30,7 +30,7 @@ from meshctl.home import MeshSettings
 from meshctl.pilot.push import push
 from meshctl.pki import ca as pki
 from meshctl.resources import SIDECAR, shipped
-from meshctl.runtime import images, network, nodes, shipping
+from meshctl.runtime import images, network, shipping
 from sidecar.egress import OUTBOUND_POLICIES
 from sidecar.snapshot import PATH_MODES
 
@@ -257,7 +257,7 @@ class NodeImagesStep:
         todo = []
         for name in self.settings.nodes:
             try:
-                client = nodes.context_client(name)
+                client = self.ctx.engine(name)
             except EngineError:
                 todo.append(f"{name} (not answering now)")
                 continue
@@ -269,7 +269,7 @@ class NodeImagesStep:
         done, skipped = [], []
         for name in self.settings.nodes:
             try:
-                client = nodes.context_client(name)
+                client = self.ctx.engine(name)
             except EngineError:
                 skipped.append(name)
                 continue

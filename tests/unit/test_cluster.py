@@ -296,13 +296,14 @@ def test_check_fails_a_bridge_in_a_cluster(initialised: Path, manager: FakeEngin
 
 def sidecar(name: str, ip: str, answers: dict[str, bytes], calls: list[tuple[str, Any]]) -> FakeContainer:
     """A running sidecar on the overlay whose exec'd curl answers per target IP."""
-    def on_exec(cmd: list[str], **kwargs: Any) -> tuple[int, bytes]:
+    def on_exec(cmd: list[str]) -> tuple[int, bytes]:
         url = cmd[-1]
-        calls.append((url, kwargs.get("user")))
+        calls.append((url, container.exec_kwargs[-1].get("user")))
         target = url.split("//")[1].split(":")[0]
         return (0, answers[target]) if target in answers else (28, b"000 2.001")
-    return FakeContainer(name, {const.LABEL_COMPONENT: "sidecar"}, on_exec=on_exec,
-                         attrs={"NetworkSettings": {"Networks": {const.NETWORK_NAME: {"IPAddress": ip}}}})
+    container = FakeContainer(name, {const.LABEL_COMPONENT: "sidecar"}, on_exec=on_exec,
+                              attrs={"NetworkSettings": {"Networks": {const.NETWORK_NAME: {"IPAddress": ip}}}})
+    return container
 
 
 @pytest.fixture
