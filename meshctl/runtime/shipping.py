@@ -61,7 +61,8 @@ def _copy(manager: DockerClient, image: Any, node: DockerClient, ref: str, node_
     def chunks() -> Iterator[bytes]:
         reported = 0
         with engine_errors(f"save image {ref} on the manager"):
-            for chunk in image.save(chunk_size=CHUNK, named=ref):  # the tarball keeps this tag
+            # the tarball keeps the tag we were asked for ("debian" is stored as "debian:latest")
+            for chunk in image.save(chunk_size=CHUNK, named=ref if ref in image.tags else True):
                 counted[0] += len(chunk)
                 if counted[0] - reported >= REPORT_EVERY:
                     reported = counted[0]

@@ -33,13 +33,17 @@ class FakeImage:
     def __init__(self, ref: str, labels: Mapping[str, str] | None = None, iid: str | None = None,
                  size: int = 0) -> None:
         self.id = iid or f"sha256:{ref}"
+        self.tags = [ref if ":" in ref.rpartition("/")[2] else f"{ref}:latest"]
         self.attrs: dict[str, Any] = {"Config": {"Labels": dict(labels or {})}}
         self.size = size
         self.saved = 0  # how many times it was saved
 
     def save(self, chunk_size: int = 2 << 20, named: str | bool = False) -> Iterator[bytes]:
+        if isinstance(named, str) and named not in self.tags:
+            raise docker.errors.InvalidArgument(f"{named} is not a valid tag for this image")
         self.saved += 1
-        header = json.dumps({"ref": named, "id": self.id, "labels": self.attrs["Config"]["Labels"]}).encode()
+        tag = named if isinstance(named, str) else self.tags[0] if named else None
+        header = json.dumps({"ref": tag, "id": self.id, "labels": self.attrs["Config"]["Labels"]}).encode()
         blob = header + b"\n" + b"\0" * self.size
         for start in range(0, len(blob), chunk_size):
             yield blob[start:start + chunk_size]
@@ -127,9 +131,10 @@ class FakeImages:
         self.found = dict(found)
 
     def get(self, ref: str) -> FakeImage:
-        if ref not in self.found:
-            raise docker.errors.ImageNotFound(ref)
-        return self.found[ref]
+        for name in (ref, f"{ref}:latest"):  # Docker reads a name without a tag as :latest
+            if name in self.found:
+                return self.found[name]
+        raise docker.errors.ImageNotFound(ref)
 
 
 def _api_error(message: str, status: int = 503) -> docker.errors.APIError:
@@ -296,7 +301,8 @@ class FakeAPI:
         blob = b"".join(data)
         header = json.loads(blob.split(b"\n", 1)[0])
         self.loaded.append((header["ref"], len(blob), self.timeout))
-        self.engine.images.found[header["ref"]] = FakeImage(header["ref"], header["labels"], iid=header["id"])
+        ref = header["ref"] or header["id"]  # saved without a tag: loaded untagged, found by its id
+        self.engine.images.found[ref] = FakeImage(ref, header["labels"], iid=header["id"])
         return iter([{"stream": f"Loaded image: {header['ref']}\n"}])
 
 

@@ -246,6 +246,14 @@ def test_shipping_sends_a_changed_image(manager: FakeEngine) -> None:
     assert node.images.found[PROXY].id == manager.images.found[PROXY].id
 
 
+def test_shipping_an_image_named_without_a_tag(manager: FakeEngine) -> None:
+    manager.images.found["me/base:latest"] = FakeImage("me/base", size=1 << 20)
+    node = FakeEngine()
+    assert shipping.ship(manager, node, "node2", ["me/base"], lambda _: None) == ["me/base (1 MB)"]
+    assert node.images.get("me/base").id == manager.images.get("me/base").id
+    assert shipping.ship(manager, node, "node2", ["me/base"], lambda _: None) == []
+
+
 def test_install_ships_to_every_node_only_in_a_cluster(initialised: Path, manager: FakeEngine,
                                                        lan: dict[str, FakeSwarmCluster],
                                                        contexts: dict[str, FakeEngine | None]) -> None:
