@@ -103,9 +103,10 @@ def _node(attrs: dict[str, Any]) -> SwarmNode:
     spec, status = attrs.get("Spec") or {}, attrs.get("Status") or {}
     description = attrs.get("Description") or {}
     manager_status = attrs.get("ManagerStatus") or {}
+    # A manager's Status.Addr can be 0.0.0.0 or 127.0.0.1 (moby#35437, moby#30119); its raft address is right
+    addr = str(manager_status.get("Addr") or "").rpartition(":")[0] or str(status.get("Addr") or "")
     return SwarmNode(id=str(attrs.get("ID") or ""), hostname=str(description.get("Hostname") or ""),
                      role=str(spec.get("Role") or ""), state=str(status.get("State") or "unknown"),
-                     availability=str(spec.get("Availability") or ""),
-                     addr=str(status.get("Addr") or manager_status.get("Addr", "").rpartition(":")[0]),
+                     availability=str(spec.get("Availability") or ""), addr=addr,
                      engine=str((description.get("Engine") or {}).get("EngineVersion") or ""),
                      leader=bool(manager_status.get("Leader")))

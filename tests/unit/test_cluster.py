@@ -18,7 +18,7 @@ from meshctl.lifecycle import cluster
 from meshctl.lifecycle import install as installer
 from meshctl.lifecycle.check import State
 from meshctl.lifecycle.check import _network as check_network
-from meshctl.runtime import nodes, shipping
+from meshctl.runtime import nodes, shipping, swarm
 from meshctl.status import ExitCode
 from tests.unit.cli import meshctl
 from tests.unit.fakes import FakeContainer, FakeEngine, FakeImage, FakeNetwork, FakeSwarmCluster
@@ -298,6 +298,13 @@ def test_check_fails_a_bridge_in_a_cluster(initialised: Path, manager: FakeEngin
     manager.networks.found = [FakeNetwork(manager, const.NETWORK_NAME, "bridge", labels=MANAGED)]
     result = check_network(ctx)
     assert result.state is State.FAIL and "meshctl cluster init" in (result.hint or "")
+
+
+def test_a_managers_address_is_its_raft_address() -> None:
+    node = swarm._node({"ID": "n1", "Status": {"State": "ready", "Addr": "0.0.0.0"},
+                        "ManagerStatus": {"Addr": "10.0.0.1:2377", "Leader": True}, "Spec": {"Role": "manager"}})
+    assert node.addr == "10.0.0.1" and node.leader
+    assert swarm._node({"ID": "n2", "Status": {"Addr": "10.0.0.2"}}).addr == "10.0.0.2"
 
 
 # --- status -------------------------------------------------------------------------------------------------------
