@@ -23,7 +23,7 @@ from meshctl import const
 from meshctl.context import Context
 from meshctl.errors import Conflict, EngineError, MeshError, UsageError
 from meshctl.home import MeshSettings
-from meshctl.runtime import network, nodes, shipping, swarm
+from meshctl.runtime import deployments, network, nodes, shipping, swarm
 from meshctl.runtime.engine import engine_errors
 from sidecar.contract import PORT_HEALTH, PROXY_UID
 
@@ -254,7 +254,9 @@ def _leave_one(ctx: Context, settings: MeshSettings, client: DockerClient, name:
         _forget(ctx, settings, name)
         return f"{name}: not answering; forgotten (remove its swarm entry with `docker node rm`)"
     with engine_errors(f"list the sidecars on context {name!r}"):
-        pods = node.containers.list(filters=SIDECARS)
+        # a project's anchor holds its overlays on the node: it goes with `meshctl down`, as the pods do
+        pods = [c for c in node.containers.list(filters={"label": [f"{const.LABEL_MANAGED}=true"]})
+                if c.labels.get(const.LABEL_COMPONENT) in ("sidecar", deployments.COMPONENT_ANCHOR)]
     if pods:
         names = sorted(c.name for c in pods)
         raise Conflict(f"meshctl pods still run on {name}: {', '.join(names)}",

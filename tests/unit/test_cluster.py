@@ -316,7 +316,7 @@ def sidecar(name: str, ip: str, answers: dict[str, bytes], calls: list[tuple[str
         calls.append((url, container.exec_kwargs[-1].get("user")))
         target = url.split("//")[1].split(":")[0]
         return (0, answers[target]) if target in answers else (28, b"000 2.001")
-    container = FakeContainer(name, {const.LABEL_COMPONENT: "sidecar"}, on_exec=on_exec,
+    container = FakeContainer(name, {const.LABEL_MANAGED: "true", const.LABEL_COMPONENT: "sidecar"}, on_exec=on_exec,
                               attrs={"NetworkSettings": {"Networks": {const.NETWORK_NAME: {"IPAddress": ip}}}})
     return container
 
@@ -386,9 +386,12 @@ def test_status_shows_an_unreachable_context_the_swarm_cannot_place(
 
 def test_leave_refuses_while_pods_run_there(initialised: Path, manager: FakeEngine,
                                             three_nodes: dict[str, FakeEngine]) -> None:
-    three_nodes["node2"].containers.found = [sidecar("a-db-proxy-1", "10.0.1.3", {}, [])]
+    three_nodes["node2"].containers.found = [
+        sidecar("a-db-proxy-1", "10.0.1.3", {}, []), FakeContainer("a-db-1", {"com.docker.compose.project": "a"}),
+        FakeContainer("meshctl-anchor-a", {const.LABEL_MANAGED: "true", const.LABEL_COMPONENT: "anchor"})]
     done = run(initialised, manager, "leave", "node2")
-    assert done.code == ExitCode.CONFLICT and "meshctl pods still run on node2: a-db-proxy-1" in done.err
+    assert done.code == ExitCode.CONFLICT
+    assert "meshctl pods still run on node2: a-db-proxy-1, meshctl-anchor-a;" in done.err
     assert three_nodes["node2"].cluster is manager.cluster
     assert "node2" in settings_of(initialised).nodes
 
