@@ -21,7 +21,7 @@ from meshctl import const
 from meshctl.config.schema import parse_duration
 from meshctl.config.store import Store
 from meshctl.context import Context
-from meshctl.errors import Conflict, EngineError, PermissionProblem, UsageError
+from meshctl.errors import Conflict, MeshError, PermissionProblem, UsageError
 from meshctl.extras import prometheus
 from meshctl.extras.prometheus import container as prom_container
 from meshctl.extras.prometheus import image as prom_image
@@ -258,7 +258,7 @@ class NodeImagesStep:
         for name in self.settings.nodes:
             try:
                 client = self.ctx.engine(name)
-            except EngineError:
+            except MeshError:  # not answering, or its context is gone: named, not fatal
                 todo.append(f"{name} (not answering now)")
                 continue
             if shipping.missing(self.ctx.docker(), client, refs):
@@ -270,7 +270,7 @@ class NodeImagesStep:
         for name in self.settings.nodes:
             try:
                 client = self.ctx.engine(name)
-            except EngineError:
+            except MeshError:  # not answering, or its context is gone: named, not fatal
                 skipped.append(name)
                 continue
             sent = shipping.ship(self.ctx.docker(), client, name, self._refs(), progress)
