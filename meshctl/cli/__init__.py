@@ -67,6 +67,7 @@ def _register() -> None:
         bench,
         certs,
         check,
+        cluster,
         completion,
         config,
         dashboard,
@@ -89,7 +90,8 @@ def _register() -> None:
     )
 
     for module in (install, inject, uninject, deploy, demo, config, route, rollout, certs, security, proxy, observe,
-                   tap, telemetry, slo, dashboard, bench, analyze, schema, check, prune, version, completion):
+                   tap, telemetry, slo, dashboard, bench, analyze, schema, check, prune, cluster, version,
+                   completion):
         module.register(app)
 
 

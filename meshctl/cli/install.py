@@ -92,13 +92,13 @@ def apply_plan(c: Context, pending: list[tuple[installer.Step, str | None]], qui
                 c.err.print(f"[green]✔[/] {step.title}: unchanged", highlight=False)
             continue
         with c.err.status(f"{step.title}: {escape(todo)}") as status:
-            done = step.apply(_progress(status, step.title))
+            done = step.apply(progress_of(status, step.title))
         changed += 1
         c.err.print(f"[green]✔[/] {step.title}: {escape(done)}", highlight=False)
     return changed
 
 
-def _progress(status: Status, title: str) -> Callable[[str], None]:
+def progress_of(status: Status, title: str) -> Callable[[str], None]:
     return lambda line: status.update(f"{escape(title)}: {escape(line)}")
 
 

@@ -101,14 +101,19 @@ def _ca(ctx: Context) -> Result:
 
 
 def _network(ctx: Context) -> Result:
-    name = ctx.home.settings().network if ctx.home.is_installed() else const.NETWORK_NAME
+    settings = ctx.home.settings() if ctx.home.is_installed() else None
+    name = settings.network if settings else const.NETWORK_NAME
     net = network.find_network(ctx.docker(), name)
     if net is None:
         return Result("network", State.FAIL, f"network {name!r} is missing", "run `meshctl install`")
     if (net.attrs.get("Labels") or {}).get(const.LABEL_MANAGED) != "true":
         return Result("network", State.WARN, f"network {name!r} was not created by meshctl",
                       "remove it and run `meshctl install`")
-    return Result("network", State.OK, f"bridge {name!r} on {', '.join(network.network_subnets(net))}")
+    kind = net.attrs.get("Driver")
+    if settings and settings.cluster and kind != "overlay":  # pods on other nodes could not join a bridge
+        return Result("network", State.FAIL, f"network {name!r} is a {kind}, and this mesh is a cluster",
+                      "run `meshctl cluster init` to make it an attachable overlay")
+    return Result("network", State.OK, f"{kind} {name!r} on {', '.join(network.network_subnets(net))}")
 
 
 def _images(ctx: Context) -> Result:

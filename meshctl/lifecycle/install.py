@@ -21,7 +21,7 @@ from meshctl import const
 from meshctl.config.schema import parse_duration
 from meshctl.config.store import Store
 from meshctl.context import Context
-from meshctl.errors import Conflict, PermissionProblem, UsageError
+from meshctl.errors import Conflict, MeshError, PermissionProblem, UsageError
 from meshctl.extras import prometheus
 from meshctl.extras.prometheus import container as prom_container
 from meshctl.extras.prometheus import image as prom_image
@@ -30,7 +30,7 @@ from meshctl.home import MeshSettings
 from meshctl.pilot.push import push
 from meshctl.pki import ca as pki
 from meshctl.resources import SIDECAR, shipped
-from meshctl.runtime import images, network
+from meshctl.runtime import images, network, shipping
 from sidecar.egress import OUTBOUND_POLICIES
 from sidecar.snapshot import PATH_MODES
 
@@ -138,22 +138,27 @@ class StoreStep:
 
 @dataclass
 class NetworkStep:
+    """The mesh network: a bridge, or in a cluster (`meshctl cluster init`) an attachable swarm overlay."""
     ctx: Context
     settings: MeshSettings
     title: str = "network"
 
     def pending(self) -> str | None:
+        overlay = self.settings.cluster
         net = network.find_network(self.ctx.docker(), self.settings.network)
         if net is not None:
-            network.check_network(net, self.settings.network_subnet)
+            network.check_network(net, self.settings.network_subnet, overlay=overlay)
             return None
         subnet = self.settings.network_subnet or "a subnet Docker picks"
-        return f"create bridge network {self.settings.network!r} on {subnet}"
+        kind = "attachable overlay" if overlay else "bridge"
+        return f"create {kind} network {self.settings.network!r} on {subnet}"
 
     def apply(self, progress: Progress) -> str:
-        net = network.create_network(self.ctx.docker(), self.settings.network, self.settings.network_subnet)
+        net = network.create_network(self.ctx.docker(), self.settings.network, self.settings.network_subnet,
+                                     overlay=self.settings.cluster)
         net.reload()
-        return f"bridge {net.name!r} on {', '.join(network.network_subnets(net))}"
+        kind = "attachable overlay" if self.settings.cluster else "bridge"
+        return f"{kind} {net.name!r} on {', '.join(network.network_subnets(net))}"
 
 
 @dataclass
@@ -229,6 +234,51 @@ class ProxyImageStep:
             images.build_image(self.ctx.docker(), self.settings.proxy_image, build_ctx, "proxy-image", build_hash,
                                {"BASE": self.settings.base_image}, progress)
         return f"{self.settings.proxy_image} built on {self.settings.base_image}"
+
+
+@dataclass
+class NodeImagesStep:
+    """In a cluster, the base and sidecar images on every joined node, shipped from the manager through the
+    engine API. A node that does not answer is skipped and named; the next install ships to it."""
+    ctx: Context
+    settings: MeshSettings
+    builds: list[Step]  # the steps that make the images on the manager: when one has work, so does this
+    title: str = "images on nodes"
+
+    def _refs(self) -> list[str]:
+        return shipping.wanted(self.settings.base_image, self.settings.proxy_image)
+
+    def pending(self) -> str | None:
+        if not (self.settings.cluster and self.settings.nodes):
+            return None
+        refs = self._refs()
+        if any(step.pending() is not None for step in self.builds):
+            return f"ship {', '.join(refs)} to {', '.join(self.settings.nodes)}"
+        todo = []
+        for name in self.settings.nodes:
+            try:
+                client = self.ctx.engine(name)
+            except MeshError:  # not answering, or its context is gone: named, not fatal
+                todo.append(f"{name} (not answering now)")
+                continue
+            if shipping.missing(self.ctx.docker(), client, refs):
+                todo.append(name)
+        return f"ship {', '.join(refs)} to {', '.join(todo)}" if todo else None
+
+    def apply(self, progress: Progress) -> str:
+        done, skipped = [], []
+        for name in self.settings.nodes:
+            try:
+                client = self.ctx.engine(name)
+            except MeshError:  # not answering, or its context is gone: named, not fatal
+                skipped.append(name)
+                continue
+            sent = shipping.ship(self.ctx.docker(), client, name, self._refs(), progress)
+            done.append(f"{name}: {', '.join(sent) if sent else 'up to date'}")
+        if skipped:
+            done.append(f"not answering, not shipped: {', '.join(skipped)} (run `meshctl install` again when "
+                        "they are back)")
+        return "; ".join(done)
 
 
 @dataclass
@@ -347,8 +397,9 @@ def validate_trusted_proxies(value: int | None) -> int | None:
 
 
 def plan(ctx: Context, settings: MeshSettings) -> list[Step]:
+    base, proxy = BaseImageStep(ctx, settings), ProxyImageStep(ctx, settings)
     steps: list[Step] = [HomeStep(ctx, settings), CAStep(ctx, settings), StoreStep(ctx), NetworkStep(ctx, settings),
-                         BaseImageStep(ctx, settings), ProxyImageStep(ctx, settings)]
+                         base, proxy, NodeImagesStep(ctx, settings, [base, proxy])]
     image = PrometheusImageStep(ctx, settings)
     addon = PrometheusStep(ctx, settings, image)
     if prometheus.NAME in settings.addons:

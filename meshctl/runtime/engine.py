@@ -55,3 +55,16 @@ def engine_errors(doing: str) -> Iterator[None]:
         raise EngineError(f"Docker engine refused to {doing}: {detail}") from exc
     except docker.errors.DockerException as exc:
         raise EngineError(f"lost the Docker engine while trying to {doing}: {exc}", START_HINT) from exc
+
+
+@contextlib.contextmanager
+def patient(client: DockerClient, seconds: int) -> Iterator[None]:
+    """A longer read timeout for one slow call (loading an image, joining a swarm): the engine answers only
+    when it is done, and the client's own timeout is a connect check's 10 s."""
+    api = client.api
+    before = api.timeout
+    api.timeout = max(seconds, before or 0)
+    try:
+        yield
+    finally:
+        api.timeout = before
