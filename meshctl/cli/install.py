@@ -111,6 +111,8 @@ def uninstall(
     """Remove the containers, networks and images meshctl created (found by label); --purge also the home."""
     c: Context = ctx.obj
     removal = uninstaller.find_removal(c, purge)
+    for node, why in sorted(removal.unreachable.items()):
+        c.err.print(f"warning: node {node} is left as it is: {why}", highlight=False, markup=False)
     if removal.is_empty():
         c.err.print("Nothing to remove: no meshctl containers, networks or images"
                     + (" and no mesh home." if purge else "."))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker import DockerClient
 
 from meshctl.errors import EngineError
@@ -53,7 +54,8 @@ def engine_errors(doing: str) -> Iterator[None]:
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
         raise EngineError(f"Docker engine refused to {doing}: {detail}") from exc
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        # an engine that went away mid-command (a node cut off): the SDK lets the transport's error through
         raise EngineError(f"lost the Docker engine while trying to {doing}: {exc}", START_HINT) from exc
 
 

@@ -17,6 +17,7 @@ from typing import Final
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker import DockerClient
 from docker.tls import TLSConfig
 
@@ -101,7 +102,8 @@ def context_client(name: str, timeout: int = CONNECT_TIMEOUT_S) -> DockerClient:
         client = DockerClient(base_url=host, tls=found.tls(), timeout=timeout,
                               version=MIN_API_VERSION, use_ssh_client=host.startswith("ssh://"))
         client.ping()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        # with the API version given, the SDK does not wrap the transport's errors
         raise EngineError(f"cannot reach the Docker engine of context {name!r} at {host}",
                           f"check that it runs and that `docker --context {name} info` works") from exc
     return client

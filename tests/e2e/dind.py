@@ -26,6 +26,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker import DockerClient
 from docker.models.containers import Container
 
@@ -249,8 +250,8 @@ def wait_engine(node: Node, timeout: float = 90) -> None:
         try:
             node.client().ping()
             return
-        except docker.errors.DockerException:
-            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            pass  # with a fixed API version the SDK lets a refused connection through unwrapped
         node.container.reload()
         if node.container.status not in ("running", "created", "restarting"):
             tail = node.container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
