@@ -13,6 +13,7 @@ names (Pod.node, from `mesh.host` or `inject --place`):
 from __future__ import annotations
 
 import copy
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from meshctl.context import Context
 from meshctl.errors import InvalidInput, MeshError
 from meshctl.fsutil import atomic_write, ensure_dir, read_text
 from meshctl.inject import placement, rewrite
-from meshctl.inject.load import depends_on_names
+from meshctl.inject.load import SERVICE_NAME_RE, depends_on_names
 from meshctl.mesh import MeshedPods
 from meshctl.runtime import delivery, deployments
 from meshctl.runtime.compose import compose_down, require_compose, run_compose
@@ -35,6 +36,9 @@ from meshctl.runtime.engine import engine_errors
 from meshctl.runtime.nodes import MANAGER, compose_env, shown
 
 PROJECT_LABEL = "com.docker.compose.project"
+# compose's own rule for a project name (inject writes it so): it names <home>/cluster/<project>/, which
+# `meshctl down` empties, and the pods' directories, so a hand-edited `../ca` must never get that far
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 @dataclass
@@ -55,7 +59,38 @@ def load_meshed(file: Path) -> tuple[dict[str, Any], str]:
     if not isinstance(marker, dict) or not marker.get("project"):
         raise InvalidInput(f"{file} is not a meshed compose file", f"mesh it first: meshctl inject {file} -o "
                            "meshed.yaml")
-    return data, str(marker["project"])
+    project, services = str(marker["project"]), data.get("services")
+    again = "mesh the original again with `meshctl inject` (a meshed file is not edited by hand)"
+    if not PROJECT_RE.fullmatch(project):
+        raise InvalidInput(f"{file}: `{rewrite.MARKER}.project` {project!r} is not a compose project name "
+                           "(lower-case letters, digits, - and _)", again)
+    if not isinstance(services, dict) or not services:
+        raise InvalidInput(f"{file} has no `services` mapping", again)
+    for name in services:
+        if not SERVICE_NAME_RE.fullmatch(str(name)) or not isinstance(services[name], dict):
+            raise InvalidInput(f"{file}: service {str(name)!r} is not a valid compose service", again)
+    return data, project
+
+
+def check_mode(data: dict[str, Any], file: Path, cluster: bool, joined: list[str]) -> None:
+    """The file was meshed for this mesh: for one host or for a cluster as it is now, each pod on a joined node."""
+    meshed_for_cluster = "overlays" in data[rewrite.MARKER]
+    if meshed_for_cluster and not cluster:
+        raise InvalidInput(f"{file} was meshed for a cluster, but this mesh runs on one host",
+                           f"mesh the original again (meshctl inject SOURCE -o {file}), or run `meshctl cluster "
+                           "init` first")
+    if cluster and not meshed_for_cluster:
+        raise InvalidInput(f"{file} was meshed for one host, but this mesh is a cluster (`meshctl cluster init`)",
+                           f"mesh the original again: meshctl inject SOURCE -o {file}")
+    services: dict[str, Any] = data["services"]
+    known = [MANAGER, *joined]
+    for name, svc in services.items():
+        node = node_of(name, svc, services)
+        if node not in known:
+            raise InvalidInput(f"{file}: service {name!r} is placed on {node!r}, which is not a node of this mesh "
+                               f"(nodes: {', '.join(shown(n) for n in known)})",
+                               "join it with `meshctl cluster join CONTEXT`, or mesh the original again with "
+                               "another placement")
 
 
 def node_of(name: str, svc: dict[str, Any], services: dict[str, Any]) -> str:
@@ -112,8 +147,9 @@ def ensure_overlays(ctx: Context, names: list[str], project: str) -> None:
 def up(ctx: Context, file: Path) -> Deployed:
     data, project = load_meshed(file)
     done = Deployed(project)
-    tool = require_compose()
     settings = ctx.home.settings()
+    check_mode(data, file, settings.cluster, settings.nodes)
+    tool = require_compose()
     if not settings.cluster:
         run_compose(tool, project, file, "up", "-d", "--remove-orphans")
         done.nodes[shown(MANAGER)] = list(data.get("services") or {})
@@ -182,19 +218,22 @@ def down(ctx: Context, file: Path) -> Deployed:
     for directory in MeshedPods.of(ctx.home).directories():
         if directory.parent.name == project:
             (directory / delivery.DELIVERED).unlink(missing_ok=True)
-    _remove_overlays(ctx, list(data[rewrite.MARKER].get("overlays") or []))
+    _remove_overlays(ctx, list(data[rewrite.MARKER].get("overlays") or []), project)
     deployments.forget(ctx.home, project)
     return done
 
 
-def _remove_overlays(ctx: Context, names: list[str], attempts: int = 5) -> None:
-    """Endpoints of containers just removed are freed asynchronously, more so across hosts: retry."""
+def _remove_overlays(ctx: Context, names: list[str], project: str, attempts: int = 5) -> None:
+    """Endpoints of containers just removed are freed asynchronously, more so across hosts: retry. Only the
+    networks `meshctl up` made for this project go (the file's list could name the mesh's own, or the user's)."""
     client = ctx.docker()
     for name in names:
         for attempt in range(attempts):
             try:
                 for net in client.networks.list(names=[name]):
-                    if net.name == name:
+                    labels = net.attrs.get("Labels") or {}
+                    if net.name == name and labels.get(PROJECT_LABEL) == project and \
+                            labels.get(const.LABEL_COMPONENT) == "project-network":
                         net.remove()
                 break
             except docker.errors.APIError:

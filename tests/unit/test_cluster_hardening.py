@@ -1,0 +1,121 @@
+"""#19's review: what a hand-edited or mismatched meshed file, a planted file in a pod's volume, or an odd URL
+could make the multi-host code do (fakes only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from meshctl.home import MeshHome
+from meshctl.status import ExitCode
+from tests.unit.cli import meshctl, no_engine
+from tests.unit.test_cli_errors import one_error_line
+from tests.unit.test_placement import SHOP, _inject, cluster_home  # noqa: F401  (a fixture)
+
+
+@pytest.fixture(autouse=True)
+def no_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every refusal here must come before compose or any engine is reached (an e2e run may share the engine)."""
+    def refuse(*_: object, **__: object) -> Any:
+        raise AssertionError("reached docker")
+    for where in ("meshctl.lifecycle.deploy.require_compose", "meshctl.lifecycle.deploy.ensure_overlays",
+                  "meshctl.runtime.delivery.deliver", "meshctl.runtime.nodes.connect"):
+        monkeypatch.setattr(where, refuse)
+
+
+def up_down(command: str, file: Path, home: Path) -> Any:
+    return meshctl(command, str(file), home=home, engine=no_engine, nodes=lambda _: no_engine())
+
+
+def _edited(tmp_path: Path, data: dict[str, Any], name: str = "edited.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("command", ["up", "down"])
+@pytest.mark.parametrize("project", ["../ca", "..", "a/b", "/etc"])
+def test_a_project_name_that_leaves_the_home_is_refused_before_anything_is_removed(
+        cluster_home: Path, tmp_path: Path, command: str, project: str) -> None:  # noqa: F811
+    code, err, data = _inject(cluster_home, tmp_path, "--place", "api=node2,node3")
+    assert code == 0, err
+    data["x-meshctl"]["project"] = project
+    ca_files = sorted(p.name for p in (cluster_home / "ca").iterdir())
+    done = up_down(command, _edited(tmp_path, data), cluster_home)
+    assert done.code == ExitCode.INVALID_INPUT, done.err
+    assert "is not a compose project name" in one_error_line(done.err)
+    assert sorted(p.name for p in (cluster_home / "ca").iterdir()) == ca_files  # `down` used to empty home/ca
+
+
+def test_a_node_name_that_leaves_the_home_is_refused(cluster_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    code, err, data = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    data["services"]["db"]["labels"]["mesh.host"] = "../../../../tmp/planted"  # an unmeshed service's own label
+    done = up_down("up", _edited(tmp_path, data), cluster_home)
+    assert done.code == ExitCode.INVALID_INPUT, done.err
+    line = one_error_line(done.err)
+    assert "service 'db' is placed on '../../../../tmp/planted', which is not a node of this mesh" in line
+    assert "meshctl cluster join" in line
+    assert not list((cluster_home / "cluster").glob("**/*.yaml")) if (cluster_home / "cluster").exists() else True
+
+
+def test_a_service_name_with_a_slash_is_refused(cluster_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    code, err, data = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    data["services"]["../../ca"] = data["services"].pop("web")
+    done = up_down("up", _edited(tmp_path, data), cluster_home)
+    assert done.code == ExitCode.INVALID_INPUT and "service '../../ca' is not a valid" in one_error_line(done.err)
+
+
+def test_a_file_meshed_for_one_host_is_refused_in_a_cluster_and_vice_versa(
+        installed_home: Path, tmp_path: Path) -> None:
+    one_host = SHOP.replace("labels: {mesh.host: node2}", "labels: {}").replace(", mesh.host: node3", "")
+    code, err, _ = _inject(installed_home, tmp_path, text=one_host)
+    assert code == 0, err
+    meshed = tmp_path / "meshed.yaml"
+    home = MeshHome(installed_home)
+    settings = home.settings()
+    settings.cluster, settings.nodes = True, ["node2"]
+    home.save_settings(settings)
+    done = up_down("up", meshed, installed_home)
+    assert done.code == ExitCode.INVALID_INPUT, done.err
+    line = one_error_line(done.err)
+    assert "was meshed for one host, but this mesh is a cluster" in line and "meshctl inject SOURCE -o" in line
+    code, err, _ = _inject(installed_home, tmp_path, text=one_host)  # meshed again, now for the cluster
+    assert code == 0, err
+    settings.cluster, settings.nodes = False, []
+    home.save_settings(settings)
+    done = up_down("up", meshed, installed_home)
+    assert done.code == ExitCode.INVALID_INPUT, done.err
+    assert "was meshed for a cluster, but this mesh runs on one host" in one_error_line(done.err)
+
+
+@pytest.mark.parametrize("command", ["up", "down"])
+def test_up_and_down_of_a_missing_or_plain_file_say_so_in_one_line(
+        cluster_home: Path, tmp_path: Path, command: str) -> None:  # noqa: F811
+    done = up_down(command, tmp_path / "nope.yaml", cluster_home)
+    assert done.code != 0 and "nope.yaml" in one_error_line(done.err)
+    plain = tmp_path / "compose.yaml"
+    plain.write_text(SHOP)
+    done = up_down(command, plain, cluster_home)
+    assert done.code == ExitCode.INVALID_INPUT and "meshctl inject" in one_error_line(done.err)
+
+
+def test_down_removes_only_the_overlays_up_made_for_the_project() -> None:
+    from types import SimpleNamespace
+
+    from meshctl.lifecycle.deploy import _remove_overlays
+    from tests.unit.fakes import FakeEngine, FakeNetwork
+
+    engine = FakeEngine()
+    ours = {"io.meshctl.component": "project-network", "com.docker.compose.project": "shop"}
+    engine.networks.found += [FakeNetwork(engine, "meshctl", "overlay"), FakeNetwork(engine, "shop_default", "overlay",
+                                                                                      labels=ours),
+                              FakeNetwork(engine, "users_net", "overlay")]
+    # a hand-edited list naming the mesh's own network and a user's: only the project's own goes
+    _remove_overlays(SimpleNamespace(docker=lambda: engine), ["meshctl", "shop_default", "users_net"],  # type: ignore[arg-type]
+                     "shop")
+    assert sorted(n.name for n in engine.networks.found) == ["meshctl", "users_net"]
