@@ -9,8 +9,9 @@ Docker extracts a file by removing it and writing it anew, so a reader could see
 The archive therefore ends with manifest.json (each file's SHA-256): the sidecar's supervisor copies the
 set into the proxy's own directory only when every file matches it (sidecar.supervisor).
 
-Each directory remembers the manifest it last delivered (.delivered), so a file written while its node
-was down is delivered by the next `deliver` of that directory, or by the certificate agent's next round.
+Each directory remembers the manifest it last delivered and the node it went to (.delivered), so a file
+written while its node was down is delivered by the next `deliver` of that directory, or by the certificate
+agent's next round, and a pod placed on another node since gets its files there.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 FILES: Final = (CERT_PEM, KEY_PEM, BUNDLE_PEM, SNAPSHOT_JSON)
 assert FILES == DELIVERY_FILES, "the sidecar verifies the same files the CLI delivers"
-DELIVERED: Final = ".delivered"  # the manifest's digest last delivered, in the proxy's directory
+DELIVERED: Final = ".delivered"  # "<digest> <node>" last delivered, in the proxy's directory
 MOUNT: Final = "/etc/meshctl"
 COMPONENT_VOLUME: Final = "proxy-files"
 COMPONENT_COURIER: Final = "courier"
@@ -172,9 +173,9 @@ def deliver(home: MeshHome, directories: Iterable[Path] | None = None, *, force:
 def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool, create: bool) -> bool | str:
     assert info.directory is not None
     files = manifest(info.directory)
-    digest = _digest(files)
+    stamp = f"{_digest(files)} {shown(info.pod.node)}"  # the node too: the same files, re-placed, go again
     marker = info.directory / DELIVERED
-    if not force and marker.is_file() and marker.read_text().strip() == digest:
+    if not force and _read_marker(marker) == stamp:
         return False
     try:
         if create:
@@ -189,5 +190,12 @@ def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool,
             courier.put_archive(MOUNT, pack(info.directory, files))
     except (EngineError, docker.errors.DockerException, OSError) as exc:
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    atomic_write(marker, digest + "\n", mode=0o600, durable=False)
+    atomic_write(marker, stamp + "\n", mode=0o600, durable=False)
     return True
+
+
+def _read_marker(marker: Path) -> str | None:
+    try:
+        return marker.read_text().strip()
+    except (OSError, UnicodeDecodeError):  # missing or unreadable: deliver again
+        return None

@@ -16,7 +16,7 @@ from tests.unit.test_cli_errors import one_error_line
 from tests.unit.test_placement import SHOP, _inject, cluster_home  # noqa: F401  (a fixture)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_docker(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every refusal here must come before compose or any engine is reached (an e2e run may share the engine)."""
     def refuse(*_: object, **__: object) -> Any:
@@ -36,6 +36,7 @@ def _edited(tmp_path: Path, data: dict[str, Any], name: str = "edited.yaml") -> 
     return path
 
 
+@pytest.mark.usefixtures("no_docker")
 @pytest.mark.parametrize("command", ["up", "down"])
 @pytest.mark.parametrize("project", ["../ca", "..", "a/b", "/etc"])
 def test_a_project_name_that_leaves_the_home_is_refused_before_anything_is_removed(
@@ -50,6 +51,7 @@ def test_a_project_name_that_leaves_the_home_is_refused_before_anything_is_remov
     assert sorted(p.name for p in (cluster_home / "ca").iterdir()) == ca_files  # `down` used to empty home/ca
 
 
+@pytest.mark.usefixtures("no_docker")
 def test_a_node_name_that_leaves_the_home_is_refused(cluster_home: Path, tmp_path: Path) -> None:  # noqa: F811
     code, err, data = _inject(cluster_home, tmp_path)
     assert code == 0, err
@@ -62,6 +64,7 @@ def test_a_node_name_that_leaves_the_home_is_refused(cluster_home: Path, tmp_pat
     assert not list((cluster_home / "cluster").glob("**/*.yaml")) if (cluster_home / "cluster").exists() else True
 
 
+@pytest.mark.usefixtures("no_docker")
 def test_a_service_name_with_a_slash_is_refused(cluster_home: Path, tmp_path: Path) -> None:  # noqa: F811
     code, err, data = _inject(cluster_home, tmp_path)
     assert code == 0, err
@@ -70,6 +73,7 @@ def test_a_service_name_with_a_slash_is_refused(cluster_home: Path, tmp_path: Pa
     assert done.code == ExitCode.INVALID_INPUT and "service '../../ca' is not a valid" in one_error_line(done.err)
 
 
+@pytest.mark.usefixtures("no_docker")
 def test_a_file_meshed_for_one_host_is_refused_in_a_cluster_and_vice_versa(
         installed_home: Path, tmp_path: Path) -> None:
     one_host = SHOP.replace("labels: {mesh.host: node2}", "labels: {}").replace(", mesh.host: node3", "")
@@ -93,6 +97,7 @@ def test_a_file_meshed_for_one_host_is_refused_in_a_cluster_and_vice_versa(
     assert "was meshed for a cluster, but this mesh runs on one host" in one_error_line(done.err)
 
 
+@pytest.mark.usefixtures("no_docker")
 @pytest.mark.parametrize("command", ["up", "down"])
 def test_up_and_down_of_a_missing_or_plain_file_say_so_in_one_line(
         cluster_home: Path, tmp_path: Path, command: str) -> None:  # noqa: F811
@@ -119,3 +124,29 @@ def test_down_removes_only_the_overlays_up_made_for_the_project() -> None:
     _remove_overlays(SimpleNamespace(docker=lambda: engine), ["meshctl", "shop_default", "users_net"],  # type: ignore[arg-type]
                      "shop")
     assert sorted(n.name for n in engine.networks.found) == ["meshctl", "users_net"]
+
+
+def test_a_pod_placed_on_another_node_gets_its_unchanged_files_there(cluster_home: Path,  # noqa: F811
+                                                                      tmp_path: Path) -> None:
+    import json
+
+    from meshctl.mesh import read_proxy_info
+    from meshctl.runtime import delivery
+    from tests.unit.test_placement import _Engine
+
+    code, err, _ = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    engines = {"": _Engine(), "node2": _Engine(), "node3": _Engine()}
+    home = MeshHome(cluster_home)
+    assert "shop.api" in delivery.deliver(home, create=True, client_for=engines.__getitem__).delivered
+    assert (cluster_home / "proxies/shop/api/.delivered").read_text().split()[1] == "node2"
+    # the same files, the pod now on node3 (whose courier is there from an earlier `up`)
+    delivery.ensure_courier(engines["node3"], read_proxy_info(cluster_home / "proxies/shop/api"),  # type: ignore[arg-type]
+                            "proxy")
+    info_path = cluster_home / "proxies/shop/api/proxy.json"
+    info = json.loads(info_path.read_text())
+    info["pod"]["node"] = "node3"
+    info_path.write_text(json.dumps(info))
+    again = delivery.deliver(home, client_for=engines.__getitem__)
+    assert again.delivered == ["shop.api"]
+    assert engines["node3"].containers.made["meshctl-courier-shop-api"].archives
