@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -64,11 +65,24 @@ def needs_mirror(cert_dir: Path) -> bool:
         return False
 
 
+def read_plain(path: Path) -> bytes:
+    """A regular file's bytes, never through a symlink (this process is root: a link planted in the mounted
+    directory must not make it copy another file where the proxy reads), nor a FIFO (PID 1 would block on it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
 def verified_set(source: Path) -> dict[str, bytes] | None:
     """The delivered files, if each one is the manifest's; None while a delivery is half-written."""
     try:
-        listed = json.loads((source / MANIFEST_JSON).read_bytes())["files"]
-        contents = {name: (source / name).read_bytes() for name in listed if name in FILES}
+        listed = json.loads(read_plain(source / MANIFEST_JSON))["files"]
+        contents = {name: read_plain(source / name) for name in listed if name in FILES}
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if set(contents) != set(listed) or any(hashlib.sha256(data).hexdigest() != listed[name]
@@ -78,11 +92,21 @@ def verified_set(source: Path) -> dict[str, bytes] | None:
 
 
 def _put(target: Path, name: str, data: bytes) -> None:
+    """Write `name` atomically, owned by the proxy. The directory is the proxy's own, so the proxy could plant
+    a symlink at the temporary name: root creates it afresh (O_EXCL, O_NOFOLLOW) and changes the file it
+    opened, never a path a link points to."""
     tmp = target / f".{name}.tmp"
-    tmp.write_bytes(data)
-    os.chown(tmp, PROXY_UID, PROXY_UID)
-    os.chmod(tmp, 0o600 if name == "key.pem" else 0o644)
-    os.replace(tmp, target / name)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchown(fd, PROXY_UID, PROXY_UID)
+        os.fchmod(fd, 0o600 if name == "key.pem" else 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, target / name)  # a rename replaces a link at `name` itself, never what it points to
 
 
 def mirror_delivered(source: Path, target: Path, seen: dict[str, float]) -> None:
@@ -105,7 +129,7 @@ def mirror_delivered(source: Path, target: Path, seen: dict[str, float]) -> None
 
 def _read(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        return read_plain(path)
     except OSError:
         return None
 
@@ -122,7 +146,13 @@ def mirror(source: Path, target: Path, seen: dict[str, float]) -> None:
             continue
         if seen.get(name) == mtime:
             continue
-        _put(target, name, (source / name).read_bytes())
+        try:
+            data = read_plain(source / name)
+        except OSError as exc:
+            say(f"not copying {name}: {exc}")
+            seen[name] = mtime  # said once, until the file changes
+            continue
+        _put(target, name, data)
         seen[name] = mtime
 
 
@@ -255,7 +285,10 @@ def main() -> int:
         while child.poll() is None:
             time.sleep(TICK_S)
             if "MESHCTL_PROXY_DIR" in env:
-                mirror(CERT_DIR, MIRROR_DIR, seen)
+                try:
+                    mirror(CERT_DIR, MIRROR_DIR, seen)
+                except OSError as exc:  # PID 1 must not die (the pod's namespace would go with it): next tick
+                    say(f"cannot copy the proxy's files: {exc}")
             try:
                 mtime = (source / "snapshot.json").stat().st_mtime
                 if mtime != snapshot_mtime:

@@ -150,3 +150,71 @@ def test_a_pod_placed_on_another_node_gets_its_unchanged_files_there(cluster_hom
     again = delivery.deliver(home, client_for=engines.__getitem__)
     assert again.delivered == ["shop.api"]
     assert engines["node3"].containers.made["meshctl-courier-shop-api"].archives
+
+
+def _delivered(source: Path, files: dict[str, bytes]) -> None:
+    import hashlib
+    import json
+
+    for name, data in files.items():
+        (source / name).write_bytes(data)
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    (source / "manifest.json").write_text(json.dumps({"files": digests}))
+
+
+def test_the_supervisor_never_reads_through_a_planted_symlink_or_fifo(tmp_path: Path) -> None:
+    import hashlib
+    import json
+    import os
+
+    from sidecar import supervisor
+
+    source = tmp_path / "volume"
+    source.mkdir()
+    secret = tmp_path / "elsewhere"
+    secret.write_bytes(b"not for the proxy")
+    _delivered(source, {"cert.pem": b"C", "key.pem": b"K"})
+    assert supervisor.verified_set(source) == {"cert.pem": b"C", "key.pem": b"K"}
+    # a key that is a link to another file, even one the manifest vouches for: not read
+    (source / "key.pem").unlink()
+    (source / "key.pem").symlink_to(secret)
+    manifest = {"cert.pem": hashlib.sha256(b"C").hexdigest(),
+                "key.pem": hashlib.sha256(secret.read_bytes()).hexdigest()}
+    (source / "manifest.json").write_text(json.dumps({"files": manifest}))
+    assert supervisor.verified_set(source) is None
+    # a FIFO would block PID 1 forever on open
+    (source / "key.pem").unlink()
+    os.mkfifo(source / "key.pem")
+    assert supervisor.verified_set(source) is None
+    # a manifest that is a link, and one naming a file outside the set
+    (source / "key.pem").unlink()
+    _delivered(source, {"cert.pem": b"C", "key.pem": b"K"})
+    (source / "manifest.json").write_text(json.dumps({"files": {**manifest, "../../etc/shadow": "0" * 64}}))
+    assert supervisor.verified_set(source) is None
+
+
+def test_the_supervisor_writes_the_proxys_copy_without_following_a_link_the_proxy_planted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    if os.geteuid() != 0:  # giving the file to uid 1337 needs root: the rest is what is checked
+        monkeypatch.setattr("sidecar.supervisor.os.fchown", lambda *a: None)
+        monkeypatch.setattr("sidecar.supervisor.os.chown", lambda *a: None)
+
+    from sidecar import supervisor
+
+    source, target = tmp_path / "volume", tmp_path / "run"
+    source.mkdir()
+    target.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file")
+    os.chmod(victim, 0o644)
+    # the proxy (uid 1337) owns the copy's directory: it plants links at the temporary and the final name
+    (target / ".key.pem.tmp").symlink_to(victim)
+    (target / "cert.pem").symlink_to(victim)
+    _delivered(source, {"cert.pem": b"C", "key.pem": b"K"})
+    supervisor.mirror(source, target, {})
+    assert victim.read_bytes() == b"root's file" and victim.stat().st_uid == os.geteuid()
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert (target / "key.pem").read_bytes() == b"K" and not (target / "cert.pem").is_symlink()
+    assert (target / "key.pem").stat().st_mode & 0o777 == 0o600

@@ -142,6 +142,7 @@ def _deliver_into(target: Path, files: dict[str, bytes]) -> None:
 def test_the_supervisor_hands_over_only_a_whole_verified_delivery(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sidecar.supervisor.os.chown", lambda *a: None)
+    monkeypatch.setattr("sidecar.supervisor.os.fchown", lambda *a: None)
     source, target = tmp_path / "volume", tmp_path / "run"
     source.mkdir()
     target.mkdir()
