@@ -52,14 +52,29 @@ def routed(host: str) -> bool:
     return host.endswith(SUFFIX)
 
 
+def _refuse(what: str, text: str) -> None:
+    """A path, method or header that curl would read as something else: one request must stay one request."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise urllib.error.URLError(f"{what} {text[:80]!r} has spaces or control characters: not sent to a sidecar")
+
+
 def curl_command(port: int, path: str, timeout: float, method: str = "GET", headers: dict[str, str] | None = None,
                  body: bytes | None = None) -> list[str]:
-    """curl's argv for one request to the pod's loopback; -i so the status line and headers come back too."""
-    cmd = ["curl", "-sS", "-i", "--max-time", f"{timeout:g}"]
+    """curl's argv for one request to the pod's loopback; -i so the status line and headers come back too.
+    -q first: no .curlrc in the image is read; --noproxy: a proxy Docker put in the container's environment
+    never sees it; --globoff: `{}` and `[]` in a path are sent as they are, not expanded into more requests."""
+    if not path.startswith("/"):
+        raise urllib.error.URLError(f"path {path[:80]!r} must start with /")
+    _refuse("path", path)
+    _refuse("method", method)
+    cmd = ["curl", "-q", "-sS", "-i", "--globoff", "--noproxy", "*", "--max-time", f"{timeout:g}"]
     if method != "GET" or body is not None:
         cmd += ["-X", method]
     for name, value in (headers or {}).items():
         if name.lower() not in SKIPPED_HEADERS:
+            _refuse("header", name)
+            if any(c in value for c in "\r\n\0"):
+                raise urllib.error.URLError(f"header {name}'s value has a line break: not sent to a sidecar")
             cmd += ["-H", f"{name}: {value}"]
     if body is not None:
         # exec has no stdin here, so the body travels in argv: text only (argv cannot carry NUL, docker's API

@@ -218,3 +218,30 @@ def test_the_supervisor_writes_the_proxys_copy_without_following_a_link_the_prox
     assert victim.stat().st_mode & 0o777 == 0o644
     assert (target / "key.pem").read_bytes() == b"K" and not (target / "cert.pem").is_symlink()
     assert (target / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("path", "headers", "method"), [
+    ("/stats\r\nX-Evil: 1", {}, "GET"),  # a line break in the path
+    ("/a b", {}, "GET"),
+    ("@evil.example/x", {}, "GET"),  # http://127.0.0.1:15000@evil.example/x would reach another host
+    ("/x", {"X-A": "1\r\nX-B: 2"}, "GET"),
+    ("/x", {"X A": "1"}, "GET"),
+    ("/x", {}, "GET -o /etc/passwd"),
+])
+def test_the_exec_route_refuses_what_curl_would_read_as_more_than_one_request(
+        path: str, headers: dict[str, str], method: str) -> None:
+    import urllib.error
+
+    from meshctl.runtime import reach
+
+    with pytest.raises(urllib.error.URLError):
+        reach.curl_command(15000, path, 3, method, headers)
+
+
+def test_the_exec_route_reads_no_curlrc_no_proxy_and_no_globs() -> None:
+    from meshctl.runtime import reach
+
+    cmd = reach.curl_command(15000, "/stats?filter={a,b}[1-2]", 3)
+    assert cmd[:2] == ["curl", "-q"]  # -q only works as the first option
+    assert "--globoff" in cmd and cmd[cmd.index("--noproxy") + 1] == "*"
+    assert cmd[-1] == "http://127.0.0.1:15000/stats?filter={a,b}[1-2]"

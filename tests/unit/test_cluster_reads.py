@@ -120,7 +120,8 @@ def test_a_routed_url_is_curl_in_the_container_answered_as_urllib_answers() -> N
     with OPENER.open(f"http://{host}:15090/stats/history?window=30", timeout=3) as resp:
         assert (resp.status, resp.reason, resp.read()) == (200, "OK", body)
         assert resp.headers["X-A"] == "1" and resp.headers["Transfer-Encoding"] is None  # curl de-chunked it
-    assert container.execs == [["curl", "-sS", "-i", "--max-time", "3", "-H", "User-agent: " + OPENER.addheaders[0][1],
+    assert container.execs == [["curl", "-q", "-sS", "-i", "--globoff", "--noproxy", "*", "--max-time", "3",
+                                "-H", "User-agent: " + OPENER.addheaders[0][1],
                                 "http://127.0.0.1:15090/stats/history?window=30"]]
 
 
