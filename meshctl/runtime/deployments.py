@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -138,25 +139,44 @@ def _stopped(client: DockerClient, project: str) -> list[str]:
 
 
 _last_try: dict[tuple[str, str], float] = {}
+_missing: set[Path] = set()  # part files already reported missing
 
 
-def revive(home: MeshHome) -> list[str]:
+def revive(home: MeshHome, client_for: Callable[[str], DockerClient] = context_client) -> list[str]:
     """Start again each deployed part whose containers are not all running on a node that answers (after
-    the node came back). Returns what was revived, as `project on node` lines."""
+    the node came back). Returns what was revived, as `project on node` lines.
+
+    Each part is looked at no more often than REVIVE_EVERY_S, answered or not, and a node that does not
+    answer is tried once per round, not once per project: the agent's round (certificate renewal) must not
+    wait on a dead node's connect timeout again and again."""
     if not home.settings().cluster:
         return []
     revived = []
+    clients: dict[str, DockerClient | None] = {}  # this round's: None = did not answer
     for deployment in recorded(home):
         for node in deployment.nodes:
             key = (deployment.project, node)
             if time.monotonic() - _last_try.get(key, -REVIVE_EVERY_S) < REVIVE_EVERY_S:
                 continue
+            _last_try[key] = time.monotonic()
+            part = part_file(home, deployment.project, node)
+            if not part.is_file():
+                if part not in _missing:
+                    _missing.add(part)
+                    log.warning("%s is missing: %s on %s is not started again until `meshctl up` writes it",
+                                part, deployment.project, shown(node))
+                continue
+            _missing.discard(part)
             try:
-                client = context_client(node)
+                if node not in clients:
+                    clients[node] = None
+                    clients[node] = client_for(node)
+                client = clients[node]
+                if client is None:
+                    continue
                 stopped = _stopped(client, deployment.project)
                 if not stopped:
                     continue
-                _last_try[key] = time.monotonic()
                 start_part(home, deployment, node, client=client)
             except MeshError as exc:
                 log.info("%s on %s not revived yet: %s", deployment.project, shown(node), exc.one_line())

@@ -245,3 +245,46 @@ def test_the_exec_route_reads_no_curlrc_no_proxy_and_no_globs() -> None:
     assert cmd[:2] == ["curl", "-q"]  # -q only works as the first option
     assert "--globoff" in cmd and cmd[cmd.index("--noproxy") + 1] == "*"
     assert cmd[-1] == "http://127.0.0.1:15000/stats?filter={a,b}[1-2]"
+
+
+def test_revive_tries_a_dead_node_once_per_round_and_skips_a_missing_part_file(
+        cluster_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    from types import SimpleNamespace
+
+    from meshctl.errors import EngineError
+    from meshctl.runtime import deployments
+
+    home = MeshHome(cluster_home)
+    monkeypatch.setattr(deployments, "_last_try", {})
+    monkeypatch.setattr(deployments, "_missing", set())
+    started: list[tuple[str, str]] = []
+    monkeypatch.setattr(deployments, "start_part", lambda h, d, node, **_: started.append((d.project, node)))
+    for project in ("a", "b", "c"):
+        (deployments.deployments_dir(home) / project).mkdir(parents=True)
+        deployments.save(home, deployments.Deployment(project, "/src", (), ("node2", "node3")))
+        for node in ("node2", "node3"):
+            if project != "c" or node != "node3":  # c's part on node3 went missing
+                path = deployments.part_file(home, project, node)
+                path.write_text("services: {}\n")
+    stopped = SimpleNamespace(name="x-1", status="exited")
+    node3 = SimpleNamespace(containers=SimpleNamespace(list=lambda **_: [stopped]))
+    asked: list[str] = []
+
+    def client_for(node: str) -> Any:
+        asked.append(node)
+        if node == "node2":
+            raise EngineError("cannot reach the Docker engine of context 'node2'")
+        return node3
+
+    with caplog.at_level("WARNING", logger="meshctl.runtime.deployments"):
+        revived = deployments.revive(home, client_for)
+    assert asked.count("node2") == 1  # not once per project: each try waits on the connect timeout
+    assert started == [("a", "node3"), ("b", "node3")] and len(revived) == 2
+    assert "c/node3.yaml is missing" in caplog.text
+    # within REVIVE_EVERY_S nothing is tried again, the dead node included; the missing file is said once
+    caplog.clear()
+    asked.clear()
+    assert deployments.revive(home, client_for) == [] and asked == []
+    monkeypatch.setattr(deployments, "_last_try", {})
+    deployments.revive(home, client_for)
+    assert "missing" not in caplog.text
