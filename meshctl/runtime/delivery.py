@@ -68,11 +68,12 @@ def _labels(component: str, info: ProxyInfo) -> dict[str, str]:
 
 
 def manifest(directory: Path) -> dict[str, str]:
-    """name -> SHA-256 of each file present."""
+    """name -> SHA-256 of each file present. A symlink is never followed: whatever it points to (the CA's
+    key is a few directories up) must not leave this host in an archive."""
     out = {}
     for name in FILES:
         path = directory / name
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():
             out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 

@@ -288,3 +288,22 @@ def test_revive_tries_a_dead_node_once_per_round_and_skips_a_missing_part_file(
     monkeypatch.setattr(deployments, "_last_try", {})
     deployments.revive(home, client_for)
     assert "missing" not in caplog.text
+
+
+def test_a_symlink_in_a_proxy_directory_never_puts_the_ca_key_in_an_archive(cluster_home: Path,  # noqa: F811
+                                                                            tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from meshctl.runtime import delivery
+
+    code, err, _ = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    directory = cluster_home / "proxies/shop/web"
+    ca_key = next(p for p in (cluster_home / "ca").iterdir() if "key" in p.name)
+    (directory / "key.pem").unlink()
+    (directory / "key.pem").symlink_to(ca_key)
+    files = delivery.manifest(directory)
+    assert "key.pem" not in files
+    with tarfile.open(fileobj=io.BytesIO(delivery.pack(directory, files))) as tar:
+        assert all(ca_key.read_bytes() not in tar.extractfile(m).read() for m in tar.getmembers())  # type: ignore[union-attr]
