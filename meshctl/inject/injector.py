@@ -87,6 +87,8 @@ def inject(ctx: Context, path: str | load.ComposeFile, project_name: str | None,
         {k: str(v) for k, v in dirs.items()}
     data = rewrite.rewrite(compose, pods, project, mounts, settings.proxy_image, settings.trust_domain,
                            settings.network, _image_id(ctx, settings.proxy_image), cluster=settings.cluster)
+    if settings.cluster and (unmeshed := placement.unmeshed_flags(flags, pods)):
+        data[rewrite.MARKER][placement.MARKER_KEY] = unmeshed  # for `meshctl up`
     if output_dir is not None and output_dir.resolve() != compose.directory:
         data = paths.relocate(data, compose.directory)
     # The exact original rides along in the marker, for `meshctl uninject`. Made from several files, pass them

@@ -15,6 +15,7 @@ from meshctl.mesh import Pod
 from meshctl.runtime.nodes import DEFAULT_CONTEXT, MANAGER
 
 LABEL_HOST = "mesh.host"
+MARKER_KEY = "place"  # in the meshed file's marker: --place flags of services left without a sidecar
 MANAGER_NAMES = ("manager", DEFAULT_CONTEXT)
 
 
@@ -73,3 +74,9 @@ def unmeshed_node(svc: Any, flags: Mapping[str, str], name: str) -> str:
     value = flags.get(name) or labels_of(svc).get(LABEL_HOST, "")
     first = value.split(",")[0].strip()
     return MANAGER if first in ("", *MANAGER_NAMES) else first
+
+
+def unmeshed_flags(flags: Mapping[str, str], pods: list[Pod]) -> dict[str, str]:
+    """The --place flags of services without a sidecar: nothing else in the meshed file says where they run."""
+    meshed = {pod.host for pod in pods}
+    return {name: value for name, value in sorted(flags.items()) if name not in meshed}

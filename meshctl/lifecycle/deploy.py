@@ -85,7 +85,7 @@ def check_mode(data: dict[str, Any], file: Path, cluster: bool, joined: list[str
     services: dict[str, Any] = data["services"]
     known = [MANAGER, *joined]
     for name, svc in services.items():
-        node = node_of(name, svc, services)
+        node = node_of(name, svc, services, _placed(data))
         if node not in known:
             raise InvalidInput(f"{file}: service {name!r} is placed on {node!r}, which is not a node of this mesh "
                                f"(nodes: {', '.join(shown(n) for n in known)})",
@@ -93,7 +93,9 @@ def check_mode(data: dict[str, Any], file: Path, cluster: bool, joined: list[str
                                "another placement")
 
 
-def node_of(name: str, svc: dict[str, Any], services: dict[str, Any]) -> str:
+def node_of(name: str, svc: dict[str, Any], services: dict[str, Any], placed: dict[str, str] | None = None) -> str:
+    """A pod's node from its sidecar's label; a service without a sidecar's from `inject --place` (kept in the
+    marker's `place`) or its own `mesh.host` label."""
     labels: dict[str, Any] = svc["labels"] if isinstance(svc.get("labels"), dict) else {}
     if labels.get(const.LABEL_COMPONENT) == "sidecar":
         return str(labels.get(rewrite.LABEL_NODE, MANAGER))
@@ -101,7 +103,12 @@ def node_of(name: str, svc: dict[str, Any], services: dict[str, Any]) -> str:
     if mode.startswith("service:") and mode[len("service:"):] in services:
         sidecar = mode[len("service:"):]
         return node_of(sidecar, services[sidecar], services)
-    return placement.unmeshed_node(svc, {}, name)
+    return placement.unmeshed_node(svc, placed or {}, name)
+
+
+def _placed(data: dict[str, Any]) -> dict[str, str]:
+    place = data[rewrite.MARKER].get(placement.MARKER_KEY)
+    return {str(k): str(v) for k, v in place.items()} if isinstance(place, dict) else {}
 
 
 def split(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -109,7 +116,7 @@ def split(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     services: dict[str, Any] = data.get("services") or {}
     by_node: dict[str, list[str]] = {}
     for name, svc in services.items():
-        by_node.setdefault(node_of(name, svc, services), []).append(name)
+        by_node.setdefault(node_of(name, svc, services, _placed(data)), []).append(name)
     out = {}
     for node, names in by_node.items():
         doc = copy.deepcopy(data)

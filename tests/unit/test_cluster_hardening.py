@@ -307,3 +307,14 @@ def test_a_symlink_in_a_proxy_directory_never_puts_the_ca_key_in_an_archive(clus
     assert "key.pem" not in files
     with tarfile.open(fileobj=io.BytesIO(delivery.pack(directory, files))) as tar:
         assert all(ca_key.read_bytes() not in tar.extractfile(m).read() for m in tar.getmembers())  # type: ignore[union-attr]
+
+
+def test_a_place_flag_for_a_service_without_a_sidecar_reaches_up(cluster_home: Path,  # noqa: F811
+                                                                  tmp_path: Path) -> None:
+    from meshctl.lifecycle.deploy import split
+
+    text = SHOP.replace(", mesh.host: node3", "")  # db: no sidecar, placed by the flag alone
+    code, err, data = _inject(cluster_home, tmp_path, "--place", "db=node3", text=text)
+    assert code == 0, err
+    assert data["x-meshctl"]["place"] == {"db": "node3"}
+    assert "db" in split(data)["node3"]["services"]
