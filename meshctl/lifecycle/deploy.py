@@ -84,13 +84,39 @@ def check_mode(data: dict[str, Any], file: Path, cluster: bool, joined: list[str
                            f"mesh the original again: meshctl inject SOURCE -o {file}")
     services: dict[str, Any] = data["services"]
     known = [MANAGER, *joined]
-    for name, svc in services.items():
-        node = node_of(name, svc, services, _placed(data))
+    nodes = {name: node_of(name, svc, services, _placed(data)) for name, svc in services.items()}
+    for name, node in nodes.items():
         if node not in known:
             raise InvalidInput(f"{file}: service {name!r} is placed on {node!r}, which is not a node of this mesh "
                                f"(nodes: {', '.join(shown(n) for n in known)})",
                                "join it with `meshctl cluster join CONTEXT`, or mesh the original again with "
                                "another placement")
+    for name, svc in services.items():
+        for key, other in _same_host_refs(svc):
+            if other in nodes and nodes[other] != nodes[name]:
+                raise InvalidInput(f"{file}: service {name!r} (on {shown(nodes[name])}) has `{key}: {other}`, "
+                                   f"which runs on {shown(nodes[other])}: compose can only do that on one host",
+                                   f"place {name!r} and {other!r} on the same node (mesh.host or inject --place)")
+
+
+def _same_host_refs(svc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The services `svc` needs on its own host: a namespace, volumes, links or a base it extends (a
+    `depends_on` across hosts is only dropped, by `split`)."""
+    refs = []
+    mode = str(svc.get("network_mode") or "")
+    if mode.startswith("service:"):
+        refs.append(("network_mode", mode[len("service:"):]))
+    for entry in svc.get("volumes_from") or []:
+        if not str(entry).startswith("container:"):
+            refs.append(("volumes_from", str(entry).split(":", 1)[0]))
+    for entry in svc.get("links") or []:
+        refs.append(("links", str(entry).split(":", 1)[0]))
+    extends = svc.get("extends")
+    if isinstance(extends, dict) and not extends.get("file") and extends.get("service"):
+        refs.append(("extends", str(extends["service"])))
+    elif isinstance(extends, str):
+        refs.append(("extends", extends))
+    return refs
 
 
 def node_of(name: str, svc: dict[str, Any], services: dict[str, Any], placed: dict[str, str] | None = None) -> str:

@@ -318,3 +318,35 @@ def test_a_place_flag_for_a_service_without_a_sidecar_reaches_up(cluster_home: P
     assert code == 0, err
     assert data["x-meshctl"]["place"] == {"db": "node3"}
     assert "db" in split(data)["node3"]["services"]
+
+
+@pytest.mark.usefixtures("no_docker")
+@pytest.mark.parametrize(("key", "value"), [("volumes_from", ["web"]), ("links", ["web:front"]),
+                                            ("extends", {"service": "web"})])
+def test_up_refuses_a_same_host_reference_across_nodes(cluster_home: Path, tmp_path: Path,  # noqa: F811
+                                                       key: str, value: Any) -> None:
+    code, err, data = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    data["services"]["db"][key] = value  # db (no sidecar) runs on node3, web on the manager
+    done = up_down("up", _edited(tmp_path, data), cluster_home)
+    assert done.code == ExitCode.INVALID_INPUT, done.err
+    line = one_error_line(done.err)
+    assert f"service 'db' (on node3) has `{key}: web`, which runs on manager" in line and "same node" in line
+
+
+def test_split_keeps_compose_forms_whole(cluster_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    from meshctl.lifecycle.deploy import split
+
+    code, err, data = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    data["services"]["cache"] = {
+        "image": "redis", "labels": {"mesh.inject": "false", "mesh.host": "node3"}, "networks": ["back"],
+        "profiles": ["extra"], "volumes": [{"type": "volume", "source": "cachedata", "target": "/data"}],
+        "depends_on": {"db": {"condition": "service_healthy"}, "web": {"condition": "service_started"}}}
+    data["networks"]["back"] = {"external": True, "name": "shop_back"}
+    data["volumes"]["cachedata"] = {}
+    node3 = split(data)["node3"]
+    cache = node3["services"]["cache"]
+    assert cache["depends_on"] == {"db": {"condition": "service_healthy"}}  # web runs on the manager
+    assert cache["networks"] == ["back"] and cache["profiles"] == ["extra"]
+    assert "cachedata" in node3["volumes"] and "meshctl-proxy-shop-web" not in node3["volumes"]
