@@ -137,7 +137,9 @@ def write_bundle(directory: Path, bundle: bytes) -> None:
 def reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:
     """New certificates for these proxies from the issuing root; returns the new serials."""
     with locked(home.ca_dir / ".lock"):
-        return _reissue(home, directories, now)
+        serials = _reissue(home, directories, now)
+    _deliver(home, directories)  # outside the CA's lock: a node that does not answer holds up no issuance
+    return serials
 
 
 def _reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[str]:
@@ -149,7 +151,6 @@ def _reissue(home: MeshHome, directories: list[Path], now: dt.datetime) -> list[
         if (directory / BUNDLE_PEM).read_bytes() != bundle:
             write_bundle(directory, bundle)
         serials.append(f"{cert.cert.serial_number:x}")
-    _deliver(home, directories)
     return serials
 
 
@@ -179,6 +180,7 @@ def renew_due(home: MeshHome, now: dt.datetime) -> list[str]:
     with locked(home.ca_dir / ".lock"):  # decided under the lock: a re-issue half done elsewhere is no mismatch
         due = [i for i in workload_certs(home) if due_for_renewal(i, now) or not pair_matches(i.directory)]
         _reissue(home, [i.directory for i in due], now)
+    _deliver(home, [i.directory for i in due])
     return [i.proxy for i in due]
 
 
@@ -213,7 +215,6 @@ def _distribute_bundle(home: MeshHome, bundle: bytes) -> None:
     directories = MeshedPods.of(home).directories()
     for directory in directories:
         write_bundle(directory, bundle)
-    _deliver(home, directories)
 
 
 def root_stage(home: MeshHome, stage: str, now: dt.datetime) -> dict[str, str]:
@@ -250,4 +251,6 @@ def root_stage(home: MeshHome, stage: str, now: dt.datetime) -> dict[str, str]:
         _save_state(home, None if state.get("stage") == "done" else state)
     if stage == "reissue":
         reissue(home, MeshedPods.of(home).directories(), now)
+    elif stage in ("trust-both", "retire"):  # the new bundle, outside the lock (a dead node's timeout holds none)
+        _deliver(home, MeshedPods.of(home).directories())
     return state

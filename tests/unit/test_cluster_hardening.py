@@ -350,3 +350,39 @@ def test_split_keeps_compose_forms_whole(cluster_home: Path, tmp_path: Path) -> 
     assert cache["depends_on"] == {"db": {"condition": "service_healthy"}}  # web runs on the manager
     assert cache["networks"] == ["back"] and cache["profiles"] == ["extra"]
     assert "cachedata" in node3["volumes"] and "meshctl-proxy-shop-web" not in node3["volumes"]
+
+
+def test_certificates_are_delivered_outside_the_cas_lock(installed_home: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+    import fcntl
+    import os
+
+    from meshctl.mesh import MeshedPods
+    from meshctl.pki import citadel
+    from meshctl.runtime import delivery
+
+    code, err, _ = _inject(installed_home, tmp_path, text=SHOP.replace("labels: {mesh.host: node2}", "labels: {}")
+                           .replace(", mesh.host: node3", ""))
+    assert code == 0, err
+    home = MeshHome(installed_home)
+    held: list[bool] = []
+
+    def deliver(home_: MeshHome, directories: Any = None, **_: Any) -> delivery.Report:
+        fd = os.open(home.ca_dir / ".lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)  # a node's connect timeout would hold every issuance on this host
+        finally:
+            os.close(fd)
+        return delivery.Report()
+
+    monkeypatch.setattr(delivery, "deliver", deliver)
+    now = dt.datetime.now(dt.UTC)
+    citadel.reissue(home, MeshedPods.of(home).directories(), now)
+    citadel.renew_due(home, now + dt.timedelta(days=3650))
+    for stage in citadel.STAGES:
+        citadel.root_stage(home, stage, now)
+    assert held == [False] * 5
