@@ -152,7 +152,11 @@ def deliver(home: MeshHome, directories: Iterable[Path] | None = None, *, force:
         if (directory / "proxy.json").is_file():
             info = pods.read(directory)
             by_node.setdefault(info.pod.node, []).append(info)
-    for node, infos in sorted(by_node.items()):
+    for node, every in sorted(by_node.items()):
+        infos = [info for info in every if force or _pending(info)]
+        report.unchanged += len(every) - len(infos)
+        if not infos:  # nothing new for this node: it is not even asked (a dead one costs its connect timeout)
+            continue
         try:
             client = client_for(node)
         except MeshError as exc:
@@ -171,10 +175,19 @@ def deliver(home: MeshHome, directories: Iterable[Path] | None = None, *, force:
     return report
 
 
+def _stamp(info: ProxyInfo, files: dict[str, str]) -> str:
+    return f"{_digest(files)} {shown(info.pod.node)}"  # the node too: the same files, re-placed, go again
+
+
+def _pending(info: ProxyInfo) -> bool:
+    assert info.directory is not None
+    return _read_marker(info.directory / DELIVERED) != _stamp(info, manifest(info.directory))
+
+
 def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool, create: bool) -> bool | str:
     assert info.directory is not None
     files = manifest(info.directory)
-    stamp = f"{_digest(files)} {shown(info.pod.node)}"  # the node too: the same files, re-placed, go again
+    stamp = _stamp(info, files)
     marker = info.directory / DELIVERED
     if not force and _read_marker(marker) == stamp:
         return False
@@ -186,7 +199,10 @@ def _deliver_one(client: DockerClient, info: ProxyInfo, image: str, force: bool,
                 try:
                     courier = client.containers.get(courier_name(info.project, info.pod.service))
                 except docker.errors.NotFound:
-                    return False  # not started (or taken down): `meshctl up` delivers everything
+                    # not started (or taken down): `meshctl up` delivers everything (force). Marked, so the
+                    # agent does not ask the node again each round until these files change
+                    atomic_write(marker, stamp + "\n", mode=0o600, durable=False)
+                    return False
         with engine_errors(f"deliver the files of {info.name}"):
             courier.put_archive(MOUNT, pack(info.directory, files))
     except (EngineError, docker.errors.DockerException, OSError) as exc:

@@ -126,19 +126,27 @@ def test_down_removes_only_the_overlays_up_made_for_the_project() -> None:
     assert sorted(n.name for n in engine.networks.found) == ["meshctl", "users_net"]
 
 
+def _delivered_shop(root: Path, tmp_path: Path) -> tuple[dict[str, Any], MeshHome]:
+    """The shop meshed across the manager, node2 and node3, every pod's files delivered once to fake engines."""
+    from meshctl.runtime import delivery
+    from tests.unit.test_placement import _Engine
+
+    code, err, _ = _inject(root, tmp_path)
+    assert code == 0, err
+    engines = {"": _Engine(), "node2": _Engine(), "node3": _Engine()}
+    home = MeshHome(root)
+    assert "shop.api" in delivery.deliver(home, create=True, client_for=engines.__getitem__).delivered
+    return engines, home
+
+
 def test_a_pod_placed_on_another_node_gets_its_unchanged_files_there(cluster_home: Path,  # noqa: F811
                                                                       tmp_path: Path) -> None:
     import json
 
     from meshctl.mesh import read_proxy_info
     from meshctl.runtime import delivery
-    from tests.unit.test_placement import _Engine
 
-    code, err, _ = _inject(cluster_home, tmp_path)
-    assert code == 0, err
-    engines = {"": _Engine(), "node2": _Engine(), "node3": _Engine()}
-    home = MeshHome(cluster_home)
-    assert "shop.api" in delivery.deliver(home, create=True, client_for=engines.__getitem__).delivered
+    engines, home = _delivered_shop(cluster_home, tmp_path)
     assert (cluster_home / "proxies/shop/api/.delivered").read_text().split()[1] == "node2"
     # the same files, the pod now on node3 (whose courier is there from an earlier `up`)
     delivery.ensure_courier(engines["node3"], read_proxy_info(cluster_home / "proxies/shop/api"),  # type: ignore[arg-type]
@@ -386,3 +394,25 @@ def test_certificates_are_delivered_outside_the_cas_lock(installed_home: Path, t
     for stage in citadel.STAGES:
         citadel.root_stage(home, stage, now)
     assert held == [False] * 5
+
+
+def test_the_agents_delivery_round_asks_no_node_that_has_nothing_new(cluster_home: Path,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    from meshctl.runtime import delivery
+
+    engines, home = _delivered_shop(cluster_home, tmp_path)
+    asked: list[str] = []
+
+    def client_for(node: str) -> Any:
+        asked.append(node)
+        return engines[node]
+
+    assert delivery.deliver(home, client_for=client_for).delivered == [] and asked == []  # a dead node: no timeout
+    (cluster_home / "proxies/shop/web/cert.pem").write_text("renewed")
+    assert delivery.deliver(home, client_for=client_for).delivered == ["shop.web"] and asked == [""]
+    # a pod with no courier (its project is not up) is not asked about again until its files change
+    del engines[""].containers.made["meshctl-courier-shop-web"]
+    (cluster_home / "proxies/shop/web/cert.pem").write_text("renewed again")
+    delivery.deliver(home, client_for=client_for)
+    delivery.deliver(home, client_for=client_for)
+    assert asked == ["", ""]
