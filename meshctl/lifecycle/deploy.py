@@ -235,7 +235,7 @@ def down(ctx: Context, file: Path) -> Deployed:
     data, project = load_meshed(file)
     done = Deployed(project)
     tool = require_compose()
-    if not ctx.home.settings().cluster:
+    if not ctx.home.settings().cluster or "overlays" not in data[rewrite.MARKER]:  # meshed for (and run on) one host
         compose_down(tool, project, file)
         return done
     services = list(data.get("services") or {})

@@ -416,3 +416,22 @@ def test_the_agents_delivery_round_asks_no_node_that_has_nothing_new(cluster_hom
     delivery.deliver(home, client_for=client_for)
     delivery.deliver(home, client_for=client_for)
     assert asked == ["", ""]
+
+
+def test_down_of_a_file_meshed_for_one_host_runs_compose_down_with_it_in_a_cluster(
+        installed_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshctl.lifecycle import deploy
+
+    code, err, _ = _inject(installed_home, tmp_path, text=SHOP.replace("labels: {mesh.host: node2}", "labels: {}")
+                           .replace(", mesh.host: node3", ""))
+    assert code == 0, err
+    home = MeshHome(installed_home)
+    settings = home.settings()
+    settings.cluster, settings.nodes = True, ["node2"]
+    home.save_settings(settings)
+    downs: list[tuple[str, Path]] = []
+    monkeypatch.setattr(deploy, "require_compose", lambda: "compose")
+    monkeypatch.setattr(deploy, "compose_down", lambda tool, project, file, **_: downs.append((project, file)))
+    done = up_down("down", tmp_path / "meshed.yaml", installed_home)
+    assert done.code == 0, done.err
+    assert downs == [("shop", tmp_path / "meshed.yaml")]  # its networks and volumes go too, as before the cluster
