@@ -167,6 +167,24 @@ def split(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def bind_mount_warnings(docs: dict[str, dict[str, Any]]) -> list[str]:
+    """A bind mount on another node mounts that node's path: compose sends the path, not the files."""
+    out = []
+    for node, doc in sorted(docs.items()):
+        if node == MANAGER:
+            continue
+        for name, svc in doc["services"].items():
+            for entry in svc.get("volumes") or []:
+                if isinstance(entry, dict):
+                    source = str(entry.get("source") or "") if entry.get("type") == "bind" else ""
+                else:
+                    source = str(entry).split(":", 1)[0] if ":" in str(entry) else ""
+                if source.startswith(("/", ".", "~")):
+                    out.append(f"service {name!r} runs on {node} and bind-mounts {source}: that path is read on "
+                               f"{node}'s host, not this one (copy the files there, or use a named volume)")
+    return out
+
+
 def ensure_overlays(ctx: Context, names: list[str], project: str) -> None:
     client = ctx.docker()
     with engine_errors(f"create the networks of project {project}"):
@@ -190,6 +208,7 @@ def up(ctx: Context, file: Path) -> Deployed:
     overlays = [str(n) for n in data[rewrite.MARKER].get("overlays") or []]
     ensure_overlays(ctx, overlays, project)
     docs = split(data)
+    done.warnings += bind_mount_warnings(docs)
     pods = MeshedPods.of(ctx.home)
     deployment = deployments.Deployment(project, str(file.parent.resolve()), tuple(overlays), tuple(docs))
     for node, doc in docs.items():

@@ -435,3 +435,16 @@ def test_down_of_a_file_meshed_for_one_host_runs_compose_down_with_it_in_a_clust
     done = up_down("down", tmp_path / "meshed.yaml", installed_home)
     assert done.code == 0, done.err
     assert downs == [("shop", tmp_path / "meshed.yaml")]  # its networks and volumes go too, as before the cluster
+
+
+def test_up_warns_of_a_bind_mount_on_another_node(cluster_home: Path, tmp_path: Path) -> None:  # noqa: F811
+    from meshctl.lifecycle.deploy import bind_mount_warnings, split
+
+    code, err, data = _inject(cluster_home, tmp_path)
+    assert code == 0, err
+    data["services"]["db"]["volumes"] = ["./init:/docker-entrypoint-initdb.d:ro", "pgdata:/var/lib/postgresql",
+                                         {"type": "bind", "source": "/srv/pg", "target": "/x"}]
+    data["services"]["web"]["volumes"] = ["./html:/usr/share/nginx/html"]  # on the manager: its own path
+    warnings = bind_mount_warnings(split(data))
+    assert len(warnings) == 2 and all("service 'db' runs on node3 and bind-mounts" in w for w in warnings)
+    assert "./init" in warnings[0] and "/srv/pg" in warnings[1]
