@@ -163,6 +163,13 @@ def _not_manager(name: str) -> None:
                          "name the contexts of the other engines (`docker context ls`)")
 
 
+def _joinable_name(name: str) -> None:
+    if name == nodes.shown(nodes.MANAGER):  # `mesh.host: manager`, views and part files already mean the CLI's engine
+        raise UsageError(f"a node cannot be called {name!r}: meshctl calls the CLI's own engine that",
+                         "create another context for that engine (docker context create NAME --docker host=…) "
+                         "and join that")
+
+
 def join(ctx: Context, contexts: Iterable[str], progress: Progress, report: Callable[[str], None]) -> None:
     """Join each context's engine to the swarm as a worker, ship meshctl's images to it and record it.
 
@@ -182,6 +189,7 @@ def join(ctx: Context, contexts: Iterable[str], progress: Progress, report: Call
 def _join_one(ctx: Context, settings: MeshSettings, client: DockerClient, member: swarm.Membership, token: str,
               name: str, progress: Progress) -> str:
     _not_manager(name)
+    _joinable_name(name)
     node = ctx.engine(name)
     theirs = swarm.membership(node, f"read the swarm state of context {name!r}")
     if theirs.node_id and theirs.node_id == member.node_id:

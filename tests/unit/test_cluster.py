@@ -411,3 +411,13 @@ def test_leave_an_unreachable_node_needs_force(initialised: Path, manager: FakeE
     assert done.code == ExitCode.ENGINE and "meshctl cluster leave --force node3" in done.err
     assert run(initialised, manager, "leave", "--force", "node3").code == ExitCode.OK
     assert settings_of(initialised).nodes == ["node2"]
+
+
+def test_join_refuses_a_context_called_manager(initialised: Path, manager: FakeEngine,
+                                               lan: dict[str, FakeSwarmCluster],
+                                               contexts: dict[str, FakeEngine | None]) -> None:
+    contexts["manager"] = node = worker(lan, "manager", "10.0.0.2")
+    done = run(initialised, manager, "join", "manager")
+    assert done.code == ExitCode.USAGE
+    assert "a node cannot be called 'manager'" in done.err and "docker context create" in done.err
+    assert node.cluster is None and settings_of(initialised).nodes == []
