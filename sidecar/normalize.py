@@ -35,7 +35,8 @@ HEX = frozenset(b"0123456789abcdefABCDEF")
 TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 SLASHES_RE = re.compile(r"/{2,}")
-HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?")  # `_`: compose service names
+# `_`: compose service names; an IPv6 literal holds a colon (`[.]` is no address, and apps read it apart)
+HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?")
 
 
 class Refused(ValueError):

@@ -320,3 +320,12 @@ def test_nothing_is_left_on_the_nodes_after_down(cluster: Cluster) -> None:
         time.sleep(1)
         left = {node.name: left_on(node) for node in cluster.nodes}
     assert not any(left.values()), left
+    # uninstall reaches every node: the images shipped there and anything else meshctl labelled
+    cluster.ok("uninstall", "--yes")
+    managed = {"label": "io.meshctl.managed=true"}
+    for node in cluster.nodes:
+        client = node.client()
+        theirs = [c.name for c in client.containers.list(all=True, filters=managed)]
+        theirs += [", ".join(i.tags) for i in client.images.list(filters=managed)]
+        theirs += [v.name for v in client.volumes.list(filters=managed)]
+        assert not theirs, f"{node.name}: {theirs}"
