@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,10 @@ PROJECT = "bookinfo"
 TD = "spiffe://cluster.local/ns/bookinfo/sa"
 BOOKINFO = SAMPLES / "bookinfo" / "compose.yaml"
 BOOKINFO_IMAGE = "meshctl/bookinfo:0.1.0"
+PROMETHEUS_PORT = 9090  # the add-on's default, published on the manager's loopback
 PLACEMENT = ("productpage=manager", f"details={NODE2}", f"reviews-v1={NODE2}", f"reviews-v2={NODE3}",
              f"reviews-v3={NODE3}", f"ratings=manager,{NODE2},{NODE3}")
+CERT_TTL = "90s"  # renewed at half its life: the agent's renewals happen while the module runs
 WHERE = {"productpage": "manager", "ratings": "manager", "details": NODE2, "reviews-v1": NODE2, "ratings-2": NODE2,
          "reviews-v2": NODE3, "reviews-v3": NODE3, "ratings-3": NODE3}
 
@@ -53,6 +55,7 @@ class Cluster:
     env: dict[str, str]
     meshed: Path
     timings: dict[str, float]
+    first_serials: dict[str, str] = field(default_factory=dict)  # each proxy's certificate serial once up
 
     def meshctl(self, *args: str, timeout: float = 600, stdin: str | None = None) -> Done:
         return meshctl(*args, home=self.home, env=self.env, timeout=timeout, stdin=stdin)
@@ -115,7 +118,7 @@ def cluster(engine: DockerClient, mesh_home: Path) -> Iterator[Cluster]:
         dind.load_images(engine, nodes[:1], ["meshctl/base:bookworm", "meshctl/proxy:0.1.0"], print)
         dind.load_images(engine, nodes, [BOOKINFO_IMAGE], print)
         timings["nodes"] = time.monotonic() - started
-        made.ok("install")
+        made.ok("install", "--cert-ttl", CERT_TTL)
         made.ok("cluster", "init")
         joined = made.ok("cluster", "join", NODE2, NODE3)
         timings["cluster"] = time.monotonic() - started
@@ -129,6 +132,7 @@ def cluster(engine: DockerClient, mesh_home: Path) -> Iterator[Cluster]:
             time.sleep(0.5)
         timings["bookinfo"] = time.monotonic() - started
         print(f"multi-host start-up: {timings}")
+        made.first_serials = {r["name"]: r["cert_serial"] for r in made.json("proxy-status", "-p", PROJECT)}
         yield made
     finally:
         made.meshctl("down", str(made.meshed), timeout=300)
@@ -204,6 +208,57 @@ def test_every_cross_host_edge_is_mutual_tls_with_the_right_identities(cluster: 
         assert edge["destination_identity"] == f"{TD}/bookinfo-{account}", edge
 
 
+def test_every_view_reads_the_sidecars_of_every_host(cluster: Cluster) -> None:
+    for _ in range(20):
+        cluster.page()
+    stat = cluster.json("stat", "-p", PROJECT)
+    served = {(r["service"], r["version"]) for r in stat if r["requests"]}
+    assert {("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3"), ("details", "v1"), ("ratings", "v1")} <= served
+    # the access logs of pods on node 2 and node 3, read through their engines
+    logged = {e["proxy"] for e in cluster.json("logs", "reviews", "-p", PROJECT, "-n", "50")}
+    assert {"bookinfo.reviews-v1", "bookinfo.reviews-v2", "bookinfo.reviews-v3"} <= logged, logged
+    # one trace crosses all three hosts: productpage (1) -> reviews-v2 (3) -> ratings (1, 2 or 3)
+    traces = cluster.json("trace", "-p", PROJECT, "-n", "50")
+    assert any({"productpage", "reviews", "ratings"} <= set(t["services"]) for t in traces), traces[:3]
+    routes = cluster.json("top", "-p", PROJECT, "-d", "3s")
+    assert routes is not None
+    config = cluster.json("proxy-config", "bookinfo.reviews-v3", "endpoints")  # a sidecar on node 3
+    assert config
+
+
+def test_prometheus_on_the_manager_scrapes_every_host(cluster: Cluster) -> None:
+    cluster.ok("install", "--addons", "prometheus")
+
+    def query(promql: str) -> list[dict[str, Any]]:
+        code, out = cluster.on(MANAGER, "curl", "-s", "-G", "--data-urlencode", f"query={promql}",
+                               f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/query")
+        return list(json.loads(out)["data"]["result"]) if code == 0 and out.startswith("{") else []
+
+    deadline = time.monotonic() + 90
+    up: list[dict[str, Any]] = []
+    while len(up) < len(WHERE) and time.monotonic() < deadline:
+        cluster.page()
+        up = [r for r in query('up{job="sidecars"}') if r["value"][1] == "1"]
+        time.sleep(2)
+    assert len(up) == len(WHERE), up  # every sidecar, on every host, found by its alias on the overlay
+    workloads = {r["metric"]["destination_workload"] for r in query(
+        'sum by (destination_workload) (istio_requests_total{reporter="destination"})')}
+    assert {"details", "reviews-v1", "reviews-v2", "reviews-v3"} <= workloads, workloads
+
+
+def test_the_agents_renewals_reach_every_host(cluster: Cluster) -> None:
+    """Certificates live CERT_TTL; the agent renews them at half their life and delivers them to each node."""
+    deadline = time.monotonic() + 120
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        rows = cluster.json("proxy-status", "-p", PROJECT)
+        if all(r["cert_serial"] != cluster.first_serials[r["name"]] and r["status"] == "SYNCED" for r in rows):
+            break
+        time.sleep(2)
+    assert all(r["cert_serial"] != cluster.first_serials[r["name"]] for r in rows), rows
+    assert cluster.page()["status"] == {"details": 200, "reviews": 200}
+
+
 def test_a_90_10_route_holds_across_hosts(cluster: Cluster) -> None:
     cluster.ok("route", "set", "reviews", "-p", PROJECT, "--to", "v1=90", "--to", "v2=10")
     try:
@@ -241,6 +296,17 @@ def test_certs_rotate_all_under_load_loses_no_request(cluster: Cluster) -> None:
     after = {r["name"]: r["cert_serial"] for r in cluster.json("proxy-status", "-p", PROJECT)}
     assert set(after) == set(before) and all(after[n] != before[n] for n in before), (before, after)
     assert len(results) == 300 and not _failed(results), _failed(results)[:5]
+
+
+def test_a_root_rotation_reaches_every_host(cluster: Cluster) -> None:
+    roots_before = {r["name"]: tuple(r["trusted_roots"]) for r in cluster.json("proxy-status", "-p", PROJECT)}
+    thread, results = _load(cluster, 150)
+    cluster.ok("certs", "rotate", "--root", "--overlap", "2s", "--timeout", "60s")
+    thread.join(120)
+    rows = cluster.json("proxy-status", "-p", PROJECT)
+    assert all(len(r["trusted_roots"]) == 1 and tuple(r["trusted_roots"]) != roots_before[r["name"]]
+               for r in rows), rows
+    assert len(results) == 150 and not _failed(results), _failed(results)[:5]
 
 
 FAILOVER = """\

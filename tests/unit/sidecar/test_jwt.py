@@ -119,7 +119,7 @@ BAD_TIMES = ["1", str(int(NOW) + 3600), "", "never", True, False, None, [], {}, 
 
 
 @pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
-@pytest.mark.parametrize("value", BAD_TIMES, ids=repr)
+@pytest.mark.parametrize("value", BAD_TIMES, ids=lambda v: repr(v).replace(str(int(NOW) + 3600), "now+1h"))
 def test_a_time_claim_that_is_not_a_number_gets_401(name: str, value: Any) -> None:
     with pytest.raises(JwtError, match=f"claim {name} must be a number"):
         auth(bearer(sign(P256, "ES256", claims(**{name: value}), "p256")))
