@@ -179,7 +179,7 @@ def _prometheus(ctx: Context) -> Result:
     if not prom_container.owned_by(container, ctx.home):
         return Result("prometheus", State.WARN, f"{prometheus.CONTAINER} runs for another mesh home "
                       f"({container.labels.get(const.LABEL_HOME, '?')})", "`meshctl install` here runs it for this one")
-    base = prom_container.base_url(prom_container.host_port(container) or settings.prometheus_port)
+    base = prom_container.web_url(container, settings)
     targets = prom_client.targets(base)
     up = [t for t in targets if t.get("health") == "up"]
     running = [p for p in dataplane.sidecars(ctx) if p.state == "running" and settings.network in p.addresses]

@@ -13,7 +13,7 @@ from docker import DockerClient
 from meshctl.errors import MeshError
 from meshctl.extras.prometheus import NAME
 from meshctl.extras.prometheus.config import JOB_SIDECARS
-from meshctl.extras.prometheus.container import base_url, find_container, host_port
+from meshctl.extras.prometheus.container import find_container, web_url
 from meshctl.home import MeshHome
 from meshctl.runtime.direct import OPENER
 
@@ -33,7 +33,7 @@ def url(home: MeshHome, client: DockerClient | None = None) -> str | None:
     container = find_container(client)
     if container is None or container.status != "running":
         return None
-    return base_url(host_port(container) or settings.prometheus_port)
+    return web_url(container, settings)
 
 
 def api(base: str, endpoint: str, params: dict[str, str] | None = None, timeout: float = 5) -> Any:

@@ -27,7 +27,7 @@ from meshctl.extras.prometheus.config import (
 )
 from meshctl.fsutil import atomic_write, ensure_dir
 from meshctl.home import MeshHome, MeshSettings
-from meshctl.runtime import images
+from meshctl.runtime import images, reach
 from meshctl.runtime.direct import OPENER
 from meshctl.runtime.engine import engine_address, engine_errors
 
@@ -75,6 +75,14 @@ def host_port(container: Container) -> int | None:
         if str(binding.get("HostPort", "")).isdigit():
             return int(binding["HostPort"])
     return None
+
+
+def web_url(container: Container, settings: MeshSettings) -> str:
+    """Where the CLI reaches Prometheus's web port. On one host: the port published on its loopback. Across hosts,
+    through the manager's engine, as the sidecars are read (runtime.reach): the manager need not be this machine."""
+    if settings.cluster:
+        return f"http://{reach.route(container)}:{CONTAINER_PORT}"
+    return base_url(host_port(container) or settings.prometheus_port)
 
 
 def base_url(port: int) -> str:
@@ -134,7 +142,8 @@ def ensure_running(client: DockerClient, home: MeshHome, settings: MeshSettings,
         current = _create(client, home, settings, image.id, socket, wanted)
     if current.status != "running":
         _start(current, settings.prometheus_port)
-    wait_ready(client, base_url(settings.prometheus_port), progress)
+    current.reload()
+    wait_ready(client, web_url(current, settings), progress)
     return (f"{CONTAINER} at {base_url(settings.prometheus_port)}, scraping sidecars on network "
             f"{settings.network!r} every {SCRAPE_INTERVAL}")
 
