@@ -181,18 +181,21 @@ def _prometheus(ctx: Context) -> Result:
                       f"({container.labels.get(const.LABEL_HOME, '?')})", "`meshctl install` here runs it for this one")
     base = prom_container.web_url(container, settings)
     targets = prom_client.targets(base)
+    # what a user opens: the published port (on the manager's loopback, in a cluster), not the engine's route
+    shown = prom_container.base_url(prom_container.host_port(container) or settings.prometheus_port)
+    where = " (on the manager)" if settings.cluster else ""
     up = [t for t in targets if t.get("health") == "up"]
     running = [p for p in dataplane.sidecars(ctx) if p.state == "running" and settings.network in p.addresses]
-    detail = f"{base}: {len(up)}/{len(targets)} sidecar targets up"
+    detail = f"{shown}{where}: {len(up)}/{len(targets)} sidecar targets up"
     down = [f"{(t.get('labels') or {}).get('instance', '?')} ({t.get('lastError') or 'not scraped yet'})"
             for t in targets if t.get("health") != "up"]
     if down:
         return Result("prometheus", State.WARN, f"{detail}; not up: {', '.join(down)}",
-                      f"see {base}/classic/targets and the sidecars' logs")
+                      f"see {shown}/classic/targets{where} and the sidecars' logs")
     if len(targets) != len(running):
         return Result("prometheus", State.WARN, f"{detail}, but {len(running)} sidecars run on network "
                       f"{settings.network!r}", f"discovery refreshes every {prom_config.DISCOVERY_REFRESH}: check "
-                      f"again; if it persists, see {base}/classic/service-discovery")
+                      f"again; if it persists, see {shown}/classic/service-discovery{where}")
     return Result("prometheus", State.OK, f"{detail}, scraped every {prom_config.SCRAPE_INTERVAL}")
 
 

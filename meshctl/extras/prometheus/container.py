@@ -5,7 +5,9 @@ container depends on makes re-installing a no-op."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 import time
 import urllib.error
 
@@ -152,16 +154,30 @@ def _create(client: DockerClient, home: MeshHome, settings: MeshSettings, image_
             config_hash: str) -> Container:
     labels = {const.LABEL_MANAGED: "true", const.LABEL_COMPONENT: COMPONENT, const.LABEL_VERSION: __version__,
               const.LABEL_CONFIG_HASH: config_hash, const.LABEL_HOME: str(home.root)}
+    # Across hosts the manager's engine need not be this machine, so the config cannot be a bind mount of the
+    # home: it is copied into the container before it starts (a new config makes a new container).
+    config = {} if settings.cluster else {str(config_dir(home)): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"}}
     with engine_errors(f"create container {CONTAINER}"):
-        return client.containers.create(
+        container = client.containers.create(
             image_id, command(), name=CONTAINER, labels=labels, detach=True,
             user="0",  # docker_sd_configs reads the engine's socket, which only root and the docker group may
             network=settings.network,
             ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", settings.prometheus_port)},
-            volumes={str(config_dir(home)): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
-                     **({socket: {"bind": SOCKET_IN_CONTAINER, "mode": "ro"}} if socket else {})},
+            volumes={**config, **({socket: {"bind": SOCKET_IN_CONTAINER, "mode": "ro"}} if socket else {})},
             restart_policy={"Name": "unless-stopped"},
         )
+        if settings.cluster:
+            container.put_archive("/", _config_archive((config_dir(home) / CONFIG_FILE).read_bytes()))
+    return container
+
+
+def _config_archive(text: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        member = tarfile.TarInfo(f"{CONFIG_IN_CONTAINER.strip('/')}/{CONFIG_FILE}")
+        member.size, member.mode, member.mtime = len(text), 0o644, int(time.time())
+        tar.addfile(member, io.BytesIO(text))
+    return buf.getvalue()
 
 
 def _start(container: Container, port: int) -> None:
