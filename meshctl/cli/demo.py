@@ -11,7 +11,7 @@ from rich.text import Text
 
 from meshctl.cli.install import apply_plan
 from meshctl.context import Context
-from meshctl.errors import MeshError
+from meshctl.errors import Conflict, MeshError
 from meshctl.lifecycle import demo as lib
 from meshctl.lifecycle import install as installer
 from meshctl.output import OutputFormat, OutputOption, emit, simple_table
@@ -32,6 +32,10 @@ def demo(
         c.err.print("demo stopped and removed." if removed else "no demo is running.")
         return ExitCode.OK
     settings = installer.resolve_settings(c, None, None, None)
+    if settings.cluster:  # the demo calls bookinfo on this machine's published port: one host's setup
+        raise Conflict("meshctl demo runs on one host, and this mesh spans several",
+                       "mesh bookinfo with `meshctl inject meshctl/samples/bookinfo/compose.yaml --place …` and "
+                       "`meshctl up` (see the README's Several hosts)")
     pending = [(step, step.pending()) for step in installer.plan(c, settings)]
     if any(todo for _, todo in pending):
         c.err.print("Installing the mesh first:")

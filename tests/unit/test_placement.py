@@ -250,3 +250,10 @@ def test_delivery_sends_changed_files_to_each_pods_node_and_retries_a_node_that_
     (cluster_home / "proxies/shop/api-2/.delivered").unlink()
     del engines["node3"].containers.made["meshctl-courier-shop-api-2"]
     assert delivery.deliver(home, client_for=client_for).delivered == []
+
+
+def test_demo_in_a_mesh_across_hosts_says_how_to_run_bookinfo_there(cluster_home: Path) -> None:
+    done = meshctl("demo", home=cluster_home)
+    assert done.code == ExitCode.CONFLICT, done.err
+    line = one_error_line(done.err)
+    assert "meshctl demo runs on one host" in line and "meshctl up" in line
