@@ -399,7 +399,9 @@ def validate_trusted_proxies(value: int | None) -> int | None:
 def plan(ctx: Context, settings: MeshSettings) -> list[Step]:
     base, proxy = BaseImageStep(ctx, settings), ProxyImageStep(ctx, settings)
     steps: list[Step] = [HomeStep(ctx, settings), CAStep(ctx, settings), StoreStep(ctx), NetworkStep(ctx, settings),
-                         base, proxy, NodeImagesStep(ctx, settings, [base, proxy])]
+                         base, proxy]
+    if settings.cluster:  # on one host there are no other nodes: no step to show
+        steps.append(NodeImagesStep(ctx, settings, [base, proxy]))
     image = PrometheusImageStep(ctx, settings)
     addon = PrometheusStep(ctx, settings, image)
     if prometheus.NAME in settings.addons:

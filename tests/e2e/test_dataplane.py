@@ -58,7 +58,10 @@ def test_receiving_sidecars_log_the_callers_spiffe_id(demo: dict, engine: Docker
         entries = inbound(app, sidecar)
         assert entries, f"{sidecar} logged no inbound requests"
         assert all(e["mtls"] and e["source"] == f"{TD}/bookinfo/sa/bookinfo-{caller}" for e in entries), entries[:2]
-        assert all(e["status"] == 200 for e in entries)
+        # a peer's connection that sent nothing for the sniffing window (a stalled CI machine) is relayed at L4 and
+        # logged as TCP: the requests are the HTTP entries
+        requests = [e for e in entries if e.get("protocol") != "tcp"]
+        assert requests and all(e["status"] == 200 for e in requests), entries[:3]
 
 
 # --- peer authentication ------------------------------------------------------------------------------------
